@@ -1,0 +1,49 @@
+// `flashinterp decode`: options -> DecodeOptions, MPI set up around the job.
+#include <sstream>
+
+#include "cli/commands.h"
+#include "decode/decode_job.h"
+
+namespace fi {
+
+std::function<int(int*, char***)> add_decode(CLI::App& app) {
+  auto opt = std::make_shared<DecodeOptions>();
+  auto matrices = std::make_shared<std::string>("up");
+  auto* cmd = app.add_subcommand("decode", "Decode neurons through the LM-head into an HDF5 map "
+                                           "(run under mpirun/srun for several ranks)");
+  cmd->add_option("--model", opt->model_dir, "Hugging Face checkpoint directory")->required();
+  cmd->add_option("--out", opt->out, "output map (.h5); written as OUT.partial, renamed when complete")
+      ->required();
+  cmd->add_option("--matrices", *matrices, "comma-separated: up,gate,down")->capture_default_str();
+  cmd->add_option("--layers", opt->layers, "layer range A-B (inclusive) or A; default all");
+  cmd->add_option("--top-k", opt->top_k, "top tokens kept per neuron")->capture_default_str();
+  cmd->add_option("--bottom-k", opt->bottom_k, "bottom tokens kept per neuron")->capture_default_str();
+  cmd->add_option("--norm", opt->norm, "rms (final RMSNorm) | gamma (x*gamma) | none")
+      ->capture_default_str();
+  cmd->add_option("--token-index", opt->token_index, "token -> neuron index size M (0: off)")
+      ->capture_default_str();
+  cmd->add_option("--chunk-rows", opt->chunk_rows, "neurons per work item (default: cpu 512, cuda 4096)");
+  cmd->add_option("--backend", opt->backend, "auto | cpu | cuda")->capture_default_str();
+  cmd->add_option("--threads", opt->threads, "CPU threads per rank (default: cores per node / ranks per node)");
+  cmd->add_flag("--overwrite", opt->overwrite, "replace an existing output map");
+  cmd->add_flag("--allow-tf32", opt->allow_tf32, "allow TF32 GEMMs for fp32 checkpoints (cuda)");
+  cmd->add_flag("--quiet", opt->quiet, "no progress or summary on stderr");
+  return [opt, matrices](int* argc, char*** argv) {
+    std::ostringstream cl;
+    for (int i = 0; i < *argc; ++i) cl << (i ? " " : "") << (*argv)[i];
+    opt->command_line = cl.str();
+    opt->matrices.clear();
+    std::stringstream ss(*matrices);
+    for (std::string m; std::getline(ss, m, ',');) opt->matrices.push_back(m);
+    MpiEnv mpi(argc, argv);
+    Comms comms;
+    try {
+      run_decode(*opt, comms);
+    } catch (const JobFailed&) {
+      return 1;
+    }
+    return 0;
+  };
+}
+
+}  // namespace fi

@@ -1,0 +1,104 @@
+// `flashinterp inspect`: config summary, tensor inventory, and what a decode will need
+// (rows, GEMM FLOPs, LM-head bytes per node, map size; per rank with --ranks).
+#include <cstdio>
+#include <map>
+#include <sstream>
+
+#include "cli/commands.h"
+#include "dist/partition.h"
+#include "model/config.h"
+
+namespace fi {
+namespace {
+
+std::string human(double bytes) {
+  const char* u[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  int i = 0;
+  while (bytes >= 1024 && i < 5) {
+    bytes /= 1024;
+    ++i;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f %s", bytes, u[i]);
+  return buf;
+}
+
+struct InspectOptions {
+  std::string model;
+  int ranks = 1, top_k = 20, bottom_k = 0;
+  int64_t chunk_rows = 512;
+  std::string matrices = "up,gate,down";
+};
+
+int run_inspect(const InspectOptions& o) {
+  Model m(o.model);
+  const ModelConfig& c = m.cfg;
+  std::printf("model      %s\n", o.model.c_str());
+  std::printf("type       %s%s\n", c.model_type.c_str(), c.norm_plus_one ? " (RMSNorm (1+w))" : "");
+  std::printf("shape      hidden %lld, intermediate %lld, layers %lld, heads %lld (kv %lld, head_dim %lld), vocab %lld\n",
+              (long long)c.hidden_size, (long long)c.intermediate_size, (long long)c.num_layers,
+              (long long)c.num_heads, (long long)c.num_kv_heads, (long long)c.head_dim,
+              (long long)c.vocab_size);
+  std::printf("norm       rms_norm_eps %g, rope_theta %g%s, tied embeddings %s\n", c.rms_norm_eps,
+              c.rope_theta, c.rope_scaling.type.empty() ? "" : (", rope_scaling " + c.rope_scaling.type).c_str(),
+              c.tie_word_embeddings ? "yes" : "no");
+
+  // Inventory: tensors per dtype and bytes per matrix kind.
+  std::map<std::string, std::pair<int64_t, uint64_t>> by_dtype, by_kind;
+  for (const std::string& n : m.ckpt.tensor_names()) {
+    const TensorInfo& t = m.ckpt.info(n);
+    auto& d = by_dtype[dtype_name(t.dtype)];
+    d.first++;
+    d.second += t.end - t.begin;
+    std::string kind = "other";
+    for (Matrix mx : {Matrix::Up, Matrix::Gate, Matrix::Down})
+      if (n.find(std::string(".mlp.") + matrix_name(mx) + "_proj.") != std::string::npos) kind = matrix_name(mx);
+    if (n == m.lm_head_name()) kind = "lm_head";
+    auto& k = by_kind[kind];
+    k.first++;
+    k.second += t.end - t.begin;
+  }
+  std::printf("tensors    %zu in %zu shard(s)\n", m.ckpt.tensor_names().size(), m.ckpt.shards().size());
+  for (auto& [d, v] : by_dtype)
+    std::printf("  %-8s %6lld tensors  %s\n", d.c_str(), (long long)v.first, human(double(v.second)).c_str());
+  for (auto& [k, v] : by_kind)
+    std::printf("  %-8s %6lld tensors  %s\n", k.c_str(), (long long)v.first, human(double(v.second)).c_str());
+
+  // The decode's needs, for the matrices asked about.
+  std::vector<std::string> mats;
+  std::stringstream ss(o.matrices);
+  for (std::string s; std::getline(ss, s, ',');) mats.push_back(matrix_name(parse_matrix(s)));
+  const double L = double(c.num_layers), N = double(c.intermediate_size), V = double(c.vocab_size),
+               H = double(c.hidden_size);
+  const double rows = L * N, flops = 2 * rows * V * H;
+  const double map_bytes = rows * (o.top_k * 12.0 + o.bottom_k * 8.0 + 4.0) + L * (N / o.chunk_rows + 1);
+  std::printf("decode     per matrix: %.0f rows, %.3g GFLOP of GEMM, map ~%s (before compression)\n",
+              rows, flops / 1e9, human(map_bytes).c_str());
+  std::printf("           all of %s: %.3g PFLOP, map ~%s + vocab\n", o.matrices.c_str(),
+              flops * mats.size() / 1e15, human(map_bytes * mats.size()).c_str());
+  std::printf("           LM-head replica: %s fp32 per node on CPU (shared by its ranks), %s per GPU\n",
+              human(V * H * 4).c_str(), human(V * H * dtype_size(m.ckpt.info(m.lm_head_name()).dtype)).c_str());
+  if (o.ranks > 1) {
+    auto plan = make_plan(int(mats.size()), int(c.num_layers), c.intermediate_size, o.chunk_rows);
+    Range first = rank_share(plan.size(), 0, o.ranks), last = rank_share(plan.size(), o.ranks - 1, o.ranks);
+    std::printf("ranks      %d: %zu work items of %lld rows; each rank %zu-%zu items (~%.3g GFLOP)\n",
+                o.ranks, plan.size(), (long long)o.chunk_rows, last.size(), first.size(),
+                flops * mats.size() / o.ranks / 1e9);
+  }
+  return 0;
+}
+
+}  // namespace
+
+std::function<int()> add_inspect(CLI::App& app) {
+  auto o = std::make_shared<InspectOptions>();
+  auto* cmd = app.add_subcommand("inspect", "Show a checkpoint's config, tensors and what a decode needs");
+  cmd->add_option("--model", o->model, "Hugging Face checkpoint directory")->required();
+  cmd->add_option("--ranks", o->ranks, "show each rank's share for this many ranks")->capture_default_str();
+  cmd->add_option("--matrices", o->matrices, "matrices to size the decode for")->capture_default_str();
+  cmd->add_option("--top-k", o->top_k, "top-k of the planned map")->capture_default_str();
+  cmd->add_option("--chunk-rows", o->chunk_rows, "rows per work item")->capture_default_str();
+  return [o] { return run_inspect(*o); };
+}
+
+}  // namespace fi

@@ -1,0 +1,38 @@
+// flashinterp: the one binary; subcommands decode, inspect, demo-model. Every error ends as
+// one line on stderr ("flashinterp: error: ...") and a non-zero exit, never a core dump.
+#include <cstdio>
+#include <exception>
+
+#include "cli/commands.h"
+#include "dist/mpi_env.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"flashinterp: decode every MLP neuron of a Llama-class model through its LM-head"};
+  app.require_subcommand(1);
+  auto inspect = fi::add_inspect(app);
+  auto demo = fi::add_demo_model(app);
+  auto decode = fi::add_decode(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::Success& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    fi::print_error_line(std::string(e.what()) + " (see flashinterp --help)");
+    return 2;
+  }
+  try {
+    if (app.got_subcommand("inspect")) return inspect();
+    if (app.got_subcommand("demo-model")) return demo();
+    if (app.got_subcommand("decode")) return decode(&argc, &argv);
+  } catch (const fi::JobFailed&) {
+    return 1;  // already reported by the rank that failed
+  } catch (const std::exception& e) {
+    fi::print_error_line(e.what());
+    return 1;
+  }
+  return 1;
+}

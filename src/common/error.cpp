@@ -1,0 +1,16 @@
+// fail_at: the single place errors are made, so a debugger breakpoint catches all of them.
+#include "common/error.h"
+
+#include <cstdlib>
+
+namespace fi {
+
+[[noreturn]] void fail_at(const char* file, int line, const std::string& msg) {
+  // User-facing messages name the input file and fault; the source location only helps us,
+  // so it is appended only when FLASHINTERP_DEBUG is set.
+  if (std::getenv("FLASHINTERP_DEBUG"))
+    throw Error(msg + " [" + file + ":" + std::to_string(line) + "]");
+  throw Error(msg);
+}
+
+}  // namespace fi

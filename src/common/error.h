@@ -1,0 +1,22 @@
+// The project's one error type and the check macros that throw it.
+// Parsers and libraries throw; the CLI catches at the top, prints one line, exits non-zero.
+#pragma once
+#include <stdexcept>
+#include <string>
+
+namespace fi {
+
+struct Error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+[[noreturn]] void fail_at(const char* file, int line, const std::string& msg);
+
+}  // namespace fi
+
+// FI_FAIL(msg): throw fi::Error with msg (file:line kept for debug builds' messages).
+#define FI_FAIL(msg) ::fi::fail_at(__FILE__, __LINE__, (msg))
+#define FI_CHECK(cond, msg)         \
+  do {                              \
+    if (!(cond)) FI_FAIL(msg);      \
+  } while (0)

@@ -1,0 +1,462 @@
+// The CUDA decoder: per call, the rows go through the device in pieces of sub_rows rows, each
+// piece: upload (host input) -> norm + conversion to the LM-head dtype -> cuBLAS GEMM into an
+// fp32 logits buffer [sub_rows, vocab] -> the fused reduction kernel -> small results. Two
+// logits buffers and two streams (GEMM, reduction) let the GEMM of piece i+1 run while piece i
+// is reduced; only the per-row results come back (one copy per call into pinned memory).
+//
+// Precision. A bf16/f16 LM-head stays 16-bit on the device, and cuBLAS multiplies it by the
+// normed rows ROUNDED TO THE SAME 16-BIT TYPE (the CPU path keeps the normed rows fp32), with
+// fp32 accumulation and fp32 output. The rounding (up to 2^-9 relative per bf16 component)
+// moves a logit by about 1.1e-3 × sqrt(sum_h x_h² w_h²) ≈ 1.1e-3 × |x|·|w|/sqrt(H) (random
+// signs), and a probability by that much relative. For nearly flat distributions (logits of
+// order 0.1–1) that is well inside the 1e-3 contract; for Llama-scale rms-normed rows
+// (|x| ≈ sqrt(H)·|gamma|, |w| ≈ 1) it is a few 1e-3 and can exceed it. split_input feeds the
+// GEMM hi + lo (lo = the rounding remainder, itself 16-bit): two GEMMs, ~16 more bits, logits
+// within ~1e-5 of the fp32 path. fp32 LM-heads: fp32 SGEMM, TF32 only with allow_tf32.
+#include "decode/cuda/cuda_decoder.h"
+
+#include <algorithm>
+#include <climits>
+#include <cstdio>
+#include <cstring>
+
+#include "decode/cuda/cuda_check.h"
+#include "decode/cuda/cuda_decoder_impl.h"
+#include "decode/cuda/kernels.h"
+
+namespace fi {
+
+bool cuda_available() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // leave no error behind for later calls
+    return false;
+  }
+  return n >= 1;
+}
+
+namespace gpu {
+namespace {
+
+std::string bytes_str(size_t b) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%zu bytes (%.2f GiB)", b, double(b) / double(1ull << 30));
+  return buf;
+}
+
+size_t free_device_bytes() {
+  size_t f = 0, t = 0;
+  if (cudaMemGetInfo(&f, &t) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return f;
+}
+
+int current_device() {
+  int d = -1;
+  if (cudaGetDevice(&d) != cudaSuccess) cudaGetLastError();
+  return d;
+}
+
+// Page-locked host memory, so copies run asynchronously on the copy engines.
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  PinnedBuffer(size_t bytes, const char* what) : bytes_(bytes) {
+    if (bytes == 0) return;
+    cudaError_t e = cudaMallocHost(&p_, bytes);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      p_ = nullptr;
+      FI_FAIL(std::string("CUDA decode: cannot allocate ") + bytes_str(bytes) +
+              " of pinned host memory for " + what + " (" + cudaGetErrorString(e) + ")");
+    }
+  }
+  ~PinnedBuffer() {
+    if (p_) cudaFreeHost(p_);
+  }
+  PinnedBuffer(PinnedBuffer&& o) noexcept : p_(o.p_), bytes_(o.bytes_) { o.p_ = nullptr; }
+  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {
+    std::swap(p_, o.p_);
+    std::swap(bytes_, o.bytes_);
+    return *this;
+  }
+  void* get() const { return p_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+struct Stream {
+  cudaStream_t s = nullptr;
+  Stream() { FI_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)); }
+  ~Stream() {
+    if (s) cudaStreamDestroy(s);
+  }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+};
+
+struct Event {
+  cudaEvent_t e = nullptr;
+  Event() { FI_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming)); }
+  ~Event() {
+    if (e) cudaEventDestroy(e);
+  }
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+};
+
+struct Blas {
+  cublasHandle_t h = nullptr;
+  Blas() { FI_CUBLAS_CHECK(cublasCreate(&h)); }
+  ~Blas() {
+    if (h) cublasDestroy(h);
+  }
+  Blas(const Blas&) = delete;
+  Blas& operator=(const Blas&) = delete;
+};
+
+// The per-row result arrays of `rows` rows packed into one buffer (one copy back per call):
+// [top_ids rows·k | top_logits rows·k | top_probs rows·k | lse rows | bottom_ids rows·b |
+//  bottom_logits rows·b], 4 bytes each.
+size_t result_bytes(int64_t rows, int k, int b) { return size_t(rows) * size_t(3 * k + 1 + 2 * b) * 4; }
+
+RowOutputs result_layout(void* base, int64_t rows, int k, int b) {
+  char* p = static_cast<char*>(base);
+  RowOutputs o;
+  o.top_ids = reinterpret_cast<int32_t*>(p);
+  p += size_t(rows) * k * 4;
+  o.top_logits = reinterpret_cast<float*>(p);
+  p += size_t(rows) * k * 4;
+  o.top_probs = reinterpret_cast<float*>(p);
+  p += size_t(rows) * k * 4;
+  o.lse = reinterpret_cast<float*>(p);
+  p += size_t(rows) * 4;
+  o.bottom_ids = reinterpret_cast<int32_t*>(p);
+  p += size_t(rows) * b * 4;
+  o.bottom_logits = reinterpret_cast<float*>(p);
+  return o;
+}
+
+RowOutputs offset_rows(const RowOutputs& o, int64_t r0, int k, int b) {
+  RowOutputs s = o;
+  s.top_ids += r0 * k;
+  s.top_logits += r0 * k;
+  s.top_probs += r0 * k;
+  s.lse += r0;
+  s.bottom_ids += r0 * b;
+  s.bottom_logits += r0 * b;
+  return s;
+}
+
+void unpack_results(const void* packed, int64_t rows, int k, int b, ChunkResult& out) {
+  const RowOutputs h = result_layout(const_cast<void*>(packed), rows, k, b);
+  const size_t nk = size_t(rows) * k, nb = size_t(rows) * b;
+  out.resize(rows, k, b);
+  auto copy = [](void* dst, const void* src, size_t n) {
+    if (n) std::memcpy(dst, src, n * 4);
+  };
+  copy(out.top_ids.data(), h.top_ids, nk);
+  copy(out.top_logits.data(), h.top_logits, nk);
+  copy(out.top_probs.data(), h.top_probs, nk);
+  copy(out.lse.data(), h.lse, size_t(rows));
+  copy(out.bottom_ids.data(), h.bottom_ids, nb);
+  copy(out.bottom_logits.data(), h.bottom_logits, nb);
+}
+
+}  // namespace
+
+// ---- DeviceBuffer, device selection, upload -------------------------------------------------
+
+DeviceBuffer::DeviceBuffer(size_t bytes, const std::string& what) : bytes_(bytes) {
+  if (bytes == 0) return;
+  cudaError_t e = cudaMalloc(&p_, bytes);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    p_ = nullptr;
+    FI_FAIL("CUDA decode: out of device memory: " + what + " needs " + bytes_str(bytes) +
+            " on device " + std::to_string(current_device()) + ", " +
+            bytes_str(free_device_bytes()) + " free (" + cudaGetErrorString(e) + ")");
+  }
+}
+
+DeviceBuffer::~DeviceBuffer() {
+  if (p_) cudaFree(p_);
+}
+
+DeviceBuffer::DeviceBuffer(DeviceBuffer&& o) noexcept : p_(o.p_), bytes_(o.bytes_) {
+  o.p_ = nullptr;
+  o.bytes_ = 0;
+}
+
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
+  std::swap(p_, o.p_);
+  std::swap(bytes_, o.bytes_);
+  return *this;
+}
+
+void DeviceBuffer::copy_to_host(void* dst, size_t n) const {
+  if (n > bytes_) FI_FAIL("DeviceBuffer::copy_to_host: " + std::to_string(n) + " bytes asked of " +
+                          std::to_string(bytes_));
+  if (n) FI_CUDA_CHECK(cudaMemcpy(dst, p_, n, cudaMemcpyDeviceToHost));
+}
+
+int select_device(MPI_Comm node_comm) {
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess || n < 1) {
+    cudaGetLastError();
+    FI_FAIL(std::string("CUDA backend: no usable CUDA device (") +
+            (e != cudaSuccess ? cudaGetErrorString(e) : "0 devices") + ")");
+  }
+  int local = 0;
+  if (node_comm != MPI_COMM_NULL) MPI_Comm_rank(node_comm, &local);
+  const int dev = local % n;
+  FI_CUDA_CHECK(cudaSetDevice(dev));
+  return dev;
+}
+
+DeviceLmHead upload_lm_head(const void* host, DType dtype, int64_t vocab, int64_t hidden) {
+  DeviceLmHead h;
+  h.dtype = dtype;
+  h.vocab = vocab;
+  h.hidden = hidden;
+  const size_t bytes = size_t(vocab) * size_t(hidden) * dtype_size(dtype);
+  h.data = DeviceBuffer(bytes, "the LM-head replica");
+  if (bytes) FI_CUDA_CHECK(cudaMemcpy(h.data.get(), host, bytes, cudaMemcpyHostToDevice));
+  return h;
+}
+
+// ---- the GEMM ----------------------------------------------------------------------------
+
+void gemm_logits(cublasHandle_t blas, const void* w, DType dtype, int64_t vocab, int64_t hidden,
+                 const void* x, int64_t rows, float* logits, int64_t ld, bool allow_tf32,
+                 bool accumulate) {
+  if (rows <= 0 || vocab <= 0) return;
+  if (vocab > INT_MAX || hidden > INT_MAX || rows > INT_MAX || ld > INT_MAX)
+    FI_FAIL("CUDA decode: GEMM dimensions exceed cuBLAS's int range");
+  const float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
+  const cudaDataType t = dtype == DType::BF16  ? CUDA_R_16BF
+                         : dtype == DType::F16 ? CUDA_R_16F
+                                               : CUDA_R_32F;
+  // 16-bit inputs: fp32 accumulation. fp32 inputs: full fp32 unless TF32 was asked for.
+  const cublasComputeType_t c =
+      dtype == DType::F32 && allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  // cuBLAS is column-major: logitsᵀ [vocab, rows] (ldc = ld) = W [vocab, hidden] · Xᵀ, where
+  // row-major W [vocab, hidden] is column-major [hidden, vocab] (op T, lda = hidden) and
+  // row-major X [rows, hidden] is column-major [hidden, rows] (op N, ldb = hidden).
+  FI_CUBLAS_CHECK(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, int(vocab), int(rows), int(hidden),
+                               &alpha, w, t, int(hidden), x, t, int(hidden), &beta, logits,
+                               CUDA_R_32F, int(ld), c, CUBLAS_GEMM_DEFAULT));
+}
+
+// ---- the decoder ---------------------------------------------------------------------------
+
+struct CudaDecoder::Impl {
+  DeviceLmHead head;
+  DecodeParams p;
+  CudaDecoderOptions o;
+  int device = 0;
+  int64_t H = 0, V = 0, ld = 0, max_sub = 0;
+  bool split = false;
+  DeviceBuffer gamma;  // [H] fp32
+  Stream gemm_stream, reduce_stream;
+  Blas blas;
+  struct Slot {
+    DeviceBuffer x;        // [max_sub, H] fp32: uploaded host rows
+    DeviceBuffer hi, lo;   // [max_sub, H] head dtype: normed rows (lo only with split)
+    DeviceBuffer logits;   // [max_sub, ld] fp32
+    PinnedBuffer staging;  // [max_sub, H] fp32 host staging (host input; made on first use)
+    Event h2d_done, gemm_done, reduce_done;
+  };
+  Slot slot[2];
+  DeviceBuffer results;  // packed per-row results of one call (device)
+  PinnedBuffer results_host;
+
+  Impl(DeviceLmHead h, const std::vector<float>& g, const DecodeParams& params,
+       const CudaDecoderOptions& opt)
+      : head(std::move(h)), p(params), o(opt) {
+    if (p.top_k < 0 || p.top_k > kMaxK || p.bottom_k < 0 || p.bottom_k > kMaxK)
+      FI_FAIL("--backend cuda: --top-k and --bottom-k must be in [0, " + std::to_string(kMaxK) +
+              "], got " + std::to_string(p.top_k) + " and " + std::to_string(p.bottom_k));
+    H = head.hidden;
+    V = head.vocab;
+    if (H <= 0 || V <= 0 || V > INT_MAX - 4096 || H > INT_MAX)
+      FI_FAIL("CUDA decode: unsupported LM-head shape [" + std::to_string(V) + ", " +
+              std::to_string(H) + "]");
+    FI_CUDA_CHECK(cudaGetDevice(&device));
+    ld = (V + 31) / 32 * 32;  // 128-byte aligned rows for the GEMM's stores and the kernel's loads
+    split = o.split_input && head.dtype != DType::F32;
+    if (p.norm != NormMode::None) {
+      if (int64_t(g.size()) != H)
+        FI_FAIL("CUDA decode: gamma has " + std::to_string(g.size()) + " values, hidden is " +
+                std::to_string(H));
+      gamma = DeviceBuffer(size_t(H) * 4, "gamma");
+      FI_CUDA_CHECK(cudaMemcpy(gamma.get(), g.data(), size_t(H) * 4, cudaMemcpyHostToDevice));
+    }
+    plan_and_allocate();
+    FI_CUBLAS_CHECK(cublasSetStream(blas.h, gemm_stream.s));
+    // Never reduce in a narrower type than fp32 (our output is fp32 anyway; belt and braces).
+    FI_CUBLAS_CHECK(cublasSetMathMode(
+        blas.h, cublasMath_t(CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
+  }
+
+  ~Impl() {
+    // Pending work must finish before the buffers it uses are freed.
+    cudaSetDevice(device);
+    cudaDeviceSynchronize();
+    cudaGetLastError();
+  }
+
+  // Rows per GEMM: as many as memory allows up to max_sub_rows, halved until two pieces' buffers
+  // fit next to a reserve for cuBLAS's workspace and the context.
+  void plan_and_allocate() {
+    const size_t es = dtype_size(head.dtype);
+    const size_t per_row = size_t(H) * 4 + size_t(H) * es * (split ? 2 : 1) + size_t(ld) * 4;
+    const size_t reserve = size_t(512) << 20;
+    const size_t free = free_device_bytes();
+    int64_t sub = std::max<int64_t>(1, o.sub_rows > 0 ? o.sub_rows : o.max_sub_rows);
+    auto need = [&](int64_t rows) { return 2 * size_t(rows) * per_row + reserve; };
+    while (sub > 64 && need(sub) > free) sub = (sub + 1) / 2;
+    if (need(sub) > free)
+      FI_FAIL("CUDA decode: device " + std::to_string(device) + " has " + bytes_str(free) +
+              " free after the LM-head replica (" + bytes_str(head.data.bytes()) + "); the decode needs " +
+              bytes_str(need(sub)) + " more for " + std::to_string(sub) +
+              "-row logits buffers: use a device with more memory or fewer ranks per device");
+    max_sub = sub;
+    for (Slot& s : slot) {
+      s.x = DeviceBuffer(size_t(sub) * H * 4, "the input rows");
+      s.hi = DeviceBuffer(size_t(sub) * H * es, "the normed rows");
+      if (split) s.lo = DeviceBuffer(size_t(sub) * H * es, "the normed rows' remainder");
+      s.logits = DeviceBuffer(size_t(sub) * ld * 4, "a logits buffer");
+    }
+  }
+
+  int64_t sub_rows(int64_t rows) const {
+    if (o.sub_rows > 0) return std::min(o.sub_rows, max_sub);
+    // Pieces of a quarter of the call (for overlap), but at least 512 rows (GEMM efficiency).
+    const int64_t quarter = (rows + 3) / 4;
+    return std::min(max_sub, std::max<int64_t>(quarter, 512));
+  }
+
+  void ensure_results(size_t bytes) {
+    if (bytes <= results.bytes()) return;
+    const size_t cap = (bytes + (1u << 20) - 1) / (1u << 20) * (1u << 20);
+    results = DeviceBuffer(cap, "the per-row results");
+    results_host = PinnedBuffer(cap, "the per-row results");
+  }
+
+  void run(const void* x, bool host_input, DType x_dtype, int64_t rows, ChunkResult& out) {
+    const int k = p.top_k, b = p.bottom_k;
+    if (rows <= 0) {
+      out.resize(0, k, b);
+      return;
+    }
+    FI_CUDA_CHECK(cudaSetDevice(device));
+    const size_t rbytes = result_bytes(rows, k, b);
+    ensure_results(rbytes);
+    const RowOutputs all = result_layout(results.get(), rows, k, b);
+    const cudaStream_t sg = gemm_stream.s, sr = reduce_stream.s;
+    const int64_t sub = sub_rows(rows);
+    const float* gamma_d = static_cast<const float*>(gamma.get());
+    for (int64_t r0 = 0, piece = 0; r0 < rows; r0 += sub, ++piece) {
+      const int64_t n = std::min(sub, rows - r0);
+      Slot& s = slot[piece % 2];
+      const void* xin = nullptr;
+      DType xin_dtype = x_dtype;
+      if (host_input) {
+        if (!s.staging.get()) s.staging = PinnedBuffer(size_t(max_sub) * H * 4, "the input rows");
+        // The staging buffer is free once its previous upload (two pieces ago) is done; the
+        // host copy into it overlaps the device's work on the piece before.
+        FI_CUDA_CHECK(cudaEventSynchronize(s.h2d_done.e));
+        std::memcpy(s.staging.get(), static_cast<const float*>(x) + r0 * H, size_t(n) * H * 4);
+        FI_CUDA_CHECK(cudaMemcpyAsync(s.x.get(), s.staging.get(), size_t(n) * H * 4,
+                                      cudaMemcpyHostToDevice, sg));
+        FI_CUDA_CHECK(cudaEventRecord(s.h2d_done.e, sg));
+        xin = s.x.get();
+        xin_dtype = DType::F32;
+      } else {
+        xin = static_cast<const char*>(x) + size_t(r0) * H * dtype_size(x_dtype);
+      }
+      // This slot's logits buffer is free once the reduction of two pieces ago is done.
+      FI_CUDA_CHECK(cudaStreamWaitEvent(sg, s.reduce_done.e, 0));
+      launch_norm_convert(xin, xin_dtype, s.hi.get(), split ? s.lo.get() : nullptr, head.dtype,
+                          n, H, gamma_d, p, sg);
+      float* logits = static_cast<float*>(s.logits.get());
+      gemm_logits(blas.h, head.data.get(), head.dtype, V, H, s.hi.get(), n, logits, ld,
+                  p.allow_tf32, false);
+      if (split)
+        gemm_logits(blas.h, head.data.get(), head.dtype, V, H, s.lo.get(), n, logits, ld,
+                    p.allow_tf32, true);
+      FI_CUDA_CHECK(cudaEventRecord(s.gemm_done.e, sg));
+      FI_CUDA_CHECK(cudaStreamWaitEvent(sr, s.gemm_done.e, 0));
+      launch_row_reduce(logits, n, V, ld, k, b, offset_rows(all, r0, k, b), sr);
+      FI_CUDA_CHECK(cudaEventRecord(s.reduce_done.e, sr));
+    }
+    // Every GEMM-stream operation precedes a gemm_done the reduction stream waited on.
+    FI_CUDA_CHECK(cudaMemcpyAsync(results_host.get(), results.get(), rbytes,
+                                  cudaMemcpyDeviceToHost, sr));
+    FI_CUDA_CHECK(cudaStreamSynchronize(sr));
+    FI_CUDA_CHECK(cudaStreamSynchronize(sg));
+    unpack_results(results_host.get(), rows, k, b, out);
+  }
+};
+
+CudaDecoder::CudaDecoder(DeviceLmHead head, const std::vector<float>& gamma, const DecodeParams& p,
+                         const CudaDecoderOptions& o)
+    : impl_(std::make_unique<Impl>(std::move(head), gamma, p, o)) {}
+
+CudaDecoder::~CudaDecoder() = default;
+
+void CudaDecoder::decode(const float* x, int64_t rows, ChunkResult& out) {
+  impl_->run(x, true, DType::F32, rows, out);
+}
+
+void CudaDecoder::decode_device(const void* x, DType x_dtype, int64_t rows, ChunkResult& out) {
+  impl_->run(x, false, x_dtype, rows, out);
+}
+
+int64_t CudaDecoder::sub_rows(int64_t rows) const { return impl_->sub_rows(rows); }
+int64_t CudaDecoder::max_sub_rows() const { return impl_->max_sub; }
+int CudaDecoder::device() const { return impl_->device; }
+int64_t CudaDecoder::logits_ld() const { return impl_->ld; }
+const DeviceLmHead& CudaDecoder::head() const { return impl_->head; }
+
+// ---- test helper ---------------------------------------------------------------------------
+
+void reduce_rows_cuda(const float* logits, int64_t rows, int64_t vocab, int top_k, int bottom_k,
+                      ChunkResult& out) {
+  out.resize(rows, top_k, bottom_k);
+  if (rows <= 0) return;
+  DeviceBuffer d_logits(size_t(rows) * size_t(vocab) * 4, "test logits");
+  if (vocab > 0)
+    FI_CUDA_CHECK(cudaMemcpy(d_logits.get(), logits, d_logits.bytes(), cudaMemcpyHostToDevice));
+  const size_t rbytes = result_bytes(rows, top_k, bottom_k);
+  DeviceBuffer d_res(rbytes, "test results");
+  launch_row_reduce(static_cast<const float*>(d_logits.get()), rows, vocab, vocab, top_k, bottom_k,
+                    result_layout(d_res.get(), rows, top_k, bottom_k), nullptr);
+  FI_CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<unsigned char> host(rbytes);
+  FI_CUDA_CHECK(cudaMemcpy(host.data(), d_res.get(), rbytes, cudaMemcpyDeviceToHost));
+  unpack_results(host.data(), rows, top_k, bottom_k, out);
+}
+
+}  // namespace gpu
+
+// ---- the job's entry point -----------------------------------------------------------------
+
+std::unique_ptr<Decoder> make_cuda_decoder(const Model& model, const std::vector<float>& gamma,
+                                           const DecodeParams& p, CudaSetup& setup) {
+  setup.device = gpu::select_device(setup.node_comm);
+  gpu::DeviceLmHead head =
+      gpu::replicate_lm_head(model, setup.node_comm, gpu::ReplicaOptions{}, &setup.replicate_seconds);
+  gpu::CudaDecoderOptions o;
+  o.split_input = setup.split_input;
+  return std::make_unique<gpu::CudaDecoder>(std::move(head), gamma, p, o);
+}
+
+}  // namespace fi

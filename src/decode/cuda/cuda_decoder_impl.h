@@ -1,0 +1,98 @@
+// The CUDA backend's inner interface, plain C++ (no CUDA header), for the tests and the
+// benchmark: device buffers, the LM-head on the device (uploaded or replicated over the node),
+// the decoder class with a device-input entry point, and the reduction kernel on host data.
+#pragma once
+#include <mpi.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "decode/decoder.h"
+#include "io/safetensors.h"
+#include "model/config.h"
+
+namespace fi::gpu {
+
+// Device memory owned by one object (cudaFree on destruction). Allocation failure throws
+// fi::Error naming `what`, the bytes asked for and the bytes free.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(size_t bytes, const std::string& what);
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer&& o) noexcept;
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  void* get() const { return p_; }
+  size_t bytes() const { return bytes_; }
+  // Copies the first n bytes to host memory (synchronous).
+  void copy_to_host(void* dst, size_t n) const;
+
+ private:
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// The LM-head on the current device: data [rows >= vocab, hidden] of dtype (row-major, the
+// checkpoint's own bytes; rows past vocab are padding and never read by the decoder).
+struct DeviceLmHead {
+  DeviceBuffer data;
+  DType dtype = DType::BF16;
+  int64_t vocab = 0, hidden = 0;
+};
+
+// The device of this rank: local rank (in node_comm; MPI_COMM_NULL = 0) modulo the device
+// count; made current. Throws when no device is usable.
+int select_device(MPI_Comm node_comm);
+
+// host: [vocab, hidden] of dtype (raw bytes) -> the current device.
+DeviceLmHead upload_lm_head(const void* host, DType dtype, int64_t vocab, int64_t hidden);
+
+struct ReplicaOptions {
+  bool force_nccl = false;  // use NCCL even for one rank (tests exercise the NCCL path on one GPU)
+};
+// Collective over node_comm: each rank reads 1/n of the LM-head rows from the checkpoint and
+// ncclAllGather assembles the replica on every rank's (current) device. With more ranks than
+// devices on the node (NCCL allows one rank per device), every rank reads the whole LM-head.
+// seconds: the replica's build time, the maximum over the node.
+DeviceLmHead replicate_lm_head(const Model& model, MPI_Comm node_comm, const ReplicaOptions& opt,
+                               double* seconds);
+
+struct CudaDecoderOptions {
+  bool split_input = false;     // see CudaSetup::split_input
+  int64_t max_sub_rows = 2048;  // rows per GEMM at most; halved until the buffers fit
+  int64_t sub_rows = 0;         // rows per GEMM; 0 = automatic (see CudaDecoder::sub_rows)
+};
+
+class CudaDecoder final : public Decoder {
+ public:
+  // The decoder owns head; gamma: [hidden] (may be empty for NormMode::None).
+  CudaDecoder(DeviceLmHead head, const std::vector<float>& gamma, const DecodeParams& p,
+              const CudaDecoderOptions& o = {});
+  ~CudaDecoder() override;
+  const char* name() const override { return "cuda"; }
+  // x: [rows, hidden] fp32 on the host.
+  void decode(const float* x, int64_t rows, ChunkResult& out) override;
+  // x: [rows, hidden] of x_dtype on the decoder's device. Results still come back to the host.
+  void decode_device(const void* x, DType x_dtype, int64_t rows, ChunkResult& out);
+  // Rows per GEMM for a call of `rows` rows (the call is pipelined in pieces of this size).
+  int64_t sub_rows(int64_t rows) const;
+  int64_t max_sub_rows() const;
+  int device() const;
+  int64_t logits_ld() const;  // the row stride of the logits buffers (vocab rounded up)
+  const DeviceLmHead& head() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The reduction kernel on host logits [rows, vocab] (uploaded, reduced, downloaded): for tests.
+void reduce_rows_cuda(const float* logits, int64_t rows, int64_t vocab, int top_k, int bottom_k,
+                      ChunkResult& out);
+
+}  // namespace fi::gpu

@@ -1,0 +1,53 @@
+// Host launchers of the CUDA backend's kernels (norm + 16-bit conversion, the fused row
+// reduction) and the one cuBLAS call that makes a logits chunk. Shared by the decoder, the tests'
+// helpers and the benchmark, so all of them run exactly the same device code.
+#pragma once
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "decode/decoder.h"
+#include "io/safetensors.h"
+
+namespace fi::gpu {
+
+// The largest top_k / bottom_k the reduction kernel takes (its candidate buffers live in shared
+// memory: 2 × next_pow2(k + 1024) × 8 bytes ≤ 32 KiB).
+constexpr int kMaxK = 1024;
+
+// Device pointers of one launch's per-row results (row r at offset r·k, r·b, r).
+struct RowOutputs {
+  int32_t* top_ids = nullptr;      // [rows, k]
+  float* top_logits = nullptr;     // [rows, k]
+  float* top_probs = nullptr;      // [rows, k]
+  float* lse = nullptr;            // [rows]
+  int32_t* bottom_ids = nullptr;   // [rows, b]
+  float* bottom_logits = nullptr;  // [rows, b]
+};
+
+// logits: [rows, ld] fp32 on the device, tokens [0, vocab) of each row. k, b in [0, kMaxK].
+void launch_row_reduce(const float* logits, int64_t rows, int64_t vocab, int64_t ld, int k, int b,
+                       const RowOutputs& out, cudaStream_t stream);
+
+// x: [rows, hidden] of x_dtype (device); gamma: [hidden] fp32 (device; unused for None).
+// hi: [rows, hidden] of out_dtype = the normed rows rounded to out_dtype. lo (optional, only
+// for 16-bit out_dtype): the rounding remainder, also rounded, so hi + lo carries ~16 bits more.
+void launch_norm_convert(const void* x, DType x_dtype, void* hi, void* lo, DType out_dtype,
+                         int64_t rows, int64_t hidden, const float* gamma, const DecodeParams& p,
+                         cudaStream_t stream);
+
+// logits[r, v] (+)= sum_h x[r, h] · w[v, h] for r < rows, v < vocab; fp32 output with row stride
+// ld; w: [vocab, hidden], x: [rows, hidden], both of dtype (device). 16-bit inputs accumulate in
+// fp32 (CUBLAS_COMPUTE_32F); fp32 inputs use plain SGEMM math unless allow_tf32.
+// accumulate: beta = 1 (adds to logits) instead of 0.
+void gemm_logits(cublasHandle_t blas, const void* w, DType dtype, int64_t vocab, int64_t hidden,
+                 const void* x, int64_t rows, float* logits, int64_t ld, bool allow_tf32,
+                 bool accumulate);
+
+// Fills n values of dtype at dst with uniform random numbers in [-scale, scale) from a
+// counter-based hash of (seed, index): reproducible, no state. For tests and the benchmark.
+void launch_fill_uniform(void* dst, DType dtype, int64_t n, float scale, uint64_t seed,
+                         cudaStream_t stream);
+
+}  // namespace fi::gpu

@@ -1,0 +1,62 @@
+// The backend interface of the decode: a chunk of neuron vectors in, per-row results out.
+// Plain C++ (no CUDA header), so the job and the tests see every backend the same way.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/safetensors.h"
+
+namespace fi {
+
+enum class NormMode { Rms, Gamma, None };
+NormMode parse_norm(const std::string& s);  // rms | gamma | none
+const char* norm_name(NormMode n);
+
+struct DecodeParams {
+  int top_k = 20, bottom_k = 0;
+  NormMode norm = NormMode::Rms;
+  bool norm_plus_one = false;  // Gemma: multiply by (1 + gamma)
+  double eps = 1e-5;
+  int64_t chunk_rows = 256;
+  bool allow_tf32 = false;
+};
+
+// Per-row results of one chunk of `rows` neurons.
+struct ChunkResult {
+  int64_t rows = 0;
+  std::vector<int32_t> top_ids;      // [rows, top_k]
+  std::vector<float> top_logits;     // [rows, top_k]
+  std::vector<float> top_probs;      // [rows, top_k]
+  std::vector<float> lse;            // [rows]
+  std::vector<int32_t> bottom_ids;   // [rows, bottom_k]
+  std::vector<float> bottom_logits;  // [rows, bottom_k]
+  void resize(int64_t rows, int top_k, int bottom_k);
+};
+
+// The LM-head as the backend sees it: [vocab, hidden] fp32 on the host (CPU backend) or the
+// checkpoint's raw 16/32-bit rows (CUDA backend keeps 16-bit weights 16-bit on the device).
+struct LmHead {
+  int64_t vocab = 0, hidden = 0;
+  const float* f32 = nullptr;  // [vocab, hidden], may be a shared-memory window
+};
+
+bool cuda_available();  // a usable CUDA device is present (false when built without CUDA)
+
+class Decoder {
+ public:
+  virtual ~Decoder() = default;
+  virtual const char* name() const = 0;
+  // x: [rows, hidden] fp32, the raw neuron vectors (widened exactly); gamma: [hidden] final norm.
+  virtual void decode(const float* x, int64_t rows, ChunkResult& out) = 0;
+};
+
+// norm: applies the chosen norm in place. x: [rows, hidden]
+void apply_norm(float* x, int64_t rows, int64_t hidden, const float* gamma, const DecodeParams& p);
+
+// threads: worker threads for this rank (cores per node / ranks per node).
+std::unique_ptr<Decoder> make_cpu_decoder(const LmHead& head, const std::vector<float>& gamma,
+                                          const DecodeParams& p, int threads = 1);
+
+}  // namespace fi

@@ -1,0 +1,38 @@
+// The row reduction every backend must match (the CPU backend uses it directly; the CUDA
+// kernel is tested against it): over a row's logits, streamed in vocab blocks of any size,
+// exact log-sum-exp, top-k by logit (ties: lower token id first) and bottom-k (lowest logits,
+// ties: lower token id first). Blocks must arrive in increasing token order.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace fi {
+
+class RowReducer {
+ public:
+  RowReducer(int top_k, int bottom_k);
+  void reset();
+  // logits: [n] fp32 for tokens [v0, v0+n)
+  void add_block(const float* logits, int64_t v0, int64_t n);
+  // ids/logits/probs: [top_k]; bottom ids/logits: [bottom_k]; best first.
+  // Entries beyond the number of tokens seen are id -1, logit -inf, prob 0.
+  void finish(int32_t* top_ids, float* top_logits, float* top_probs, float* lse,
+              int32_t* bottom_ids, float* bottom_logits);
+
+ private:
+  struct Entry {
+    float logit;
+    int32_t id;
+  };
+  int k_, b_;
+  double max_ = 0, sum_ = 0;  // streaming log-sum-exp state: lse = max + log(sum)
+  bool any_ = false;
+  std::vector<Entry> top_, bottom_;  // heaps: top_ has its worst (lowest) entry at the front
+};
+
+// Naive reference over a whole row (sort everything), for tests.
+void reduce_row_naive(const float* logits, int64_t vocab, int top_k, int bottom_k,
+                      int32_t* top_ids, float* top_logits, float* top_probs, float* lse,
+                      int32_t* bottom_ids, float* bottom_logits);
+
+}  // namespace fi

@@ -1,0 +1,31 @@
+// The decode plan, pure (no MPI): the work list of (matrix, layer, row chunk) and its split
+// over ranks. Items are ordered matrix, layer, chunk; rank r gets one contiguous run, and no
+// rank has more than one item more than another. Chunks depend only on chunk_rows, never on
+// the number of ranks, so every rank count computes the same rows the same way.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace fi {
+
+struct WorkItem {
+  int matrix = 0;       // index into the decode's matrix list
+  int layer_index = 0;  // index into the decode's layer list (the dataset's first axis)
+  int64_t chunk = 0;    // chunk number within the layer
+  int64_t row0 = 0, rows = 0;
+};
+
+std::vector<WorkItem> make_plan(int num_matrices, int num_layers, int64_t neurons,
+                                int64_t chunk_rows);
+int64_t num_chunks(int64_t neurons, int64_t chunk_rows);
+
+struct Range {
+  size_t begin = 0, end = 0;
+  size_t size() const { return end - begin; }
+};
+Range rank_share(size_t items, int rank, int world);
+// Collective write rounds: every rank takes part in each (the most items any rank has).
+size_t num_rounds(size_t items, int world);
+
+}  // namespace fi

@@ -1,0 +1,286 @@
+// MapWriter: the schema-v1 map file, written by all ranks in collective rounds.
+#include "h5/map_writer.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "common/error.h"
+#include "dist/mpi_env.h"
+
+namespace fi {
+
+struct MapWriter::Datasets {
+  h5::Handle top_ids, top_logits, top_probs, lse, bottom_ids, bottom_logits, done;
+};
+
+WriterKind default_writer_kind() {
+  const char* w = std::getenv("FLASHINTERP_WRITER");
+  if (w && std::string(w) == "serial") return WriterKind::Serial;
+#ifdef FI_PARALLEL_HDF5
+  return WriterKind::Parallel;
+#else
+  return WriterKind::Serial;
+#endif
+}
+
+MapWriter::MapWriter(MPI_Comm comm, const std::string& path, const MapMeta& meta,
+                     const std::vector<MatrixLayout>& matrices, const Vocab& vocab, WriterKind kind)
+    : comm_(comm), path_(path), mats_(matrices), k_(meta.top_k), b_(meta.bottom_k), kind_(kind) {
+  MPI_Comm_rank(comm, &rank_);
+  MPI_Comm_size(comm, &size_);
+#ifndef FI_PARALLEL_HDF5
+  FI_CHECK(kind == WriterKind::Serial, "built without parallel HDF5: only the serial writer exists");
+#endif
+  h5::silence_errors();
+  // Phase 1 on rank 0; the others learn whether it worked before they open the file.
+  collective(comm_, [&] {
+    if (rank_ == 0) create_file(meta, vocab);
+  });
+  collective(comm_, [&] {
+#ifdef FI_PARALLEL_HDF5
+    if (kind_ == WriterKind::Parallel) {
+      h5::Handle fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose, "H5Pcreate");
+      h5::check(H5Pset_fapl_mpio(fapl, comm_, MPI_INFO_NULL), "H5Pset_fapl_mpio");
+      file_ = h5::open_file(path_, true, fapl);
+      dxpl_ = h5::Handle(H5Pcreate(H5P_DATASET_XFER), H5Pclose, "H5Pcreate");
+      h5::check(H5Pset_dxpl_mpio(dxpl_, H5FD_MPIO_COLLECTIVE), "H5Pset_dxpl_mpio");
+      open_datasets();
+      return;
+    }
+#endif
+    if (rank_ == 0) {
+      file_ = h5::open_file(path_, true);
+      open_datasets();
+    }
+  });
+}
+
+MapWriter::~MapWriter() = default;
+
+void MapWriter::create_file(const MapMeta& meta, const Vocab& vocab) {
+  h5::Handle f = h5::create_file(path_);
+  h5::attr_string(f, "format", "flashinterp-map");
+  h5::attr_int(f, "format_version", 1);
+  h5::attr_string(f, "tool_version", FI_VERSION);
+  h5::attr_string(f, "model_dir", meta.model_dir);
+  h5::attr_string(f, "model_type", meta.model_type);
+  h5::attr_int(f, "hidden_size", meta.hidden_size);
+  h5::attr_int(f, "intermediate_size", meta.intermediate_size);
+  h5::attr_int(f, "num_layers", meta.num_layers);
+  h5::attr_int(f, "vocab_size", meta.vocab_size);
+  h5::attr_string(f, "norm", meta.norm);
+  h5::attr_int(f, "top_k", meta.top_k);
+  h5::attr_int(f, "bottom_k", meta.bottom_k);
+  h5::attr_int(f, "token_index_m", meta.token_index_m);
+  h5::attr_string(f, "backend", meta.backend);
+  h5::attr_int(f, "world_size", meta.world_size);
+  h5::attr_string(f, "command_line", meta.command_line);
+  h5::attr_string(f, "created_utc", meta.created_utc);
+  h5::attr_double(f, "elapsed_s", 0.0);
+  h5::attr_int(f, "complete", 0);
+
+  // /vocab: variable-length data can't go through MPI-IO, so it is written here, serially.
+  const hsize_t V = hsize_t(vocab.size());
+  FI_CHECK(int64_t(V) == meta.vocab_size, "vocab size does not match the LM-head");
+  h5::Handle g = h5::create_group(f, "vocab");
+  h5::Handle space(H5Screate_simple(1, &V, nullptr), H5Sclose, "H5Screate_simple");
+  {
+    h5::Handle t(H5Tcopy(H5T_C_S1), H5Tclose, "H5Tcopy");
+    h5::check(H5Tset_size(t, H5T_VARIABLE), "H5Tset_size");
+    h5::check(H5Tset_cset(t, H5T_CSET_UTF8), "H5Tset_cset");
+    h5::Handle d(H5Dcreate2(g, "text", t, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose,
+                 "cannot create /vocab/text");
+    // C strings end at NUL; the one token whose text is U+0000 is shown as U+2400 (␀).
+    std::vector<std::string> texts(V);
+    std::vector<const char*> ptrs(V);
+    for (hsize_t i = 0; i < V; ++i) {
+      const std::string& s = vocab.text[i];
+      texts[i] = s.find('\0') == std::string::npos ? s : std::string("\xE2\x90\x80");
+      ptrs[i] = texts[i].c_str();
+    }
+    h5::check(H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()), "write /vocab/text");
+  }
+  {
+    h5::Handle t(H5Tvlen_create(H5T_NATIVE_UINT8), H5Tclose, "H5Tvlen_create");
+    h5::Handle d(H5Dcreate2(g, "bytes", t, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose,
+                 "cannot create /vocab/bytes");
+    std::vector<hvl_t> vl(V);
+    for (hsize_t i = 0; i < V; ++i)
+      vl[i] = {vocab.bytes[i].size(), const_cast<char*>(vocab.bytes[i].data())};
+    h5::check(H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, vl.data()), "write /vocab/bytes");
+  }
+  {
+    h5::Handle d = h5::create_dataset(g, "special", H5T_NATIVE_UINT8, {V}, {V}, false);
+    h5::write_slab(d, H5T_NATIVE_UINT8, {0}, {V}, vocab.special.data());
+  }
+
+  for (const MatrixLayout& m : mats_) {
+    h5::Handle mg = h5::create_group(f, m.name);
+    h5::attr_string(mg, "tensor_pattern", m.pattern);
+    h5::attr_string(mg, "axis", m.columns ? "columns" : "rows");
+    h5::attr_ints(mg, "layers", m.layers);
+    const hsize_t L = m.layers.size(), N = hsize_t(m.neurons);
+    const hsize_t cr = std::min<hsize_t>(hsize_t(m.chunk_rows), N);
+    const hsize_t C = hsize_t(num_chunks(m.neurons, m.chunk_rows));
+    auto d3 = [&](const char* name, hid_t type, int64_t k) {
+      if (k > 0) h5::create_dataset(mg, name, type, {L, N, hsize_t(k)}, {1, cr, hsize_t(k)}, true);
+    };
+    d3("top_ids", H5T_NATIVE_INT32, meta.top_k);
+    d3("top_logits", H5T_NATIVE_FLOAT, meta.top_k);
+    d3("top_probs", H5T_NATIVE_FLOAT, meta.top_k);
+    h5::create_dataset(mg, "logsumexp", H5T_NATIVE_FLOAT, {L, N}, {1, cr}, true);
+    d3("bottom_ids", H5T_NATIVE_INT32, meta.bottom_k);
+    d3("bottom_logits", H5T_NATIVE_FLOAT, meta.bottom_k);
+    h5::create_dataset(mg, "done", H5T_NATIVE_UINT8, {L, C}, {1, C}, false);
+  }
+  h5::check(H5Fflush(f, H5F_SCOPE_GLOBAL), "flush");
+}
+
+void MapWriter::open_datasets() {
+  for (const MatrixLayout& m : mats_) {
+    Datasets d;
+    auto open = [&](const char* n) { return h5::open_dataset(file_, "/" + m.name + "/" + n); };
+    if (k_ > 0) {
+      d.top_ids = open("top_ids");
+      d.top_logits = open("top_logits");
+      d.top_probs = open("top_probs");
+    }
+    d.lse = open("logsumexp");
+    if (b_ > 0) {
+      d.bottom_ids = open("bottom_ids");
+      d.bottom_logits = open("bottom_logits");
+    }
+    d.done = open("done");
+    ds_.push_back(std::move(d));
+  }
+}
+
+// Writes one item's results; in a collective round every rank calls this for every matrix,
+// with an empty selection for the matrices it has nothing for.
+void MapWriter::write_local(const WorkItem& it, const ChunkResult& r, hid_t dxpl) {
+  for (size_t mi = 0; mi < mats_.size(); ++mi) {
+    const bool mine = it.rows > 0 && size_t(it.matrix) == mi;
+    Datasets& d = ds_[mi];
+    const hsize_t l = hsize_t(it.layer_index), r0 = hsize_t(it.row0), n = hsize_t(it.rows);
+    auto slab3 = [&](hid_t ds, hid_t type, int64_t k, const void* mem) {
+      if (k <= 0) return;
+      if (mine) h5::write_slab(ds, type, {l, r0, 0}, {1, n, hsize_t(k)}, mem, dxpl);
+      else h5::write_slab(ds, type, {}, {}, nullptr, dxpl);
+    };
+    slab3(d.top_ids, H5T_NATIVE_INT32, k_, r.top_ids.data());
+    slab3(d.top_logits, H5T_NATIVE_FLOAT, k_, r.top_logits.data());
+    slab3(d.top_probs, H5T_NATIVE_FLOAT, k_, r.top_probs.data());
+    if (mine) h5::write_slab(d.lse, H5T_NATIVE_FLOAT, {l, r0}, {1, n}, r.lse.data(), dxpl);
+    else h5::write_slab(d.lse, H5T_NATIVE_FLOAT, {}, {}, nullptr, dxpl);
+    slab3(d.bottom_ids, H5T_NATIVE_INT32, b_, r.bottom_ids.data());
+    slab3(d.bottom_logits, H5T_NATIVE_FLOAT, b_, r.bottom_logits.data());
+  }
+}
+
+void MapWriter::write_done(const WorkItem* it, hid_t dxpl) {
+  const uint8_t one = 1;
+  for (size_t mi = 0; mi < mats_.size(); ++mi) {
+    if (it && it->rows > 0 && size_t(it->matrix) == mi)
+      h5::write_slab(ds_[mi].done, H5T_NATIVE_UINT8, {hsize_t(it->layer_index), hsize_t(it->chunk)},
+                     {1, 1}, &one, dxpl);
+    else if (kind_ == WriterKind::Parallel)
+      h5::write_slab(ds_[mi].done, H5T_NATIVE_UINT8, {}, {}, nullptr, dxpl);
+  }
+}
+
+namespace {
+
+// One rank's round result as bytes, for the serial writer's gather.
+std::vector<char> pack(const WorkItem* it, const ChunkResult* r) {
+  std::vector<char> buf;
+  if (!it) return buf;
+  auto put = [&](const void* p, size_t n) {
+    buf.insert(buf.end(), static_cast<const char*>(p), static_cast<const char*>(p) + n);
+  };
+  put(it, sizeof(WorkItem));
+  put(r->top_ids.data(), r->top_ids.size() * 4);
+  put(r->top_logits.data(), r->top_logits.size() * 4);
+  put(r->top_probs.data(), r->top_probs.size() * 4);
+  put(r->lse.data(), r->lse.size() * 4);
+  put(r->bottom_ids.data(), r->bottom_ids.size() * 4);
+  put(r->bottom_logits.data(), r->bottom_logits.size() * 4);
+  return buf;
+}
+
+void unpack(const char* p, int64_t k, int64_t b, WorkItem& it, ChunkResult& r) {
+  std::memcpy(&it, p, sizeof(WorkItem));
+  p += sizeof(WorkItem);
+  r.resize(it.rows, int(k), int(b));
+  auto get = [&](void* dst, size_t n) {
+    std::memcpy(dst, p, n);
+    p += n;
+  };
+  get(r.top_ids.data(), r.top_ids.size() * 4);
+  get(r.top_logits.data(), r.top_logits.size() * 4);
+  get(r.top_probs.data(), r.top_probs.size() * 4);
+  get(r.lse.data(), r.lse.size() * 4);
+  get(r.bottom_ids.data(), r.bottom_ids.size() * 4);
+  get(r.bottom_logits.data(), r.bottom_logits.size() * 4);
+}
+
+}  // namespace
+
+void MapWriter::write_round(const WorkItem* item, const ChunkResult* result) {
+  if (kind_ == WriterKind::Parallel) {
+    collective(comm_, [&] {
+      static const WorkItem none{};
+      static const ChunkResult empty{};
+      write_local(item ? *item : none, item ? *result : empty, dxpl_);
+      h5::check(H5Fflush(file_, H5F_SCOPE_GLOBAL), path_ + ": flush failed");
+      write_done(item, dxpl_);
+    });
+    return;
+  }
+  // Serial: gather every rank's packed result on rank 0, which writes them all.
+  std::vector<char> mine = pack(item, result);
+  int n = int(mine.size());
+  std::vector<int> sizes(size_), displs(size_);
+  MPI_Gather(&n, 1, MPI_INT, sizes.data(), 1, MPI_INT, 0, comm_);
+  std::vector<char> all;
+  if (rank_ == 0) {
+    int total = 0;
+    for (int i = 0; i < size_; ++i) {
+      displs[i] = total;
+      total += sizes[i];
+    }
+    all.resize(size_t(total));
+  }
+  MPI_Gatherv(mine.data(), n, MPI_CHAR, all.data(), sizes.data(), displs.data(), MPI_CHAR, 0,
+              comm_);
+  collective(comm_, [&] {
+    if (rank_ != 0) return;
+    std::vector<WorkItem> items(size_);
+    ChunkResult r;
+    for (int i = 0; i < size_; ++i) {
+      if (sizes[i] == 0) continue;
+      unpack(all.data() + displs[i], k_, b_, items[i], r);
+      write_local(items[i], r, H5P_DEFAULT);
+    }
+    h5::check(H5Fflush(file_, H5F_SCOPE_GLOBAL), path_ + ": flush failed");
+    for (int i = 0; i < size_; ++i)
+      if (sizes[i] > 0) write_done(&items[i], H5P_DEFAULT);
+  });
+}
+
+void MapWriter::finish(double elapsed_s) {
+  collective(comm_, [&] {
+    ds_.clear();
+    dxpl_.reset();
+    file_.reset();  // collective close in the parallel writer
+  });
+  collective(comm_, [&] {
+    if (rank_ != 0) return;
+    h5::Handle f = h5::open_file(path_, true);
+    h5::set_attr_double(f, "elapsed_s", elapsed_s);
+    h5::check(H5Fflush(f, H5F_SCOPE_GLOBAL), path_ + ": flush failed");
+    h5::set_attr_int(f, "complete", 1);
+    h5::check(H5Fflush(f, H5F_SCOPE_GLOBAL), path_ + ": flush failed");
+  });
+}
+
+}  // namespace fi

@@ -1,0 +1,114 @@
+// A checkpoint directory's tensors: model.safetensors alone, or the shards named by
+// model.safetensors.index.json, each opened once and checked against the index's weight_map.
+#include "io/checkpoint.h"
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+
+namespace fi {
+namespace {
+
+std::string quote(const std::string& s) { return "'" + s + "'"; }
+
+// The index as JSON, refusing duplicate keys (a tensor listed twice) that nlohmann would merge.
+nlohmann::json read_index(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) FI_FAIL(path + ": cannot open");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::vector<std::pair<std::string, std::set<std::string>>> open;  // per open object: its key, its keys
+  std::string last_key;
+  auto cb = [&](int depth, nlohmann::json::parse_event_t ev, nlohmann::json& parsed) {
+    if (ev == nlohmann::json::parse_event_t::object_start) open.push_back({last_key, {}});
+    if (ev == nlohmann::json::parse_event_t::object_end) open.pop_back();
+    if (ev != nlohmann::json::parse_event_t::key) return true;
+    last_key = parsed.get<std::string>();
+    if (!open.back().second.insert(last_key).second)
+      FI_FAIL(path + ": " + (depth == 2 && open.back().first == "weight_map" ? "tensor " : "key ") +
+              quote(last_key) + " is listed twice");
+    return true;
+  };
+  try {
+    return nlohmann::json::parse(ss.str(), cb);
+  } catch (const nlohmann::json::exception& e) {
+    FI_FAIL(path + ": not valid JSON: " + e.what());
+  }
+}
+
+bool plain_file_name(const std::string& s) {
+  return !s.empty() && s != "." && s != ".." && s.find('/') == std::string::npos &&
+         s.find('\\') == std::string::npos && s.find('\0') == std::string::npos;
+}
+
+}  // namespace
+
+Checkpoint::Checkpoint(const std::string& dir) : dir_(dir) {
+  namespace fs = std::filesystem;
+  const std::string index_path = (fs::path(dir) / "model.safetensors.index.json").string();
+  const std::string single_path = (fs::path(dir) / "model.safetensors").string();
+
+  std::error_code ec;
+  if (!fs::exists(index_path, ec)) {
+    if (!fs::exists(single_path, ec)) FI_FAIL(dir + ": no model.safetensors or model.safetensors.index.json");
+    shards_.push_back(std::make_unique<SafetensorsFile>(single_path));
+    for (const auto& kv : shards_[0]->tensors()) where_[kv.first] = 0;
+    return;
+  }
+
+  nlohmann::json index = read_index(index_path);
+  if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
+    FI_FAIL(index_path + ": no \"weight_map\" object");
+  std::map<std::string, std::string> weight_map;  // tensor -> shard file name
+  std::map<std::string, size_t> shard_index;      // shard file name -> index in shards_
+  for (const auto& [tensor, shard] : index["weight_map"].items()) {
+    if (!shard.is_string()) FI_FAIL(index_path + ": tensor " + quote(tensor) + ": shard name is not a string");
+    const std::string name = shard.get<std::string>();
+    if (!plain_file_name(name))
+      FI_FAIL(index_path + ": tensor " + quote(tensor) + ": shard name " + quote(name) + " is not a plain file name");
+    weight_map[tensor] = name;
+    if (shard_index.count(name)) continue;
+    shard_index[name] = shards_.size();
+    shards_.push_back(std::make_unique<SafetensorsFile>((fs::path(dir) / name).string()));
+  }
+
+  // Every tensor of every shard exactly once, and exactly where the weight_map says.
+  for (size_t s = 0; s < shards_.size(); ++s)
+    for (const auto& kv : shards_[s]->tensors()) {
+      auto [it, fresh] = where_.emplace(kv.first, s);
+      if (!fresh)
+        FI_FAIL(dir + ": tensor " + quote(kv.first) + " is in two shards: " + shards_[it->second]->path() +
+                " and " + shards_[s]->path());
+    }
+  for (const auto& [tensor, name] : weight_map) {
+    auto it = where_.find(tensor);
+    if (it == where_.end() || it->second != shard_index[name])
+      FI_FAIL(index_path + ": tensor " + quote(tensor) + " is not found in its shard " + quote(name));
+  }
+  for (const auto& kv : where_)
+    if (!weight_map.count(kv.first))
+      FI_FAIL(shards_[kv.second]->path() + ": tensor " + quote(kv.first) +
+              " is not listed in the weight_map of model.safetensors.index.json");
+}
+
+bool Checkpoint::has(const std::string& tensor) const { return where_.count(tensor) != 0; }
+
+const SafetensorsFile& Checkpoint::file_of(const std::string& tensor) const {
+  auto it = where_.find(tensor);
+  if (it == where_.end()) FI_FAIL(dir_ + ": missing tensor " + quote(tensor));
+  return *shards_[it->second];
+}
+
+const TensorInfo& Checkpoint::info(const std::string& tensor) const { return file_of(tensor).info(tensor); }
+
+std::vector<std::string> Checkpoint::tensor_names() const {
+  std::vector<std::string> names;
+  for (const auto& kv : where_) names.push_back(kv.first);
+  return names;
+}
+
+}  // namespace fi

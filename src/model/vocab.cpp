@@ -1,0 +1,206 @@
+// tokenizer.json (Hugging Face byte-level BPE) -> per-id exact bytes, printable text, special flag.
+// Vocab strings are GPT-2 byte-level encoded (one code point per byte); added tokens are raw UTF-8.
+#include "model/vocab.h"
+
+#include <algorithm>
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+
+namespace fi {
+namespace {
+
+using nlohmann::json;
+
+// The GPT-2 alphabet: printable Latin-1 bytes stand for themselves, the other 68 bytes take
+// code points 256, 257, ... in byte order.
+bool byte_is_printable(int b) { return (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174; }
+
+const std::array<uint32_t, 256>& byte_to_cp() {
+  static const std::array<uint32_t, 256> table = [] {
+    std::array<uint32_t, 256> t{};
+    uint32_t next = 256;
+    for (int b = 0; b < 256; ++b) t[b] = byte_is_printable(b) ? uint32_t(b) : next++;
+    return t;
+  }();
+  return table;
+}
+
+// Decodes valid UTF-8 (the JSON parser has checked it) into code points.
+std::vector<uint32_t> code_points(const std::string& s) {
+  std::vector<uint32_t> out;
+  for (size_t i = 0; i < s.size();) {
+    unsigned char c = s[i];
+    int n = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+    uint32_t cp = n == 1 ? c : n == 2 ? c & 0x1F : n == 3 ? c & 0x0F : c & 0x07;
+    for (int k = 1; k < n && i + k < s.size(); ++k) cp = cp << 6 | (uint8_t(s[i + k]) & 0x3F);
+    out.push_back(cp);
+    i += n;
+  }
+  return out;
+}
+
+std::string hex_cp(uint32_t cp) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "U+%04X", cp);
+  return buf;
+}
+
+json read_json(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) FI_FAIL(path + ": cannot open");
+  try {
+    return json::parse(in);
+  } catch (const json::exception& e) {
+    FI_FAIL(path + ": invalid JSON: " + e.what());
+  }
+}
+
+int64_t read_id(const std::string& path, const json& v, const std::string& where) {
+  if (!v.is_number_integer()) FI_FAIL(path + ": " + where + " must be an integer id");
+  if (v.is_number_unsigned() ? v.get<uint64_t>() > uint64_t(INT64_MAX) : v.get<int64_t>() < 0)
+    FI_FAIL(path + ": " + where + " is not a valid id");
+  return v.get<int64_t>();
+}
+
+}  // namespace
+
+int byte_level_decode_cp(uint32_t cp) {
+  static const std::array<int16_t, 512> inverse = [] {
+    std::array<int16_t, 512> t;
+    t.fill(-1);
+    for (int b = 0; b < 256; ++b) t[byte_to_cp()[b]] = int16_t(b);
+    return t;
+  }();
+  return cp < inverse.size() ? inverse[cp] : -1;
+}
+
+uint32_t byte_level_encode_byte(uint8_t b) { return byte_to_cp()[b]; }
+
+// Unicode "substitution of maximal subparts": a well-formed prefix of a sequence that then
+// breaks becomes one U+FFFD; a byte that cannot start a sequence becomes one U+FFFD.
+std::string sanitize_utf8(const std::string& s) {
+  static const char kFFFD[] = "\xEF\xBF\xBD";
+  std::string out;
+  out.reserve(s.size());
+  size_t i = 0;
+  while (i < s.size()) {
+    uint8_t c = s[i];
+    if (c < 0x80) {
+      out += char(c);
+      ++i;
+      continue;
+    }
+    int n = 0;
+    uint8_t lo = 0x80, hi = 0xBF;  // allowed range of the second byte (Unicode Table 3-7)
+    if (c >= 0xC2 && c <= 0xDF) n = 2;
+    else if (c == 0xE0) n = 3, lo = 0xA0;
+    else if (c == 0xED) n = 3, hi = 0x9F;
+    else if (c >= 0xE1 && c <= 0xEF) n = 3;
+    else if (c == 0xF0) n = 4, lo = 0x90;
+    else if (c == 0xF4) n = 4, hi = 0x8F;
+    else if (c >= 0xF1 && c <= 0xF3) n = 4;
+    int k = 1;  // bytes of the sequence accepted so far
+    if (n) {
+      for (; k < n && i + k < s.size(); ++k) {
+        uint8_t d = s[i + k];
+        if (k == 1 ? (d < lo || d > hi) : (d < 0x80 || d > 0xBF)) break;
+      }
+    }
+    if (n && k == n) out.append(s, i, n);
+    else out += kFFFD;
+    i += k;
+  }
+  return out;
+}
+
+int64_t Vocab::find_bytes(const std::string& b) const {
+  for (size_t i = 0; i < bytes.size(); ++i)
+    if (bytes[i] == b) return int64_t(i);
+  return -1;
+}
+
+Vocab load_vocab(const std::string& path, int64_t vocab_size) {
+  if (vocab_size < 0) FI_FAIL(path + ": vocab_size " + std::to_string(vocab_size) + " is negative");
+  json j = read_json(path);
+  if (!j.is_object()) FI_FAIL(path + ": expected a JSON object at the top level");
+  auto model = j.find("model");
+  if (model == j.end() || !model->is_object()) FI_FAIL(path + ": field 'model' is missing or not an object");
+  auto vocab = model->find("vocab");
+  if (vocab == model->end() || !vocab->is_object())
+    FI_FAIL(path + ": field 'model.vocab' is missing or not an object (a byte-level BPE vocabulary)");
+  const json empty = json::array();
+  auto added_it = j.find("added_tokens");
+  const json& added = added_it == j.end() || added_it->is_null() ? empty : *added_it;
+  if (!added.is_array()) FI_FAIL(path + ": field 'added_tokens' must be a list");
+
+  // Without vocab_size, ids must be exactly 0..n-1, so any id >= the number of entries is a gap.
+  int64_t limit = vocab_size > 0 ? vocab_size : int64_t(vocab->size() + added.size());
+  std::vector<std::string> token(limit);  // the token string as written in the file
+  std::vector<uint8_t> from(limit, 0);    // 0 unseen, 1 model.vocab, 2 added_tokens
+  Vocab v;
+  v.bytes.resize(limit);
+  v.special.assign(limit, 0);
+  int64_t max_id = -1;
+  auto claim = [&](int64_t id, const std::string& tok, uint8_t src) {
+    if (id >= limit) {
+      if (vocab_size > 0)
+        FI_FAIL(path + ": token '" + tok + "' has id " + std::to_string(id) + " >= vocab_size " +
+                std::to_string(vocab_size));
+      FI_FAIL(path + ": token '" + tok + "' has id " + std::to_string(id) + " but there are only " +
+              std::to_string(limit) + " tokens (ids must be contiguous)");
+    }
+    // An added token may restate a vocabulary entry (same id, same string); anything else clashes.
+    if (from[id] && !(from[id] == 1 && src == 2 && token[id] == tok))
+      FI_FAIL(path + ": id " + std::to_string(id) + " is given twice ('" + token[id] + "' and '" + tok + "')");
+    token[id] = tok;
+    from[id] = src;
+    max_id = std::max(max_id, id);
+  };
+
+  for (auto it = vocab->begin(); it != vocab->end(); ++it) {
+    int64_t id = read_id(path, it.value(), "model.vocab['" + it.key() + "']");
+    claim(id, it.key(), 1);
+    std::string b;
+    for (uint32_t cp : code_points(it.key())) {
+      int byte = byte_level_decode_cp(cp);
+      if (byte < 0)
+        FI_FAIL(path + ": token '" + it.key() + "' (id " + std::to_string(id) + ") has code point " +
+                hex_cp(cp) + " outside the byte-level alphabet");
+      b += char(byte);
+    }
+    v.bytes[id] = b;
+  }
+  for (size_t k = 0; k < added.size(); ++k) {
+    const json& a = added[k];
+    std::string where = "added_tokens[" + std::to_string(k) + "]";
+    if (!a.is_object() || !a.contains("id") || !a.contains("content") || !a["content"].is_string())
+      FI_FAIL(path + ": " + where + " needs an integer 'id' and a string 'content'");
+    int64_t id = read_id(path, a["id"], where + ".id");
+    std::string content = a["content"].get<std::string>();
+    claim(id, content, 2);
+    v.bytes[id] = content;
+    v.special[id] = 1;
+  }
+
+  int64_t n = vocab_size > 0 ? vocab_size : max_id + 1;
+  v.bytes.resize(n);
+  v.special.resize(n);
+  v.text.resize(n);
+  for (int64_t id = 0; id < n; ++id) {
+    if (from[id]) {
+      v.text[id] = sanitize_utf8(v.bytes[id]);
+    } else if (vocab_size > 0) {  // a padding row of the LM-head
+      v.text[id] = "<|unused_" + std::to_string(id) + "|>";
+      v.special[id] = 1;
+    } else {
+      FI_FAIL(path + ": id " + std::to_string(id) + " has no token (ids must be contiguous)");
+    }
+  }
+  return v;
+}
+
+}  // namespace fi

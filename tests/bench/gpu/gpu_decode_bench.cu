@@ -1,0 +1,235 @@
+// gpu_decode_bench: the CUDA decode of a whole Llama-3.1-8B-shaped map (32 layers × 14336 rows,
+// hidden 4096, vocab 128256, bf16, random weights made on the device: no disk), top-20 + lse,
+// against cuBLAS GEMM alone on the same pieces. Reports total time, GEMM-alone time, their ratio,
+// the reduction and norm kernels alone, rows/s, and the LM-head upload (host -> device).
+// Usage: gpu_decode_bench [--layers L] [--neurons N] [--hidden H] [--vocab V] [--top-k K]
+//        [--bottom-k B] [--chunk-rows R] [--sub-rows S] [--split-input] [--reps N]
+// Prints "SKIPPED (no CUDA device)" and exits 0 without a device.
+#include <cuda_runtime_api.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "decode/cuda/cuda_check.h"
+#include "decode/cuda/cuda_decoder_impl.h"
+#include "decode/cuda/kernels.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+struct Args {
+  int64_t layers = 32, neurons = 14336, hidden = 4096, vocab = 128256;
+  int top_k = 20, bottom_k = 0;
+  int64_t chunk_rows = 2048, sub_rows = 0;
+  bool split = false;
+  int reps = 1;
+};
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    std::string s = argv[i];
+    auto next = [&]() -> long long {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "gpu_decode_bench: %s needs a value\n", s.c_str());
+        std::exit(2);
+      }
+      return std::atoll(argv[++i]);
+    };
+    if (s == "--layers") a.layers = next();
+    else if (s == "--neurons") a.neurons = next();
+    else if (s == "--hidden") a.hidden = next();
+    else if (s == "--vocab") a.vocab = next();
+    else if (s == "--top-k") a.top_k = int(next());
+    else if (s == "--bottom-k") a.bottom_k = int(next());
+    else if (s == "--chunk-rows") a.chunk_rows = next();
+    else if (s == "--sub-rows") a.sub_rows = next();
+    else if (s == "--split-input") a.split = true;
+    else if (s == "--reps") a.reps = int(next());
+    else {
+      std::fprintf(stderr, "gpu_decode_bench: unknown option %s\n", s.c_str());
+      std::exit(2);
+    }
+  }
+  return a;
+}
+
+// Times f() between two events on the default stream (f enqueues work on stream 0).
+template <typename F>
+double time_on_device(F f) {
+  cudaEvent_t a, b;
+  FI_CUDA_CHECK(cudaEventCreate(&a));
+  FI_CUDA_CHECK(cudaEventCreate(&b));
+  FI_CUDA_CHECK(cudaEventRecord(a, nullptr));
+  f();
+  FI_CUDA_CHECK(cudaEventRecord(b, nullptr));
+  FI_CUDA_CHECK(cudaEventSynchronize(b));
+  float ms = 0;
+  FI_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return ms / 1e3;
+}
+
+int run(const Args& a) {
+  using namespace fi;
+  using namespace fi::gpu;
+  const int dev = select_device(MPI_COMM_NULL);
+  cudaDeviceProp prop{};
+  FI_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+  const int64_t V = a.vocab, H = a.hidden, total_rows = a.layers * a.neurons;
+  std::printf("device %d: %s, %d SMs, %.1f GiB; shape: %lld layers x %lld rows, hidden %lld, vocab %lld, "
+              "top-%d bottom-%d, chunk %lld rows%s\n",
+              dev, prop.name, prop.multiProcessorCount, double(prop.totalGlobalMem) / (1ull << 30),
+              (long long)a.layers, (long long)a.neurons, (long long)H, (long long)V, a.top_k,
+              a.bottom_k, (long long)a.chunk_rows, a.split ? ", split input (2 GEMMs)" : "");
+
+  // Random bf16 weights and rows on the device (uniform ±0.035: std 0.02 like a real LM-head).
+  DeviceBuffer w(size_t(V) * H * 2, "bench LM-head");
+  DeviceBuffer x(size_t(total_rows) * H * 2, "bench rows");
+  launch_fill_uniform(w.get(), DType::BF16, V * H, 0.035f, 1, nullptr);
+  launch_fill_uniform(x.get(), DType::BF16, total_rows * H, 1.f, 2, nullptr);
+  FI_CUDA_CHECK(cudaDeviceSynchronize());
+
+  // The single-rank replica minus the disk: the LM-head from (pageable) host memory.
+  std::vector<unsigned char> host_w(w.bytes());
+  w.copy_to_host(host_w.data(), host_w.size());
+  auto t_up = Clock::now();
+  DeviceLmHead head = upload_lm_head(host_w.data(), DType::BF16, V, H);
+  const double upload_s = seconds_since(t_up);
+  host_w = {};
+  w = DeviceBuffer();
+
+  std::vector<float> gamma(static_cast<size_t>(H));
+  for (int64_t i = 0; i < H; ++i) gamma[i] = 0.8f + 0.4f * float(i % 7) / 6.f;
+  DecodeParams p;
+  p.top_k = a.top_k;
+  p.bottom_k = a.bottom_k;
+  CudaDecoderOptions o;
+  o.split_input = a.split;
+  o.sub_rows = a.sub_rows;
+  CudaDecoder dec(std::move(head), gamma, p, o);
+  const DeviceLmHead& h = dec.head();
+  const int64_t ld = dec.logits_ld();
+
+  // The work list: every layer's rows in chunks of chunk_rows, each decoded in pieces.
+  struct Chunk {
+    int64_t row0, rows;
+  };
+  std::vector<Chunk> chunks;
+  for (int64_t l = 0; l < a.layers; ++l)
+    for (int64_t c = 0; c < a.neurons; c += a.chunk_rows)
+      chunks.push_back({l * a.neurons + c, std::min(a.chunk_rows, a.neurons - c)});
+  const char* xb = static_cast<const char*>(x.get());
+
+  ChunkResult res;
+  dec.decode_device(xb, DType::BF16, chunks[0].rows, res);  // warm-up (cuBLAS heuristics, pinned buffers)
+  FI_CUDA_CHECK(cudaDeviceSynchronize());
+
+  double total_s = 1e30;
+  long long checksum = 0;
+  for (int rep = 0; rep < a.reps; ++rep) {
+    auto t0 = Clock::now();
+    for (const Chunk& c : chunks) {
+      dec.decode_device(xb + size_t(c.row0) * H * 2, DType::BF16, c.rows, res);
+      checksum += res.top_ids[0];
+    }
+    FI_CUDA_CHECK(cudaDeviceSynchronize());
+    total_s = std::min(total_s, seconds_since(t0));
+  }
+
+  // The same pieces through each stage alone, on one stream.
+  const int64_t max_sub = dec.max_sub_rows();
+  DeviceBuffer logits(size_t(max_sub) * ld * 4, "bench logits");
+  DeviceBuffer xn(size_t(max_sub) * H * 2, "bench normed rows");
+  DeviceBuffer out(size_t(max_sub) * (3 * a.top_k + 1 + 2 * a.bottom_k) * 4, "bench results");
+  RowOutputs ro;
+  {
+    char* q = static_cast<char*>(out.get());
+    ro.top_ids = reinterpret_cast<int32_t*>(q);
+    ro.top_logits = reinterpret_cast<float*>(q + size_t(max_sub) * a.top_k * 4);
+    ro.top_probs = reinterpret_cast<float*>(q + size_t(max_sub) * a.top_k * 8);
+    ro.lse = reinterpret_cast<float*>(q + size_t(max_sub) * a.top_k * 12);
+    ro.bottom_ids = reinterpret_cast<int32_t*>(q + size_t(max_sub) * (a.top_k * 12 + 4));
+    ro.bottom_logits = reinterpret_cast<float*>(q + size_t(max_sub) * (a.top_k * 12 + 4 + a.bottom_k * 4));
+  }
+  cublasHandle_t blas;
+  FI_CUBLAS_CHECK(cublasCreate(&blas));
+  float* L = static_cast<float*>(logits.get());
+  auto for_each_piece = [&](auto f) {
+    for (const Chunk& c : chunks) {
+      const int64_t sub = dec.sub_rows(c.rows);
+      for (int64_t r = 0; r < c.rows; r += sub) f(c.row0 + r, std::min(sub, c.rows - r));
+    }
+  };
+  for (const Chunk* c : {&chunks.front(), &chunks.back()}) {  // warm-up: the pieces' shapes
+    const int64_t sub = dec.sub_rows(c->rows);
+    for (int64_t r = 0; r < c->rows; r += sub)
+      gemm_logits(blas, h.data.get(), DType::BF16, V, H, xb, std::min(sub, c->rows - r), L, ld, false, false);
+  }
+  FI_CUDA_CHECK(cudaDeviceSynchronize());
+  const double gemm_s = time_on_device([&] {
+    for_each_piece([&](int64_t r0, int64_t n) {
+      gemm_logits(blas, h.data.get(), DType::BF16, V, H, xb + size_t(r0) * H * 2, n, L, ld, false, false);
+    });
+  });
+  const double reduce_s = time_on_device([&] {
+    for_each_piece([&](int64_t, int64_t n) { launch_row_reduce(L, n, V, ld, a.top_k, a.bottom_k, ro, nullptr); });
+  });
+  DeviceBuffer gamma_d(size_t(H) * 4, "bench gamma");
+  FI_CUDA_CHECK(cudaMemcpy(gamma_d.get(), gamma.data(), size_t(H) * 4, cudaMemcpyHostToDevice));
+  const double norm_s = time_on_device([&] {
+    for_each_piece([&](int64_t r0, int64_t n) {
+      launch_norm_convert(xb + size_t(r0) * H * 2, DType::BF16, xn.get(), nullptr, DType::BF16, n, H,
+                          static_cast<const float*>(gamma_d.get()), p, nullptr);
+    });
+  });
+  cublasDestroy(blas);
+
+  const double flops = 2.0 * double(total_rows) * double(V) * double(H);
+  const double gemms = a.split ? 2.0 : 1.0;
+  std::printf("pieces: %lld rows per GEMM (chunk %lld rows)\n", (long long)dec.sub_rows(a.chunk_rows),
+              (long long)a.chunk_rows);
+  std::printf("decode total      %8.3f s   %10.0f rows/s   %6.1f TFLOP/s (one GEMM's flops)\n", total_s,
+              double(total_rows) / total_s, flops / total_s / 1e12);
+  std::printf("cuBLAS GEMM alone %8.3f s   %6.1f TFLOP/s   (x%.0f with split input: %.3f s)\n", gemm_s,
+              flops / gemm_s / 1e12, gemms, gemm_s * gemms);
+  std::printf("reduction alone   %8.3f s   (logits read: %.1f GB, %.0f GB/s)\n", reduce_s,
+              double(total_rows) * double(V) * 4 / 1e9, double(total_rows) * double(V) * 4 / 1e9 / reduce_s);
+  std::printf("norm alone        %8.3f s\n", norm_s);
+  std::printf("ratio total / (GEMM alone x%.0f) = %.3f   (goal <= 1.15; total goal <= 1.5 s)\n", gemms,
+              total_s / (gemm_s * gemms));
+  std::printf("LM-head upload    %8.3f s   (%.2f GB from pageable host memory; no disk)\n", upload_s,
+              double(size_t(V) * H * 2) / 1e9);
+  std::printf("RESULT {\"device\": \"%s\", \"chunk_rows\": %lld, \"sub_rows\": %lld, \"split\": %s, "
+              "\"total_s\": %.4f, \"gemm_s\": %.4f, \"reduce_s\": %.4f, \"norm_s\": %.4f, "
+              "\"rows_per_s\": %.0f, \"upload_s\": %.4f, \"checksum\": %lld}\n",
+              prop.name, (long long)a.chunk_rows, (long long)dec.sub_rows(a.chunk_rows),
+              a.split ? "true" : "false", total_s, gemm_s, reduce_s, norm_s,
+              double(total_rows) / total_s, upload_s, checksum);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Args a = parse(argc, argv);
+  if (!fi::cuda_available()) {
+    std::printf("SKIPPED (no CUDA device)\n");
+    return 0;
+  }
+  try {
+    return run(a);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "gpu_decode_bench: error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,290 @@
+"""Helpers for the Python checks: find and run the flashinterp binary (plain or under mpirun), and
+an independent numpy reader of safetensors checkpoints and tokenizer.json, so that the tests
+compare the map against a computation that shares no code with the binary.
+Run by ctest as /usr/bin/python3 tests/python/test_X.py with FLASHINTERP, MPIEXEC, FI_SOURCE_DIR.
+"""
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+SOURCE_DIR = os.environ.get("FI_SOURCE_DIR") or os.path.dirname(os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(SOURCE_DIR, "analysis"))
+
+
+# ---- running the binary -------------------------------------------------------------------
+def binary():
+    path = os.environ.get("FLASHINTERP") or os.path.join(SOURCE_DIR, "build", "src", "flashinterp")
+    if not os.access(path, os.X_OK):
+        fail(f"flashinterp binary not found at {path} (set FLASHINTERP)")
+    return path
+
+
+def mpiexec():
+    return os.environ.get("MPIEXEC") or shutil.which("mpirun") or "mpirun"
+
+
+def mpi_prefix(np_):
+    flags = ["--oversubscribe"]
+    if os.geteuid() == 0:
+        flags.append("--allow-run-as-root")
+    return [mpiexec(), *flags, "-np", str(np_)]
+
+
+def run(args, np_=None, timeout=120, check=True):
+    """Runs `flashinterp ARGS` (under mpirun -np np_ when given). Returns the CompletedProcess;
+    with check, a non-zero exit fails the test, showing the command and its stderr."""
+    cmd = ([*mpi_prefix(np_)] if np_ else []) + [binary(), *map(str, args)]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        fail(f"timed out after {timeout} s: {shlex.join(cmd)}")
+    if check and p.returncode != 0:
+        fail(f"exit {p.returncode}: {shlex.join(cmd)}\n--- stderr ---\n{p.stderr}")
+    return p
+
+
+def demo_model(out_dir, *args):
+    """Writes a small demo checkpoint (flashinterp demo-model) and returns its directory."""
+    run(["demo-model", "--out", out_dir, *args])
+    return out_dir
+
+
+def decode(model, out, *args, np_=2, timeout=300):
+    run(["decode", "--model", model, "--out", out, "--quiet", *args], np_=np_, timeout=timeout)
+    return out
+
+
+def tempdir():
+    """A temporary directory (a context manager); FI_KEEP_TMP=1 keeps it for debugging."""
+    if os.environ.get("FI_KEEP_TMP"):
+        path = tempfile.mkdtemp(prefix="fi-test-")
+        print(f"keeping {path}")
+
+        class Keep:
+            def __enter__(self):
+                return path
+
+            def __exit__(self, *exc):
+                return False
+        return Keep()
+    return tempfile.TemporaryDirectory(prefix="fi-test-")
+
+
+# ---- reporting ----------------------------------------------------------------------------
+class Failure(Exception):
+    pass
+
+
+def fail(msg):
+    raise Failure(msg)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+
+def main(fn):
+    """Runs a test function; prints PASS/FAIL and exits 0/1."""
+    name = os.path.basename(sys.argv[0])
+    try:
+        fn()
+    except Failure as e:
+        print(f"FAIL {name}: {e}", flush=True)
+        sys.exit(1)
+    print(f"PASS {name}", flush=True)
+    sys.exit(0)
+
+
+# ---- safetensors, independently of the C++ reader ------------------------------------------
+_DTYPES = {"F32": (4, np.dtype("<f4")), "F16": (2, np.dtype("<f2")), "BF16": (2, np.dtype("<u2")),
+           "F64": (8, np.dtype("<f8"))}
+
+
+def read_safetensors_header(path):
+    """Returns (header dict without __metadata__, data offset in the file)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        check(len(head) == 8, f"{path}: shorter than the 8-byte header length")
+        n = int.from_bytes(head, "little")
+        check(n <= 100_000_000, f"{path}: header length {n} too large")
+        raw = f.read(n)
+        check(len(raw) == n, f"{path}: header truncated")
+    header = json.loads(raw.decode("utf-8"))
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
+class SafeTensors:
+    """All tensors of a checkpoint directory (single file or sharded with an index), as float64."""
+
+    def __init__(self, model_dir):
+        self.dir = model_dir
+        index = os.path.join(model_dir, "model.safetensors.index.json")
+        if os.path.exists(index):
+            with open(index) as f:
+                weight_map = json.load(f)["weight_map"]
+            files = sorted(set(weight_map.values()))
+        else:
+            files = ["model.safetensors"]
+        self.where = {}  # tensor -> (path, info, data offset)
+        for name in files:
+            path = os.path.join(model_dir, name)
+            header, data_off = read_safetensors_header(path)
+            size = os.path.getsize(path) - data_off
+            spans = sorted(tuple(v["data_offsets"]) for v in header.values())
+            pos = 0
+            for b, e in spans:  # contiguous, no holes, covering the buffer
+                check(b == pos and e >= b, f"{path}: data offsets not contiguous at {b}")
+                pos = e
+            check(pos == size, f"{path}: buffer is {size} bytes, tensors cover {pos}")
+            for t, info in header.items():
+                self.where[t] = (path, info, data_off)
+
+    def names(self):
+        return sorted(self.where)
+
+    def dtype(self, name):
+        return self.where[name][1]["dtype"]
+
+    def shape(self, name):
+        return tuple(self.where[name][1]["shape"])
+
+    def get(self, name):
+        """The tensor as a float64 numpy array (exact widening of bf16/f16/f32)."""
+        check(name in self.where, f"{self.dir}: no tensor {name}")
+        path, info, data_off = self.where[name]
+        dt = info["dtype"]
+        check(dt in _DTYPES, f"{path}: {name}: unsupported dtype {dt}")
+        size, npdt = _DTYPES[dt]
+        b, e = info["data_offsets"]
+        shape = tuple(info["shape"])
+        check(e - b == int(np.prod(shape, dtype=np.int64)) * size, f"{path}: {name}: size mismatch")
+        with open(path, "rb") as f:
+            f.seek(data_off + b)
+            buf = f.read(e - b)
+        a = np.frombuffer(buf, dtype=npdt)
+        if dt == "BF16":
+            a = (a.astype(np.uint32) << 16).view(np.float32)
+        return a.astype(np.float64).reshape(shape)
+
+
+def write_safetensors(path, tensors, metadata=None):
+    """Writes {name: numpy array (float32/float16) or ("BF16", uint16 array)} as safetensors."""
+    header, blobs, pos = {}, [], 0
+    for name, t in tensors.items():
+        if isinstance(t, tuple):
+            dt, arr = t
+        else:
+            arr = t
+            dt = {np.dtype("float32"): "F32", np.dtype("float16"): "F16", np.dtype("float64"): "F64"}[arr.dtype]
+        raw = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
+        header[name] = {"dtype": dt, "shape": list(arr.shape), "data_offsets": [pos, pos + len(raw)]}
+        blobs.append(raw)
+        pos += len(raw)
+    if metadata:
+        header["__metadata__"] = metadata
+    js = json.dumps(header).encode()
+    js += b" " * (-len(js) % 8)
+    with open(path, "wb") as f:
+        f.write(len(js).to_bytes(8, "little"))
+        f.write(js)
+        for raw in blobs:
+            f.write(raw)
+
+
+def to_bf16_bits(x):
+    """float32 -> bf16 bit patterns (round to nearest even), as uint16."""
+    u = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    return u.astype(np.uint16)
+
+
+# ---- config and tokenizer ------------------------------------------------------------------
+def load_config(model_dir):
+    with open(os.path.join(model_dir, "config.json")) as f:
+        return json.load(f)
+
+
+def _byte_decoder():
+    """GPT-2 byte-level alphabet: code point -> byte."""
+    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+def tokenizer_vocab(model_dir):
+    """{id: (bytes, special)} from tokenizer.json: byte-level decoding of model.vocab, added tokens
+    as their UTF-8 content."""
+    with open(os.path.join(model_dir, "tokenizer.json"), encoding="utf-8") as f:
+        tok = json.load(f)
+    dec = _byte_decoder()
+    out = {}
+    for s, i in tok["model"]["vocab"].items():
+        out[int(i)] = (bytes(dec[c] for c in s), False)
+    for a in tok.get("added_tokens", []):
+        out[int(a["id"])] = (a["content"].encode("utf-8"), True)
+    return out
+
+
+# ---- the float64 reference decode ----------------------------------------------------------
+class Reference:
+    """The decode of ARCHITECTURE.md in float64 numpy, straight from the checkpoint bytes."""
+
+    def __init__(self, model_dir):
+        self.st = SafeTensors(model_dir)
+        self.cfg = load_config(model_dir)
+        tied = bool(self.cfg.get("tie_word_embeddings", False))
+        self.lm_head_name = "model.embed_tokens.weight" if tied else "lm_head.weight"
+        self.wu = self.st.get(self.lm_head_name)  # [V, H]
+        self.gamma = self.st.get("model.norm.weight")  # [H]
+        if self.cfg.get("model_type") == "gemma":
+            self.gamma = 1.0 + self.gamma
+        self.eps = float(self.cfg.get("rms_norm_eps", 1e-6))
+        self._mats = {}
+
+    def matrix(self, matrix, layer):
+        """Neuron vectors of one layer: [N, H] (rows of up/gate, columns of down)."""
+        key = (matrix, layer)
+        if key not in self._mats:
+            w = self.st.get(f"model.layers.{layer}.mlp.{matrix}_proj.weight")
+            self._mats[key] = w.T.copy() if matrix == "down" else w
+        return self._mats[key]
+
+    def norm(self, x, mode):
+        if mode == "rms":
+            return x / np.sqrt(np.mean(x * x, axis=1, keepdims=True) + self.eps) * self.gamma
+        if mode == "gamma":
+            return x * self.gamma
+        check(mode == "none", f"unknown norm {mode}")
+        return x
+
+    def logits(self, matrix, layer, neurons, mode):
+        """[len(neurons), V] float64."""
+        return self.norm(self.matrix(matrix, layer)[np.asarray(neurons)], mode) @ self.wu.T
+
+
+def logsumexp(logits):
+    m = logits.max(axis=1, keepdims=True)
+    return (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def ref_topk(logits, k, lowest=False):
+    """[R, k] ids by logit descending (ascending when lowest), ties: lower id first."""
+    key = logits if lowest else -logits
+    # argsort is stable, so equal keys keep increasing id order.
+    part = np.argsort(key, axis=1, kind="stable")
+    return part[:, :k]

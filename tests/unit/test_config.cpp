@@ -1,0 +1,441 @@
+// config.json parsing (one crafted file per rule), matrix and tensor names, and Model's checks
+// of a tiny safetensors checkpoint against its config (tied and untied LM-head, wrong shapes).
+#include "model/config.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+// One folder per process, removed at exit; one subfolder per test.
+struct TempRoot {
+  fs::path path = fs::temp_directory_path() / ("fi_test_config_" + std::to_string(::getpid()));
+  ~TempRoot() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+} temp_root;
+
+fs::path temp_dir() {
+  fs::path d = temp_root.path / ::testing::UnitTest::GetInstance()->current_test_info()->name();
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+std::string write_config(const fs::path& dir, const std::string& text) {
+  fs::path p = dir / "config.json";
+  std::ofstream(p) << text;
+  return p.string();
+}
+
+// The message of the fi::Error that f throws ("" and a test failure when it throws none).
+template <class F>
+std::string error_of(F f) {
+  try {
+    f();
+  } catch (const fi::Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no error thrown";
+  return "";
+}
+
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+// A tiny Llama config: H=8, I=12, L=2, heads=2, V=16.
+json tiny() {
+  return json::parse(R"({"model_type": "llama", "hidden_size": 8, "intermediate_size": 12,
+    "num_hidden_layers": 2, "num_attention_heads": 2, "vocab_size": 16, "rms_norm_eps": 1e-5})");
+}
+
+// Meta-Llama-3.1-8B's config.json as published.
+const char* kLlama31_8B = R"({
+  "architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+  "bos_token_id": 128000, "eos_token_id": 128001, "hidden_act": "silu", "hidden_size": 4096,
+  "initializer_range": 0.02, "intermediate_size": 14336, "max_position_embeddings": 131072,
+  "mlp_bias": false, "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 32,
+  "num_key_value_heads": 8, "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+  "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                   "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+  "rope_theta": 500000.0, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+  "transformers_version": "4.43.0.dev0", "use_cache": true, "vocab_size": 128256
+})";
+
+}  // namespace
+
+TEST(Config, Llama31_8B) {
+  std::string p = write_config(temp_dir(), kLlama31_8B);
+  fi::ModelConfig c = fi::load_config(p);
+  EXPECT_EQ(c.path, p);
+  EXPECT_EQ(c.model_type, "llama");
+  EXPECT_EQ(c.hidden_size, 4096);
+  EXPECT_EQ(c.intermediate_size, 14336);
+  EXPECT_EQ(c.num_layers, 32);
+  EXPECT_EQ(c.num_heads, 32);
+  EXPECT_EQ(c.num_kv_heads, 8);
+  EXPECT_EQ(c.head_dim, 128);
+  EXPECT_EQ(c.vocab_size, 128256);
+  EXPECT_DOUBLE_EQ(c.rms_norm_eps, 1e-5);
+  EXPECT_DOUBLE_EQ(c.rope_theta, 500000);
+  EXPECT_EQ(c.rope_scaling.type, "llama3");
+  EXPECT_DOUBLE_EQ(c.rope_scaling.factor, 8);
+  EXPECT_DOUBLE_EQ(c.rope_scaling.low_freq_factor, 1);
+  EXPECT_DOUBLE_EQ(c.rope_scaling.high_freq_factor, 4);
+  EXPECT_DOUBLE_EQ(c.rope_scaling.original_max_position_embeddings, 8192);
+  EXPECT_FALSE(c.tie_word_embeddings);
+  EXPECT_FALSE(c.norm_plus_one);
+  EXPECT_EQ(c.hidden_act, "silu");
+}
+
+TEST(Config, Defaults) {
+  fi::ModelConfig c = fi::load_config(write_config(temp_dir(), tiny().dump()));
+  EXPECT_EQ(c.num_kv_heads, 2);  // = num_attention_heads
+  EXPECT_EQ(c.head_dim, 4);      // = hidden / heads
+  EXPECT_DOUBLE_EQ(c.rope_theta, 10000);
+  EXPECT_EQ(c.rope_scaling.type, "");
+  EXPECT_FALSE(c.tie_word_embeddings);
+  EXPECT_FALSE(c.norm_plus_one);
+  EXPECT_EQ(c.hidden_act, "silu");
+  // null means absent for optional fields
+  json j = tiny();
+  j["rope_scaling"] = nullptr;
+  j["num_key_value_heads"] = nullptr;
+  j["head_dim"] = nullptr;
+  c = fi::load_config(write_config(temp_dir(), j.dump()));
+  EXPECT_EQ(c.num_kv_heads, 2);
+  EXPECT_EQ(c.head_dim, 4);
+  EXPECT_EQ(c.rope_scaling.type, "");
+}
+
+TEST(Config, ExplicitHeadDimAndActivation) {
+  json j = tiny();
+  j["num_attention_heads"] = 3;  // does not divide 8, fine when head_dim is given
+  j["head_dim"] = 16;
+  j["num_key_value_heads"] = 1;
+  j["hidden_act"] = "gelu";
+  j["model_type"] = "qwen2";
+  j["tie_word_embeddings"] = true;
+  fi::ModelConfig c = fi::load_config(write_config(temp_dir(), j.dump()));
+  EXPECT_EQ(c.head_dim, 16);
+  EXPECT_EQ(c.num_kv_heads, 1);
+  EXPECT_EQ(c.hidden_act, "gelu");
+  EXPECT_EQ(c.model_type, "qwen2");
+  EXPECT_TRUE(c.tie_word_embeddings);
+  j.erase("hidden_act");
+  j["hidden_activation"] = "relu";
+  EXPECT_EQ(fi::load_config(write_config(temp_dir(), j.dump())).hidden_act, "relu");
+}
+
+TEST(Config, Gemma) {
+  json j = tiny();
+  j["model_type"] = "gemma";
+  j["hidden_act"] = "gelu";  // Gemma's code ignores this in favour of hidden_activation
+  fi::ModelConfig c = fi::load_config(write_config(temp_dir(), j.dump()));
+  EXPECT_TRUE(c.norm_plus_one);
+  EXPECT_TRUE(c.tie_word_embeddings);  // Gemma's default
+  EXPECT_EQ(c.hidden_act, "gelu_pytorch_tanh");
+  j["hidden_activation"] = "gelu_pytorch_tanh";
+  j["tie_word_embeddings"] = false;
+  c = fi::load_config(write_config(temp_dir(), j.dump()));
+  EXPECT_FALSE(c.tie_word_embeddings);
+  EXPECT_TRUE(c.norm_plus_one);
+  j["model_type"] = "gemma2";
+  EXPECT_TRUE(fi::load_config(write_config(temp_dir(), j.dump())).norm_plus_one);
+  j["model_type"] = "mistral";
+  c = fi::load_config(write_config(temp_dir(), j.dump()));
+  EXPECT_FALSE(c.norm_plus_one);
+  EXPECT_EQ(c.hidden_act, "gelu");
+}
+
+TEST(Config, RopeScaling) {
+  json j = tiny();
+  j["rope_scaling"] = {{"type", "llama3"}, {"factor", 32}, {"low_freq_factor", 1},
+                       {"high_freq_factor", 4}, {"original_max_position_embeddings", 8192}};
+  fi::ModelConfig c = fi::load_config(write_config(temp_dir(), j.dump()));
+  EXPECT_EQ(c.rope_scaling.type, "llama3");  // the older "type" spelling
+  EXPECT_DOUBLE_EQ(c.rope_scaling.factor, 32);
+
+  j["rope_scaling"] = {{"rope_type", "default"}};
+  EXPECT_EQ(fi::load_config(write_config(temp_dir(), j.dump())).rope_scaling.type, "");
+
+  std::string p = write_config(temp_dir(), "");
+  j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4}};
+  write_config(fs::path(p).parent_path(), j.dump());
+  std::string e = error_of([&] { fi::load_config(p); });
+  EXPECT_TRUE(contains(e, p + ": field 'rope_scaling.rope_type'")) << e;
+  EXPECT_TRUE(contains(e, "yarn")) << e;
+
+  j["rope_scaling"] = {{"type", "linear"}, {"factor", 2}};
+  write_config(fs::path(p).parent_path(), j.dump());
+  e = error_of([&] { fi::load_config(p); });
+  EXPECT_TRUE(contains(e, "field 'rope_scaling.type'")) << e;
+
+  j["rope_scaling"] = {{"rope_type", "llama3"}, {"low_freq_factor", 1}, {"high_freq_factor", 4},
+                       {"original_max_position_embeddings", 8192}};
+  write_config(fs::path(p).parent_path(), j.dump());
+  EXPECT_EQ(error_of([&] { fi::load_config(p); }), p + ": field 'rope_scaling.factor' is missing");
+
+  j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8}, {"low_freq_factor", 4}, {"high_freq_factor", 4},
+                       {"original_max_position_embeddings", 8192}};  // would divide by zero
+  write_config(fs::path(p).parent_path(), j.dump());
+  EXPECT_TRUE(contains(error_of([&] { fi::load_config(p); }), "field 'rope_scaling.high_freq_factor'"));
+
+  j["rope_scaling"] = {{"factor", 8}};
+  write_config(fs::path(p).parent_path(), j.dump());
+  EXPECT_EQ(error_of([&] { fi::load_config(p); }), p + ": field 'rope_scaling.type' is missing");
+
+  j["rope_scaling"] = "llama3";
+  write_config(fs::path(p).parent_path(), j.dump());
+  EXPECT_TRUE(contains(error_of([&] { fi::load_config(p); }), "field 'rope_scaling' must be an object"));
+}
+
+TEST(Config, MissingRequiredField) {
+  for (const char* field : {"model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
+                            "num_attention_heads", "vocab_size", "rms_norm_eps"}) {
+    json j = tiny();
+    j.erase(field);
+    std::string p = write_config(temp_dir(), j.dump());
+    EXPECT_EQ(error_of([&] { fi::load_config(p); }), p + ": field '" + field + "' is missing");
+    j[field] = nullptr;  // null is as good as missing
+    write_config(fs::path(p).parent_path(), j.dump());
+    EXPECT_EQ(error_of([&] { fi::load_config(p); }), p + ": field '" + field + "' is missing");
+  }
+}
+
+TEST(Config, WrongType) {
+  struct Case { const char* field; json value; const char* says; };
+  std::vector<Case> cases = {
+      {"hidden_size", "4096", "must be an integer, got string"},
+      {"hidden_size", 64.5, "must be an integer, got number"},
+      {"num_hidden_layers", true, "must be an integer, got boolean"},
+      {"vocab_size", json::array({16}), "must be an integer, got array"},
+      {"num_key_value_heads", "2", "must be an integer"},
+      {"head_dim", 4.0, "must be an integer"},
+      {"rms_norm_eps", "1e-5", "must be a number, got string"},
+      {"rope_theta", "5e5", "must be a number"},
+      {"tie_word_embeddings", "true", "must be a boolean, got string"},
+      {"model_type", 1, "must be a string, got number"},
+      {"hidden_act", 1, "must be a string"},
+  };
+  for (const auto& c : cases) {
+    json j = tiny();
+    j[c.field] = c.value;
+    std::string p = write_config(temp_dir(), j.dump());
+    std::string e = error_of([&] { fi::load_config(p); });
+    EXPECT_TRUE(contains(e, p + ": field '" + c.field + "' " + c.says)) << e;
+  }
+}
+
+TEST(Config, NonPositive) {
+  for (const char* field : {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                            "num_key_value_heads", "head_dim", "vocab_size"}) {
+    for (int v : {0, -1}) {
+      json j = tiny();
+      j[field] = v;
+      std::string p = write_config(temp_dir(), j.dump());
+      EXPECT_EQ(error_of([&] { fi::load_config(p); }),
+                p + ": field '" + field + "' must be positive, got " + std::to_string(v));
+    }
+  }
+  json j = tiny();
+  j["rms_norm_eps"] = 0;
+  std::string p = write_config(temp_dir(), j.dump());
+  EXPECT_EQ(error_of([&] { fi::load_config(p); }), p + ": field 'rms_norm_eps' must be positive");
+}
+
+TEST(Config, Divisibility) {
+  json j = tiny();
+  j["num_attention_heads"] = 3;  // 8 % 3 != 0 and no head_dim
+  std::string p = write_config(temp_dir(), j.dump());
+  std::string e = error_of([&] { fi::load_config(p); });
+  EXPECT_TRUE(contains(e, p + ": field 'num_attention_heads' (3) does not divide hidden_size (8)")) << e;
+
+  j = tiny();
+  j["num_attention_heads"] = 4;
+  j["num_key_value_heads"] = 3;
+  write_config(fs::path(p).parent_path(), j.dump());
+  e = error_of([&] { fi::load_config(p); });
+  EXPECT_TRUE(contains(e, p + ": field 'num_key_value_heads' (3) does not divide num_attention_heads (4)")) << e;
+}
+
+TEST(Config, BadFile) {
+  fs::path d = temp_dir();
+  json j = tiny();
+  j["model_type"] = "gpt2";
+  std::string p = write_config(d, j.dump());
+  std::string e = error_of([&] { fi::load_config(p); });
+  EXPECT_TRUE(contains(e, p + ": model_type 'gpt2' is not supported")) << e;
+
+  write_config(d, "{\"model_type\": \"llama\",");
+  e = error_of([&] { fi::load_config(p); });
+  EXPECT_TRUE(contains(e, p + ": invalid JSON")) << e;
+
+  write_config(d, "[1, 2]");
+  EXPECT_TRUE(contains(error_of([&] { fi::load_config(p); }), p + ": expected a JSON object"));
+
+  std::string missing = (d / "nope" / "config.json").string();
+  EXPECT_EQ(error_of([&] { fi::load_config(missing); }), missing + ": cannot open");
+}
+
+TEST(Matrix, Names) {
+  for (fi::Matrix m : {fi::Matrix::Up, fi::Matrix::Gate, fi::Matrix::Down})
+    EXPECT_EQ(fi::parse_matrix(fi::matrix_name(m)), m);
+  EXPECT_STREQ(fi::matrix_name(fi::Matrix::Up), "up");
+  EXPECT_STREQ(fi::matrix_name(fi::Matrix::Gate), "gate");
+  EXPECT_STREQ(fi::matrix_name(fi::Matrix::Down), "down");
+  std::string e = error_of([] { fi::parse_matrix("mlp"); });
+  EXPECT_TRUE(contains(e, "'mlp'")) << e;
+  EXPECT_TRUE(contains(e, "up, gate, down")) << e;
+  EXPECT_TRUE(contains(error_of([] { fi::parse_matrix("Up"); }), "'Up'"));
+}
+
+TEST(TensorNames, Spelling) {
+  fi::TensorNames n;
+  EXPECT_EQ(n.matrix_pattern(fi::Matrix::Up), "model.layers.{}.mlp.up_proj.weight");
+  EXPECT_EQ(n.matrix_pattern(fi::Matrix::Gate), "model.layers.{}.mlp.gate_proj.weight");
+  EXPECT_EQ(n.matrix_pattern(fi::Matrix::Down), "model.layers.{}.mlp.down_proj.weight");
+  EXPECT_EQ(n.matrix(fi::Matrix::Up, 0), "model.layers.0.mlp.up_proj.weight");
+  EXPECT_EQ(n.matrix(fi::Matrix::Down, 125), "model.layers.125.mlp.down_proj.weight");
+  EXPECT_EQ(n.layer(3, "input_layernorm.weight"), "model.layers.3.input_layernorm.weight");
+  EXPECT_EQ(n.embed, "model.embed_tokens.weight");
+  EXPECT_EQ(n.final_norm, "model.norm.weight");
+  EXPECT_EQ(n.lm_head, "lm_head.weight");
+}
+
+// ---- Model over a tiny checkpoint ----------------------------------------------------------
+
+namespace {
+
+fi::TensorData zeros(const std::string& name, std::vector<int64_t> shape) {
+  size_t n = 1;
+  for (int64_t d : shape) n *= size_t(d);
+  return {name, fi::DType::BF16, shape, std::vector<uint8_t>(n * 2, 0)};
+}
+
+// The tensors of the tiny config (H=8, I=12, L=2, V=16); tied leaves out lm_head.weight.
+std::vector<fi::TensorData> tiny_tensors(bool tied) {
+  std::vector<fi::TensorData> t = {zeros("model.embed_tokens.weight", {16, 8}), zeros("model.norm.weight", {8})};
+  if (!tied) t.push_back(zeros("lm_head.weight", {16, 8}));
+  for (int l = 0; l < 2; ++l) {
+    std::string pre = "model.layers." + std::to_string(l) + ".";
+    t.push_back(zeros(pre + "input_layernorm.weight", {8}));
+    t.push_back(zeros(pre + "mlp.up_proj.weight", {12, 8}));
+    t.push_back(zeros(pre + "mlp.gate_proj.weight", {12, 8}));
+    t.push_back(zeros(pre + "mlp.down_proj.weight", {8, 12}));
+  }
+  return t;
+}
+
+std::string make_model(bool tied, const std::vector<fi::TensorData>& tensors) {
+  fs::path d = temp_dir();
+  json j = tiny();
+  j["tie_word_embeddings"] = tied;
+  write_config(d, j.dump());
+  fi::write_safetensors((d / "model.safetensors").string(), tensors);
+  return d.string();
+}
+
+void replace(std::vector<fi::TensorData>& t, const std::string& name, std::vector<int64_t> shape) {
+  for (auto& x : t)
+    if (x.name == name) x = zeros(name, shape);
+}
+
+void drop(std::vector<fi::TensorData>& t, const std::string& name) {
+  std::erase_if(t, [&](const fi::TensorData& x) { return x.name == name; });
+}
+
+}  // namespace
+
+TEST(Model, Untied) {
+  std::string d = make_model(false, tiny_tensors(false));
+  fi::Model m(d);
+  EXPECT_EQ(m.dir, d);
+  EXPECT_EQ(m.cfg.hidden_size, 8);
+  EXPECT_EQ(m.neurons(), 12);
+  EXPECT_EQ(m.lm_head_name(), "lm_head.weight");
+  const fi::TensorInfo& t = m.expect("model.layers.1.mlp.down_proj.weight", {8, 12}, "hidden_size,intermediate_size");
+  EXPECT_EQ(t.name, "model.layers.1.mlp.down_proj.weight");
+  EXPECT_EQ(t.dtype, fi::DType::BF16);
+}
+
+TEST(Model, Tied) {
+  std::string d = make_model(true, tiny_tensors(true));
+  fi::Model m(d);
+  EXPECT_TRUE(m.cfg.tie_word_embeddings);
+  EXPECT_EQ(m.lm_head_name(), "model.embed_tokens.weight");
+
+  // Tied config but only lm_head.weight in the file: the embedding is what it needs.
+  auto t = tiny_tensors(false);
+  drop(t, "model.embed_tokens.weight");
+  d = make_model(true, t);
+  EXPECT_EQ(error_of([&] { fi::Model{d}; }), d + ": missing tensor 'model.embed_tokens.weight'");
+}
+
+TEST(Model, WrongLmHeadShape) {
+  auto t = tiny_tensors(false);
+  replace(t, "lm_head.weight", {10, 8});
+  std::string d = make_model(false, t);
+  EXPECT_EQ(error_of([&] { fi::Model{d}; }),
+            (fs::path(d) / "model.safetensors").string() +
+                ": tensor 'lm_head.weight' has shape [10,8] but config.json says vocab_size=16, hidden_size=8");
+
+  t = tiny_tensors(true);
+  replace(t, "model.embed_tokens.weight", {16, 9});
+  d = make_model(true, t);
+  EXPECT_EQ(error_of([&] { fi::Model{d}; }),
+            (fs::path(d) / "model.safetensors").string() + ": tensor 'model.embed_tokens.weight' has shape "
+                "[16,9] but config.json says vocab_size=16, hidden_size=8");
+}
+
+TEST(Model, WrongLayerShapes) {
+  auto t = tiny_tensors(false);
+  replace(t, "model.layers.1.mlp.down_proj.weight", {12, 8});  // transposed
+  std::string d = make_model(false, t);
+  std::string e = error_of([&] { fi::Model{d}; });
+  EXPECT_TRUE(contains(e, "model.safetensors: tensor 'model.layers.1.mlp.down_proj.weight' has shape "
+                          "[12,8] but config.json says hidden_size=8, intermediate_size=12")) << e;
+
+  t = tiny_tensors(false);
+  replace(t, "model.layers.0.mlp.gate_proj.weight", {12, 8, 1});
+  d = make_model(false, t);
+  e = error_of([&] { fi::Model{d}; });
+  EXPECT_TRUE(contains(e, "'model.layers.0.mlp.gate_proj.weight' has shape [12,8,1] but config.json says "
+                          "intermediate_size=12, hidden_size=8")) << e;
+
+  t = tiny_tensors(false);
+  replace(t, "model.norm.weight", {9});
+  d = make_model(false, t);
+  e = error_of([&] { fi::Model{d}; });
+  EXPECT_TRUE(contains(e, "'model.norm.weight' has shape [9] but config.json says hidden_size=8")) << e;
+}
+
+TEST(Model, MissingTensors) {
+  auto t = tiny_tensors(false);
+  drop(t, "model.layers.1.mlp.up_proj.weight");
+  std::string d = make_model(false, t);
+  EXPECT_EQ(error_of([&] { fi::Model{d}; }), d + ": missing tensor 'model.layers.1.mlp.up_proj.weight'");
+
+  t = tiny_tensors(false);
+  drop(t, "lm_head.weight");
+  d = make_model(false, t);
+  EXPECT_EQ(error_of([&] { fi::Model{d}; }), d + ": missing tensor 'lm_head.weight'");
+
+  t = tiny_tensors(false);
+  drop(t, "model.norm.weight");
+  d = make_model(false, t);
+  EXPECT_EQ(error_of([&] { fi::Model{d}; }), d + ": missing tensor 'model.norm.weight'");
+
+  // A config fault comes before the checkpoint is looked at.
+  d = temp_dir().string();
+  EXPECT_EQ(error_of([&] { fi::Model{d}; }), d + "/config.json: cannot open");
+}
