@@ -108,8 +108,8 @@ _DTYPES = {"F32": (4, np.dtype("<f4")), "F16": (2, np.dtype("<f2")), "BF16": (2,
            "F64": (8, np.dtype("<f8"))}
 
 
-def read_safetensors_header(path):
-    """Returns (header dict without __metadata__, data offset in the file)."""
+def read_safetensors_header(path, keep_metadata=False):
+    """Returns (header dict, without __metadata__ unless asked, data offset in the file)."""
     with open(path, "rb") as f:
         head = f.read(8)
         check(len(head) == 8, f"{path}: shorter than the 8-byte header length")
@@ -118,7 +118,8 @@ def read_safetensors_header(path):
         raw = f.read(n)
         check(len(raw) == n, f"{path}: header truncated")
     header = json.loads(raw.decode("utf-8"))
-    header.pop("__metadata__", None)
+    if not keep_metadata:
+        header.pop("__metadata__", None)
     return header, 8 + n
 
 

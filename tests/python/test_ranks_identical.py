@@ -2,6 +2,7 @@
 and h5diff); an existing output is refused without --overwrite; a truncated or corrupt shard ends
 the job under mpirun -np 2 with a clear error, no hang, and no complete-looking map.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -94,7 +95,6 @@ def check_overwrite(model, existing, tmp):
 def shard_of(model, tensor):
     idx = os.path.join(model, "model.safetensors.index.json")
     if os.path.exists(idx):
-        import json
         with open(idx) as fp:
             return os.path.join(model, json.load(fp)["weight_map"][tensor])
     return os.path.join(model, "model.safetensors")
@@ -108,9 +108,17 @@ def check_bad_shard(model, tmp, how):
     if how == "truncated":
         with open(shard, "r+b") as fp:
             fp.truncate(size - size // 3)
-    else:  # a header length that points past the end of the file
+    elif how == "header":  # a header length that points past the end of the file
         with open(shard, "r+b") as fp:
             fp.write((size * 4).to_bytes(8, "little"))
+    else:  # a neuron matrix with an unsupported dtype of the same width (BF16 -> I16)
+        header, data_off = t.read_safetensors_header(shard, keep_metadata=True)
+        header["model.layers.1.mlp.up_proj.weight"]["dtype"] = "I16"
+        js = json.dumps(header, separators=(",", ":")).encode()
+        t.check(len(js) <= data_off - 8, "cannot rewrite the header in place")
+        with open(shard, "r+b") as fp:
+            fp.seek(8)
+            fp.write(js + b" " * (data_off - 8 - len(js)))
     out = os.path.join(tmp, f"bad-{how}.h5")
     start = time.time()
     p = t.run(["decode", "--model", bad, "--out", out, "--quiet"], np_=2, check=False, timeout=60)
@@ -137,6 +145,7 @@ def main():
         check_overwrite(model, first, tmp)
         check_bad_shard(model, tmp, "truncated")
         check_bad_shard(model, tmp, "header")
+        check_bad_shard(model, tmp, "dtype")
 
 
 if __name__ == "__main__":

