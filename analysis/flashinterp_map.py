@@ -1,11 +1,18 @@
-"""Reader for flashinterp neuron maps (HDF5 schema version 1, see ARCHITECTURE.md).
+"""Reader for flashinterp neuron maps (HDF5 schema version 1, see ARCHITECTURE.md), and the
+computations behind the scripts beside it (show, search, compare, report).
 
     import flashinterp_map as fm
     with fm.open_map("map.h5") as m:
         t = m.top("up", layer=20, neuron=1234)   # ids, text, probs, logits, lse
-Requires h5py and numpy (Debian: /usr/bin/python3). Everything is vectorised over neurons.
+        ids = m.find_tokens(fm.word_variants("dog"))   # {variant: [token ids]}
+        hits = m.search("up", [5679], top=20)          # best neurons for those tokens
+    fm.compare_maps(a, b, "up")                          # top-1 agreement, Jaccard, most changed
+Requires h5py and numpy (Debian: /usr/bin/python3). Everything is vectorised over neurons; whole
+layers are read at once (one layer of the 8B shape is 14336 x 20 values).
 """
+import json
 import os
+import sys
 
 import numpy as np
 import h5py
@@ -191,6 +198,103 @@ class MapFile:
         """[N] int32 top-1 token id of every neuron of one layer (one read, no loop)."""
         return self.group(matrix)["top_ids"][self.layer_index(matrix, layer), :, 0]
 
+    def top_k(self, matrix):
+        """K, the number of top tokens stored per neuron."""
+        return int(self.group(matrix)["top_ids"].shape[2])
+
+    def layer_top(self, matrix, layer):
+        """One whole layer: (ids [N, K] int32, probs [N, K] float32), two contiguous reads."""
+        g, li = self.group(matrix), self.layer_index(matrix, layer)
+        return g["top_ids"][li], g["top_probs"][li]
+
+    def neurons_top(self, matrix, pairs, k=None):
+        """Top tokens of several neurons: pairs [(layer, neuron), ...] -> [NeuronTokens] in that
+        order; one read per (layer, sorted neurons) group."""
+        out = {}
+        by_layer = {}
+        for lay, n in pairs:
+            by_layer.setdefault(int(lay), set()).add(self._neuron(matrix, n))
+        g = self.group(matrix)
+        for lay, ns in by_layer.items():
+            li, ns = self.layer_index(matrix, lay), sorted(ns)
+            ids, probs = g["top_ids"][li, ns], g["top_probs"][li, ns]
+            logits, lse = g["top_logits"][li, ns], g["logsumexp"][li, ns]
+            for j, n in enumerate(ns):
+                keep = ids[j] >= 0
+                if k is not None:
+                    keep &= np.arange(keep.size) < k
+                out[(lay, n)] = NeuronTokens(matrix, lay, n, ids[j][keep], self.token_text(ids[j][keep]),
+                                             probs[j][keep], logits[j][keep], float(lse[j]))
+        return [out[(int(lay), int(n))] for lay, n in pairs]
+
+    # ---- token -> neurons -------------------------------------------------------------------
+    def find_tokens(self, words):
+        """{word: [token ids whose exact /vocab/bytes are the word's UTF-8]} for each word.
+        The printable text (a fast contiguous read) narrows the candidates, /vocab/bytes decides:
+        a token whose bytes are valid UTF-8 without NUL has exactly those bytes as its text, and a
+        word given on a command line is such a string. Words holding U+FFFD or U+2400 (the
+        replacements the text uses) are looked up in the whole /vocab/bytes."""
+        out = {}
+        raw = None
+        for w in words:
+            wb = w.encode("utf-8")
+            if "\ufffd" in w or "\u2400" in w:
+                if raw is None:
+                    raw = self.h5["vocab/bytes"][...]
+                cand = [i for i, b in enumerate(raw) if len(b) == len(wb) and bytes(b) == wb]
+            else:
+                cand = np.nonzero(self._vocab_text_raw() == wb)[0]
+            out[w] = [int(i) for i, b in zip(cand, self.token_bytes(cand)) if b == wb]
+        return out
+
+    def _vocab_text_raw(self):
+        """[V] object array of the printable text as UTF-8 bytes (no decoding), cached."""
+        if getattr(self, "_text_raw", None) is None:
+            self._text_raw = self.h5["vocab/text"][...]
+        return self._text_raw
+
+    def token_index_m(self, matrix):
+        """M of /<matrix>/token_index (0 when the map has no index for that matrix)."""
+        g = self.group(matrix)
+        return int(g["token_index/probs"].shape[1]) if "token_index" in g else 0
+
+    def token_index(self, matrix, token_ids):
+        """Rows of the token index: (layer, neuron, probs), each [n, M], for the given token ids,
+        in that order. Empty slots: layer -1, probability 0."""
+        g = self.group(matrix)
+        if "token_index" not in g:
+            raise MapError(f"{self.path}: /{matrix} has no token index (decode with --token-index M)")
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        if ids.size and not (0 <= ids.min() and ids.max() < self.vocab_size):
+            raise MapError(f"{self.path}: token id out of range 0..{self.vocab_size - 1}")
+        uniq, inv = np.unique(ids, return_inverse=True)
+        ti = g["token_index"]
+        rows = [ti[name][uniq.tolist()] if uniq.size else np.zeros((0, ti[name].shape[1]), ti[name].dtype)
+                for name in ("layer", "neuron", "probs")]
+        return tuple(r[inv] for r in rows)
+
+    def search(self, matrix, token_ids, top=20):
+        """The neurons that give the highest probability to any of token_ids, best first, each
+        neuron once (with its best token): a structured array of (prob, layer, neuron, token).
+        From the token index when the map has one (exact for top <= M), else from a scan of the
+        stored top-k of every layer (source says which)."""
+        ids = np.unique(np.asarray(token_ids, dtype=np.int64))
+        if self.token_index_m(matrix) > 0:
+            lay, neu, prob = self.token_index(matrix, ids)
+            tok = np.repeat(ids, lay.shape[1]).reshape(lay.shape)
+            keep = lay >= 0
+            hits = (prob[keep], lay[keep], neu[keep], tok[keep])
+            source = "token_index"
+        else:
+            parts = []
+            for layer in self.layers(matrix):
+                tid, tp = self.layer_top(matrix, layer)
+                n, j = np.nonzero(np.isin(tid, ids))
+                parts.append((tp[n, j], np.full(n.size, layer), n, tid[n, j]))
+            hits = tuple(np.concatenate([p[i] for p in parts]) if parts else np.zeros(0) for i in range(4))
+            source = "top_k_scan"
+        return _best_neurons(*hits, top), source
+
     def _neuron(self, matrix, neuron):
         n, count = int(neuron), self.num_neurons(matrix)
         if not 0 <= n < count:
@@ -208,3 +312,192 @@ def _ranges(ids):
     if ids and ids == list(range(ids[0], ids[-1] + 1)):
         return f"{ids[0]}-{ids[-1]}"
     return ",".join(map(str, ids))
+
+
+# ---- search helpers -------------------------------------------------------------------------
+HIT_DTYPE = np.dtype([("prob", np.float32), ("layer", np.int32), ("neuron", np.int32), ("token", np.int64)])
+
+
+def _best_neurons(prob, layer, neuron, token, top):
+    """Sorts hits by probability (desc), ties to the lower (layer, neuron), then token id; keeps
+    each (layer, neuron) once and the first `top`."""
+    h = np.empty(np.asarray(prob).size, HIT_DTYPE)
+    h["prob"], h["layer"], h["neuron"], h["token"] = prob, layer, neuron, token
+    h = h[np.lexsort((h["token"], h["neuron"], h["layer"], -h["prob"].astype(np.float64)))]
+    key = h["layer"].astype(np.int64) << 32 | h["neuron"].astype(np.int64)
+    _, first = np.unique(key, return_index=True)
+    return h[np.sort(first)][:top]
+
+
+def word_variants(word, case=False):
+    """The strings a word may be as one token: as typed, with a leading space and without one;
+    with case, also lower case, UPPER case and Capitalised. Order kept, no repeats."""
+    core = word[1:] if word.startswith(" ") and len(word) > 1 else word
+    forms = [core]
+    if case:
+        forms += [core.lower(), core.upper(), core[:1].upper() + core[1:].lower()]
+    out = [word]
+    for f in forms:
+        out += [" " + f, f]
+    return list(dict.fromkeys(out))
+
+
+# ---- per-neuron statistics ----------------------------------------------------------------
+def entropy_from_topk(probs, vocab_size):
+    """Entropy (nats) of each neuron's next-token distribution, bounded from its top-k alone.
+    probs: [..., K] top probabilities, descending (exact: they are exp(logit - logsumexp over the
+    whole vocab)), entries < 0 or NaN ignored. The top-k terms -p log p are exact; the remaining
+    mass r = 1 - sum(p) lies on the other V - k tokens, each at most p_k (the k-th probability):
+      estimate (= upper bound): r spread evenly over the V - k tokens, -r log(r / (V - k));
+      lower bound: r packed into as few tokens as p_k allows (floor(r / p_k) at p_k, the rest in one).
+    Returns (estimate, lower, topk_mass), each of shape probs.shape[:-1]."""
+    p = np.asarray(probs, dtype=np.float64)
+    p = np.where(np.isfinite(p) & (p > 0), p, 0.0)
+    k = (p > 0).sum(axis=-1)
+    mass = p.sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h_top = -(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)).sum(axis=-1)
+        r = np.clip(1.0 - mass, 0.0, 1.0)
+        rest = np.maximum(vocab_size - k, 1)
+        h_hi = h_top + np.where(r > 0, -r * np.log(np.where(r > 0, r, 1.0) / rest), 0.0)
+        pk = np.where(k > 0, np.take_along_axis(p, np.maximum(k - 1, 0)[..., None], axis=-1)[..., 0], 1.0)
+        q = np.minimum(np.floor(r / pk), rest)
+        rem = np.clip(r - q * pk, 0.0, None)
+        h_lo = h_top - q * pk * np.log(pk) + np.where(rem > 0, -rem * np.log(np.where(rem > 0, rem, 1.0)), 0.0)
+    return h_hi, np.minimum(h_lo, h_hi), mass
+
+
+# ---- two maps -------------------------------------------------------------------------------
+def check_comparable(a, b, matrix):
+    """Raises MapError unless maps a and b hold the same layers, neurons and top-k for `matrix`
+    and the same vocabulary (/vocab/bytes and /vocab/special, byte for byte)."""
+    ga, gb = a.group(matrix), b.group(matrix)
+    la, lb = list(a.layers(matrix)), list(b.layers(matrix))
+    if la != lb:
+        raise MapError(f"{b.path}: /{matrix} layers {_ranges(lb)} differ from {a.path}'s {_ranges(la)}")
+    for what, sa, sb in (("neurons", ga["top_ids"].shape[1], gb["top_ids"].shape[1]),
+                         ("top-k", ga["top_ids"].shape[2], gb["top_ids"].shape[2])):
+        if sa != sb:
+            raise MapError(f"{b.path}: /{matrix} has {sb} {what}, {a.path} has {sa}")
+    if a.vocab_size != b.vocab_size:
+        raise MapError(f"{b.path}: vocabulary of {b.vocab_size} tokens, {a.path} has {a.vocab_size}")
+    va, vb = a.h5["vocab/bytes"][...], b.h5["vocab/bytes"][...]
+    lena = np.fromiter(map(len, va), np.int64, va.size)
+    lenb = np.fromiter(map(len, vb), np.int64, vb.size)
+    same = lena == lenb
+    if same.all():
+        cata = np.concatenate(list(va)) if va.size else np.zeros(0, np.uint8)
+        catb = np.concatenate(list(vb)) if vb.size else np.zeros(0, np.uint8)
+        if not np.array_equal(cata, catb):
+            ends = np.cumsum(lena)
+            same = np.ones(va.size, bool)
+            same[np.searchsorted(ends, np.nonzero(cata != catb)[0], side="right")] = False
+    same &= a.h5["vocab/special"][...] == b.h5["vocab/special"][...]
+    if not same.all():
+        i = int(np.nonzero(~same)[0][0])
+        raise MapError(f"{b.path}: vocabulary differs from {a.path}'s at {int((~same).sum())} token(s), "
+                       f"first id {i}: {bytes(va[i])!r} vs {bytes(vb[i])!r}")
+
+
+def topk_jaccard(ids_a, ids_b):
+    """Per-row Jaccard overlap |A & B| / |A | B| of two top-k id sets: [N, K] x 2 -> [N] float64
+    (ids < 0 are empty slots; two empty sets count as 1). Vectorised: a [N, K, K] comparison."""
+    va, vb = ids_a >= 0, ids_b >= 0
+    eq = (ids_a[:, :, None] == ids_b[:, None, :]) & va[:, :, None] & vb[:, None, :]
+    inter = eq.any(axis=2).sum(axis=1)
+    union = va.sum(axis=1) + vb.sum(axis=1) - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def compare_maps(a, b, matrix="up", most=20):
+    """The same matrix in two maps, layer by layer (whole layers read at once). Returns a dict:
+    layers [L], neurons N, top_k K, per layer: same_top1 (count), same_top1_share,
+    top1_in_other_topk_share, jaccard_mean, jaccard_median, jaccard_q25, jaccard_q75; overall
+    the same over all neurons; most_changed: the `most` neurons with the lowest Jaccard (ties:
+    top-1 changed first, then the more confident neuron, then the lower (layer, neuron))."""
+    check_comparable(a, b, matrix)
+    layers = a.layers(matrix)
+    n, k = a.num_neurons(matrix), a.top_k(matrix)
+    per = {key: [] for key in ("same_top1", "same_top1_share", "top1_in_other_topk_share",
+                               "jaccard_mean", "jaccard_median", "jaccard_q25", "jaccard_q75")}
+    cand = []
+    all_j, all_same, all_in = [], [], []
+    for layer in layers:
+        ia, pa = a.layer_top(matrix, layer)
+        ib, pb = b.layer_top(matrix, layer)
+        same = ia[:, 0] == ib[:, 0]
+        in_other = ((ia[:, :1] == ib) & (ib >= 0)).any(axis=1) & (ia[:, 0] >= 0)
+        jac = topk_jaccard(ia, ib)
+        q25, med, q75 = np.percentile(jac, [25, 50, 75])
+        per["same_top1"].append(int(same.sum()))
+        per["same_top1_share"].append(float(same.mean()))
+        per["top1_in_other_topk_share"].append(float(in_other.mean()))
+        per["jaccard_mean"].append(float(jac.mean()))
+        per["jaccard_median"].append(float(med))
+        per["jaccard_q25"].append(float(q25))
+        per["jaccard_q75"].append(float(q75))
+        all_j.append(jac)
+        all_same.append(same)
+        all_in.append(in_other)
+        conf = np.maximum(pa[:, 0], pb[:, 0]).astype(np.float64)
+        order = np.lexsort((np.arange(n), -conf, same, jac))[:most]
+        cand += [(float(jac[i]), bool(same[i]), -float(conf[i]), int(layer), int(i)) for i in order]
+    all_j, all_same, all_in = np.concatenate(all_j), np.concatenate(all_same), np.concatenate(all_in)
+    cand.sort()
+    changed = []
+    for jac, same, negconf, layer, i in cand[:most]:
+        ta, tb = a.top(matrix, layer, i, k=5), b.top(matrix, layer, i, k=5)
+        changed.append(dict(layer=layer, neuron=i, jaccard=jac, same_top1=same,
+                            a_top=_tokens_json(ta), b_top=_tokens_json(tb)))
+    return dict(matrix=matrix, a=a.path, b=b.path, layers=[int(x) for x in layers], neurons=n, top_k=k,
+                per_layer=per,
+                overall=dict(neurons=int(all_j.size), same_top1=int(all_same.sum()),
+                             same_top1_share=float(all_same.mean()) if all_j.size else float("nan"),
+                             top1_in_other_topk_share=float(all_in.mean()) if all_j.size else float("nan"),
+                             jaccard_mean=float(all_j.mean()) if all_j.size else float("nan"),
+                             jaccard_median=float(np.median(all_j)) if all_j.size else float("nan")),
+                most_changed=changed)
+
+
+def _tokens_json(t):
+    return [dict(id=int(i), token=s, prob=float(p)) for i, s, p in zip(t.ids, t.text, t.probs)]
+
+
+# ---- command-line plumbing shared by the scripts ------------------------------------------------
+def tokens_json(t):
+    """NeuronTokens -> [{id, token, prob, logit}] (plain Python types)."""
+    return [dict(id=int(i), token=s, prob=float(p), logit=float(lg))
+            for i, s, p, lg in zip(t.ids, t.text, t.probs, t.logits)]
+
+
+def print_json(obj):
+    json.dump(obj, sys.stdout, ensure_ascii=False, indent=1, allow_nan=True, default=_json_default)
+    sys.stdout.write("\n")
+
+
+def _json_default(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def run_cli(prog, fn, argv):
+    """Runs fn(argv) -> exit code; a MapError or I/O fault becomes one line on stderr and exit 1."""
+    try:
+        return fn(argv)
+    except (MapError, OSError, KeyError, ValueError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+
+
+def short(text, width=16):
+    """repr() of a token text, cut to `width` characters for tables."""
+    r = repr(text)
+    return r if len(r) <= width else r[:width - 1] + "…"

@@ -25,3 +25,7 @@ PY
   /usr/bin/python3 "$ROOT/analysis/show" "$DEMO/map.h5" --matrix "$m" --layer "$l" --neuron "$n" --top 5
 done
 echo "== map: $DEMO/map.h5"
+echo "== which neurons stand for a planted word? analysis/search for \" dog\""
+/usr/bin/python3 "$ROOT/analysis/search" "$DEMO/map.h5" " dog" --top 5
+/usr/bin/python3 "$ROOT/analysis/report" "$DEMO/map.h5" --out "$DEMO/report" >/dev/null
+echo "== HTML report: $DEMO/report/index.html"

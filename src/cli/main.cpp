@@ -12,6 +12,9 @@ int main(int argc, char** argv) {
   auto inspect = fi::add_inspect(app);
   auto demo = fi::add_demo_model(app);
   auto decode = fi::add_decode(app);
+  auto tokenize = fi::add_tokenize(app);
+  auto clamp = fi::add_clamp(app);
+  auto generate = fi::add_generate(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -28,6 +31,9 @@ int main(int argc, char** argv) {
     if (app.got_subcommand("inspect")) return inspect();
     if (app.got_subcommand("demo-model")) return demo();
     if (app.got_subcommand("decode")) return decode(&argc, &argv);
+    if (app.got_subcommand("tokenize")) return tokenize();
+    if (app.got_subcommand("clamp")) return clamp();
+    if (app.got_subcommand("generate")) return generate();
   } catch (const fi::JobFailed&) {
     return 1;  // already reported by the rank that failed
   } catch (const std::exception& e) {

@@ -1,6 +1,7 @@
 // fail_at: the single place errors are made, so a debugger breakpoint catches all of them.
 #include "common/error.h"
 
+#include <csignal>
 #include <cstdlib>
 
 namespace fi {
@@ -11,6 +12,11 @@ namespace fi {
   if (std::getenv("FLASHINTERP_DEBUG"))
     throw Error(msg + " [" + file + ":" + std::to_string(line) + "]");
   throw Error(msg);
+}
+
+void test_kill_point(const std::string& point) {
+  static const char* at = std::getenv("FLASHINTERP_TEST_KILL_AT");
+  if (at && point == at) std::raise(SIGKILL);
 }
 
 }  // namespace fi

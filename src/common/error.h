@@ -12,6 +12,10 @@ struct Error : std::runtime_error {
 
 [[noreturn]] void fail_at(const char* file, int line, const std::string& msg);
 
+// For the resume tests: SIGKILLs this process when $FLASHINTERP_TEST_KILL_AT equals `point`
+// (points: vocab, data:R, done:R, complete, rename; R a round number). A no-op otherwise.
+void test_kill_point(const std::string& point);
+
 }  // namespace fi
 
 // FI_FAIL(msg): throw fi::Error with msg (file:line kept for debug builds' messages).

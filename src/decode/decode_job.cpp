@@ -2,6 +2,7 @@
 // so a bad file ends every rank with one line instead of a hang.
 #include "decode/decode_job.h"
 
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,11 +11,14 @@
 #include <cstdio>
 #include <ctime>
 #include <memory>
+#include <sstream>
 #include <thread>
 
 #include "common/error.h"
 #include "decode/decoder.h"
+#include "decode/token_index.h"
 #include "dist/partition.h"
+#include "h5/h5.h"
 #include "h5/map_writer.h"
 #include "model/config.h"
 #include "model/vocab.h"
@@ -93,6 +97,105 @@ void read_item(const Model& m, Matrix mat, int64_t layer, const WorkItem& it, st
   else m.ckpt.file_of(name).read_rows_f32(t, it.row0, it.rows, x.data());
 }
 
+// Stop signals: the first asks for a clean stop at the next round (the round in flight is
+// finished and flushed), a second one ends the process at once.
+volatile sig_atomic_t g_stop = 0;
+extern "C" void on_stop_signal(int) {
+  if (g_stop) _exit(kExitStopped);
+  g_stop = 1;
+}
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  for (int sig : {SIGTERM, SIGINT, SIGUSR1}) sigaction(sig, &sa, nullptr);
+}
+
+// FNV-1a over bytes: a cheap content hash for the fingerprint.
+uint64_t fnv1a(const void* p, size_t n, uint64_t h = 1469598103934665603ull) {
+  for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const uint8_t*>(p)[i]) * 1099511628211ull;
+  return h;
+}
+
+uint64_t hash_file_prefix(const std::string& path, uint64_t max_bytes, uint64_t* size) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) FI_FAIL(path + ": cannot open");
+  std::vector<char> buf(1 << 16);
+  uint64_t h = 1469598103934665603ull, total = 0;
+  size_t n;
+  while (total < max_bytes && (n = std::fread(buf.data(), 1, std::min<uint64_t>(buf.size(), max_bytes - total), f)) > 0) {
+    h = fnv1a(buf.data(), n, h);
+    total += n;
+  }
+  std::fseek(f, 0, SEEK_END);
+  *size = uint64_t(std::ftell(f));
+  std::fclose(f);
+  return h;
+}
+
+// What a partial map must share with this run to be resumed: every model file's size and
+// header hash (tensor names, shapes, offsets), config.json and tokenizer.json, and every option
+// that changes the datasets.
+std::string fingerprint(const Model& m, const std::vector<Matrix>& mats, const std::vector<int64_t>& layers,
+                        const DecodeParams& p, int token_index) {
+  std::ostringstream o;
+  for (const auto& sh : m.ckpt.shards()) {
+    uint64_t size = 0, h = hash_file_prefix(sh->path(), sh->header_bytes(), &size);
+    o << sh->path().substr(sh->path().find_last_of('/') + 1) << ":" << size << ":" << std::hex << h
+      << std::dec << ";";
+  }
+  for (const char* f : {"/config.json", "/tokenizer.json"}) {
+    uint64_t size = 0, h = hash_file_prefix(m.dir + f, UINT64_MAX, &size);
+    o << (f + 1) << ":" << size << ":" << std::hex << h << std::dec << ";";
+  }
+  o << "matrices=";
+  for (Matrix x : mats) o << matrix_name(x) << ",";
+  o << ";layers=" << layers.front() << "-" << layers.back() << ";top_k=" << p.top_k
+    << ";bottom_k=" << p.bottom_k << ";norm=" << norm_name(p.norm) << ";chunk_rows=" << p.chunk_rows
+    << ";token_index=" << token_index;
+  return o.str();
+}
+
+// Reads what a partial map has done. Returns false when the file is unusable as a start (cut off
+// while being created: no fingerprint), throws when it was made by another model or options.
+bool read_partial(const std::string& path, const std::string& fp, const std::vector<Matrix>& mats,
+                  std::vector<uint8_t>& done, std::vector<uint8_t>& included, std::vector<TokenIndex>& tis) {
+  h5::silence_errors();
+  hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (id < 0) return false;
+  h5::Handle f(id, H5Fclose, path);
+  if (!h5::has_attr(f, "fingerprint")) return false;
+  std::string theirs = h5::read_attr_string(f, "fingerprint");
+  if (theirs != fp)
+    FI_FAIL(path + ": made from another model or other options; cannot --resume it (theirs: " +
+            theirs + "; ours: " + fp + ")");
+  done.clear();
+  included.clear();
+  for (size_t mi = 0; mi < mats.size(); ++mi) {
+    const std::string g = std::string("/") + matrix_name(mats[mi]) + "/";
+    auto d = h5::read_u8(f, g + "done");
+    done.insert(done.end(), d.begin(), d.end());
+    if (tis.empty()) continue;
+    auto inc = h5::read_u8(f, g + "token_index/included");
+    included.insert(included.end(), inc.begin(), inc.end());
+    TokenIndex& ti = tis[mi];
+    auto read = [&](const char* name, hid_t type, void* dst) {
+      h5::Handle ds = h5::open_dataset(f, g + "token_index/" + name);
+      h5::check(H5Dread(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst), path + ": cannot read " + name);
+    };
+    read("layer", H5T_NATIVE_INT32, ti.layer.data());
+    read("neuron", H5T_NATIVE_INT32, ti.neuron.data());
+    read("logp", H5T_NATIVE_DOUBLE, ti.logp.data());
+    // Slots never written hold the fill value 0: mark them empty again.
+    for (size_t i = 0; i < ti.layer.size(); ++i)
+      if (ti.layer[i] < 0 || ti.neuron[i] < 0 || (ti.layer[i] == 0 && ti.neuron[i] == 0 && ti.logp[i] == 0)) {
+        ti.layer[i] = ti.neuron[i] = -1;
+        ti.logp[i] = -INFINITY;
+      }
+  }
+  return true;
+}
+
 class Progress {
  public:
   Progress(bool on, int64_t total) : on_(on), total_(total), t0_(Clock::now()), last_(t0_) {}
@@ -124,16 +227,18 @@ std::vector<int64_t> parse_layers(const std::string& spec, int64_t num_layers) {
   int n = std::sscanf(spec.c_str(), "%lld%c%lld%c", (long long*)&a, &dash, (long long*)&b, &extra);
   if (n == 1) b = a;
   else if (n != 3 || dash != '-') FI_FAIL("--layers: expected A-B or A, got '" + spec + "'");
-  if (a < 0 || b < a || b >= num_layers)
+  if (b < a) FI_FAIL("--layers " + spec + ": the range is reversed (write A-B with A <= B)");
+  if (a < 0 || b >= num_layers)
     FI_FAIL("--layers " + spec + ": the model has layers 0-" + std::to_string(num_layers - 1));
   for (int64_t l = a; l <= b; ++l) out.push_back(l);
   return out;
 }
 
-void run_decode(const DecodeOptions& opt, const Comms& c) {
+int run_decode(const DecodeOptions& opt, const Comms& c) {
   const auto t0 = Clock::now();
   const bool talk = c.rank == 0 && !opt.quiet;
   const std::string partial = opt.out + ".partial";
+  install_stop_handlers();  // a stop asked for during set-up takes effect after the first round
 
   // Everything that can be checked before work starts, on every rank.
   std::unique_ptr<Model> model;
@@ -145,7 +250,7 @@ void run_decode(const DecodeOptions& opt, const Comms& c) {
     FI_CHECK(!opt.out.empty(), "--out is required");
     if (opt.top_k < 1) FI_FAIL("--top-k must be at least 1");
     if (opt.bottom_k < 0) FI_FAIL("--bottom-k must be 0 or more");
-    if (opt.token_index != 0) FI_FAIL("--token-index is not implemented yet (use 0)");
+    if (opt.token_index < 0) FI_FAIL("--token-index must be 0 (off) or more");
     if (opt.chunk_rows < 0) FI_FAIL("--chunk-rows must be positive");
     p.norm = parse_norm(opt.norm);
     for (const auto& s : opt.matrices) {
@@ -163,9 +268,12 @@ void run_decode(const DecodeOptions& opt, const Comms& c) {
     } else if (opt.backend != "cpu") {
       FI_FAIL("--backend: unknown backend '" + opt.backend + "' (expected auto, cpu or cuda)");
     }
-    if (c.rank == 0 && (file_exists(opt.out) || file_exists(partial)) && !opt.overwrite)
-      FI_FAIL(opt.out + (file_exists(opt.out) ? "" : ".partial") +
-              ": output exists; pass --overwrite to replace it");
+    if (opt.resume && opt.overwrite) FI_FAIL("--resume and --overwrite exclude each other");
+    if (c.rank == 0 && !opt.resume && !opt.overwrite) {
+      if (file_exists(opt.out)) FI_FAIL(opt.out + ": output exists; pass --overwrite to replace it");
+      if (file_exists(partial))
+        FI_FAIL(partial + ": an unfinished decode exists; pass --resume to continue it or --overwrite to start over");
+    }
     model = std::make_unique<Model>(opt.model_dir);
     layers = parse_layers(opt.layers, model->cfg.num_layers);
     for (Matrix m : mats)
@@ -219,6 +327,13 @@ void run_decode(const DecodeOptions& opt, const Comms& c) {
                                   : std::max(1, int(std::thread::hardware_concurrency()) / c.local_size);
     dec = make_cpu_decoder(head->view(), gamma, p, threads);
   }
+  int M = opt.token_index;
+  if (M > 0 && !dec->supports_token_index()) {
+    if (opt.token_index_given)
+      collective(c.world, [&] { FI_FAIL(std::string("--token-index: not supported by the ") + dec->name() + " backend yet"); });
+    if (talk) std::fprintf(stderr, "flashinterp: the %s backend has no token index yet; writing none\n", dec->name());
+    M = 0;
+  }
   if (talk)
     std::fprintf(stderr, "flashinterp: LM-head [%lld x %lld] ready in %.2f s (%s, %d rank%s, %d node%s)\n",
                  (long long)cfg.vocab_size, (long long)cfg.hidden_size, replicate_s, dec->name(),
@@ -228,7 +343,7 @@ void run_decode(const DecodeOptions& opt, const Comms& c) {
   const int64_t N = cfg.intermediate_size;
   std::vector<WorkItem> plan = make_plan(int(mats.size()), int(layers.size()), N, p.chunk_rows);
   Range share = rank_share(plan.size(), c.rank, c.size);
-  const size_t rounds = num_rounds(plan.size(), c.size);
+  size_t rounds = num_rounds(plan.size(), c.size);
 
   MapMeta meta;
   meta.model_dir = opt.model_dir;
@@ -243,17 +358,82 @@ void run_decode(const DecodeOptions& opt, const Comms& c) {
   meta.vocab_size = cfg.vocab_size;
   meta.top_k = p.top_k;
   meta.bottom_k = p.bottom_k;
+  meta.token_index_m = M;
   meta.world_size = c.size;
   std::vector<MatrixLayout> layouts;
   for (Matrix m : mats)
     layouts.push_back({matrix_name(m), model->names.matrix_pattern(m), m == Matrix::Down, layers, N,
                        p.chunk_rows});
-  // --overwrite drops an old .partial now; an old complete map stays until the new one
-  // replaces it by rename, so a failed run never costs the previous map.
+  // --resume: rank 0 reads the partial map's fingerprint and done masks, and everyone skips
+  // the chunks already written. --overwrite drops an old .partial now; an old complete map stays
+  // until the new one replaces it by rename, so a failed run never costs the previous map.
+  int mode = 0;  // 0 fresh, 1 resume, 2 nothing to do (OUT complete, no partial)
+  std::vector<uint8_t> done, included;
+  std::vector<TokenIndex> tis;
+  if (M > 0) tis.assign(mats.size(), TokenIndex(cfg.vocab_size, M));
   collective(c.world, [&] {
-    if (c.rank == 0 && opt.overwrite) std::remove(partial.c_str());
+    if (c.rank != 0) return;
+    meta.fingerprint = fingerprint(*model, mats, layers, p, M);
+    if (opt.resume && file_exists(partial)) {
+      if (read_partial(partial, meta.fingerprint, mats, done, included, tis)) mode = 1;
+      else if (talk) std::fprintf(stderr, "flashinterp: %s was cut off while being created; starting over\n", partial.c_str());
+    } else if (opt.resume && file_exists(opt.out)) {
+      mode = 2;
+    }
+    if (mode == 0 && (opt.overwrite || opt.resume)) std::remove(partial.c_str());
   });
-  MapWriter writer(c.world, partial, meta, layouts, vocab, default_writer_kind());
+  MPI_Bcast(&mode, 1, MPI_INT, 0, c.world);
+  if (mode == 2) {
+    if (talk) std::fprintf(stderr, "flashinterp: %s is complete; nothing to resume\n", opt.out.c_str());
+    return 0;
+  }
+  if (mode == 1) {
+    int64_t n = int64_t(done.size());
+    MPI_Bcast(&n, 1, MPI_INT64_T, 0, c.world);
+    done.resize(size_t(n));
+    MPI_Bcast(done.data(), int(n), MPI_UINT8_T, 0, c.world);
+    included.resize(M > 0 ? size_t(n) : 0);
+    if (M > 0) MPI_Bcast(included.data(), int(n), MPI_UINT8_T, 0, c.world);
+    // done is [matrix][layer][chunk], the plan's own order. A chunk is skipped only when its
+    // data is written and (with a token index) its rows are in the stored index; rank 0 starts
+    // from the stored index, the merge adds the rest.
+    std::vector<WorkItem> todo;
+    for (size_t i = 0; i < plan.size(); ++i) {
+      bool skip = done.at(i) && (M == 0 || included.at(i));
+      if (!skip) todo.push_back(plan[i]);
+      done[i] = skip;
+    }
+    if (c.rank != 0)
+      for (auto& ti : tis) ti = TokenIndex(cfg.vocab_size, M);
+    if (talk)
+      std::fprintf(stderr, "flashinterp: resuming %s: %zu of %zu chunks already done\n", partial.c_str(),
+                   plan.size() - todo.size(), plan.size());
+    plan = std::move(todo);
+    share = rank_share(plan.size(), c.rank, c.size);
+    rounds = num_rounds(plan.size(), c.size);
+  }
+  MapWriter writer(c.world, partial, meta, layouts, vocab, default_writer_kind(), mode == 1);
+
+  // Merges the ranks' token indexes on rank 0 and stores them with the chunks they cover:
+  // the chunks skipped at the start plus every item of the first `rounds_done` rounds.
+  const std::vector<WorkItem> full_plan = make_plan(int(mats.size()), int(layers.size()), N, p.chunk_rows);
+  auto save_token_index = [&](size_t rounds_done) {
+    if (M == 0) return;
+    std::vector<uint8_t> inc = done.empty() ? std::vector<uint8_t>(full_plan.size(), 0) : done;
+    for (int r = 0; r < c.size; ++r) {
+      Range sh = rank_share(plan.size(), r, c.size);
+      for (size_t i = sh.begin; i < sh.begin + std::min(sh.size(), rounds_done); ++i) {
+        const WorkItem& w = plan[i];
+        inc[(size_t(w.matrix) * layers.size() + size_t(w.layer_index)) * size_t(num_chunks(N, p.chunk_rows)) +
+            size_t(w.chunk)] = 1;
+      }
+    }
+    const size_t per = inc.size() / mats.size();
+    for (size_t mi = 0; mi < mats.size(); ++mi) {
+      reduce_token_index(tis[mi], c.world);
+      writer.write_token_index(mi, tis[mi], std::vector<uint8_t>(inc.begin() + mi * per, inc.begin() + (mi + 1) * per));
+    }
+  };
 
   Progress progress(talk, int64_t(plan.size() > 0 ? mats.size() * layers.size() * N : 0));
   std::vector<float> x;
@@ -264,17 +444,30 @@ void run_decode(const DecodeOptions& opt, const Comms& c) {
     collective(c.world, [&] {
       if (!item) return;
       read_item(*model, mats[item->matrix], layers[item->layer_index], *item, x);
+      if (M > 0)
+        dec->set_token_index_target(&tis[item->matrix], int32_t(layers[item->layer_index]), item->row0);
       dec->decode(x.data(), item->rows, res);
     });
     writer.write_round(item, item ? &res : nullptr);
-    int64_t mine = item ? item->rows : 0, all = 0;
-    MPI_Allreduce(&mine, &all, 1, MPI_INT64_T, MPI_SUM, c.world);
-    rows_done += all;
+    int64_t mine[2] = {item ? item->rows : 0, int64_t(g_stop)}, all[2] = {0, 0};
+    MPI_Allreduce(mine, all, 2, MPI_INT64_T, MPI_SUM, c.world);
+    rows_done += all[0];
     progress.update(rows_done);
+    if (all[1] > 0 && round + 1 < rounds) {
+      if (c.rank == 0)
+        std::fprintf(stderr, "flashinterp: stopped by a signal after %zu of %zu rounds; %s keeps the "
+                     "work done, continue with --resume\n", round + 1, rounds, partial.c_str());
+      save_token_index(round + 1);
+      writer.close();
+      MPI_Barrier(c.world);
+      return kExitStopped;
+    }
   }
+  save_token_index(rounds);
   const double elapsed = seconds_since(t0);
   writer.finish(elapsed);
   collective(c.world, [&] {
+    if (c.rank == 0) test_kill_point("rename");
     if (c.rank == 0 && std::rename(partial.c_str(), opt.out.c_str()) != 0)
       FI_FAIL(opt.out + ": cannot rename " + partial + " into place");
   });
@@ -291,6 +484,7 @@ void run_decode(const DecodeOptions& opt, const Comms& c) {
     for (long kb : all_rss) r += " " + std::to_string(kb / 1024);
     std::fprintf(stderr, "%s\n", r.c_str());
   }
+  return 0;
 }
 
 }  // namespace fi

@@ -12,17 +12,23 @@ struct DecodeOptions {
   std::string model_dir, out;
   std::vector<std::string> matrices{"up"};
   std::string layers;  // "A-B", "A", or "" for all
-  int top_k = 20, bottom_k = 0, token_index = 0;
+  int top_k = 20, bottom_k = 0, token_index = 32;
+  bool token_index_given = false;  // asked for explicitly (an error if the backend lacks it)
   std::string norm = "rms";
   int64_t chunk_rows = 0;  // 0: the backend's default
   std::string backend = "auto";
-  bool overwrite = false, quiet = false, allow_tf32 = false;
+  bool overwrite = false, resume = false, quiet = false, allow_tf32 = false;
   int threads = 0;  // CPU worker threads per rank; 0: cores per node / ranks per node
   std::string command_line;
 };
 
-// Runs the job; collective over comms.world. Throws JobFailed after a reported error.
-void run_decode(const DecodeOptions& opt, const Comms& comms);
+// Exit code of a decode stopped by SIGTERM/SIGINT/SIGUSR1 with its work so far kept in
+// OUT.partial (EX_TEMPFAIL); slurm/*.sbatch requeue on it and the job goes on with --resume.
+constexpr int kExitStopped = 75;
+
+// Runs the job; collective over comms.world. Returns 0, or kExitStopped after a stop signal.
+// Throws JobFailed after a reported error.
+int run_decode(const DecodeOptions& opt, const Comms& comms);
 
 std::vector<int64_t> parse_layers(const std::string& spec, int64_t num_layers);
 

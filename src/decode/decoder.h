@@ -44,10 +44,16 @@ struct LmHead {
 
 bool cuda_available();  // a usable CUDA device is present (false when built without CUDA)
 
+struct TokenIndex;
+
 class Decoder {
  public:
   virtual ~Decoder() = default;
   virtual const char* name() const = 0;
+  // The token index (decode/token_index.h): a backend that supports it adds the rows of the
+  // next decode() call (neurons row0.. of model layer `layer`) to *ti; nullptr turns it off.
+  virtual bool supports_token_index() const { return false; }
+  virtual void set_token_index_target(TokenIndex* /*ti*/, int32_t /*layer*/, int64_t /*row0*/) {}
   // x: [rows, hidden] fp32, the raw neuron vectors (widened exactly); gamma: [hidden] final norm.
   virtual void decode(const float* x, int64_t rows, ChunkResult& out) = 0;
 };

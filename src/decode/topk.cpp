@@ -142,10 +142,14 @@ void RowReducer::add_block(const float* x, int64_t v0, int64_t n) {
   }
 }
 
+double RowReducer::lse() const {
+  return any_ ? max_ + std::log(sum_) : -double(std::numeric_limits<float>::infinity());
+}
+
 void RowReducer::finish(int32_t* top_ids, float* top_logits, float* top_probs, float* lse,
                         int32_t* bottom_ids, float* bottom_logits) {
   const float ninf = -std::numeric_limits<float>::infinity();
-  double l = any_ ? max_ + std::log(sum_) : double(ninf);
+  double l = this->lse();
   *lse = float(l);
   std::sort(top_.begin(), top_.end(),
             [](const Entry& a, const Entry& b) { return top_before(a.logit, a.id, b.logit, b.id); });

@@ -18,6 +18,7 @@ class RowReducer {
   // Entries beyond the number of tokens seen are id -1, logit -inf, prob 0.
   void finish(int32_t* top_ids, float* top_logits, float* top_probs, float* lse,
               int32_t* bottom_ids, float* bottom_logits);
+  double lse() const;  // the exact log-sum-exp in double (top_probs are exp(logit - this))
 
  private:
   struct Entry {

@@ -82,19 +82,52 @@ void attr_ints(hid_t obj, const std::string& name, const std::vector<int64_t>& v
   write_attr(obj, name, H5T_NATIVE_INT64, s, values.data());
 }
 
+// Existing attributes are rewritten in place (same size, no metadata reallocation), so a kill
+// during the write cannot leave the object header half-rebuilt.
 void set_attr_int(hid_t obj, const std::string& name, int64_t value) {
-  if (H5Aexists(obj, name.c_str()) > 0) check(H5Adelete(obj, name.c_str()), "H5Adelete " + name);
-  attr_int(obj, name, value);
+  if (H5Aexists(obj, name.c_str()) <= 0) return attr_int(obj, name, value);
+  Handle a(H5Aopen(obj, name.c_str(), H5P_DEFAULT), H5Aclose, "cannot open attribute " + name);
+  check(H5Awrite(a, H5T_NATIVE_INT64, &value), "cannot write attribute " + name);
 }
 
 void set_attr_double(hid_t obj, const std::string& name, double value) {
-  if (H5Aexists(obj, name.c_str()) > 0) check(H5Adelete(obj, name.c_str()), "H5Adelete " + name);
-  attr_double(obj, name, value);
+  if (H5Aexists(obj, name.c_str()) <= 0) return attr_double(obj, name, value);
+  Handle a(H5Aopen(obj, name.c_str(), H5P_DEFAULT), H5Aclose, "cannot open attribute " + name);
+  check(H5Awrite(a, H5T_NATIVE_DOUBLE, &value), "cannot write attribute " + name);
+}
+
+bool has_attr(hid_t obj, const std::string& name) { return H5Aexists(obj, name.c_str()) > 0; }
+
+int64_t read_attr_int(hid_t obj, const std::string& name) {
+  Handle a(H5Aopen(obj, name.c_str(), H5P_DEFAULT), H5Aclose, "missing attribute " + name);
+  int64_t v = 0;
+  check(H5Aread(a, H5T_NATIVE_INT64, &v), "cannot read attribute " + name);
+  return v;
+}
+
+std::string read_attr_string(hid_t obj, const std::string& name) {
+  Handle a(H5Aopen(obj, name.c_str(), H5P_DEFAULT), H5Aclose, "missing attribute " + name);
+  Handle t(H5Aget_type(a), H5Tclose, "H5Aget_type");
+  if (H5Tis_variable_str(t) > 0) FI_FAIL("attribute " + name + " is a variable-length string");
+  std::string v(H5Tget_size(t), '\0');
+  check(H5Aread(a, t, v.data()), "cannot read attribute " + name);
+  while (!v.empty() && v.back() == '\0') v.pop_back();
+  return v;
+}
+
+std::vector<uint8_t> read_u8(hid_t loc, const std::string& name) {
+  Handle d = open_dataset(loc, name);
+  Handle s(H5Dget_space(d), H5Sclose, "H5Dget_space");
+  std::vector<uint8_t> v(size_t(H5Sget_simple_extent_npoints(s)));
+  check(H5Dread(d, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()), "cannot read " + name);
+  return v;
 }
 
 Handle create_dataset(hid_t loc, const std::string& name, hid_t type,
                       const std::vector<hsize_t>& dims, const std::vector<hsize_t>& chunk,
                       bool compress) {
+  // Early allocation: every chunk has its place in the file before any data is written, so
+  // the decode's writes never touch metadata, in parallel or after a kill.
   Handle space(H5Screate_simple(int(dims.size()), dims.data(), nullptr), H5Sclose,
                "H5Screate_simple " + name);
   Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose, "H5Pcreate");

@@ -43,6 +43,10 @@ void attr_ints(hid_t obj, const std::string& name, const std::vector<int64_t>& v
 // Creates or overwrites a scalar int64 attribute.
 void set_attr_int(hid_t obj, const std::string& name, int64_t value);
 void set_attr_double(hid_t obj, const std::string& name, double value);
+bool has_attr(hid_t obj, const std::string& name);
+int64_t read_attr_int(hid_t obj, const std::string& name);
+std::string read_attr_string(hid_t obj, const std::string& name);  // fixed-length strings
+std::vector<uint8_t> read_u8(hid_t loc, const std::string& name);  // a whole uint8 dataset
 
 // A chunked dataset with early allocation (so parallel writers never allocate), fill value 0,
 // and gzip+shuffle when `compress`.

@@ -24,7 +24,8 @@ WriterKind default_writer_kind() {
 }
 
 MapWriter::MapWriter(MPI_Comm comm, const std::string& path, const MapMeta& meta,
-                     const std::vector<MatrixLayout>& matrices, const Vocab& vocab, WriterKind kind)
+                     const std::vector<MatrixLayout>& matrices, const Vocab& vocab, WriterKind kind,
+                     bool resume)
     : comm_(comm), path_(path), mats_(matrices), k_(meta.top_k), b_(meta.bottom_k), kind_(kind) {
   MPI_Comm_rank(comm, &rank_);
   MPI_Comm_size(comm, &size_);
@@ -34,7 +35,7 @@ MapWriter::MapWriter(MPI_Comm comm, const std::string& path, const MapMeta& meta
   h5::silence_errors();
   // Phase 1 on rank 0; the others learn whether it worked before they open the file.
   collective(comm_, [&] {
-    if (rank_ == 0) create_file(meta, vocab);
+    if (rank_ == 0 && !resume) create_file(meta, vocab);
   });
   collective(comm_, [&] {
 #ifdef FI_PARALLEL_HDF5
@@ -99,6 +100,7 @@ void MapWriter::create_file(const MapMeta& meta, const Vocab& vocab) {
       ptrs[i] = texts[i].c_str();
     }
     h5::check(H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()), "write /vocab/text");
+    test_kill_point("vocab");
   }
   {
     h5::Handle t(H5Tvlen_create(H5T_NATIVE_UINT8), H5Tclose, "H5Tvlen_create");
@@ -114,6 +116,10 @@ void MapWriter::create_file(const MapMeta& meta, const Vocab& vocab) {
     h5::write_slab(d, H5T_NATIVE_UINT8, {0}, {V}, vocab.special.data());
   }
 
+  // No compression: a filtered chunk moves when rewritten (a metadata change), while an
+  // unfiltered, early-allocated chunk is written in place. That keeps collective writes simple
+  // and makes a kill at any moment leave a readable file for --resume. The map is small
+  // (8B, top-20: ~110 MB per matrix).
   for (const MatrixLayout& m : mats_) {
     h5::Handle mg = h5::create_group(f, m.name);
     h5::attr_string(mg, "tensor_pattern", m.pattern);
@@ -123,16 +129,34 @@ void MapWriter::create_file(const MapMeta& meta, const Vocab& vocab) {
     const hsize_t cr = std::min<hsize_t>(hsize_t(m.chunk_rows), N);
     const hsize_t C = hsize_t(num_chunks(m.neurons, m.chunk_rows));
     auto d3 = [&](const char* name, hid_t type, int64_t k) {
-      if (k > 0) h5::create_dataset(mg, name, type, {L, N, hsize_t(k)}, {1, cr, hsize_t(k)}, true);
+      if (k > 0) h5::create_dataset(mg, name, type, {L, N, hsize_t(k)}, {1, cr, hsize_t(k)}, false);
     };
     d3("top_ids", H5T_NATIVE_INT32, meta.top_k);
     d3("top_logits", H5T_NATIVE_FLOAT, meta.top_k);
     d3("top_probs", H5T_NATIVE_FLOAT, meta.top_k);
-    h5::create_dataset(mg, "logsumexp", H5T_NATIVE_FLOAT, {L, N}, {1, cr}, true);
+    h5::create_dataset(mg, "logsumexp", H5T_NATIVE_FLOAT, {L, N}, {1, cr}, false);
     d3("bottom_ids", H5T_NATIVE_INT32, meta.bottom_k);
     d3("bottom_logits", H5T_NATIVE_FLOAT, meta.bottom_k);
-    h5::create_dataset(mg, "done", H5T_NATIVE_UINT8, {L, C}, {1, C}, false);
+    if (meta.token_index_m > 0) {
+      // token_index/{layer,neuron,probs} is the schema; logp (float64) and included (which
+      // chunks the stored index covers) let --resume continue the index exactly.
+      const hsize_t V = hsize_t(meta.vocab_size), M = hsize_t(meta.token_index_m);
+      const hsize_t cv = std::min<hsize_t>(V, 4096);
+      h5::Handle tg = h5::create_group(mg, "token_index");
+      h5::create_dataset(tg, "layer", H5T_NATIVE_INT32, {V, M}, {cv, M}, false);
+      h5::create_dataset(tg, "neuron", H5T_NATIVE_INT32, {V, M}, {cv, M}, false);
+      h5::create_dataset(tg, "probs", H5T_NATIVE_FLOAT, {V, M}, {cv, M}, false);
+      h5::create_dataset(tg, "logp", H5T_NATIVE_DOUBLE, {V, M}, {cv, M}, false);
+      h5::create_dataset(tg, "included", H5T_NATIVE_UINT8, {L, C}, {1, C}, false);
+    }
+    h5::Handle done = h5::create_dataset(mg, "done", H5T_NATIVE_UINT8, {L, C}, {1, C}, false);
+    h5::attr_int(done, "chunk_rows", m.chunk_rows);  // chunk c holds neurons [c·R, (c+1)·R)
+    h5::attr_int(mg, "chunk_rows", m.chunk_rows);
   }
+  h5::check(H5Fflush(f, H5F_SCOPE_GLOBAL), "flush");
+  // Last: a partial file without a fingerprint was cut off while being created; --resume
+  // starts such a file over.
+  h5::attr_string(f, "fingerprint", meta.fingerprint);
   h5::check(H5Fflush(f, H5F_SCOPE_GLOBAL), "flush");
 }
 
@@ -231,8 +255,10 @@ void MapWriter::write_round(const WorkItem* item, const ChunkResult* result) {
       static const WorkItem none{};
       static const ChunkResult empty{};
       write_local(item ? *item : none, item ? *result : empty, dxpl_);
+      test_kill_point("data:" + std::to_string(round_));
       h5::check(H5Fflush(file_, H5F_SCOPE_GLOBAL), path_ + ": flush failed");
       write_done(item, dxpl_);
+      test_kill_point("done:" + std::to_string(round_++));
     });
     return;
   }
@@ -261,9 +287,42 @@ void MapWriter::write_round(const WorkItem* item, const ChunkResult* result) {
       unpack(all.data() + displs[i], k_, b_, items[i], r);
       write_local(items[i], r, H5P_DEFAULT);
     }
+    test_kill_point("data:" + std::to_string(round_));
     h5::check(H5Fflush(file_, H5F_SCOPE_GLOBAL), path_ + ": flush failed");
     for (int i = 0; i < size_; ++i)
       if (sizes[i] > 0) write_done(&items[i], H5P_DEFAULT);
+    test_kill_point("done:" + std::to_string(round_++));
+  });
+}
+
+void MapWriter::write_token_index(size_t mi, const TokenIndex& ti, const std::vector<uint8_t>& inc) {
+  collective(comm_, [&] {
+    const bool par = kind_ == WriterKind::Parallel;
+    if (!par && rank_ != 0) return;
+    const hid_t dxpl = par ? hid_t(dxpl_) : H5P_DEFAULT;
+    const std::string g = "/" + mats_[mi].name + "/token_index/";
+    const hsize_t V = hsize_t(ti.vocab), M = hsize_t(ti.m);
+    const hsize_t L = mats_[mi].layers.size(), C = hsize_t(num_chunks(mats_[mi].neurons, mats_[mi].chunk_rows));
+    std::vector<float> probs = rank_ == 0 ? ti.probs() : std::vector<float>();
+    auto put = [&](const char* name, hid_t type, std::vector<hsize_t> count, const void* mem) {
+      h5::Handle d = h5::open_dataset(file_, g + name);
+      if (rank_ == 0) h5::write_slab(d, type, {0, 0}, count, mem, dxpl);
+      else h5::write_slab(d, type, {}, {}, nullptr, dxpl);
+    };
+    put("layer", H5T_NATIVE_INT32, {V, M}, ti.layer.data());
+    put("neuron", H5T_NATIVE_INT32, {V, M}, ti.neuron.data());
+    put("probs", H5T_NATIVE_FLOAT, {V, M}, probs.data());
+    put("logp", H5T_NATIVE_DOUBLE, {V, M}, ti.logp.data());
+    h5::check(H5Fflush(file_, H5F_SCOPE_GLOBAL), path_ + ": flush failed");
+    put("included", H5T_NATIVE_UINT8, {L, C}, inc.data());
+  });
+}
+
+void MapWriter::close() {
+  collective(comm_, [&] {
+    ds_.clear();
+    dxpl_.reset();
+    file_.reset();
   });
 }
 
@@ -275,6 +334,7 @@ void MapWriter::finish(double elapsed_s) {
   });
   collective(comm_, [&] {
     if (rank_ != 0) return;
+    test_kill_point("complete");
     h5::Handle f = h5::open_file(path_, true);
     h5::set_attr_double(f, "elapsed_s", elapsed_s);
     h5::check(H5Fflush(f, H5F_SCOPE_GLOBAL), path_ + ": flush failed");

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "decode/decoder.h"
+#include "decode/token_index.h"
 #include "dist/partition.h"
 #include "h5/h5.h"
 #include "model/vocab.h"
@@ -20,6 +21,7 @@ namespace fi {
 
 struct MapMeta {
   std::string model_dir, model_type, norm, backend, command_line, created_utc;
+  std::string fingerprint;  // model files + options; --resume refuses a partial map made otherwise
   int64_t hidden_size = 0, intermediate_size = 0, num_layers = 0, vocab_size = 0;
   int64_t top_k = 0, bottom_k = 0, token_index_m = 0, world_size = 1;
 };
@@ -38,14 +40,21 @@ WriterKind default_writer_kind();  // parallel when built with parallel HDF5, un
 
 class MapWriter {
  public:
-  // Collective. vocab is read on rank 0 only.
+  // Collective. vocab is read on rank 0 only. resume: the file exists (checked by the caller)
+  // and is opened as it is.
   MapWriter(MPI_Comm comm, const std::string& path, const MapMeta& meta,
-            const std::vector<MatrixLayout>& matrices, const Vocab& vocab, WriterKind kind);
+            const std::vector<MatrixLayout>& matrices, const Vocab& vocab, WriterKind kind,
+            bool resume = false);
   ~MapWriter();
   // Collective: every rank calls once per round, with its item and result or nulls.
   void write_round(const WorkItem* item, const ChunkResult* result);
   // Collective: closes the file; rank 0 sets elapsed_s and complete = 1 last.
   void finish(double elapsed_s);
+  // Collective: closes the file as it is (complete stays 0), e.g. after a stop signal.
+  void close();
+  // Collective: writes matrix mi's token index (valid on rank 0) and which chunks it includes
+  // ([L, C], the same on every rank).
+  void write_token_index(size_t mi, const TokenIndex& ti, const std::vector<uint8_t>& included);
 
  private:
   struct Datasets;
@@ -58,6 +67,7 @@ class MapWriter {
   std::string path_;
   std::vector<MatrixLayout> mats_;
   int64_t k_ = 0, b_ = 0;
+  int64_t round_ = 0;
   WriterKind kind_;
   h5::Handle file_, dxpl_;
   std::vector<Datasets> ds_;

@@ -1,9 +1,11 @@
 // The demo model: random Llama weights (seeded Box-Muller over splitmix64, so the same seed
-// gives the same bytes everywhere) with concept neurons planted along LM-head directions.
+// gives the same bytes everywhere) with concept neurons planted along LM-head directions, and its
+// fine-tune-like "instruct" variant (changes drawn from a second generator; see demo_model.h).
 #include "model/demo_model.h"
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -78,6 +80,9 @@ bool exists(const std::string& p) {
   return ::stat(p.c_str(), &st) == 0;
 }
 
+// The instruct variant's weight noise: 1% of the random weights' sd (0.05).
+constexpr float kTuneNoise = 0.0005f;
+
 struct Plant {
   std::string matrix;
   int64_t layer, neuron;
@@ -95,6 +100,8 @@ std::string default_tokenizer_path(const std::string& option) {
 
 void write_demo_model(const DemoOptions& o) {
   const DType dt = parse_dtype(o.dtype);
+  const bool instruct = o.variant == "instruct";
+  FI_CHECK(o.variant == "base" || instruct, "--variant: expected base or instruct, got '" + o.variant + "'");
   FI_CHECK(!o.out.empty(), "--out is required");
   FI_CHECK(o.layers >= 1 && o.hidden >= 8 && o.intermediate >= 8 && o.heads >= 1 &&
                o.kv_heads >= 1 && o.hidden % o.heads == 0 && o.heads % o.kv_heads == 0,
@@ -127,6 +134,18 @@ void write_demo_model(const DemoOptions& o) {
     p.token = vocab.find_bytes(p.word);
     FI_CHECK(p.token >= 0, tok_path + ": the planted word '" + p.word + "' is not one token");
   }
+  // The instruct variant draws only from `tune`, so every draw of `rng` (and with it every byte
+  // of the base model's tensors) stays as in the base variant.
+  Rng tune(o.seed ^ 0x5EEDF17E7E11A5E5ull);
+  const std::string retarget_word = " puppy";  // the instruct variant's " dog" neuron
+  const int64_t retarget = instruct ? vocab.find_bytes(retarget_word) : -1;
+  FI_CHECK(!instruct || retarget >= 0, tok_path + ": '" + retarget_word + "' is not one token");
+  std::vector<int64_t> regular;  // non-special token ids: the replaced neurons' new directions
+  for (int64_t t = 0; instruct && t < V; ++t)
+    if (!vocab.special[t]) regular.push_back(t);
+  nlohmann::json changed = {{"gate", nlohmann::json::array()}, {"up", nlohmann::json::array()},
+                            {"down", nlohmann::json::array()}};  // [layer, neuron, token] each
+  std::vector<double> changed_fraction;
 
   std::vector<TensorData> tensors;
   auto add = [&](const std::string& name, std::vector<int64_t> shape, std::vector<float>& v) {
@@ -144,13 +163,18 @@ void write_demo_model(const DemoOptions& o) {
 
   // A planted vector: the token's LM-head row divided by gamma (so rms/gamma norms give back
   // exactly that row's direction), plus a little noise.
-  auto planted = [&](int64_t token) {
+  auto planted = [&](int64_t token, Rng& r) {
     std::vector<float> d(H);
     float n2 = 0;
     for (int64_t h = 0; h < H; ++h) n2 += wu[token * H + h] * wu[token * H + h];
     const float noise = 0.05f * std::sqrt(n2 / H);
-    for (int64_t h = 0; h < H; ++h) d[h] = wu[token * H + h] / gamma[h] + noise * rng.normal();
+    for (int64_t h = 0; h < H; ++h) d[h] = wu[token * H + h] / gamma[h] + noise * r.normal();
     return d;
+  };
+  auto is_planted = [&](const std::string& matrix, int64_t layer, int64_t neuron) {
+    for (const Plant& p : plants)
+      if (p.matrix == matrix && p.layer == layer && p.neuron == neuron) return true;
+    return false;
   };
   for (int64_t l = 0; l < L; ++l) {
     auto name = [&](const std::string& s) { return "model.layers." + std::to_string(l) + "." + s; };
@@ -170,13 +194,35 @@ void write_demo_model(const DemoOptions& o) {
     auto gate = random_matrix(rng, I * H, 0.05f);
     auto up = random_matrix(rng, I * H, 0.05f);
     auto down = random_matrix(rng, H * I, 0.05f);
-    for (const Plant& p : plants) {
-      if (p.layer != l) continue;
-      std::vector<float> d = planted(p.token);
-      if (p.matrix == "up") std::copy(d.begin(), d.end(), up.begin() + p.neuron * H);
-      if (p.matrix == "gate") std::copy(d.begin(), d.end(), gate.begin() + p.neuron * H);
-      if (p.matrix == "down")
-        for (int64_t h = 0; h < H; ++h) down[h * I + p.neuron] = d[h];
+    // up, gate: [I, H], a neuron is a row; down: [H, I], a neuron is a column.
+    auto put = [&](const std::string& matrix, int64_t neuron, const std::vector<float>& d) {
+      if (matrix == "up") std::copy(d.begin(), d.end(), up.begin() + neuron * H);
+      if (matrix == "gate") std::copy(d.begin(), d.end(), gate.begin() + neuron * H);
+      if (matrix == "down")
+        for (int64_t h = 0; h < H; ++h) down[h * I + neuron] = d[h];
+    };
+    for (const Plant& p : plants)
+      if (p.layer == l) put(p.matrix, p.neuron, planted(p.token, rng));
+    if (instruct) {
+      for (auto* w : {&gate, &up, &down})
+        for (float& x : *w) x += kTuneNoise * tune.normal();
+      // Later layers change more, as in real fine-tunes.
+      const double frac = 0.05 + 0.25 * (L > 1 ? double(l) / double(L - 1) : 0.0);
+      changed_fraction.push_back(frac);
+      for (const char* matrix : {"gate", "up", "down"}) {
+        std::vector<int64_t> pool;
+        for (int64_t n = 0; n < I; ++n)
+          if (!is_planted(matrix, l, n)) pool.push_back(n);
+        const int64_t count = std::min<int64_t>(std::llround(frac * double(I)), int64_t(pool.size()));
+        for (int64_t i = 0; i < count; ++i) {  // partial Fisher-Yates: a random count-subset
+          std::swap(pool[i], pool[i + int64_t(tune.next() % uint64_t(int64_t(pool.size()) - i))]);
+          const int64_t token = regular[tune.next() % regular.size()];
+          put(matrix, pool[i], planted(token, tune));
+          changed[matrix].push_back({l, pool[i], token});
+        }
+      }
+      for (const Plant& p : plants)
+        if (p.layer == l && p.word == " dog") put(p.matrix, p.neuron, planted(retarget, tune));
     }
     add(name("mlp.gate_proj.weight"), {I, H}, gate);
     add(name("mlp.up_proj.weight"), {I, H}, up);
@@ -237,10 +283,22 @@ void write_demo_model(const DemoOptions& o) {
     FI_CHECK(out.good(), o.out + "/tokenizer.json: write failed");
   }
   nlohmann::json pj = {{"planted", nlohmann::json::array()}};
-  for (const Plant& p : plants)
+  for (const Plant& p : plants) {
+    const bool moved = instruct && p.word == " dog";
     pj["planted"].push_back({{"matrix", p.matrix}, {"layer", p.layer}, {"neuron", p.neuron},
-                             {"token", p.word}, {"token_id", p.token}});
+                             {"token", moved ? retarget_word : p.word},
+                             {"token_id", moved ? retarget : p.token}});
+  }
   pj["seed"] = o.seed;
+  if (instruct) {
+    pj["variant"] = "instruct";
+    pj["finetune"] = {
+        {"noise_sd", kTuneNoise},
+        {"changed_fraction", changed_fraction},
+        {"retargeted", {{"from", " dog"}, {"to", retarget_word}}},
+        {"changed", changed},
+    };
+  }
   std::ofstream(o.out + "/planted.json") << pj.dump(2) << "\n";
 }
 

@@ -31,7 +31,7 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__
-#define __align__(n) alignas(n)
+#define __align__(n) __attribute__((aligned(n)))
 #define __restrict__ __restrict
 
 namespace emu {
@@ -51,7 +51,7 @@ struct Block {
 };
 
 inline thread_local Index thread_index;
-inline Index block_index;
+inline thread_local Index block_index;
 inline Block* block = nullptr;
 
 // Every lane of the calling thread's warp publishes v; returns what lane src published.
@@ -70,17 +70,25 @@ T exchange(T v, int src) {
   return out;
 }
 
-// Runs kernel() as one block of `threads` CUDA threads with blockIdx.x = block_x.
-inline void run_block(unsigned block_x, int threads, const std::function<void()>& kernel) {
+// Runs kernel() for blocks 0 .. blocks-1 of `threads` CUDA threads each, one block at a time on
+// the same OS threads: between blocks every thread waits at a barrier and thread 0 runs
+// between_blocks() (e.g. to scribble over the shared memory) before the next block starts.
+inline void run_grid(unsigned blocks, int threads, const std::function<void()>& kernel,
+                     const std::function<void()>& between_blocks) {
   Block b(threads);
   block = &b;
-  block_index.x = block_x;
   std::vector<std::thread> pool;
   pool.reserve(size_t(threads));
   for (int t = 0; t < threads; ++t)
-    pool.emplace_back([t, &kernel] {
+    pool.emplace_back([t, blocks, &b, &kernel, &between_blocks] {
       thread_index.x = unsigned(t);
-      kernel();
+      for (unsigned x = 0; x < blocks; ++x) {
+        if (t == 0) between_blocks();
+        b.all.arrive_and_wait();
+        block_index.x = x;
+        kernel();
+        b.all.arrive_and_wait();
+      }
     });
   for (auto& th : pool) th.join();
   block = nullptr;

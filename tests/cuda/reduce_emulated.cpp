@@ -2,10 +2,19 @@
 // one block (row) at a time on 256 CPU threads.
 #include "reduce_emulated.h"
 
-#include <vector>
+#include <cstring>
+
+#include "common/error.h"
 
 #include "decode/cuda/kernels.h"  // RowOutputs (and the CUDA headers, before the emulation)
 #include "cuda_emulation.h"
+
+// The kernel's `extern __shared__` array: one block runs at a time, so one array serves all.
+namespace fi::gpu::reduce_detail {
+namespace {
+alignas(16) unsigned char fi_reduce_smem[64 * 1024];
+}  // namespace
+}  // namespace fi::gpu::reduce_detail
 
 #include "decode/cuda/row_reduce_kernel.cuh"
 
@@ -15,8 +24,7 @@ void reduce_rows_emulated(const float* logits, int64_t rows, int64_t vocab, int 
                           ChunkResult& out) {
   using namespace fi::gpu::reduce_detail;
   out.resize(rows, k, b);
-  // The kernel's dynamic shared memory; only one block runs at a time.
-  std::vector<unsigned char> smem(smem_bytes(k, b) + 16);
+  if (smem_bytes(k, b) > sizeof fi_reduce_smem) FI_FAIL("emulated reduction: k too large");
   fi::gpu::RowOutputs o;
   o.top_ids = out.top_ids.data();
   o.top_logits = out.top_logits.data();
@@ -24,10 +32,11 @@ void reduce_rows_emulated(const float* logits, int64_t rows, int64_t vocab, int 
   o.lse = out.lse.data();
   o.bottom_ids = out.bottom_ids.data();
   o.bottom_logits = out.bottom_logits.data();
-  for (int64_t r = 0; r < rows; ++r) {
-    emu::dynamic_shared = smem.data();
-    emu::run_block(unsigned(r), kThreads, [&] { row_reduce_kernel(logits, vocab, int(vocab), k, b, o); });
-  }
+  if (rows <= 0) return;
+  emu::run_grid(
+      unsigned(rows), kThreads, [&] { row_reduce_kernel(logits, vocab, int(vocab), k, b, o); },
+      // NaN garbage between blocks: nothing may rely on what shared memory held before.
+      [] { std::memset(fi_reduce_smem, 0xff, sizeof fi_reduce_smem); });
 }
 
 }  // namespace fi::test

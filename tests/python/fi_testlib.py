@@ -56,6 +56,13 @@ def demo_model(out_dir, *args):
     return out_dir
 
 
+def load_planted(model_dir, whole=False):
+    """planted.json of a demo model: its "planted" list (the whole object with whole)."""
+    with open(os.path.join(model_dir, "planted.json")) as f:
+        pj = json.load(f)
+    return pj if whole else pj["planted"]
+
+
 def decode(model, out, *args, np_=2, timeout=300):
     run(["decode", "--model", model, "--out", out, "--quiet", *args], np_=np_, timeout=timeout)
     return out
@@ -289,3 +296,81 @@ def ref_topk(logits, k, lowest=False):
     # argsort is stable, so equal keys keep increasing id order.
     part = np.argsort(key, axis=1, kind="stable")
     return part[:, :k]
+
+
+# ---- the token index, independently ------------------------------------------------------------
+def reference_probs(ref, matrix, layer_ids, mode="rms"):
+    """Softmax probabilities of every neuron of the given layers, float64: [len(layers) * N, V]
+    (row l * N + n is layer layer_ids[l], neuron n)."""
+    out = []
+    for layer in layer_ids:
+        n = ref.matrix(matrix, layer).shape[0]
+        lg = ref.logits(matrix, layer, np.arange(n), mode)
+        out.append(np.exp(lg - logsumexp(lg)[:, None]))
+    return np.concatenate(out)
+
+
+def reference_token_index(probs, layer_ids, n, m, cols=16384):
+    """From reference_probs: for every token the m (layer, neuron) with the highest probability,
+    ties to the lower (layer, neuron) (= the lower row). Returns layer, neuron [V, m] int32 and
+    probs [V, m] float64."""
+    rows, v = probs.shape
+    m_ = min(m, rows)
+    lay = np.full((v, m), -1, np.int32)
+    neu = np.full((v, m), -1, np.int32)
+    pr = np.zeros((v, m))
+    lid = np.asarray(layer_ids, np.int32)
+    for c in range(0, v, cols):
+        block = probs[:, c:c + cols]
+        order = np.argsort(-block, axis=0, kind="stable")[:m_]      # [m_, cols]
+        lay[c:c + cols, :m_] = lid[order // n].T
+        neu[c:c + cols, :m_] = (order % n).T
+        pr[c:c + cols, :m_] = np.take_along_axis(block, order, axis=0).T
+    return lay, neu, pr
+
+
+def decode_with_index(model, out, m, *args, np_=2, matrices=("up",), layer_ids=None):
+    """Decodes with `--token-index m`. While the binary does not implement the index yet, decodes
+    without it and writes /<matrix>/token_index from reference_token_index (float64) with h5py, so
+    that the analysis tools can be tested; returns (path, "binary" or "injected")."""
+    cmd = ["decode", "--model", model, "--out", out, "--quiet", "--token-index", str(m), *args]
+    p = run(cmd, np_=np_, check=False, timeout=300)
+    if p.returncode == 0:
+        return out, "binary"
+    if "not implemented" not in p.stderr:
+        fail(f"exit {p.returncode}: decode --token-index {m}\n--- stderr ---\n{p.stderr}")
+    decode(model, out, *args, np_=np_)
+    import h5py
+    ref = Reference(model)
+    with h5py.File(out, "r+") as f:
+        for mat in matrices:
+            ids = list(np.asarray(f[mat].attrs["layers"]).reshape(-1)) if layer_ids is None else layer_ids
+            n = f[mat]["top_ids"].shape[1]
+            lay, neu, pr = reference_token_index(reference_probs(ref, mat, ids), ids, n, m)
+            g = f[mat].create_group("token_index")
+            g.create_dataset("layer", data=lay)
+            g.create_dataset("neuron", data=neu)
+            g.create_dataset("probs", data=pr.astype(np.float32))
+        f.attrs["token_index_m"] = np.int64(m)
+    return out, "injected"
+
+
+def analysis(script, *args, timeout=120):
+    """Runs analysis/SCRIPT ARGS with /usr/bin/python3; returns the CompletedProcess."""
+    path = os.path.join(SOURCE_DIR, "analysis", script)
+    return subprocess.run(["/usr/bin/python3", path, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def analysis_json(script, *args):
+    p = analysis(script, *args, "--json")
+    check(p.returncode == 0, f"analysis/{script} {shlex.join(map(str, args))} --json: exit {p.returncode}\n"
+                             f"{p.stderr}")
+    return json.loads(p.stdout)
+
+
+def one_line_error(p, *words):
+    """A refusal: exit 1, nothing on stdout, one line on stderr holding each of words."""
+    lines = p.stderr.strip().splitlines()
+    return (p.returncode == 1 and len(lines) == 1 and not p.stdout.strip()
+            and all(w in lines[0] for w in words))

@@ -7,11 +7,13 @@ import json
 import math
 import os
 import shutil
+import sys
 
 import h5py
 import numpy as np
 
-import fi_testlib as t
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+import fi_testlib as t  # noqa: E402
 
 SIZE = ["--hidden", "64", "--intermediate", "128"]
 SAMPLE = 48          # random neurons checked per matrix and layer (plus the planted ones)

@@ -7,11 +7,13 @@ import os
 import shutil
 import subprocess
 import time
+import sys
 
 import h5py
 import numpy as np
 
-import fi_testlib as t
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+import fi_testlib as t  # noqa: E402
 
 SIZE = ["--hidden", "64", "--intermediate", "128", "--layers", "2"]
 # (options, rank counts): every matrix with 7 chunks per layer (the last one short); then 5 chunks

@@ -6,11 +6,13 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import h5py
 
-import fi_testlib as t
-import flashinterp_map as fm
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+import fi_testlib as t  # noqa: E402
+import flashinterp_map as fm  # noqa: E402
 
 SHOW = os.path.join(t.SOURCE_DIR, "analysis", "show")
 

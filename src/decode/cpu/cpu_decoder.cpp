@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "decode/decoder.h"
+#include "decode/token_index.h"
 #include "decode/topk.h"
 
 extern "C" void openblas_set_num_threads(int);
@@ -27,47 +28,72 @@ class CpuDecoder final : public Decoder {
     openblas_set_num_threads(1);
   }
   const char* name() const override { return "cpu"; }
+  bool supports_token_index() const override { return true; }
+  void set_token_index_target(TokenIndex* ti, int32_t layer, int64_t row0) override {
+    ti_ = ti;
+    ti_layer_ = layer;
+    ti_row0_ = row0;
+  }
 
   void decode(const float* x, int64_t rows, ChunkResult& out) override {
     const int64_t H = head_.hidden;
     xn_.assign(x, x + rows * H);  // xn: [rows, H]
     apply_norm(xn_.data(), rows, H, gamma_.data(), p_);
     out.resize(rows, p_.top_k, p_.bottom_k);
+    row_lse_.assign(rows, 0.0);
+    // With the token index on, the chunk's logits are kept whole ([rows, V]) until every row's
+    // log-sum-exp is known; then the threads update disjoint token ranges of the index.
+    if (ti_) all_logits_.resize(size_t(rows * head_.vocab));
     const int T = int(std::min<int64_t>(threads_, rows));
+    parallel(T, [&](int t) { decode_rows(rows * t / T, rows * (t + 1) / T, out); });
+    if (ti_) {
+      const int64_t V = head_.vocab;
+      parallel(threads_, [&](int t) {
+        ti_->update(all_logits_.data(), V, rows, row_lse_.data(), ti_layer_, ti_row0_,
+                    V * t / threads_, V * (t + 1) / threads_);
+      });
+    }
+    ti_ = nullptr;
+  }
+
+ private:
+  // Runs f(0..T-1) on T threads and rethrows the first error.
+  template <class F>
+  static void parallel(int T, F f) {
     std::vector<std::thread> pool;
     std::vector<std::exception_ptr> errors(T);
-    for (int t = 0; t < T; ++t) {
-      int64_t r0 = rows * t / T, r1 = rows * (t + 1) / T;
-      pool.emplace_back([&, t, r0, r1] {
+    for (int t = 0; t < T; ++t)
+      pool.emplace_back([&, t] {
         try {
-          decode_rows(r0, r1, out);
+          f(t);
         } catch (...) {
           errors[t] = std::current_exception();
         }
       });
-    }
     for (auto& th : pool) th.join();
     for (auto& e : errors)
       if (e) std::rethrow_exception(e);
   }
 
- private:
   // Rows [r0, r1) of the chunk, on one thread.
-  void decode_rows(int64_t r0, int64_t r1, ChunkResult& out) const {
+  void decode_rows(int64_t r0, int64_t r1, ChunkResult& out) {
     const int64_t H = head_.hidden, V = head_.vocab, K = p_.top_k, B = p_.bottom_k;
     const int64_t n = r1 - r0;
     std::vector<RowReducer> red(n, RowReducer(int(K), int(B)));
-    std::vector<float> block(n * kVocabBlock);  // block: [n, vb]
+    std::vector<float> own;  // block: [n, vb], or a window of the whole chunk's logits
+    if (!ti_) own.resize(size_t(n * kVocabBlock));
     for (int64_t v0 = 0; v0 < V; v0 += kVocabBlock) {
       const int64_t vb = std::min(kVocabBlock, V - v0);
+      float* block = ti_ ? all_logits_.data() + r0 * V + v0 : own.data();
+      const int64_t ld = ti_ ? V : vb;
       // block[r, j] = sum_h xn[r0 + r, h] * W_U[v0 + j, h]
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(vb), int(H), 1.f,
-                  xn_.data() + r0 * H, int(H), head_.f32 + v0 * H, int(H), 0.f, block.data(),
-                  int(vb));
-      for (int64_t r = 0; r < n; ++r) red[r].add_block(block.data() + r * vb, v0, vb);
+                  xn_.data() + r0 * H, int(H), head_.f32 + v0 * H, int(H), 0.f, block, int(ld));
+      for (int64_t r = 0; r < n; ++r) red[r].add_block(block + r * ld, v0, vb);
     }
     for (int64_t r = 0; r < n; ++r) {
       int64_t g = r0 + r;
+      row_lse_[g] = red[r].lse();
       red[r].finish(out.top_ids.data() + g * K, out.top_logits.data() + g * K,
                     out.top_probs.data() + g * K, out.lse.data() + g,
                     out.bottom_ids.data() + g * B, out.bottom_logits.data() + g * B);
@@ -81,7 +107,11 @@ class CpuDecoder final : public Decoder {
   std::vector<float> gamma_;
   DecodeParams p_;
   int threads_;
-  std::vector<float> xn_;
+  std::vector<float> xn_, all_logits_;
+  std::vector<double> row_lse_;
+  TokenIndex* ti_ = nullptr;
+  int32_t ti_layer_ = 0;
+  int64_t ti_row0_ = 0;
 };
 
 }  // namespace

@@ -1,8 +1,9 @@
 // The CUDA decoder: per call, the rows go through the device in pieces of sub_rows rows, each
 // piece: upload (host input) -> norm + conversion to the LM-head dtype -> cuBLAS GEMM into an
 // fp32 logits buffer [sub_rows, vocab] -> the fused reduction kernel -> small results. Two
-// logits buffers and two streams (GEMM, reduction) let the GEMM of piece i+1 run while piece i
-// is reduced; only the per-row results come back (one copy per call into pinned memory).
+// buffers per stage and three streams (upload, GEMM, reduction) let the GEMM of piece i+1 run
+// while piece i is reduced and piece i+2 uploads; only the per-row results come back (one copy
+// per call into pinned memory).
 //
 // Precision. A bf16/f16 LM-head stays 16-bit on the device, and cuBLAS multiplies it by the
 // normed rows ROUNDED TO THE SAME 16-BIT TYPE (the CPU path keeps the normed rows fp32), with
@@ -264,14 +265,14 @@ struct CudaDecoder::Impl {
   int64_t H = 0, V = 0, ld = 0, max_sub = 0;
   bool split = false;
   DeviceBuffer gamma;  // [H] fp32
-  Stream gemm_stream, reduce_stream;
+  Stream gemm_stream, reduce_stream, copy_stream;
   Blas blas;
   struct Slot {
     DeviceBuffer x;        // [max_sub, H] fp32: uploaded host rows
     DeviceBuffer hi, lo;   // [max_sub, H] head dtype: normed rows (lo only with split)
     DeviceBuffer logits;   // [max_sub, ld] fp32
     PinnedBuffer staging;  // [max_sub, H] fp32 host staging (host input; made on first use)
-    Event h2d_done, gemm_done, reduce_done;
+    Event h2d_done, norm_done, gemm_done, reduce_done;
   };
   Slot slot[2];
   DeviceBuffer results;  // packed per-row results of one call (device)
@@ -371,12 +372,16 @@ struct CudaDecoder::Impl {
       if (host_input) {
         if (!s.staging.get()) s.staging = PinnedBuffer(size_t(max_sub) * H * 4, "the input rows");
         // The staging buffer is free once its previous upload (two pieces ago) is done; the
-        // host copy into it overlaps the device's work on the piece before.
+        // host copy into it overlaps the device's work on the piece before. The upload runs on
+        // its own stream so it overlaps the GEMM of the piece before; it waits until the norm
+        // of two pieces ago has read this slot's x.
         FI_CUDA_CHECK(cudaEventSynchronize(s.h2d_done.e));
         std::memcpy(s.staging.get(), static_cast<const float*>(x) + r0 * H, size_t(n) * H * 4);
+        FI_CUDA_CHECK(cudaStreamWaitEvent(copy_stream.s, s.norm_done.e, 0));
         FI_CUDA_CHECK(cudaMemcpyAsync(s.x.get(), s.staging.get(), size_t(n) * H * 4,
-                                      cudaMemcpyHostToDevice, sg));
-        FI_CUDA_CHECK(cudaEventRecord(s.h2d_done.e, sg));
+                                      cudaMemcpyHostToDevice, copy_stream.s));
+        FI_CUDA_CHECK(cudaEventRecord(s.h2d_done.e, copy_stream.s));
+        FI_CUDA_CHECK(cudaStreamWaitEvent(sg, s.h2d_done.e, 0));
         xin = s.x.get();
         xin_dtype = DType::F32;
       } else {
@@ -386,6 +391,7 @@ struct CudaDecoder::Impl {
       FI_CUDA_CHECK(cudaStreamWaitEvent(sg, s.reduce_done.e, 0));
       launch_norm_convert(xin, xin_dtype, s.hi.get(), split ? s.lo.get() : nullptr, head.dtype,
                           n, H, gamma_d, p, sg);
+      FI_CUDA_CHECK(cudaEventRecord(s.norm_done.e, sg));
       float* logits = static_cast<float*>(s.logits.get());
       gemm_logits(blas.h, head.data.get(), head.dtype, V, H, s.hi.get(), n, logits, ld,
                   p.allow_tf32, false);
@@ -397,7 +403,8 @@ struct CudaDecoder::Impl {
       launch_row_reduce(logits, n, V, ld, k, b, offset_rows(all, r0, k, b), sr);
       FI_CUDA_CHECK(cudaEventRecord(s.reduce_done.e, sr));
     }
-    // Every GEMM-stream operation precedes a gemm_done the reduction stream waited on.
+    // Every upload precedes a norm on the GEMM stream, and every GEMM-stream operation precedes
+    // a gemm_done that the reduction stream waited on: syncing sr and sg covers all three.
     FI_CUDA_CHECK(cudaMemcpyAsync(results_host.get(), results.get(), rbytes,
                                   cudaMemcpyDeviceToHost, sr));
     FI_CUDA_CHECK(cudaStreamSynchronize(sr));

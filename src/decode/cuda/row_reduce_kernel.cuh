@@ -13,6 +13,7 @@
 
 namespace fi::gpu {
 namespace reduce_detail {
+namespace {  // internal linkage: the emulated test compiles this file a second time
 
 constexpr int kThreads = 256;             // one block per row
 constexpr int kItems = 4;                 // tokens per thread per tile (loads in flight)
@@ -46,7 +47,7 @@ struct BlockState {
 constexpr int kStateBytes = (int(sizeof(BlockState)) + 15) / 16 * 16;
 
 // Candidate buffer capacity for a selection of k (0 when unused).
-inline int candidate_cap(int k) {
+__host__ __device__ inline int candidate_cap(int k) {
   if (k <= 0) return 0;
   int cap = 1;
   while (cap < k + kTile) cap <<= 1;
@@ -244,5 +245,6 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) out.lse[r] = l;
 }
 
+}  // namespace
 }  // namespace reduce_detail
 }  // namespace fi::gpu

@@ -1,0 +1,192 @@
+// `flashinterp clamp`: the causal check of one neuron — the next-token probabilities of watched
+// tokens (and the top-5 tokens) with the neuron unclamped, then clamped to each given value.
+#include <algorithm>
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "cli/prompt.h"
+#include "common/error.h"
+#include "forward/llama_cpu.h"
+#include "h5/h5.h"
+
+namespace fi {
+namespace {
+
+struct ClampArgs {
+  std::string model, matrix = "up", site = "act", values, map, dump_logits;
+  int64_t layer = -1, neuron = -1;
+  PromptArgs prompt;
+  std::vector<std::string> watch;
+  bool json = false;
+};
+
+struct Row {
+  bool clamped = false;
+  float value = 0;
+  std::vector<float> probs;  // [V]
+};
+
+// The neuron's top token in a flashinterp map: /<matrix>/top_ids[index of layer, neuron, 0].
+int32_t map_top_token(const std::string& path, const std::string& matrix, int64_t layer, int64_t neuron) {
+  h5::silence_errors();
+  h5::Handle f = h5::open_file(path, false);
+  if (h5::read_attr_string(f, "format") != "flashinterp-map") FI_FAIL(path + ": not a flashinterp map");
+  if (h5::read_attr_int(f, "complete") != 1) FI_FAIL(path + ": the map is incomplete (complete = 0)");
+  h5::Handle g(H5Gopen2(f, matrix.c_str(), H5P_DEFAULT), H5Gclose,
+               path + ": the map has no '" + matrix + "' matrix");
+  h5::Handle a(H5Aopen(g, "layers", H5P_DEFAULT), H5Aclose, path + ": /" + matrix + " has no layers attribute");
+  h5::Handle as(H5Aget_space(a), H5Sclose, "H5Aget_space");
+  std::vector<int64_t> layers(size_t(H5Sget_simple_extent_npoints(as)));
+  h5::check(H5Aread(a, H5T_NATIVE_INT64, layers.data()), path + ": cannot read /" + matrix + " layers");
+  int64_t li = -1;
+  for (size_t i = 0; i < layers.size(); ++i)
+    if (layers[i] == layer) li = int64_t(i);
+  if (li < 0) FI_FAIL(path + ": the map has no layer " + std::to_string(layer) + " for " + matrix);
+  h5::Handle d = h5::open_dataset(g, "top_ids");
+  h5::Handle s(H5Dget_space(d), H5Sclose, "H5Dget_space");
+  hsize_t dims[3] = {0, 0, 0};
+  if (H5Sget_simple_extent_ndims(s) != 3) FI_FAIL(path + ": /" + matrix + "/top_ids is not 3-D");
+  H5Sget_simple_extent_dims(s, dims, nullptr);
+  if (hsize_t(neuron) >= dims[1] || dims[2] == 0)
+    FI_FAIL(path + ": neuron " + std::to_string(neuron) + " is not in /" + matrix + "/top_ids");
+  hsize_t start[3] = {hsize_t(li), hsize_t(neuron), 0}, count[3] = {1, 1, 1};
+  h5::check(H5Sselect_hyperslab(s, H5S_SELECT_SET, start, nullptr, count, nullptr), "H5Sselect_hyperslab");
+  h5::Handle m(H5Screate_simple(3, count, nullptr), H5Sclose, "H5Screate_simple");
+  int32_t id = -1;
+  h5::check(H5Dread(d, H5T_NATIVE_INT32, m, s, H5P_DEFAULT, &id), path + ": cannot read top_ids");
+  return id;
+}
+
+// A watched word's token: its only token, or its first with a notice on stderr.
+int32_t watch_token(const Tokenizer& tok, const std::string& word) {
+  if (word.empty() || sanitize_utf8(word) != word) FI_FAIL("--watch: " + quoted(word) + " is empty or not valid UTF-8");
+  std::vector<int32_t> ids = tok.encode(word, false);
+  FI_CHECK(!ids.empty(), "--watch: " + quoted(word) + " has no tokens");
+  if (ids.size() > 1)
+    std::fprintf(stderr, "flashinterp: note: --watch %s is %zu tokens; watching its first, %s (id %d)\n",
+                 quoted(word).c_str(), ids.size(), quoted(token_text(tok, ids[0])).c_str(), ids[0]);
+  return ids[0];
+}
+
+std::vector<int32_t> top5(const std::vector<float>& p) {
+  std::vector<int32_t> idx(p.size());
+  for (size_t i = 0; i < idx.size(); ++i) idx[i] = int32_t(i);
+  const size_t k = std::min<size_t>(5, idx.size());
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
+                    [&](int32_t a, int32_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); });
+  idx.resize(k);
+  return idx;
+}
+
+void print_json(const ClampArgs& a, const Tokenizer& tok, const std::vector<int32_t>& ids,
+                const std::vector<std::string>& words, const std::vector<int32_t>& watch,
+                const std::vector<Row>& rows) {
+  nlohmann::ordered_json j = {{"prompt_ids", ids}, {"layer", a.layer}, {"neuron", a.neuron},
+                      {"matrix", a.matrix}, {"site", a.site}};
+  j["watch"] = nlohmann::ordered_json::array();
+  for (size_t w = 0; w < watch.size(); ++w) j["watch"].push_back({{"text", words[w]}, {"id", watch[w]}});
+  j["rows"] = nlohmann::ordered_json::array();
+  for (const Row& r : rows) {
+    nlohmann::ordered_json row = {{"value", r.clamped ? nlohmann::ordered_json(r.value) : nlohmann::ordered_json(nullptr)}};
+    row["probs"] = nlohmann::ordered_json::array();
+    for (int32_t id : watch) row["probs"].push_back(r.probs[size_t(id)]);
+    row["top"] = nlohmann::ordered_json::array();
+    for (int32_t id : top5(r.probs))
+      row["top"].push_back({{"id", id}, {"text", token_text(tok, id)}, {"prob", r.probs[size_t(id)]}});
+    j["rows"].push_back(row);
+  }
+  std::cout << j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) << "\n";
+}
+
+void print_table(const ClampArgs& a, const Tokenizer& tok, const std::vector<int32_t>& ids,
+                 const std::vector<std::string>& words, const std::vector<int32_t>& watch,
+                 const std::vector<Row>& rows) {
+  std::printf("prompt: %zu tokens | layer %lld, neuron %lld (%s) | clamp site %s\n", ids.size(),
+              (long long)a.layer, (long long)a.neuron, a.matrix.c_str(), a.site.c_str());
+  std::printf("%-10s", "value");
+  for (size_t w = 0; w < watch.size(); ++w) std::printf(" %14s", quoted(words[w]).c_str());
+  std::printf("  top-5 next tokens\n");
+  for (const Row& r : rows) {
+    char v[32];
+    std::snprintf(v, sizeof v, "%g", r.value);
+    std::printf("%-10s", r.clamped ? v : "(none)");
+    for (int32_t id : watch) std::printf(" %14.6g", r.probs[size_t(id)]);
+    std::printf(" ");
+    for (int32_t id : top5(r.probs))
+      std::printf(" %s %.3g", quoted(token_text(tok, id)).c_str(), r.probs[size_t(id)]);
+    std::printf("\n");
+  }
+}
+
+int run_clamp(ClampArgs& a) {
+  Model model(a.model);
+  const ModelConfig& c = model.cfg;
+  parse_matrix(a.matrix);
+  const ClampSite site = parse_clamp_site(a.site);
+  const std::vector<float> values = parse_values(a.values, "--values");
+  check_clamps(c, {{a.layer, a.neuron, 0.f}});  // before the slow parts
+  Tokenizer tok(a.model + "/tokenizer.json");
+  const std::vector<int32_t> ids = prompt_tokens(tok, a.prompt, c.vocab_size);
+  std::vector<std::string> words = a.watch;
+  std::vector<int32_t> watch;
+  for (const std::string& w : words) watch.push_back(watch_token(tok, w));
+  if (!a.map.empty()) {
+    const int32_t id = map_top_token(a.map, a.matrix, a.layer, a.neuron);
+    FI_CHECK(id >= 0 && id < c.vocab_size, a.map + ": top token id " + std::to_string(id) + " is out of range");
+    words.push_back(token_text(tok, id));
+    watch.push_back(id);
+  }
+  for (int32_t id : watch)
+    FI_CHECK(id < c.vocab_size, "--watch: token id " + std::to_string(id) + " is past the model's vocab_size");
+
+  LlamaCpu fwd(model);
+  std::vector<Row> rows;
+  std::vector<float> dump;
+  for (size_t i = 0; i <= values.size(); ++i) {
+    Row r;
+    r.clamped = i > 0;
+    r.value = i > 0 ? values[i - 1] : 0.f;
+    fwd.set_clamps(r.clamped ? std::vector<Clamp>{{a.layer, a.neuron, r.value}} : std::vector<Clamp>{}, site);
+    fwd.reset();
+    std::vector<float> logits = fwd.forward(ids);
+    if (!a.dump_logits.empty()) dump.insert(dump.end(), logits.begin(), logits.end());
+    r.probs = softmax(logits);
+    rows.push_back(std::move(r));
+  }
+  if (!a.dump_logits.empty()) dump_f32(a.dump_logits, dump);
+  if (a.json) {
+    print_json(a, tok, ids, words, watch, rows);
+  } else {
+    print_table(a, tok, ids, words, watch, rows);
+  }
+  return 0;
+}
+
+}  // namespace
+
+std::function<int()> add_clamp(CLI::App& app) {
+  auto a = std::make_shared<ClampArgs>();
+  auto* cmd = app.add_subcommand(
+      "clamp", "Next-token probabilities with one MLP neuron clamped to each of several values");
+  cmd->add_option("--model", a->model, "Hugging Face checkpoint directory")->required();
+  cmd->add_option("--layer", a->layer, "layer of the neuron")->required();
+  cmd->add_option("--neuron", a->neuron, "neuron index (row of up/gate, column of down)")->required();
+  cmd->add_option("--matrix", a->matrix, "the map the neuron comes from: up | gate | down "
+                                         "(a label, and where --map looks)")->capture_default_str();
+  cmd->add_option("--clamp-site", a->site,
+                  "act: set the down_proj input act(gate)*up to the value (the neuron writes "
+                  "value*down[:,n]); up: set the up_proj output before the multiply (the neuron "
+                  "writes act(gate)*value*down[:,n])")->capture_default_str();
+  cmd->add_option("--values", a->values, "comma-separated clamp values, e.g. 0,5,10,20")->required();
+  add_prompt_options(cmd, a->prompt);
+  cmd->add_option("--watch", a->watch, "tokens to watch, e.g. \" dog\" \" cat\" (a word of several "
+                                       "tokens is watched by its first, with a notice)");
+  cmd->add_option("--map", a->map, "a flashinterp map (.h5): also watch the neuron's top token there");
+  cmd->add_flag("--json", a->json, "print one JSON object instead of a table");
+  cmd->add_option("--dump-logits", a->dump_logits, "write the logits [rows, V] as raw float32")->group("");
+  return [a]() { return run_clamp(*a); };
+}
+
+}  // namespace fi

@@ -1,0 +1,85 @@
+// `flashinterp generate`: a continuation of the prompt, greedy unless --temperature > 0, with any
+// number of neuron clamps applied at every position; tokens are printed as they are chosen.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "cli/prompt.h"
+#include "common/error.h"
+#include "forward/generate.h"
+
+namespace fi {
+namespace {
+
+struct GenerateArgs {
+  std::string model, site = "act", dump_logits;
+  PromptArgs prompt;
+  std::vector<std::string> clamps;
+  GenerateOptions opt;
+  bool print_ids = false, stats = false;
+};
+
+int run_generate(GenerateArgs& a) {
+  Model model(a.model);
+  const ClampSite site = parse_clamp_site(a.site);
+  std::vector<Clamp> clamps;
+  for (const std::string& s : a.clamps) clamps.push_back(parse_clamp(s));
+  check_clamps(model.cfg, clamps);
+  FI_CHECK(a.opt.max_new_tokens >= 0, "--max-new-tokens must be >= 0");
+  Tokenizer tok(a.model + "/tokenizer.json");
+  const std::vector<int32_t> ids = prompt_tokens(tok, a.prompt, model.cfg.vocab_size);
+  LlamaCpu fwd(model);
+  fwd.set_clamps(clamps, site);
+  a.opt.stop_ids = default_stop_ids(model.cfg.path, tok.eos_id(), tok.vocab().text);
+
+  std::vector<float> dump;
+  int64_t n = 0;
+  auto on_token = [&](int32_t id, const std::vector<float>& logits) {
+    if (!a.dump_logits.empty()) dump.insert(dump.end(), logits.begin(), logits.end());
+    if (std::find(a.opt.stop_ids.begin(), a.opt.stop_ids.end(), id) != a.opt.stop_ids.end()) return;
+    if (a.print_ids) {
+      std::printf("%s%d", n ? " " : "", id);
+    } else if (id < tok.vocab().size()) {
+      const std::string& b = tok.vocab().bytes[size_t(id)];  // exact bytes; UTF-8 joins up on screen
+      std::fwrite(b.data(), 1, b.size(), stdout);
+    }
+    ++n;
+    std::fflush(stdout);
+  };
+  const auto t0 = std::chrono::steady_clock::now();
+  generate(fwd, ids, a.opt, on_token);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("\n");
+  if (!a.dump_logits.empty()) dump_f32(a.dump_logits, dump);
+  if (a.stats)
+    std::fprintf(stderr, "flashinterp: %zu prompt + %lld new tokens in %.3f s (%.1f new tokens/s)\n",
+                 ids.size(), (long long)n, s, s > 0 ? double(n) / s : 0.0);
+  return 0;
+}
+
+}  // namespace
+
+std::function<int()> add_generate(CLI::App& app) {
+  auto a = std::make_shared<GenerateArgs>();
+  auto* cmd = app.add_subcommand("generate", "Continue a prompt (greedy by default), optionally "
+                                             "with MLP neurons clamped");
+  cmd->add_option("--model", a->model, "Hugging Face checkpoint directory")->required();
+  add_prompt_options(cmd, a->prompt);
+  cmd->add_option("--clamp", a->clamps, "LAYER:NEURON=VALUE, repeatable: clamp that neuron at "
+                                        "every position");
+  cmd->add_option("--clamp-site", a->site,
+                  "act: set the down_proj input act(gate)*up; up: set the up_proj output before "
+                  "the multiply (still gated by act(gate))")->capture_default_str();
+  cmd->add_option("--max-new-tokens", a->opt.max_new_tokens, "most tokens to generate")->capture_default_str();
+  cmd->add_option("--temperature", a->opt.temperature, "0: greedy; > 0: sample from softmax(logits/T)")
+      ->capture_default_str();
+  cmd->add_option("--seed", a->opt.seed, "seed of the sampler")->capture_default_str();
+  cmd->add_flag("--print-ids", a->print_ids, "print the new token ids instead of text");
+  cmd->add_flag("--stats", a->stats, "print tokens per second on stderr");
+  cmd->add_option("--dump-logits", a->dump_logits, "write each step's logits [steps, V] as raw float32")
+      ->group("");
+  return [a]() { return run_generate(*a); };
+}
+
+}  // namespace fi

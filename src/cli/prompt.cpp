@@ -1,0 +1,75 @@
+// Prompt tokenization and token display for `clamp` and `generate` (see prompt.h).
+#include "cli/prompt.h"
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "common/error.h"
+#include "model/vocab.h"
+
+namespace fi {
+
+void add_prompt_options(CLI::App* cmd, PromptArgs& p) {
+  cmd->add_option("--prompt", p.text, "prompt text (UTF-8); BOS is put first unless --no-bos");
+  cmd->add_flag("--chat", p.chat, "wrap the prompt in the Llama 3.1 Instruct chat format");
+  cmd->add_flag("--no-bos", p.no_bos, "do not put <|begin_of_text|> before a plain prompt");
+  cmd->add_option("--prompt-ids", p.ids, "the prompt as comma-separated token ids instead of text");
+}
+
+std::vector<int32_t> prompt_tokens(const Tokenizer& tok, const PromptArgs& p, int64_t vocab_size) {
+  FI_CHECK(p.text.empty() != p.ids.empty(), "give exactly one of --prompt TEXT and --prompt-ids");
+  std::vector<int32_t> ids;
+  if (!p.ids.empty()) {
+    FI_CHECK(!p.chat, "--chat needs --prompt TEXT, not --prompt-ids");
+    std::stringstream ss(p.ids);
+    for (std::string item; std::getline(ss, item, ',');) {
+      char* end = nullptr;
+      long v = std::strtol(item.c_str(), &end, 10);
+      if (item.empty() || *end || v < 0 || v >= vocab_size)
+        FI_FAIL("--prompt-ids: '" + item + "' is not a token id in 0.." + std::to_string(vocab_size - 1));
+      ids.push_back(int32_t(v));
+    }
+    return ids;
+  }
+  if (sanitize_utf8(p.text) != p.text) FI_FAIL("--prompt: the text is not valid UTF-8");
+  if (p.chat) return tok.encode_chat(p.text);
+  ids = tok.encode(p.text, !p.no_bos && tok.bos_id() >= 0);
+  FI_CHECK(!ids.empty(), "--prompt: the prompt has no tokens");
+  return ids;
+}
+
+std::string token_text(const Tokenizer& tok, int32_t id) {
+  const Vocab& v = tok.vocab();
+  if (id >= 0 && id < v.size()) return v.text[size_t(id)];
+  return "<|id " + std::to_string(id) + "|>";
+}
+
+std::string quoted(const std::string& text) {
+  std::string out = "\"";
+  for (unsigned char c : text) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += char(c);
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else {
+      out += char(c);
+    }
+  }
+  return out + "\"";
+}
+
+void dump_f32(const std::string& path, const std::vector<float>& data) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(data.data()), std::streamsize(data.size() * sizeof(float)));
+  if (!out.good()) FI_FAIL(path + ": cannot write the logits");
+}
+
+}  // namespace fi

@@ -1,0 +1,130 @@
+// TokenIndex: per-token sorted lists of the best (logp, layer, neuron), and their MPI merge.
+#include "decode/token_index.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "common/error.h"
+
+namespace fi {
+namespace {
+
+// The index's total order: higher log-probability first, then lower layer, then lower neuron.
+inline bool better(double a, int32_t la, int32_t na, double b, int32_t lb, int32_t nb) {
+  if (a != b) return a > b;
+  if (la != lb) return la >= 0 && (lb < 0 || la < lb);
+  return na < nb;
+}
+
+// Inserts (x, l, n) into the sorted list of one token (length m) if it beats the last entry.
+inline void insert(double* lp, int32_t* ly, int32_t* nr, int64_t m, double x, int32_t l, int32_t n) {
+  if (!better(x, l, n, lp[m - 1], ly[m - 1], nr[m - 1])) return;
+  int64_t i = m - 1;
+  while (i > 0 && better(x, l, n, lp[i - 1], ly[i - 1], nr[i - 1])) {
+    lp[i] = lp[i - 1];
+    ly[i] = ly[i - 1];
+    nr[i] = nr[i - 1];
+    --i;
+  }
+  lp[i] = x;
+  ly[i] = l;
+  nr[i] = n;
+}
+
+}  // namespace
+
+TokenIndex::TokenIndex(int64_t v, int64_t mm)
+    : vocab(v), m(mm), logp(size_t(v * mm), -std::numeric_limits<double>::infinity()),
+      layer(size_t(v * mm), -1), neuron(size_t(v * mm), -1) {}
+
+void TokenIndex::update(const float* logits, int64_t ld, int64_t rows, const double* lse,
+                        int32_t l, int64_t row0, int64_t v0, int64_t v1) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = logits + r * ld;
+    const double s = lse[r];
+    const int32_t n = int32_t(row0 + r);
+    for (int64_t v = v0; v < v1; ++v) {
+      const double lp = double(x[v]) - s;
+      // Cheap reject first: most entries are far below the token's M-th best.
+      if (lp < logp[size_t(v * m + m - 1)]) continue;
+      insert(&logp[size_t(v * m)], &layer[size_t(v * m)], &neuron[size_t(v * m)], m, lp, l, n);
+    }
+  }
+}
+
+void TokenIndex::merge(const TokenIndex& o) {
+  FI_CHECK(o.vocab == vocab && o.m == m, "token index shapes differ");
+  for (int64_t v = 0; v < vocab; ++v)
+    for (int64_t j = 0; j < m; ++j) {
+      size_t i = size_t(v * m + j);
+      if (o.layer[i] < 0) break;
+      insert(&logp[size_t(v * m)], &layer[size_t(v * m)], &neuron[size_t(v * m)], m, o.logp[i],
+             o.layer[i], o.neuron[i]);
+    }
+}
+
+std::vector<float> TokenIndex::probs() const {
+  std::vector<float> p(logp.size());
+  for (size_t i = 0; i < p.size(); ++i) p[i] = layer[i] < 0 ? 0.f : float(std::exp(logp[i]));
+  return p;
+}
+
+namespace {
+
+// The wire form of one token's list: m entries of {double logp; int32 layer; int32 neuron}.
+struct Entry {
+  double logp;
+  int32_t layer, neuron;
+};
+int64_t g_m = 0;  // the list length for the reduction operator (one reduction at a time)
+
+extern "C" void merge_op(void* in, void* inout, int* len, MPI_Datatype*) {
+  auto* a = static_cast<Entry*>(in);
+  auto* b = static_cast<Entry*>(inout);
+  std::vector<Entry> out(static_cast<size_t>(g_m));
+  for (int t = 0; t < *len; ++t) {
+    Entry* x = a + t * g_m;
+    Entry* y = b + t * g_m;
+    int64_t i = 0, j = 0;
+    for (int64_t k = 0; k < g_m; ++k) {
+      bool take_x = better(x[i].logp, x[i].layer, x[i].neuron, y[j].logp, y[j].layer, y[j].neuron);
+      out[size_t(k)] = take_x ? x[i++] : y[j++];
+    }
+    std::memcpy(y, out.data(), size_t(g_m) * sizeof(Entry));
+  }
+}
+
+}  // namespace
+
+void reduce_token_index(TokenIndex& ti, MPI_Comm comm) {
+  int size = 1, rank = 0;
+  MPI_Comm_size(comm, &size);
+  MPI_Comm_rank(comm, &rank);
+  if (size == 1 || ti.m == 0) return;
+  std::vector<Entry> mine(ti.logp.size()), merged(rank == 0 ? ti.logp.size() : 0);
+  for (size_t i = 0; i < mine.size(); ++i) mine[i] = {ti.logp[i], ti.layer[i], ti.neuron[i]};
+  MPI_Datatype list;
+  MPI_Type_contiguous(int(ti.m * int64_t(sizeof(Entry))), MPI_BYTE, &list);
+  MPI_Type_commit(&list);
+  MPI_Op op;
+  MPI_Op_create(merge_op, 1, &op);
+  g_m = ti.m;
+  // In pieces of 4096 tokens, so counts stay far from int limits.
+  const int64_t step = 4096;
+  for (int64_t v = 0; v < ti.vocab; v += step) {
+    int n = int(std::min(step, ti.vocab - v));
+    MPI_Reduce(mine.data() + v * ti.m, rank == 0 ? merged.data() + v * ti.m : nullptr, n, list, op,
+               0, comm);
+  }
+  MPI_Op_free(&op);
+  MPI_Type_free(&list);
+  if (rank == 0)
+    for (size_t i = 0; i < merged.size(); ++i) {
+      ti.logp[i] = merged[i].logp;
+      ti.layer[i] = merged[i].layer;
+      ti.neuron[i] = merged[i].neuron;
+    }
+}
+
+}  // namespace fi

@@ -1,0 +1,226 @@
+// The CPU forward pass (see llama_cpu.h). Per layer: x += o(attn(rope(q), rope(k), v)) of
+// norm(x); x += down(act(gate(n)) * up(n)) of n = norm(x); then the final norm and the LM-head.
+#include "forward/llama_cpu.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "common/error.h"
+
+namespace fi {
+namespace {
+
+// y[T, n] = x[T, k] · W[n, k]ᵀ (+ bias[n] when given).
+void linear(const float* x, int64_t T, int64_t k, const std::vector<float>& w, int64_t n,
+            const std::vector<float>& bias, float* y) {
+  if (T == 1) {
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, int(n), int(k), 1.f, w.data(), int(k), x, 1, 0.f, y, 1);
+  } else {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(n), int(k), 1.f, x, int(k),
+                w.data(), int(k), 0.f, y, int(n));
+  }
+  if (!bias.empty())
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t i = 0; i < n; ++i) y[t * n + i] += bias[i];
+}
+
+}  // namespace
+
+std::vector<float> LlamaCpu::load(const std::string& tensor, std::vector<int64_t> shape,
+                                  const char* field) {
+  const TensorInfo& t = model_.expect(tensor, std::move(shape), field);
+  return model_.ckpt.file_of(tensor).read_f32(t);
+}
+
+LlamaCpu::LlamaCpu(const Model& model) : model_(model), act_(parse_act(model.cfg.hidden_act)) {
+  const ModelConfig& c = model.cfg;
+  if (c.model_type == "gemma2")
+    FI_FAIL(c.path + ": the forward pass does not support gemma2 (extra MLP norms, soft-capping)");
+  const int64_t H = c.hidden_size, I = c.intermediate_size, qd = c.num_heads * c.head_dim,
+                kvd = c.num_kv_heads * c.head_dim;
+  FI_CHECK(c.head_dim % 2 == 0, c.path + ": head_dim must be even for rotary embeddings");
+  const TensorNames& n = model.names;
+  layers_.resize(size_t(c.num_layers));
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    Layer& w = layers_[l];
+    w.attn_norm = load(n.layer(l, "input_layernorm.weight"), {H}, "hidden_size");
+    w.q = load(n.layer(l, "self_attn.q_proj.weight"), {qd, H}, "num_heads*head_dim,hidden_size");
+    w.k = load(n.layer(l, "self_attn.k_proj.weight"), {kvd, H}, "num_kv_heads*head_dim,hidden_size");
+    w.v = load(n.layer(l, "self_attn.v_proj.weight"), {kvd, H}, "num_kv_heads*head_dim,hidden_size");
+    w.o = load(n.layer(l, "self_attn.o_proj.weight"), {H, qd}, "hidden_size,num_heads*head_dim");
+    // Qwen2 has q/k/v biases; other models have none.
+    if (model.ckpt.has(n.layer(l, "self_attn.q_proj.bias"))) {
+      w.q_bias = load(n.layer(l, "self_attn.q_proj.bias"), {qd}, "num_heads*head_dim");
+      w.k_bias = load(n.layer(l, "self_attn.k_proj.bias"), {kvd}, "num_kv_heads*head_dim");
+      w.v_bias = load(n.layer(l, "self_attn.v_proj.bias"), {kvd}, "num_kv_heads*head_dim");
+    }
+    w.mlp_norm = load(n.layer(l, "post_attention_layernorm.weight"), {H}, "hidden_size");
+    w.gate = load(n.matrix(Matrix::Gate, l), {I, H}, "intermediate_size,hidden_size");
+    w.up = load(n.matrix(Matrix::Up, l), {I, H}, "intermediate_size,hidden_size");
+    w.down = load(n.matrix(Matrix::Down, l), {H, I}, "hidden_size,intermediate_size");
+  }
+  final_norm_ = load(n.final_norm, {H}, "hidden_size");
+  lm_head_ = load(model.lm_head_name(), {c.vocab_size, H}, "vocab_size,hidden_size");
+  if (!c.tie_word_embeddings) model.expect(n.embed, {c.vocab_size, H}, "vocab_size,hidden_size");
+  inv_freq_ = rope_inv_freq(c);
+}
+
+void check_clamps(const ModelConfig& c, const std::vector<Clamp>& clamps) {
+  for (const Clamp& k : clamps) {
+    if (k.layer < 0 || k.layer >= c.num_layers)
+      FI_FAIL("clamp: layer " + std::to_string(k.layer) + " is out of range (the model has " +
+              std::to_string(c.num_layers) + " layers, 0.." + std::to_string(c.num_layers - 1) + ")");
+    if (k.neuron < 0 || k.neuron >= c.intermediate_size)
+      FI_FAIL("clamp: neuron " + std::to_string(k.neuron) + " is out of range (layers have " +
+              std::to_string(c.intermediate_size) + " neurons, 0.." +
+              std::to_string(c.intermediate_size - 1) + ")");
+  }
+}
+
+void LlamaCpu::set_clamps(const std::vector<Clamp>& clamps, ClampSite site) {
+  check_clamps(config(), clamps);
+  clamps_ = clamps;
+  site_ = site;
+}
+
+void LlamaCpu::reset() {
+  pos_ = 0;
+  for (Layer& w : layers_) {
+    w.k_cache.clear();
+    w.v_cache.clear();
+  }
+}
+
+void LlamaCpu::embed(const std::vector<int32_t>& tokens, float* x) const {
+  const ModelConfig& c = config();
+  const int64_t H = c.hidden_size;
+  const SafetensorsFile* file = c.tie_word_embeddings ? nullptr : &model_.ckpt.file_of(model_.names.embed);
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    const int64_t id = tokens[t];
+    if (id < 0 || id >= c.vocab_size)
+      FI_FAIL("token id " + std::to_string(id) + " is outside the vocabulary (0.." +
+              std::to_string(c.vocab_size - 1) + ")");
+    float* row = x + t * H;
+    if (file) {
+      file->read_rows_f32(model_.ckpt.info(model_.names.embed), id, 1, row);
+    } else {
+      std::copy_n(lm_head_.data() + id * H, H, row);
+    }
+    // Gemma scales the embedding by sqrt(hidden_size) (rounded to the activation dtype, fp32 here).
+    if (c.norm_plus_one) {
+      const float s = float(std::sqrt(double(H)));
+      for (int64_t h = 0; h < H; ++h) row[h] *= s;
+    }
+  }
+}
+
+// Grouped-query causal attention over the cached positions plus the T new ones.
+void LlamaCpu::attention(Layer& w, const float* xn, int64_t T, float* out) {
+  const ModelConfig& c = config();
+  const int64_t H = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
+  const int64_t qd = nh * hd, kvd = nkv * hd, P = pos_ + T;
+  std::vector<float> q(size_t(T * qd));
+  w.k_cache.resize(size_t(P * kvd));
+  w.v_cache.resize(size_t(P * kvd));
+  linear(xn, T, H, w.q, qd, w.q_bias, q.data());
+  linear(xn, T, H, w.k, kvd, w.k_bias, w.k_cache.data() + pos_ * kvd);
+  linear(xn, T, H, w.v, kvd, w.v_bias, w.v_cache.data() + pos_ * kvd);
+
+  std::vector<float> cs(size_t(hd / 2)), sn(size_t(hd / 2));
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t i = 0; i < hd / 2; ++i) {
+      const double a = double(pos_ + t) * inv_freq_[i];
+      cs[i] = float(std::cos(a));
+      sn[i] = float(std::sin(a));
+    }
+    for (int64_t h = 0; h < nh; ++h) rope_rotate(&q[t * qd + h * hd], hd, cs.data(), sn.data());
+    for (int64_t h = 0; h < nkv; ++h)
+      rope_rotate(&w.k_cache[(pos_ + t) * kvd + h * hd], hd, cs.data(), sn.data());
+  }
+
+  std::vector<float> ctx(static_cast<size_t>(T * qd), 0.f), score(static_cast<size_t>(P));
+  const float scale = float(1.0 / std::sqrt(double(hd)));
+  const int64_t group = nh / nkv;
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t last = pos_ + t;  // causal: keys 0..last
+    for (int64_t h = 0; h < nh; ++h) {
+      const float* qh = &q[t * qd + h * hd];
+      const int64_t kh = h / group;
+      float mx = -INFINITY;
+      for (int64_t j = 0; j <= last; ++j) {
+        const float* kj = &w.k_cache[j * kvd + kh * hd];
+        float s = 0;
+        for (int64_t i = 0; i < hd; ++i) s += qh[i] * kj[i];
+        score[j] = s * scale;
+        mx = std::max(mx, score[j]);
+      }
+      double sum = 0;
+      for (int64_t j = 0; j <= last; ++j) sum += (score[j] = std::exp(score[j] - mx));
+      float* o = &ctx[t * qd + h * hd];
+      for (int64_t j = 0; j <= last; ++j) {
+        const float p = float(score[j] / sum);
+        const float* vj = &w.v_cache[j * kvd + kh * hd];
+        for (int64_t i = 0; i < hd; ++i) o[i] += p * vj[i];
+      }
+    }
+  }
+  linear(ctx.data(), T, qd, w.o, H, {}, out);
+}
+
+// SwiGLU MLP with the clamp hooks: h = act(gate·x) * (up·x), out = down·h.
+void LlamaCpu::mlp(int64_t l, const float* xn, int64_t T, float* out) {
+  const int64_t H = config().hidden_size, I = config().intermediate_size;
+  Layer& w = layers_[l];
+  std::vector<float> g(size_t(T * I)), u(size_t(T * I));
+  linear(xn, T, H, w.gate, I, {}, g.data());
+  linear(xn, T, H, w.up, I, {}, u.data());
+  // Site up: the up_proj output is replaced before the multiply (still gated by act(gate)).
+  for (const Clamp& k : clamps_)
+    if (k.layer == l && site_ == ClampSite::Up)
+      for (int64_t t = 0; t < T; ++t) u[t * I + k.neuron] = k.value;
+  for (int64_t i = 0; i < T * I; ++i) g[i] = apply_act(act_, g[i]) * u[i];
+  // Site act: the down_proj input itself is replaced, so the neuron writes value · down[:, n].
+  for (const Clamp& k : clamps_)
+    if (k.layer == l && site_ == ClampSite::Act)
+      for (int64_t t = 0; t < T; ++t) g[t * I + k.neuron] = k.value;
+  linear(g.data(), T, I, w.down, H, {}, out);
+}
+
+std::vector<float> LlamaCpu::forward(const std::vector<int32_t>& tokens, bool all_positions) {
+  const ModelConfig& c = config();
+  const int64_t T = int64_t(tokens.size()), H = c.hidden_size, V = c.vocab_size;
+  FI_CHECK(T > 0, "forward: no tokens");
+  std::vector<float> x(size_t(T * H)), xn(size_t(T * H)), y(size_t(T * H));
+  embed(tokens, x.data());
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    Layer& w = layers_[l];
+    for (int64_t t = 0; t < T; ++t)
+      rms_norm(&x[t * H], w.attn_norm.data(), H, c.rms_norm_eps, c.norm_plus_one, &xn[t * H]);
+    attention(w, xn.data(), T, y.data());
+    for (int64_t i = 0; i < T * H; ++i) x[i] += y[i];
+    for (int64_t t = 0; t < T; ++t)
+      rms_norm(&x[t * H], w.mlp_norm.data(), H, c.rms_norm_eps, c.norm_plus_one, &xn[t * H]);
+    mlp(l, xn.data(), T, y.data());
+    for (int64_t i = 0; i < T * H; ++i) x[i] += y[i];
+  }
+  pos_ += T;
+  const int64_t first = all_positions ? 0 : T - 1, n = T - first;
+  for (int64_t t = first; t < T; ++t)
+    rms_norm(&x[t * H], final_norm_.data(), H, c.rms_norm_eps, c.norm_plus_one, &xn[(t - first) * H]);
+  std::vector<float> logits(size_t(n * V));
+  linear(xn.data(), n, H, lm_head_, V, {}, logits.data());
+  return logits;
+}
+
+std::vector<float> softmax(const std::vector<float>& logits) {
+  const float mx = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (float l : logits) sum += std::exp(double(l) - mx);
+  std::vector<float> p(logits.size());
+  for (size_t i = 0; i < p.size(); ++i) p[i] = float(std::exp(double(logits[i]) - mx) / sum);
+  return p;
+}
+
+}  // namespace fi

@@ -1,0 +1,180 @@
+#!/usr/bin/python3
+"""Writes a synthetic flashinterp map (HDF5 schema version 1, exactly as `flashinterp decode`
+lays it out) with h5py, by default of the Llama 3.1 8B shape: 32 layers x 14336 neurons, V = 128256,
+top-k 20, token index M = 32. For the speed checks of analysis/search and analysis/compare
+(tests/bench/analysis_speed.sh); not a test, and not run by ctest (the file is ~170 MB).
+
+    make_synthetic_map.py OUT.h5 [--seed S] [--changed F] [--layers L] [--neurons N] ...
+Same --seed and --changed 0 give the same map; --changed F redraws a fraction F of each layer's
+neurons (a stand-in for a fine-tuned model's map). Planted: layer L*5/8, neuron N/10 (+1, +2)
+have " dog" (or "dog") as top-1. The vocabulary is the real tokenizer's when it is found
+($FI_TOKENIZER_DIR/tokenizer.json or .cache/tokenizer/) and has V tokens, else made-up tokens.
+"""
+import argparse
+import os
+import sys
+import time
+
+import h5py
+import numpy as np
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fi_testlib as t  # noqa: E402
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out")
+    p.add_argument("--layers", type=int, default=32)
+    p.add_argument("--neurons", type=int, default=14336)
+    p.add_argument("--vocab", type=int, default=128256)
+    p.add_argument("--top-k", type=int, default=20)
+    p.add_argument("--token-index", type=int, default=32, help="M (0: no token index)")
+    p.add_argument("--matrices", default="up", help="comma-separated, e.g. up,gate,down")
+    p.add_argument("--chunk-rows", type=int, default=4096, help="as the CUDA backend's default")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--changed", type=float, default=0.0, help="fraction of neurons per layer redrawn")
+    return p.parse_args(argv)
+
+
+def vocabulary(V):
+    """(bytes list, special uint8 [V])."""
+    tok_dir = os.environ.get("FI_TOKENIZER_DIR") or os.path.join(t.SOURCE_DIR, ".cache", "tokenizer")
+    if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
+        voc = t.tokenizer_vocab(tok_dir)
+        if len(voc) == V and sorted(voc) == list(range(V)):
+            return [voc[i][0] for i in range(V)], np.array([voc[i][1] for i in range(V)], np.uint8)
+    words = [b" dog", b"dog", b" Dog", b" cat", b" the"]
+    raw = words + [b"t%d" % i for i in range(len(words), V)]
+    return raw[:V], np.zeros(V, np.uint8)
+
+
+def text_of(b):
+    s = b.decode("utf-8", "replace")
+    return "\u2400" if "\0" in s else s
+
+
+def draw_rows(rng, n, V, K):
+    """n neurons' top-k: ids [n, K] int32 (distinct per row, popular tokens more often),
+    logits and probs [n, K] float32 (descending), logsumexp [n] float32."""
+    base = (V * rng.random(n) ** 3).astype(np.int64)          # skewed: some tokens are top-1 often
+    steps = rng.integers(1, max(2, (V - 1) // K), size=(n, K))
+    steps[:, 0] = 0
+    ids = ((base[:, None] + np.cumsum(steps, axis=1)) % V).astype(np.int32)
+    top = rng.normal(12.0, 3.0, size=n)
+    gaps = rng.exponential(0.4, size=(n, K))
+    gaps[:, 0] = 0
+    logits = (top[:, None] - np.cumsum(gaps, axis=1)).astype(np.float32)
+    rest = top + rng.normal(0.5, 2.0, size=n)      # log of the mass outside the top-k
+    lse = np.logaddexp(np.logaddexp.reduce(logits.astype(np.float64), axis=1), rest).astype(np.float32)
+    probs = np.exp(logits.astype(np.float64) - lse[:, None]).astype(np.float32)
+    return ids, logits, probs, lse
+
+
+def token_index(ids, probs, layer_ids, M, V):
+    """From all top-k entries of one matrix ([L, N, K] each): for every token the M best
+    (layer, neuron) by probability, ties to the lower (layer, neuron). [V, M] x 3."""
+    L, N, K = ids.shape
+    tok = ids.reshape(-1).astype(np.int64)
+    p = probs.reshape(-1)
+    lay = np.repeat(np.asarray(layer_ids, np.int32), N * K)
+    neu = np.tile(np.repeat(np.arange(N, dtype=np.int32), K), L)
+    order = np.lexsort((neu, lay, -p, tok))
+    tok_s = tok[order]
+    start = np.searchsorted(tok_s, np.arange(V))
+    rank = np.arange(tok_s.size) - start[tok_s]
+    keep = rank < M
+    out_l = np.full((V, M), -1, np.int32)
+    out_n = np.full((V, M), -1, np.int32)
+    out_p = np.zeros((V, M), np.float32)
+    sel = order[keep]
+    out_l[tok_s[keep], rank[keep]] = lay[sel]
+    out_n[tok_s[keep], rank[keep]] = neu[sel]
+    out_p[tok_s[keep], rank[keep]] = p[sel]
+    return out_l, out_n, out_p
+
+
+def main(argv):
+    a = parse_args(argv)
+    t0 = time.time()
+    L, N, V, K, M = a.layers, a.neurons, a.vocab, a.top_k, a.token_index
+    vbytes, special = vocabulary(V)
+    lookup = {b: i for i, b in enumerate(vbytes)}
+    dog = [lookup.get(w) for w in (b" dog", b"dog", b" Dog")]
+    dog = [d for d in dog if d is not None]
+    layer_ids = list(range(L))
+    mats = a.matrices.split(",")
+    cr = min(a.chunk_rows, N)
+    C = -(-N // cr)
+    tmp = a.out + ".tmp"
+    with h5py.File(tmp, "w") as f:
+        s = lambda v: np.bytes_(v.encode())  # noqa: E731  fixed-length strings, as the C++ writer
+        attrs = dict(format=s("flashinterp-map"), format_version=np.int64(1), tool_version=s("synthetic"),
+                     model_dir=s("synthetic-8b-shape"), model_type=s("llama"), hidden_size=np.int64(4096),
+                     intermediate_size=np.int64(N), num_layers=np.int64(L), vocab_size=np.int64(V),
+                     norm=s("rms"), top_k=np.int64(K), bottom_k=np.int64(0), token_index_m=np.int64(M),
+                     backend=s("synthetic"), world_size=np.int64(1),
+                     command_line=s(" ".join(["make_synthetic_map.py", *argv])),
+                     created_utc=s(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+                     elapsed_s=np.float64(0), complete=np.int64(0))
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        g = f.create_group("vocab")
+        g.create_dataset("text", data=np.array([text_of(b) for b in vbytes], dtype=object),
+                         dtype=h5py.string_dtype("utf-8"))
+        vb = np.empty(V, dtype=object)
+        vb[:] = [np.frombuffer(b, np.uint8) for b in vbytes]
+        g.create_dataset("bytes", data=vb, dtype=h5py.vlen_dtype(np.uint8))
+        g.create_dataset("special", data=special)
+        for mi, mat in enumerate(mats):
+            rng = np.random.default_rng([a.seed, mi])
+            change = np.random.default_rng([a.seed, mi, 1 << 20])
+            mg = f.create_group(mat)
+            pattern = f"model.layers.{{}}.mlp.{mat}_proj.weight"
+            mg.attrs["tensor_pattern"] = s(pattern)
+            mg.attrs["axis"] = s("columns" if mat == "down" else "rows")
+            mg.attrs["layers"] = np.array(layer_ids, np.int64)
+            mg.attrs["chunk_rows"] = np.int64(a.chunk_rows)
+            ds = {n: mg.create_dataset(n, (L, N, K), dtype=dt, chunks=(1, cr, K))
+                  for n, dt in (("top_ids", np.int32), ("top_logits", np.float32), ("top_probs", np.float32))}
+            lse_ds = mg.create_dataset("logsumexp", (L, N), dtype=np.float32, chunks=(1, cr))
+            all_ids = np.empty((L, N, K), np.int32)
+            all_probs = np.empty((L, N, K), np.float32)
+            for li in range(L):
+                ids, logits, probs, lse = draw_rows(rng, N, V, K)
+                if a.changed > 0:
+                    pick = change.random(N) < a.changed
+                    nid, nlg, npr, nls = draw_rows(change, int(pick.sum()), V, K)
+                    ids[pick], logits[pick], probs[pick], lse[pick] = nid, nlg, npr, nls
+                if mi == 0 and li == L * 5 // 8 and dog:   # planted " dog" neurons
+                    for j, d in enumerate(dog):
+                        n = N // 10 + j
+                        row = ids[n]
+                        ids[n] = np.concatenate([[d], row[row != d][:K - 1]])
+                        logits[n] = np.linspace(20, 8, K)
+                        lse[n] = 20.1 + 0.2 * j
+                        probs[n] = np.exp(logits[n].astype(np.float64) - lse[n])
+                ds["top_ids"][li], ds["top_logits"][li], ds["top_probs"][li] = ids, logits, probs
+                lse_ds[li] = lse
+                all_ids[li], all_probs[li] = ids, probs
+            done = mg.create_dataset("done", data=np.ones((L, C), np.uint8), chunks=(1, C))
+            done.attrs["chunk_rows"] = np.int64(a.chunk_rows)
+            if M > 0:
+                tl, tn, tp = token_index(all_ids, all_probs, layer_ids, M, V)
+                tg = mg.create_group("token_index")
+                tchunk = (min(V, 4096), M)
+                tg.create_dataset("layer", data=tl, chunks=tchunk)
+                tg.create_dataset("neuron", data=tn, chunks=tchunk)
+                tg.create_dataset("probs", data=tp, chunks=tchunk)
+        f.attrs["elapsed_s"] = np.float64(time.time() - t0)
+        f.attrs["complete"] = np.int64(1)
+    os.replace(tmp, a.out)
+    print(f"{a.out}: {len(mats)} matrix x {L} layers x {N} neurons, V {V}, K {K}, M {M}, "
+          f"changed {a.changed}, {os.path.getsize(a.out) / 1e6:.0f} MB in {time.time() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
