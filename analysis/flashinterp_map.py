@@ -489,12 +489,13 @@ def run_cli(prog, fn, argv):
     """Runs fn(argv) -> exit code; a MapError or I/O fault becomes one line on stderr and exit 1."""
     try:
         return fn(argv)
+    except BrokenPipeError:   # e.g. `search ... | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (MapError, OSError, KeyError, ValueError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return 1
-    except BrokenPipeError:
-        return 0
 
 
 def short(text, width=16):

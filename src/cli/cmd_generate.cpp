@@ -2,6 +2,7 @@
 // number of neuron clamps applied at every position; tokens are printed as they are chosen.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 
 #include "cli/commands.h"
@@ -27,6 +28,8 @@ int run_generate(GenerateArgs& a) {
   for (const std::string& s : a.clamps) clamps.push_back(parse_clamp(s));
   check_clamps(model.cfg, clamps);
   FI_CHECK(a.opt.max_new_tokens >= 0, "--max-new-tokens must be >= 0");
+  FI_CHECK(a.opt.temperature >= 0 && std::isfinite(a.opt.temperature),
+           "--temperature must be a finite number >= 0");
   Tokenizer tok(a.model + "/tokenizer.json");
   const std::vector<int32_t> ids = prompt_tokens(tok, a.prompt, model.cfg.vocab_size);
   LlamaCpu fwd(model);

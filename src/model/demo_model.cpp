@@ -81,7 +81,7 @@ bool exists(const std::string& p) {
 }
 
 // The instruct variant's weight noise: 1% of the random weights' sd (0.05).
-constexpr float kTuneNoise = 0.0005f;
+constexpr double kTuneNoise = 0.0005;
 
 struct Plant {
   std::string matrix;
@@ -205,7 +205,7 @@ void write_demo_model(const DemoOptions& o) {
       if (p.layer == l) put(p.matrix, p.neuron, planted(p.token, rng));
     if (instruct) {
       for (auto* w : {&gate, &up, &down})
-        for (float& x : *w) x += kTuneNoise * tune.normal();
+        for (float& x : *w) x += float(kTuneNoise * tune.normal());
       // Later layers change more, as in real fine-tunes.
       const double frac = 0.05 + 0.25 * (L > 1 ? double(l) / double(L - 1) : 0.0);
       changed_fraction.push_back(frac);

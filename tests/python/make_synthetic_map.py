@@ -153,8 +153,8 @@ def main(argv):
                         n = N // 10 + j
                         row = ids[n]
                         ids[n] = np.concatenate([[d], row[row != d][:K - 1]])
-                        logits[n] = np.linspace(20, 8, K)
-                        lse[n] = 20.1 + 0.2 * j
+                        logits[n] = np.concatenate([[20.0], np.linspace(17, 8, K - 1)])
+                        lse[n] = np.logaddexp.reduce(logits[n].astype(np.float64)) + 0.1 + 0.2 * j
                         probs[n] = np.exp(logits[n].astype(np.float64) - lse[n])
                 ds["top_ids"][li], ds["top_logits"][li], ds["top_probs"][li] = ids, logits, probs
                 lse_ds[li] = lse
