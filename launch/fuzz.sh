@@ -18,9 +18,10 @@ FI="${FLASHINTERP:-$ROOT/build/src/flashinterp}"
 command -v clang++ >/dev/null || { echo "fuzz.sh: clang++ not found (launch/setup-deps.sh --with-fuzz installs it)" >&2; exit 2; }
 
 echo "fuzz.sh: building the harnesses with clang in $BUILD"
+mkdir -p "$BUILD"
 CC=clang CXX=clang++ cmake -S "$ROOT" -B "$BUILD" -DFLASHINTERP_FUZZ=ON -DFLASHINTERP_CUDA=OFF \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$BUILD.configure.log" 2>&1 \
-  || { cat "$BUILD.configure.log" >&2; exit 1; }
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$BUILD/fuzz-configure.log" 2>&1 \
+  || { cat "$BUILD/fuzz-configure.log" >&2; exit 1; }
 cmake --build "$BUILD" --target fuzz_all -j "$(nproc)" >/dev/null
 FUZZ="$BUILD/tests/fuzz"
 

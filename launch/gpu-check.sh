@@ -62,7 +62,7 @@ step configure 120 configure.log \
 
 if ((FAILED == 0)); then
   step build 300 build.log \
-    cmake --build "$BUILD" -j 16 --target test_cuda_reduce test_cuda_decoder test_cuda_mpi gpu_decode_bench ||
+    cmake --build "$BUILD" -j 16 --target test_cuda_reduce test_cuda_decoder test_cuda_mpi gpu_decode_bench flashinterp ||
     FAILED=1
 fi
 

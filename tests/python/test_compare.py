@@ -86,7 +86,8 @@ def main():
         out_dir = os.path.join(tmp, "cmp")
         total_same, total_amb = 0, 0
         for mat in MATRICES:
-            res = t.analysis_json("compare", map_a, map_b, "--matrix", mat, *(["--out", out_dir] if mat == "up" else []))
+            extra = ["--out", out_dir] if mat == "up" else []
+            res = t.analysis_json("compare", map_a, map_b, "--matrix", mat, *extra)
             t.check(res["layers"] == LAYERS and res["neurons"] == N, f"/{mat}: layers {res['layers']}")
             fa, fb = h5py.File(map_a, "r"), h5py.File(map_b, "r")
             all_jac = []
@@ -135,7 +136,8 @@ def main():
         dog = next(p for p in pj["planted"] if p["token"] == " puppy")
         with h5py.File(map_b, "r") as f:
             t.check(f[dog["matrix"]]["top_ids"][dog["layer"], dog["neuron"], 0] == dog["token_id"], "puppy neuron")
-            hit = sum(int(f[m]["top_ids"][l_, n, 0] == tok) for m in MATRICES for l_, n, tok in pj["finetune"]["changed"][m])
+            hit = sum(int(f[m]["top_ids"][l_, n, 0] == tok)
+                      for m in MATRICES for l_, n, tok in pj["finetune"]["changed"][m])
         nchg = sum(len(pj["finetune"]["changed"][m]) for m in MATRICES)
         t.check(hit == nchg, f"only {hit} of {nchg} changed neurons decode to their new token")
         print(f"  instruct map: the dog neuron decodes to ' puppy'; all {nchg} changed neurons to their new token")
