@@ -4,13 +4,13 @@
 # CUDA tests and benchmark, run ctest -R cuda, gpu_decode_bench (8B map shape) and the PyTorch
 # baseline. Every step has its own time limit inside a total budget; a step that would start
 # with too little time left is skipped and says so. Logs go to $OUT (when set) or
-# ./gpu-check-logs: summary.txt (read this first), configure/build/ctest/bench/torch.log.
+# /tmp/fi-gpu-check-logs: summary.txt (read this first), configure/build/ctest/bench/torch.log.
 # Runs as root (mpirun is allowed through the environment). No network needed.
 # Env: FI_GPU_BUILD (build dir, default /tmp/fi-gpu-build), FI_GPU_BUDGET (seconds, default 470),
 #      FI_GPU_ARCH (e.g. 90; default: read from nvidia-smi).
 set -u
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-LOGS="${OUT:-$ROOT/gpu-check-logs}"
+LOGS="${OUT:-/tmp/fi-gpu-check-logs}"
 BUILD="${FI_GPU_BUILD:-/tmp/fi-gpu-build}"
 BUDGET="${FI_GPU_BUDGET:-470}"
 START=$SECONDS

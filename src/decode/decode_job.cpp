@@ -316,6 +316,7 @@ int run_decode(const DecodeOptions& opt, const Comms& c) {
     collective(c.world, [&] {
       CudaSetup setup;
       setup.node_comm = c.node;
+      setup.split_input = !opt.fast_gemm;
       dec = make_cuda_decoder(*model, gamma, p, setup);
       replicate_s = setup.replicate_seconds;
     });

@@ -18,6 +18,7 @@ struct DecodeOptions {
   int64_t chunk_rows = 0;  // 0: the backend's default
   std::string backend = "auto";
   bool overwrite = false, resume = false, quiet = false, allow_tf32 = false;
+  bool fast_gemm = false;  // cuda, 16-bit heads: one GEMM on bf16-rounded rows (see CudaSetup)
   int threads = 0;  // CPU worker threads per rank; 0: cores per node / ranks per node
   std::string command_line;
 };

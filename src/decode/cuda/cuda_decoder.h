@@ -14,11 +14,11 @@ namespace fi {
 struct CudaSetup {
   MPI_Comm node_comm = MPI_COMM_NULL;  // ranks of this node; its rank is the local rank = device
                                        // (MPI_COMM_NULL: a single rank on device 0)
-  // 16-bit LM-heads only. false (default): the normed rows are rounded to the LM-head's dtype
-  // for one 16-bit GEMM (the CPU path keeps them fp32), which moves logits by ~1e-3 relative.
-  // true: the rows go in as hi + lo 16-bit parts (two GEMMs, about twice the GEMM time) and
-  // the logits match the fp32 path to ~1e-5. See cuda_decoder.cpp.
-  bool split_input = false;
+  // 16-bit LM-heads only. true (the decode's default): the normed rows go in as hi + lo 16-bit
+  // parts (two GEMMs, about twice the GEMM time) and the logits match the fp32 path to ~1e-5.
+  // false (decode --fast-gemm): the normed rows are rounded to the LM-head's dtype for one
+  // 16-bit GEMM, which moves probabilities by up to ~1e-2 relative at real model scales.
+  bool split_input = true;
   double replicate_seconds = 0;  // out: time to build the LM-head replica (max over the node)
   int device = -1;               // out: the CUDA device this rank uses
 };
