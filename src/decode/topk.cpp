@@ -3,6 +3,7 @@
 #include "decode/topk.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -12,7 +13,7 @@ namespace {
 
 // exp(t) for t <= 0; t below -87 (where expf leaves the normal range) gives exp(-87) ~ 1.6e-38,
 // which cannot move a sum that holds exp(0) = 1.
-inline float exp_nonpos(float t) {
+inline float exp_nonpos(float t) {  // scalar form, for row tails
   t = t < -87.f ? -87.f : t;
   const float magic = 12582912.f;  // 1.5 * 2^23: adding it rounds to the nearest integer
   float r = t * 1.44269504088896341f + magic;
@@ -46,34 +47,99 @@ inline bool bottom_before(float la, int32_t ia, float lb, int32_t ib) {
 
 }  // namespace
 
-// The hot loops of the reduction, written so the compiler vectorises them; cloned for AVX2 and
-// AVX-512 and picked at load time. block_max: NaN-propagating max.
-__attribute__((target_clones("avx512f", "avx2", "default")))
-float block_max(const float* x, int64_t n) {
-  float m = -std::numeric_limits<float>::infinity();
-  bool nan = false;
-  for (int64_t i = 0; i < n; ++i) {
-    m = x[i] > m ? x[i] : m;
-    nan |= x[i] != x[i];
-  }
-  return nan ? std::numeric_limits<float>::quiet_NaN() : m;
+// The hot loops, on 16-lane GCC/Clang vector types: one AVX-512 register, two AVX2 or four SSE
+// registers, chosen per machine at load time by target_clones. Every lane does the same IEEE
+// operations in the same order on every ISA (no FMA contraction), so results never depend on
+// the machine's vector width.
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+typedef double vd __attribute__((vector_size(128)));
+constexpr int64_t W = 16;
+// The scan compares in 8-lane groups: GCC 12 lowers 16-lane comparisons to scalar code.
+typedef float vf8 __attribute__((vector_size(32)));
+typedef int32_t vi8 __attribute__((vector_size(32)));
+
+__attribute__((always_inline)) inline vf load(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+__attribute__((always_inline)) inline bool any(vi m) {
+  uint64_t q[8];
+  std::memcpy(q, &m, sizeof q);
+  return (q[0] | q[1] | q[2] | q[3] | q[4] | q[5] | q[6] | q[7]) != 0;
 }
 
-// sum over i of exp(x[i] - m), for x[i] <= m: a Cephes-style expf (range reduction by
-// round(t·log2 e), degree-6 polynomial, 2^n by exponent bits; within 2 ulp of expf) written
-// without library calls so it vectorises, summed into 16 double partial sums in a fixed order
-// (the result depends only on the data, never on the machine's vector width).
+// exp(t) for t <= 0, 16 lanes: the same steps as exp_nonpos.
+__attribute__((always_inline)) inline vf exp_nonpos(vf t) {
+  const vf lo = vf{} - 87.f, magic = vf{} + 12582912.f;
+  t = t < lo ? lo : t;
+  vf r = t * 1.44269504088896341f + magic;
+  vi ni = std::bit_cast<vi>(r) - 0x4B400000;
+  vf fn = r - magic;
+  vf z = t - fn * 0.693359375f;
+  z = z - fn * -2.12194440e-4f;
+  vf p = vf{} + 1.9875691500e-4f;
+  p = p * z + 1.3981999507e-3f;
+  p = p * z + 8.3334519073e-3f;
+  p = p * z + 4.1665795894e-2f;
+  p = p * z + 1.6666665459e-1f;
+  p = p * z + 5.0000001201e-1f;
+  vf y = p * z * z + z + 1.f;
+  vi bits = (ni + 127) << 23;
+  return y * std::bit_cast<vf>(bits);
+}
+
+// NaN-propagating max of x[0..n).
+__attribute__((target_clones("avx512f", "avx2", "default")))
+float block_max(const float* x, int64_t n) {
+  vf m = vf{} - std::numeric_limits<float>::infinity();
+  vi nan = vi{};
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    vf v = load(x + i);
+    m = v > m ? v : m;
+    nan |= v != v;
+  }
+  float best = -std::numeric_limits<float>::infinity();
+  bool has_nan = any(nan);
+  for (int64_t j = 0; j < W; ++j) best = m[j] > best ? m[j] : best;
+  for (; i < n; ++i) {
+    best = x[i] > best ? x[i] : best;
+    has_nan |= x[i] != x[i];
+  }
+  return has_nan ? std::numeric_limits<float>::quiet_NaN() : best;
+}
+
+// sum over i of exp(x[i] - m) for x[i] <= m, in 16 double lanes (lane j takes i = j mod 16),
+// then the lanes in order.
 __attribute__((target_clones("avx512f", "avx2", "default")))
 double sum_exp_shifted(const float* x, int64_t n, float m) {
-  constexpr int W = 16;
-  double acc[W] = {};
+  vd acc = vd{};
   int64_t i = 0;
-  for (; i + W <= n; i += W)
-    for (int j = 0; j < W; ++j) acc[j] += double(exp_nonpos(x[i + j] - m));
-  for (int j = 0; i < n; ++i, ++j) acc[j] += double(exp_nonpos(x[i] - m));
-  double s = 0;
-  for (int j = 0; j < W; ++j) s += acc[j];
-  return s;
+  for (; i + W <= n; i += W) acc += __builtin_convertvector(exp_nonpos(load(x + i) - m), vd);
+  double s[W];
+  std::memcpy(s, &acc, sizeof s);
+  for (int64_t j = 0; i < n; ++i, ++j) s[j] += double(exp_nonpos(x[i] - m));
+  double total = 0;
+  for (int64_t j = 0; j < W; ++j) total += s[j];
+  return total;
+}
+
+// The first index >= i of an 8-lane group holding a logit above `hi` or below `lo`, or the
+// start of the row's tail (fewer than 8 left).
+__attribute__((target_clones("avx512f", "avx2", "default")))
+int64_t next_candidate(const float* x, int64_t i, int64_t n, float hi, float lo) {
+  const vf8 vh = vf8{} + hi, vl = vf8{} + lo;
+  for (; i + 8 <= n; i += 8) {
+    vf8 v;
+    std::memcpy(&v, x + i, sizeof v);
+    vi8 m = (v > vh) | (v < vl);
+    uint64_t q[4];
+    std::memcpy(q, &m, sizeof q);
+    if ((q[0] | q[1] | q[2] | q[3]) != 0) return i;
+  }
+  return i;
 }
 
 RowReducer::RowReducer(int top_k, int bottom_k) : k_(top_k), b_(bottom_k) {
@@ -115,9 +181,9 @@ void RowReducer::add_block(const float* x, int64_t v0, int64_t n) {
   // token beats the worst kept one only if its logit is strictly better (ties keep the lower id).
   auto top_cmp = [](const Entry& a, const Entry& b) { return top_before(a.logit, a.id, b.logit, b.id); };
   auto bot_cmp = [](const Entry& a, const Entry& b) { return bottom_before(a.logit, a.id, b.logit, b.id); };
-  for (int64_t i = 0; i < n; ++i) {
+  auto consider = [&](int64_t i) {
     float l = x[i];
-    if (std::isnan(l)) continue;  // NaN never ranks; it still poisons the lse, as it should
+    if (std::isnan(l)) return;  // NaN never ranks; it still poisons the lse, as it should
     int32_t id = int32_t(v0 + i);
     if (k_ > 0) {
       if (int(top_.size()) < k_) {
@@ -139,6 +205,18 @@ void RowReducer::add_block(const float* x, int64_t v0, int64_t n) {
         std::push_heap(bottom_.begin(), bottom_.end(), bot_cmp);
       }
     }
+  };
+  // While a heap is filling every token is a candidate; after that a vector scan skips the
+  // 8-token groups holding nothing above the k-th best or below the b-th worst.
+  const float inf = std::numeric_limits<float>::infinity();
+  int64_t i = 0;
+  while (i < n && (int(top_.size()) < k_ || int(bottom_.size()) < b_)) consider(i++);
+  while (i < n) {
+    const float hi = k_ > 0 ? top_.front().logit : inf, lo = b_ > 0 ? bottom_.front().logit : -inf;
+    int64_t g = next_candidate(x, i, n, hi, lo);
+    int64_t end = std::min(n, g + 8);
+    for (; g < end; ++g) consider(g);
+    i = end;
   }
 }
 
