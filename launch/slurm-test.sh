@@ -8,9 +8,9 @@
 #      into each run): it is signalled, exits 75, requeues itself, resumes from OUT.partial and
 #      ends with datasets identical to job 1's (skipped, saying so, when this flashinterp has no
 #      --resume). The demo model is sized by a short calibration decode so that one rank needs
-#      about FI_SLURM_TARGET_S (100) seconds: long enough to be signalled on any machine.
+#      about FI_SLURM_TARGET_S (120) seconds, twice the time to the signal, on this machine.
 # Every daemon it started is stopped by process id on exit. Needs root (slurmd runs the jobs)
-# and slurm-wlm + munge (launch/setup-deps.sh --with-slurm). Takes about 4-6 minutes on 2 cores.
+# and slurm-wlm + munge (launch/setup-deps.sh --with-slurm). About 2.5-3.5 min on 2 idle cores.
 # Environment: FLASHINTERP (default build/src/flashinterp), FI_SLURM_KEEP=1 keeps the temp dir,
 # FI_SLURM_TARGET_S (one rank's decode time that sizes the model), FI_SLURM_INTERMEDIATE (a fixed
 # intermediate size instead of the calibration).
@@ -142,7 +142,7 @@ else
   RATE="$(sed -n 's/.*done: .*(\([0-9.]*\) rows\/s.*/\1/p' "$T/calib.log" | head -1)"
   [ -n "$RATE" ] || die "no rows/s in the calibration decode's summary: $(tail -2 "$T/calib.log")"
   # rows = 3 matrices x 2 layers x intermediate; a multiple of 64, at least 1024.
-  INTER="$($PY -c "import math; print(max(1024, 64 * math.ceil($RATE * ${FI_SLURM_TARGET_S:-100} / 6 / 64)))")"
+  INTER="$($PY -c "import math; print(max(1024, 64 * math.ceil($RATE * ${FI_SLURM_TARGET_S:-120} / 6 / 64)))")"
   say "calibration: $RATE rows/s on one core -> intermediate $INTER"
 fi
 "$FI" demo-model --out "$T/model" --hidden 64 --intermediate "$INTER" --layers 2 >/dev/null

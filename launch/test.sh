@@ -40,7 +40,7 @@ else
 fi
 
 # Slurm: a real munge + slurmctld + slurmd on localhost runs slurm/decode.sbatch, then a job that
-# hits its time limit, requeues and resumes to an identical map (launch/slurm-test.sh, ~3-6 min).
+# hits its time limit, requeues and resumes to an identical map (launch/slurm-test.sh, ~3 min).
 if [ "${FI_TEST_SLURM:-1}" = 1 ]; then
   echo "launch/test.sh: Slurm scripts on a local slurmctld/slurmd (launch/slurm-test.sh)"
   FLASHINTERP="$BUILD/src/flashinterp" bash "$ROOT/launch/slurm-test.sh"

@@ -42,6 +42,7 @@ std::function<int(int*, char***)> add_decode(CLI::App& app) {
     opt->matrices.clear();
     std::stringstream ss(*matrices);
     for (std::string m; std::getline(ss, m, ',');) opt->matrices.push_back(m);
+    install_stop_handlers();
     MpiEnv mpi(argc, argv);
     Comms comms;
     try {

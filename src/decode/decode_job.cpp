@@ -104,12 +104,16 @@ extern "C" void on_stop_signal(int) {
   if (g_stop) _exit(kExitStopped);
   g_stop = 1;
 }
+}  // namespace
+
 void install_stop_handlers() {
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);
   for (int sig : {SIGTERM, SIGINT, SIGUSR1}) sigaction(sig, &sa, nullptr);
 }
+
+namespace {
 
 // FNV-1a over bytes: a cheap content hash for the fingerprint.
 uint64_t fnv1a(const void* p, size_t n, uint64_t h = 1469598103934665603ull) {

@@ -31,6 +31,10 @@ constexpr int kExitStopped = 75;
 // Throws JobFailed after a reported error.
 int run_decode(const DecodeOptions& opt, const Comms& comms);
 
+// SIGTERM/SIGINT/SIGUSR1 ask the decode to stop after its current round (exit kExitStopped); a
+// second signal exits at once. Installed first thing in `decode`, before MPI starts.
+void install_stop_handlers();
+
 std::vector<int64_t> parse_layers(const std::string& spec, int64_t num_layers);
 
 }  // namespace fi
