@@ -29,3 +29,10 @@ echo "== which neurons stand for a planted word? analysis/search for \" dog\""
 /usr/bin/python3 "$ROOT/analysis/search" "$DEMO/map.h5" " dog" --top 5
 /usr/bin/python3 "$ROOT/analysis/report" "$DEMO/map.h5" --out "$DEMO/report" >/dev/null
 echo "== HTML report: $DEMO/report/index.html"
+echo "== the paper's causal check in miniature: clamp the planted ' Paris' down_proj neuron (it writes"
+echo "   the ' Paris' direction) to rising values and watch P(' Paris') rise; then generate with it clamped"
+read -r PL PN < <(/usr/bin/python3 -c "import json,sys; p=[p for p in json.load(open(sys.argv[1]))['planted'] if p['token']==' Paris'][0]; print(p['layer'], p['neuron'])" "$DEMO/model/planted.json")
+"$FI" clamp --model "$DEMO/model" --matrix down --layer "$PL" --neuron "$PN" --values 0,2,5,10,20 \
+  --prompt "My favourite city is" --watch " Paris" " London"
+"$FI" generate --model "$DEMO/model" --prompt "My favourite city is" --clamp "$PL:$PN=20" --max-new-tokens 8
+echo

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <memory>
 #include <sstream>
@@ -198,6 +199,12 @@ bool read_partial(const std::string& path, const std::string& fp, const std::vec
       }
   }
   return true;
+}
+
+// For the failure tests: the rank named by $FLASHINTERP_TEST_FAIL_RANK throws in round 1.
+int test_fail_rank() {
+  static const char* r = std::getenv("FLASHINTERP_TEST_FAIL_RANK");
+  return r ? std::atoi(r) : -1;
 }
 
 class Progress {
@@ -447,6 +454,7 @@ int run_decode(const DecodeOptions& opt, const Comms& c) {
   for (size_t round = 0; round < rounds; ++round) {
     const WorkItem* item = round < share.size() ? &plan[share.begin + round] : nullptr;
     collective(c.world, [&] {
+      if (round == 1 && test_fail_rank() == c.rank) FI_FAIL("rank " + std::to_string(c.rank) + ": injected failure (FLASHINTERP_TEST_FAIL_RANK)");
       if (!item) return;
       read_item(*model, mats[item->matrix], layers[item->layer_index], *item, x);
       if (M > 0)
