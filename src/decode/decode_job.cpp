@@ -197,6 +197,7 @@ bool read_partial(const std::string& path, const std::string& fp, const std::vec
         ti.layer[i] = ti.neuron[i] = -1;
         ti.logp[i] = -INFINITY;
       }
+    ti.refresh_worst();
   }
   return true;
 }

@@ -36,7 +36,35 @@ inline void insert(double* lp, int32_t* ly, int32_t* nr, int64_t m, double x, in
 
 TokenIndex::TokenIndex(int64_t v, int64_t mm)
     : vocab(v), m(mm), logp(size_t(v * mm), -std::numeric_limits<double>::infinity()),
-      layer(size_t(v * mm), -1), neuron(size_t(v * mm), -1) {}
+      layer(size_t(v * mm), -1), neuron(size_t(v * mm), -1),
+      worst(size_t(v), -std::numeric_limits<double>::infinity()) {}
+
+void TokenIndex::refresh_worst() {
+  worst.resize(size_t(vocab));
+  for (int64_t v = 0; v < vocab; ++v) worst[size_t(v)] = logp[size_t(v * m + m - 1)];
+}
+
+// The first token >= v in [v, v1) whose logp x[t] - s could enter its list (>= its M-th
+// entry), scanning 4 tokens at a time in double; v1 when none.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+int64_t next_token_candidate(const float* x, double s, const double* worst, int64_t v, int64_t v1) {
+  typedef float vf4 __attribute__((vector_size(16)));
+  typedef double vd4 __attribute__((vector_size(32)));
+  typedef int64_t vl4 __attribute__((vector_size(32)));
+  for (; v + 4 <= v1; v += 4) {
+    vf4 f;
+    vd4 w;
+    std::memcpy(&f, x + v, sizeof f);
+    std::memcpy(&w, worst + v, sizeof w);
+    vl4 m = (__builtin_convertvector(f, vd4) - s) >= w;
+    int64_t q[4];
+    std::memcpy(q, &m, sizeof q);
+    if ((q[0] | q[1] | q[2] | q[3]) != 0) return v;
+  }
+  for (; v < v1; ++v)
+    if (double(x[v]) - s >= worst[v]) return v;
+  return v1;
+}
 
 void TokenIndex::update(const float* logits, int64_t ld, int64_t rows, const double* lse,
                         int32_t l, int64_t row0, int64_t v0, int64_t v1) {
@@ -44,11 +72,13 @@ void TokenIndex::update(const float* logits, int64_t ld, int64_t rows, const dou
     const float* x = logits + r * ld;
     const double s = lse[r];
     const int32_t n = int32_t(row0 + r);
-    for (int64_t v = v0; v < v1; ++v) {
+    // Most tokens' logp is far below their M-th best: a vector scan of the contiguous `worst`
+    // array finds the few that are not.
+    for (int64_t v = next_token_candidate(x, s, worst.data(), v0, v1); v < v1;
+         v = next_token_candidate(x, s, worst.data(), v + 1, v1)) {
       const double lp = double(x[v]) - s;
-      // Cheap reject first: most entries are far below the token's M-th best.
-      if (lp < logp[size_t(v * m + m - 1)]) continue;
       insert(&logp[size_t(v * m)], &layer[size_t(v * m)], &neuron[size_t(v * m)], m, lp, l, n);
+      worst[size_t(v)] = logp[size_t(v * m + m - 1)];
     }
   }
 }
@@ -62,6 +92,7 @@ void TokenIndex::merge(const TokenIndex& o) {
       insert(&logp[size_t(v * m)], &layer[size_t(v * m)], &neuron[size_t(v * m)], m, o.logp[i],
              o.layer[i], o.neuron[i]);
     }
+  refresh_worst();
 }
 
 std::vector<float> TokenIndex::probs() const {
@@ -125,6 +156,7 @@ void reduce_token_index(TokenIndex& ti, MPI_Comm comm) {
       ti.layer[i] = merged[i].layer;
       ti.neuron[i] = merged[i].neuron;
     }
+  if (rank == 0) ti.refresh_worst();
 }
 
 }  // namespace fi

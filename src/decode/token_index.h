@@ -15,6 +15,7 @@ struct TokenIndex {
   std::vector<double> logp;    // [V, M] log-probability; -inf marks an empty slot
   std::vector<int32_t> layer;  // [V, M] model layer id; -1 when empty
   std::vector<int32_t> neuron; // [V, M]; -1 when empty
+  std::vector<double> worst;   // [V] logp of each token's M-th entry, contiguous for the scan
   TokenIndex() = default;
   TokenIndex(int64_t vocab, int64_t m);
   // logits: [rows, ld] for neurons row0.. of `layer`, lse: [rows] of those rows; only tokens
@@ -23,6 +24,7 @@ struct TokenIndex {
               int64_t row0, int64_t v0, int64_t v1);
   void merge(const TokenIndex& other);  // this = best M of both, per token
   std::vector<float> probs() const;     // [V, M] exp(logp), 0 when empty
+  void refresh_worst();                 // after logp was filled from elsewhere (a resumed map)
 };
 
 // Merges every rank's index into rank 0's (MPI_Reduce with a merge operator). Collective.

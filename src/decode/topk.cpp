@@ -155,12 +155,18 @@ void RowReducer::reset() {
   bottom_.clear();
 }
 
-void RowReducer::add_block(const float* x, int64_t v0, int64_t n) {
-  if (n <= 0) return;
-  // log-sum-exp: block max, then the sum of exp(x - max) merged into the running state.
+RowReducer::BlockStats RowReducer::block_stats(const float* x, int64_t n) {
   float bm = block_max(x, n);
+  if (bm > -std::numeric_limits<float>::infinity() && !std::isnan(bm))
+    return {bm, sum_exp_shifted(x, n, bm)};
+  return {bm, 0.0};  // empty, all -inf, or NaN
+}
+
+void RowReducer::add_stats(BlockStats st) {
+  // log-sum-exp: the block's max and sum of exp(x - max) merged into the running state.
+  const float bm = st.max;
+  const double s = st.sum;
   if (bm > -std::numeric_limits<float>::infinity() && !std::isnan(bm)) {
-    double s = sum_exp_shifted(x, n, bm);
     if (!any_) {
       max_ = bm;
       sum_ = s;
@@ -176,7 +182,42 @@ void RowReducer::add_block(const float* x, int64_t v0, int64_t n) {
     sum_ = 1;
     any_ = true;
   }
+}
 
+void RowReducer::add_block(const float* x, int64_t v0, int64_t n) {
+  if (n <= 0) return;
+  add_stats(block_stats(x, n));
+  add_candidates(x, v0, n);
+}
+
+void RowReducer::merge_candidates(const RowReducer& o) {
+  auto top_cmp = [](const Entry& a, const Entry& b) { return top_before(a.logit, a.id, b.logit, b.id); };
+  auto bot_cmp = [](const Entry& a, const Entry& b) { return bottom_before(a.logit, a.id, b.logit, b.id); };
+  // The other reducer's ids may be lower than ours: compare with the full tie rule.
+  for (const Entry& e : o.top_) {
+    if (int(top_.size()) < k_) {
+      top_.push_back(e);
+      std::push_heap(top_.begin(), top_.end(), top_cmp);
+    } else if (top_before(e.logit, e.id, top_.front().logit, top_.front().id)) {
+      std::pop_heap(top_.begin(), top_.end(), top_cmp);
+      top_.back() = e;
+      std::push_heap(top_.begin(), top_.end(), top_cmp);
+    }
+  }
+  for (const Entry& e : o.bottom_) {
+    if (int(bottom_.size()) < b_) {
+      bottom_.push_back(e);
+      std::push_heap(bottom_.begin(), bottom_.end(), bot_cmp);
+    } else if (bottom_before(e.logit, e.id, bottom_.front().logit, bottom_.front().id)) {
+      std::pop_heap(bottom_.begin(), bottom_.end(), bot_cmp);
+      bottom_.back() = e;
+      std::push_heap(bottom_.begin(), bottom_.end(), bot_cmp);
+    }
+  }
+}
+
+void RowReducer::add_candidates(const float* x, int64_t v0, int64_t n) {
+  if (n <= 0) return;
   // Heaps keep their worst entry at the front. Tokens arrive in increasing id order, so a new
   // token beats the worst kept one only if its logit is strictly better (ties keep the lower id).
   auto top_cmp = [](const Entry& a, const Entry& b) { return top_before(a.logit, a.id, b.logit, b.id); };

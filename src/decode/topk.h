@@ -14,6 +14,19 @@ class RowReducer {
   void reset();
   // logits: [n] fp32 for tokens [v0, v0+n)
   void add_block(const float* logits, int64_t v0, int64_t n);
+
+  // add_block in two halves, for blocks reduced on several threads: block_stats (any thread)
+  // gives a block's (max, sum of exp(x - max)); add_stats folds them into the log-sum-exp and
+  // must see the blocks in token order; add_candidates updates top/bottom-k (blocks in
+  // increasing token order per reducer) and merge_candidates joins another reducer's.
+  struct BlockStats {
+    float max;
+    double sum;
+  };
+  static BlockStats block_stats(const float* logits, int64_t n);
+  void add_stats(BlockStats st);
+  void add_candidates(const float* logits, int64_t v0, int64_t n);
+  void merge_candidates(const RowReducer& other);
   // ids/logits/probs: [top_k]; bottom ids/logits: [bottom_k]; best first.
   // Entries beyond the number of tokens seen are id -1, logit -inf, prob 0.
   void finish(int32_t* top_ids, float* top_logits, float* top_probs, float* lse,

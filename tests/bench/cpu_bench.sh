@@ -13,8 +13,10 @@ if [ ! -f "$MODEL/config.json" ]; then
     --layers 1 --heads 32 --kv-heads 8 --tied --dtype bf16
 fi
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
-echo "== flashinterp decode (1 rank, $(nproc) threads; whole process)"
-/usr/bin/time -f "decode wall %e s, max RSS %M KiB" "$BUILD/src/flashinterp" decode --model "$MODEL" \
+echo "== flashinterp decode (1 rank, $(nproc) threads; whole process), without and with the token index"
+/usr/bin/time -f "decode (token index off) wall %e s, max RSS %M KiB" "$BUILD/src/flashinterp" decode --model "$MODEL" \
+  --out /tmp/flashinterp-bench.h5 --overwrite --layers 0 --chunk-rows 512 --token-index 0
+/usr/bin/time -f "decode (token index 32) wall %e s, max RSS %M KiB" "$BUILD/src/flashinterp" decode --model "$MODEL" \
   --out /tmp/flashinterp-bench.h5 --overwrite --layers 0 --chunk-rows 512
 echo "== flashinterp decode under mpirun -np 2 (1 thread each; whole job)"
 /usr/bin/time -f "decode -np 2 wall %e s" mpirun --oversubscribe -np 2 "$BUILD/src/flashinterp" decode \

@@ -1,8 +1,9 @@
 // The CPU backend: norm, then logits = X · W_Uᵀ by single-threaded OpenBLAS sgemm, one vocab
-// block at a time, each block reduced at once per row (log-sum-exp, top-k, bottom-k) while it
-// is still in cache. The chunk's rows are split over `threads` workers, each with its own
-// block buffer and reducers, so the reduction runs as parallel as the GEMM. A whole chunk's
-// logits are never held: memory is threads × rows/threads × vocab_block floats.
+// block at a time, each block reduced at once per row (log-sum-exp statistics, top-k, bottom-k)
+// while it is still in cache. The vocab blocks are split over `threads` workers, each with its
+// own block buffer and reducers, so the reduction runs as parallel as the GEMM. Without the
+// token index a chunk's full logits are never held: memory is threads × rows × vocab_block
+// floats; with it, the chunk's [rows, V] logits are kept until every row's lse is known.
 #include <cblas.h>
 
 #include <algorithm>
@@ -36,18 +37,33 @@ class CpuDecoder final : public Decoder {
   }
 
   void decode(const float* x, int64_t rows, ChunkResult& out) override {
-    const int64_t H = head_.hidden;
+    const int64_t H = head_.hidden, V = head_.vocab, K = p_.top_k, B = p_.bottom_k;
     xn_.assign(x, x + rows * H);  // xn: [rows, H]
     apply_norm(xn_.data(), rows, H, gamma_.data(), p_);
-    out.resize(rows, p_.top_k, p_.bottom_k);
-    row_lse_.assign(rows, 0.0);
-    // With the token index on, the chunk's logits are kept whole ([rows, V]) until every row's
-    // log-sum-exp is known; then the threads update disjoint token ranges of the index.
-    if (ti_) all_logits_.resize(size_t(rows * head_.vocab));
-    const int T = int(std::min<int64_t>(threads_, rows));
-    parallel(T, [&](int t) { decode_rows(rows * t / T, rows * (t + 1) / T, out); });
+    out.resize(rows, int(K), int(B));
+    const int64_t nb = (V + kVocabBlock - 1) / kVocabBlock;
+    const int T = int(std::min<int64_t>(threads_, nb));
+    // Thread t takes vocab blocks [nb·t/T, nb·(t+1)/T) for all rows of the chunk, so each block
+    // of W_U is packed by OpenBLAS once per chunk. Its candidates go to its own reducers; the
+    // per-block log-sum-exp statistics are kept and folded in token order afterwards, so the
+    // result does not depend on T.
+    stats_.resize(size_t(rows * nb));  // stats: [rows, nb]
+    reducers_.assign(size_t(T), std::vector<RowReducer>(size_t(rows), RowReducer(int(K), int(B))));
+    if (ti_) all_logits_.resize(size_t(rows * V));
+    parallel(T, [&](int t) { decode_blocks(rows, nb * t / T, nb * (t + 1) / T, reducers_[t]); });
+    row_lse_.assign(size_t(rows), 0.0);
+    for (int64_t r = 0; r < rows; ++r) {
+      RowReducer& red = reducers_[0][r];
+      for (int t = 1; t < T; ++t) red.merge_candidates(reducers_[t][r]);
+      for (int64_t b = 0; b < nb; ++b) red.add_stats(stats_[r * nb + b]);
+      row_lse_[r] = red.lse();
+      red.finish(out.top_ids.data() + r * K, out.top_logits.data() + r * K,
+                 out.top_probs.data() + r * K, out.lse.data() + r, out.bottom_ids.data() + r * B,
+                 out.bottom_logits.data() + r * B);
+    }
+    // With the token index on, the chunk's logits were kept whole ([rows, V]) until every row's
+    // log-sum-exp was known; now the threads update disjoint token ranges of the index.
     if (ti_) {
-      const int64_t V = head_.vocab;
       parallel(threads_, [&](int t) {
         ti_->update(all_logits_.data(), V, rows, row_lse_.data(), ti_layer_, ti_row0_,
                     V * t / threads_, V * (t + 1) / threads_);
@@ -75,28 +91,22 @@ class CpuDecoder final : public Decoder {
       if (e) std::rethrow_exception(e);
   }
 
-  // Rows [r0, r1) of the chunk, on one thread.
-  void decode_rows(int64_t r0, int64_t r1, ChunkResult& out) {
-    const int64_t H = head_.hidden, V = head_.vocab, K = p_.top_k, B = p_.bottom_k;
-    const int64_t n = r1 - r0;
-    std::vector<RowReducer> red(n, RowReducer(int(K), int(B)));
-    std::vector<float> own;  // block: [n, vb], or a window of the whole chunk's logits
-    if (!ti_) own.resize(size_t(n * kVocabBlock));
-    for (int64_t v0 = 0; v0 < V; v0 += kVocabBlock) {
-      const int64_t vb = std::min(kVocabBlock, V - v0);
-      float* block = ti_ ? all_logits_.data() + r0 * V + v0 : own.data();
+  // Vocab blocks [b0, b1) for every row of the chunk, on one thread.
+  void decode_blocks(int64_t rows, int64_t b0, int64_t b1, std::vector<RowReducer>& red) {
+    const int64_t H = head_.hidden, V = head_.vocab, nb = (V + kVocabBlock - 1) / kVocabBlock;
+    std::vector<float> own;  // block: [rows, vb], or a window of the whole chunk's logits
+    if (!ti_) own.resize(size_t(rows * kVocabBlock));
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t v0 = b * kVocabBlock, vb = std::min(kVocabBlock, V - v0);
+      float* block = ti_ ? all_logits_.data() + v0 : own.data();
       const int64_t ld = ti_ ? V : vb;
-      // block[r, j] = sum_h xn[r0 + r, h] * W_U[v0 + j, h]
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(vb), int(H), 1.f,
-                  xn_.data() + r0 * H, int(H), head_.f32 + v0 * H, int(H), 0.f, block, int(ld));
-      for (int64_t r = 0; r < n; ++r) red[r].add_block(block + r * ld, v0, vb);
-    }
-    for (int64_t r = 0; r < n; ++r) {
-      int64_t g = r0 + r;
-      row_lse_[g] = red[r].lse();
-      red[r].finish(out.top_ids.data() + g * K, out.top_logits.data() + g * K,
-                    out.top_probs.data() + g * K, out.lse.data() + g,
-                    out.bottom_ids.data() + g * B, out.bottom_logits.data() + g * B);
+      // block[r, j] = sum_h xn[r, h] * W_U[v0 + j, h]
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(vb), int(H), 1.f,
+                  xn_.data(), int(H), head_.f32 + v0 * H, int(H), 0.f, block, int(ld));
+      for (int64_t r = 0; r < rows; ++r) {
+        stats_[r * nb + b] = RowReducer::block_stats(block + r * ld, vb);
+        red[r].add_candidates(block + r * ld, v0, vb);
+      }
     }
   }
 
@@ -109,6 +119,8 @@ class CpuDecoder final : public Decoder {
   int threads_;
   std::vector<float> xn_, all_logits_;
   std::vector<double> row_lse_;
+  std::vector<RowReducer::BlockStats> stats_;
+  std::vector<std::vector<RowReducer>> reducers_;
   TokenIndex* ti_ = nullptr;
   int32_t ti_layer_ = 0;
   int64_t ti_row0_ = 0;
