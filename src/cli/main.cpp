@@ -1,5 +1,6 @@
-// flashinterp: the one binary; subcommands decode, inspect, demo-model. Every error ends as
-// one line on stderr ("flashinterp: error: ...") and a non-zero exit, never a core dump.
+// flashinterp: the one binary; subcommands decode, inspect, demo-model, tokenize, clamp and
+// generate. Every error ends as one line on stderr ("flashinterp: error: ...") and a non-zero
+// exit, never a core dump.
 #include <cstdio>
 #include <exception>
 
