@@ -190,62 +190,35 @@ void RowReducer::add_block(const float* x, int64_t v0, int64_t n) {
   add_candidates(x, v0, n);
 }
 
+// Offers e to a heap of at most cap entries that keeps its worst entry at the front, under the
+// order `before` (the full tie rule, so entries may arrive in any id order).
+template <class Before>
+void offer(std::vector<RowReducer::Entry>& heap, int cap, RowReducer::Entry e, Before before) {
+  auto cmp = [&](const RowReducer::Entry& a, const RowReducer::Entry& b) {
+    return before(a.logit, a.id, b.logit, b.id);
+  };
+  if (int(heap.size()) < cap) {
+    heap.push_back(e);
+    std::push_heap(heap.begin(), heap.end(), cmp);
+  } else if (cap > 0 && cmp(e, heap.front())) {
+    std::pop_heap(heap.begin(), heap.end(), cmp);
+    heap.back() = e;
+    std::push_heap(heap.begin(), heap.end(), cmp);
+  }
+}
+
 void RowReducer::merge_candidates(const RowReducer& o) {
-  auto top_cmp = [](const Entry& a, const Entry& b) { return top_before(a.logit, a.id, b.logit, b.id); };
-  auto bot_cmp = [](const Entry& a, const Entry& b) { return bottom_before(a.logit, a.id, b.logit, b.id); };
-  // The other reducer's ids may be lower than ours: compare with the full tie rule.
-  for (const Entry& e : o.top_) {
-    if (int(top_.size()) < k_) {
-      top_.push_back(e);
-      std::push_heap(top_.begin(), top_.end(), top_cmp);
-    } else if (top_before(e.logit, e.id, top_.front().logit, top_.front().id)) {
-      std::pop_heap(top_.begin(), top_.end(), top_cmp);
-      top_.back() = e;
-      std::push_heap(top_.begin(), top_.end(), top_cmp);
-    }
-  }
-  for (const Entry& e : o.bottom_) {
-    if (int(bottom_.size()) < b_) {
-      bottom_.push_back(e);
-      std::push_heap(bottom_.begin(), bottom_.end(), bot_cmp);
-    } else if (bottom_before(e.logit, e.id, bottom_.front().logit, bottom_.front().id)) {
-      std::pop_heap(bottom_.begin(), bottom_.end(), bot_cmp);
-      bottom_.back() = e;
-      std::push_heap(bottom_.begin(), bottom_.end(), bot_cmp);
-    }
-  }
+  for (const Entry& e : o.top_) offer(top_, k_, e, top_before);
+  for (const Entry& e : o.bottom_) offer(bottom_, b_, e, bottom_before);
 }
 
 void RowReducer::add_candidates(const float* x, int64_t v0, int64_t n) {
   if (n <= 0) return;
-  // Heaps keep their worst entry at the front. Tokens arrive in increasing id order, so a new
-  // token beats the worst kept one only if its logit is strictly better (ties keep the lower id).
-  auto top_cmp = [](const Entry& a, const Entry& b) { return top_before(a.logit, a.id, b.logit, b.id); };
-  auto bot_cmp = [](const Entry& a, const Entry& b) { return bottom_before(a.logit, a.id, b.logit, b.id); };
   auto consider = [&](int64_t i) {
     float l = x[i];
     if (std::isnan(l)) return;  // NaN never ranks; it still poisons the lse, as it should
-    int32_t id = int32_t(v0 + i);
-    if (k_ > 0) {
-      if (int(top_.size()) < k_) {
-        top_.push_back({l, id});
-        std::push_heap(top_.begin(), top_.end(), top_cmp);
-      } else if (l > top_.front().logit) {
-        std::pop_heap(top_.begin(), top_.end(), top_cmp);
-        top_.back() = {l, id};
-        std::push_heap(top_.begin(), top_.end(), top_cmp);
-      }
-    }
-    if (b_ > 0) {
-      if (int(bottom_.size()) < b_) {
-        bottom_.push_back({l, id});
-        std::push_heap(bottom_.begin(), bottom_.end(), bot_cmp);
-      } else if (l < bottom_.front().logit) {
-        std::pop_heap(bottom_.begin(), bottom_.end(), bot_cmp);
-        bottom_.back() = {l, id};
-        std::push_heap(bottom_.begin(), bottom_.end(), bot_cmp);
-      }
-    }
+    offer(top_, k_, {l, int32_t(v0 + i)}, top_before);
+    offer(bottom_, b_, {l, int32_t(v0 + i)}, bottom_before);
   };
   // While a heap is filling every token is a candidate; after that a vector scan skips the
   // 8-token groups holding nothing above the k-th best or below the b-th worst.

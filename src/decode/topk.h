@@ -33,11 +33,13 @@ class RowReducer {
               int32_t* bottom_ids, float* bottom_logits);
   double lse() const;  // the exact log-sum-exp in double (top_probs are exp(logit - this))
 
- private:
+ public:
   struct Entry {
     float logit;
     int32_t id;
   };
+
+ private:
   int k_, b_;
   double max_ = 0, sum_ = 0;  // streaming log-sum-exp state: lse = max + log(sum)
   bool any_ = false;
