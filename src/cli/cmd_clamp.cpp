@@ -8,14 +8,14 @@
 #include "cli/commands.h"
 #include "cli/prompt.h"
 #include "common/error.h"
-#include "forward/llama_cpu.h"
+#include "forward/forward.h"
 #include "h5/h5.h"
 
 namespace fi {
 namespace {
 
 struct ClampArgs {
-  std::string model, matrix = "up", site = "act", values, map, dump_logits;
+  std::string model, matrix = "up", site = "act", values, map, dump_logits, backend = "auto";
   int64_t layer = -1, neuron = -1;
   PromptArgs prompt;
   std::vector<std::string> watch;
@@ -60,11 +60,11 @@ int32_t map_top_token(const std::string& path, const std::string& matrix, int64_
 }
 
 // A watched word's token: its only token, or its first with a notice on stderr.
-int32_t watch_token(const Tokenizer& tok, const std::string& word) {
+int32_t watch_token(const Tokenizer& tok, const std::string& word, bool notice) {
   if (word.empty() || sanitize_utf8(word) != word) FI_FAIL("--watch: " + quoted(word) + " is empty or not valid UTF-8");
   std::vector<int32_t> ids = tok.encode(word, false);
   FI_CHECK(!ids.empty(), "--watch: " + quoted(word) + " has no tokens");
-  if (ids.size() > 1)
+  if (ids.size() > 1 && notice)
     std::fprintf(stderr, "flashinterp: note: --watch %s is %zu tokens; watching its first, %s (id %d)\n",
                  quoted(word).c_str(), ids.size(), quoted(token_text(tok, ids[0])).c_str(), ids[0]);
   return ids[0];
@@ -120,28 +120,36 @@ void print_table(const ClampArgs& a, const Tokenizer& tok, const std::vector<int
   }
 }
 
-int run_clamp(ClampArgs& a) {
-  Model model(a.model);
-  const ModelConfig& c = model.cfg;
-  parse_matrix(a.matrix);
-  const ClampSite site = parse_clamp_site(a.site);
-  const std::vector<float> values = parse_values(a.values, "--values");
-  check_clamps(c, {{a.layer, a.neuron, 0.f}});  // before the slow parts
-  Tokenizer tok(a.model + "/tokenizer.json");
-  const std::vector<int32_t> ids = prompt_tokens(tok, a.prompt, c.vocab_size);
+// Every rank runs this (a pipeline when launched with mpirun -np N); rank 0 prints.
+int run_clamp(ClampArgs& a, const Comms& comms) {
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Tokenizer> tok;
+  ClampSite site{};
+  std::vector<float> values;
+  std::vector<int32_t> ids, watch;
   std::vector<std::string> words = a.watch;
-  std::vector<int32_t> watch;
-  for (const std::string& w : words) watch.push_back(watch_token(tok, w));
-  if (!a.map.empty()) {
-    const int32_t id = map_top_token(a.map, a.matrix, a.layer, a.neuron);
-    FI_CHECK(id >= 0 && id < c.vocab_size, a.map + ": top token id " + std::to_string(id) + " is out of range");
-    words.push_back(token_text(tok, id));
-    watch.push_back(id);
-  }
-  for (int32_t id : watch)
-    FI_CHECK(id < c.vocab_size, "--watch: token id " + std::to_string(id) + " is past the model's vocab_size");
-
-  LlamaCpu fwd(model);
+  collective(comms.world, [&] {  // every check before the weights load
+    model = std::make_unique<Model>(a.model);
+    const ModelConfig& c = model->cfg;
+    parse_matrix(a.matrix);
+    site = parse_clamp_site(a.site);
+    values = parse_values(a.values, "--values");
+    check_clamps(c, {{a.layer, a.neuron, 0.f}});
+    tok = std::make_unique<Tokenizer>(a.model + "/tokenizer.json");
+    ids = prompt_tokens(*tok, a.prompt, c.vocab_size);
+    // Notices (multi-token watch words) once, from rank 0.
+    for (const std::string& w : words) watch.push_back(watch_token(*tok, w, comms.rank == 0));
+    if (!a.map.empty()) {
+      const int32_t id = map_top_token(a.map, a.matrix, a.layer, a.neuron);
+      FI_CHECK(id >= 0 && id < c.vocab_size, a.map + ": top token id " + std::to_string(id) + " is out of range");
+      words.push_back(token_text(*tok, id));
+      watch.push_back(id);
+    }
+    for (int32_t id : watch)
+      FI_CHECK(id < c.vocab_size, "--watch: token id " + std::to_string(id) + " is past the model's vocab_size");
+  });
+  const Tokenizer& t = *tok;
+  Forward fwd(*model, {a.backend, comms.world, comms.node});
   std::vector<Row> rows;
   std::vector<float> dump;
   for (size_t i = 0; i <= values.size(); ++i) {
@@ -155,18 +163,19 @@ int run_clamp(ClampArgs& a) {
     r.probs = softmax(logits);
     rows.push_back(std::move(r));
   }
+  if (comms.rank != 0) return 0;
   if (!a.dump_logits.empty()) dump_f32(a.dump_logits, dump);
   if (a.json) {
-    print_json(a, tok, ids, words, watch, rows);
+    print_json(a, t, ids, words, watch, rows);
   } else {
-    print_table(a, tok, ids, words, watch, rows);
+    print_table(a, t, ids, words, watch, rows);
   }
   return 0;
 }
 
 }  // namespace
 
-std::function<int()> add_clamp(CLI::App& app) {
+std::function<int(int*, char***)> add_clamp(CLI::App& app) {
   auto a = std::make_shared<ClampArgs>();
   auto* cmd = app.add_subcommand(
       "clamp", "Next-token probabilities with one MLP neuron clamped to each of several values");
@@ -184,9 +193,13 @@ std::function<int()> add_clamp(CLI::App& app) {
   cmd->add_option("--watch", a->watch, "tokens to watch, e.g. \" dog\" \" cat\" (a word of several "
                                        "tokens is watched by its first, with a notice)");
   cmd->add_option("--map", a->map, "a flashinterp map (.h5): also watch the neuron's top token there");
+  cmd->add_option("--backend", a->backend, "cpu | cuda | auto (cuda when a GPU is usable); under "
+                  "mpirun -np N the layers are split over the N ranks (a pipeline)")->capture_default_str();
   cmd->add_flag("--json", a->json, "print one JSON object instead of a table");
   cmd->add_option("--dump-logits", a->dump_logits, "write the logits [rows, V] as raw float32")->group("");
-  return [a]() { return run_clamp(*a); };
+  return [a](int* argc, char*** argv) {
+    return with_mpi(argc, argv, [&](const Comms& c) { return run_clamp(*a, c); });
+  };
 }
 
 }  // namespace fi

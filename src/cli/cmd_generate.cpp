@@ -8,43 +8,55 @@
 #include "cli/commands.h"
 #include "cli/prompt.h"
 #include "common/error.h"
+#include "dist/mpi_env.h"
 #include "forward/generate.h"
 
 namespace fi {
 namespace {
 
 struct GenerateArgs {
-  std::string model, site = "act", dump_logits;
+  std::string model, site = "act", dump_logits, backend = "auto";
   PromptArgs prompt;
   std::vector<std::string> clamps;
   GenerateOptions opt;
   bool print_ids = false, stats = false;
 };
 
-int run_generate(GenerateArgs& a) {
-  Model model(a.model);
-  const ClampSite site = parse_clamp_site(a.site);
+// Every rank runs this (a pipeline when launched with mpirun -np N); rank 0 prints.
+int run_generate(GenerateArgs& a, const Comms& comms) {
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Tokenizer> tok;
+  ClampSite site{};
   std::vector<Clamp> clamps;
-  for (const std::string& s : a.clamps) clamps.push_back(parse_clamp(s));
-  check_clamps(model.cfg, clamps);
-  FI_CHECK(a.opt.max_new_tokens >= 0, "--max-new-tokens must be >= 0");
-  FI_CHECK(a.opt.temperature >= 0 && std::isfinite(a.opt.temperature),
-           "--temperature must be a finite number >= 0");
-  Tokenizer tok(a.model + "/tokenizer.json");
-  const std::vector<int32_t> ids = prompt_tokens(tok, a.prompt, model.cfg.vocab_size);
-  LlamaCpu fwd(model);
+  std::vector<int32_t> ids;
+  collective(comms.world, [&] {  // every check before the weights load
+    model = std::make_unique<Model>(a.model);
+    site = parse_clamp_site(a.site);
+    for (const std::string& s : a.clamps) clamps.push_back(parse_clamp(s));
+    check_clamps(model->cfg, clamps);
+    FI_CHECK(a.opt.max_new_tokens >= 0, "--max-new-tokens must be >= 0");
+    FI_CHECK(a.opt.temperature >= 0 && std::isfinite(a.opt.temperature),
+             "--temperature must be a finite number >= 0");
+    tok = std::make_unique<Tokenizer>(a.model + "/tokenizer.json");
+    ids = prompt_tokens(*tok, a.prompt, model->cfg.vocab_size);
+    a.opt.stop_ids = default_stop_ids(model->cfg.path, tok->eos_id(), tok->vocab().text);
+  });
+  const bool root = comms.rank == 0;
+  const auto t_load = std::chrono::steady_clock::now();
+  Forward fwd(*model, {a.backend, comms.world, comms.node});
   fwd.set_clamps(clamps, site);
-  a.opt.stop_ids = default_stop_ids(model.cfg.path, tok.eos_id(), tok.vocab().text);
+  if (a.stats && root) print_stages(fwd, std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count());
 
   std::vector<float> dump;
   int64_t n = 0;
   auto on_token = [&](int32_t id, const std::vector<float>& logits) {
     if (!a.dump_logits.empty()) dump.insert(dump.end(), logits.begin(), logits.end());
-    if (std::find(a.opt.stop_ids.begin(), a.opt.stop_ids.end(), id) != a.opt.stop_ids.end()) return;
+    if (!root || std::find(a.opt.stop_ids.begin(), a.opt.stop_ids.end(), id) != a.opt.stop_ids.end())
+      return;
     if (a.print_ids) {
       std::printf("%s%d", n ? " " : "", id);
-    } else if (id < tok.vocab().size()) {
-      const std::string& b = tok.vocab().bytes[size_t(id)];  // exact bytes; UTF-8 joins up on screen
+    } else if (id < tok->vocab().size()) {
+      const std::string& b = tok->vocab().bytes[size_t(id)];  // exact bytes; UTF-8 joins up on screen
       std::fwrite(b.data(), 1, b.size(), stdout);
     }
     ++n;
@@ -53,6 +65,7 @@ int run_generate(GenerateArgs& a) {
   const auto t0 = std::chrono::steady_clock::now();
   generate(fwd, ids, a.opt, on_token);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!root) return 0;
   std::printf("\n");
   if (!a.dump_logits.empty()) dump_f32(a.dump_logits, dump);
   if (a.stats)
@@ -63,12 +76,14 @@ int run_generate(GenerateArgs& a) {
 
 }  // namespace
 
-std::function<int()> add_generate(CLI::App& app) {
+std::function<int(int*, char***)> add_generate(CLI::App& app) {
   auto a = std::make_shared<GenerateArgs>();
   auto* cmd = app.add_subcommand("generate", "Continue a prompt (greedy by default), optionally "
                                              "with MLP neurons clamped");
   cmd->add_option("--model", a->model, "Hugging Face checkpoint directory")->required();
   add_prompt_options(cmd, a->prompt);
+  cmd->add_option("--backend", a->backend, "cpu | cuda | auto (cuda when a GPU is usable); under "
+                  "mpirun -np N the layers are split over the N ranks (a pipeline)")->capture_default_str();
   cmd->add_option("--clamp", a->clamps, "LAYER:NEURON=VALUE, repeatable: clamp that neuron at "
                                         "every position");
   cmd->add_option("--clamp-site", a->site,
@@ -82,7 +97,7 @@ std::function<int()> add_generate(CLI::App& app) {
   cmd->add_flag("--stats", a->stats, "print tokens per second on stderr");
   cmd->add_option("--dump-logits", a->dump_logits, "write each step's logits [steps, V] as raw float32")
       ->group("");
-  return [a]() { return run_generate(*a); };
+  return [a](int* argc, char*** argv) { return with_mpi(argc, argv, [&](const Comms& c) { return run_generate(*a, c); }); };
 }
 
 }  // namespace fi

@@ -10,7 +10,7 @@ std::function<int()> add_inspect(CLI::App& app);
 std::function<int()> add_demo_model(CLI::App& app);
 std::function<int(int*, char***)> add_decode(CLI::App& app);
 std::function<int()> add_tokenize(CLI::App& app);
-std::function<int()> add_clamp(CLI::App& app);
-std::function<int()> add_generate(CLI::App& app);
+std::function<int(int*, char***)> add_clamp(CLI::App& app);
+std::function<int(int*, char***)> add_generate(CLI::App& app);
 
 }  // namespace fi

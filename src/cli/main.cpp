@@ -33,8 +33,8 @@ int main(int argc, char** argv) {
     if (app.got_subcommand("demo-model")) return demo();
     if (app.got_subcommand("decode")) return decode(&argc, &argv);
     if (app.got_subcommand("tokenize")) return tokenize();
-    if (app.got_subcommand("clamp")) return clamp();
-    if (app.got_subcommand("generate")) return generate();
+    if (app.got_subcommand("clamp")) return clamp(&argc, &argv);
+    if (app.got_subcommand("generate")) return generate(&argc, &argv);
   } catch (const fi::JobFailed&) {
     return 1;  // already reported by the rank that failed
   } catch (const std::exception& e) {

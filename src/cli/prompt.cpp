@@ -72,4 +72,23 @@ void dump_f32(const std::string& path, const std::vector<float>& data) {
   if (!out.good()) FI_FAIL(path + ": cannot write the logits");
 }
 
+int with_mpi(int* argc, char*** argv, const std::function<int(const Comms&)>& f) {
+  MpiEnv mpi(argc, argv);
+  Comms comms;
+  try {
+    return f(comms);
+  } catch (const JobFailed&) {
+    return 1;
+  }
+}
+
+void print_stages(const Forward& fwd, double load_seconds) {
+  std::string s;
+  const std::vector<int64_t>& b = fwd.bounds();
+  for (size_t i = 0; i + 1 < b.size(); ++i)
+    s += (i ? " | " : "") + std::to_string(b[i]) + "-" + std::to_string(b[i + 1] - 1);
+  std::fprintf(stderr, "flashinterp: forward on %s, %d stage%s (layers %s), loaded in %.2f s\n",
+               fwd.backend(), fwd.stages(), fwd.stages() > 1 ? "s" : "", s.c_str(), load_seconds);
+}
+
 }  // namespace fi

@@ -1,11 +1,14 @@
-// Prompt and token-text helpers shared by the `clamp` and `generate` subcommands: --prompt TEXT
-// (tokenized, BOS first unless --no-bos), --chat (Llama 3.1 Instruct format) or --prompt-ids.
+// Helpers shared by the `clamp` and `generate` subcommands: --prompt TEXT (tokenized, BOS first
+// unless --no-bos), --chat (Llama 3.1 Instruct format) or --prompt-ids; token text; MPI set-up.
 #pragma once
 #include <CLI/CLI.hpp>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
+#include "dist/mpi_env.h"
+#include "forward/forward.h"
 #include "model/tokenizer.h"
 
 namespace fi {
@@ -24,5 +27,9 @@ std::string token_text(const Tokenizer& tok, int32_t id);
 std::string quoted(const std::string& text);
 // Writes logits rows [rows, V] as raw little-endian float32 (the hidden --dump-logits option).
 void dump_f32(const std::string& path, const std::vector<float>& data);
+// Runs f between MPI init and finalize; an error already reported collectively exits 1.
+int with_mpi(int* argc, char*** argv, const std::function<int(const Comms&)>& f);
+// One stderr line: backend, load time and the layers of each pipeline stage.
+void print_stages(const Forward& fwd, double load_seconds);
 
 }  // namespace fi

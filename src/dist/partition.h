@@ -29,3 +29,14 @@ Range rank_share(size_t items, int rank, int world);
 size_t num_rounds(size_t items, int world);
 
 }  // namespace fi
+
+namespace fi {
+
+// The layers of a forward pipeline over `stages` ranks: stage s runs layers [b[s], b[s+1])
+// (b has stages + 1 entries, b[0] = 0, b[stages] = layers), each at least one layer. A layer
+// weighs 1; the first stage also carries first_extra and the last last_extra (the embedding and
+// the LM-head in layer-equivalents of memory). The split minimises the heaviest stage, then
+// evens the loads (least sum of squares). Throws when stages > layers.
+std::vector<int64_t> split_layers(int64_t layers, int stages, double first_extra, double last_extra);
+
+}  // namespace fi

@@ -1,4 +1,4 @@
-// Greedy and temperature sampling over LlamaCpu (see generate.h); the KV cache makes each new
+// Greedy and temperature sampling over Forward (see generate.h); the KV cache makes each new
 // token one single-position forward.
 #include "forward/generate.h"
 
@@ -27,7 +27,7 @@ int32_t argmax(const std::vector<float>& logits) {
   return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
 }
 
-std::vector<int32_t> generate(LlamaCpu& model, const std::vector<int32_t>& prompt,
+std::vector<int32_t> generate(Forward& model, const std::vector<int32_t>& prompt,
                               const GenerateOptions& opt, const TokenCallback& on_token) {
   FI_CHECK(!prompt.empty(), "generate: the prompt has no tokens");
   FI_CHECK(opt.temperature >= 0 && std::isfinite(opt.temperature),

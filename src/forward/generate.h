@@ -1,4 +1,4 @@
-// Token-by-token generation over the CPU forward pass: greedy (temperature 0) or sampled with a
+// Token-by-token generation over the forward pass (one stage or a pipeline; collective when it is): greedy (temperature 0) or sampled with a
 // seeded generator, stopping at any stop id or after max_new_tokens.
 #pragma once
 #include <cstdint>
@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "forward/llama_cpu.h"
+#include "forward/forward.h"
 
 namespace fi {
 
@@ -23,7 +23,7 @@ using TokenCallback = std::function<void(int32_t id, const std::vector<float>& l
 
 // Runs the prompt (the model's cache is reset first) and generates; returns the new ids,
 // without a final stop id.
-std::vector<int32_t> generate(LlamaCpu& model, const std::vector<int32_t>& prompt,
+std::vector<int32_t> generate(Forward& model, const std::vector<int32_t>& prompt,
                               const GenerateOptions& opt, const TokenCallback& on_token = {});
 
 // Index of the largest logit, the lower id on ties.

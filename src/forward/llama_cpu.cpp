@@ -1,17 +1,17 @@
-// The CPU forward pass (see llama_cpu.h). Per layer: x += o(attn(rope(q), rope(k), v)) of
-// norm(x); x += down(act(gate(n)) * up(n)) of n = norm(x); then the final norm and the LM-head.
-#include "forward/llama_cpu.h"
-
+// The fp32 CPU stage of the forward pass (see stage.h). Per layer: x += o(attn(rope(q), rope(k), v))
+// of norm(x); x += down(act(gate(n)) * up(n)) of n = norm(x); the last stage adds the final norm
+// and the LM-head. Weights are widened to fp32 at load (about 4 bytes per parameter held).
 #include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
 
 #include "common/error.h"
+#include "forward/ops.h"
+#include "forward/stage.h"
 
 namespace fi {
 namespace {
-
 // y[T, n] = x[T, k] · W[n, k]ᵀ (+ bias[n] when given).
 void linear(const float* x, int64_t T, int64_t k, const std::vector<float>& w, int64_t n,
             const std::vector<float>& bias, float* y) {
@@ -26,25 +26,67 @@ void linear(const float* x, int64_t T, int64_t k, const std::vector<float>& w, i
       for (int64_t i = 0; i < n; ++i) y[t * n + i] += bias[i];
 }
 
-}  // namespace
 
-std::vector<float> LlamaCpu::load(const std::string& tensor, std::vector<int64_t> shape,
+class CpuStage final : public Stage {
+ public:
+  CpuStage(const Model& model, const StageSpan& span);
+  const char* name() const override { return "cpu"; }
+  void set_clamps(const std::vector<Clamp>& clamps, ClampSite site) override {
+    clamps_ = clamps;
+    site_ = site;
+  }
+  void reset() override {
+    for (Layer& w : layers_) {
+      w.k_cache.clear();
+      w.v_cache.clear();
+    }
+  }
+  void embed(const std::vector<int32_t>& tokens, float* x) override;
+  void layers(float* x, int64_t T, int64_t pos) override;
+  void head(const float* x, int64_t n, float* logits) override;
+
+ private:
+  struct Layer {
+    std::vector<float> attn_norm, q, k, v, o, q_bias, k_bias, v_bias;  // q: [nh*hd, H] ...
+    std::vector<float> mlp_norm, gate, up, down;  // gate, up: [I, H]; down: [H, I]
+    std::vector<float> k_cache, v_cache;          // [positions, nkv*hd]
+  };
+  const ModelConfig& config() const { return model_.cfg; }
+  std::vector<float> load(const std::string& tensor, std::vector<int64_t> shape, const char* field);
+  void attention(Layer& w, const float* xn, int64_t T, int64_t pos, float* out);  // xn, out: [T, H]
+  void mlp(int64_t l, const float* xn, int64_t T, float* out);                   // xn, out: [T, H]
+
+  const Model& model_;
+  StageSpan span_;
+  Act act_;
+  std::vector<Layer> layers_;                // layers span_.first .. span_.last - 1
+  std::vector<float> final_norm_, lm_head_;  // lm_head_: [V, H] (the embedding when tied)
+  std::vector<float> embedding_;  // [V, H]: tied model, embed stage without the head (untied: read per token)
+  std::vector<double> inv_freq_;             // [hd/2]
+  std::vector<Clamp> clamps_;
+  ClampSite site_ = ClampSite::Act;
+};
+
+std::vector<float> CpuStage::load(const std::string& tensor, std::vector<int64_t> shape,
                                   const char* field) {
   const TensorInfo& t = model_.expect(tensor, std::move(shape), field);
   return model_.ckpt.file_of(tensor).read_f32(t);
 }
 
-LlamaCpu::LlamaCpu(const Model& model) : model_(model), act_(parse_act(model.cfg.hidden_act)) {
+CpuStage::CpuStage(const Model& model, const StageSpan& span)
+    : model_(model), span_(span), act_(parse_act(model.cfg.hidden_act)) {
   const ModelConfig& c = model.cfg;
   if (c.model_type == "gemma2")
     FI_FAIL(c.path + ": the forward pass does not support gemma2 (extra MLP norms, soft-capping)");
+  FI_CHECK(span.first >= 0 && span.first <= span.last && span.last <= c.num_layers,
+           "forward: bad stage span");
   const int64_t H = c.hidden_size, I = c.intermediate_size, qd = c.num_heads * c.head_dim,
                 kvd = c.num_kv_heads * c.head_dim;
   FI_CHECK(c.head_dim % 2 == 0, c.path + ": head_dim must be even for rotary embeddings");
   const TensorNames& n = model.names;
-  layers_.resize(size_t(c.num_layers));
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    Layer& w = layers_[l];
+  layers_.resize(size_t(span.last - span.first));
+  for (int64_t l = span.first; l < span.last; ++l) {
+    Layer& w = layers_[size_t(l - span.first)];
     w.attn_norm = load(n.layer(l, "input_layernorm.weight"), {H}, "hidden_size");
     w.q = load(n.layer(l, "self_attn.q_proj.weight"), {qd, H}, "num_heads*head_dim,hidden_size");
     w.k = load(n.layer(l, "self_attn.k_proj.weight"), {kvd, H}, "num_kv_heads*head_dim,hidden_size");
@@ -61,42 +103,24 @@ LlamaCpu::LlamaCpu(const Model& model) : model_(model), act_(parse_act(model.cfg
     w.up = load(n.matrix(Matrix::Up, l), {I, H}, "intermediate_size,hidden_size");
     w.down = load(n.matrix(Matrix::Down, l), {H, I}, "hidden_size,intermediate_size");
   }
-  final_norm_ = load(n.final_norm, {H}, "hidden_size");
-  lm_head_ = load(model.lm_head_name(), {c.vocab_size, H}, "vocab_size,hidden_size");
-  if (!c.tie_word_embeddings) model.expect(n.embed, {c.vocab_size, H}, "vocab_size,hidden_size");
+  if (span.head) {
+    final_norm_ = load(n.final_norm, {H}, "hidden_size");
+    lm_head_ = load(model.lm_head_name(), {c.vocab_size, H}, "vocab_size,hidden_size");
+  }
+  // A tied embedding is the LM-head already loaded on a one-stage model; an untied one is read
+  // from disk a row per token.
+  if (span.embed && c.tie_word_embeddings && !span.head)
+    embedding_ = load(n.embed, {c.vocab_size, H}, "vocab_size,hidden_size");
+  if (span.embed && !c.tie_word_embeddings) model.expect(n.embed, {c.vocab_size, H}, "vocab_size,hidden_size");
   inv_freq_ = rope_inv_freq(c);
 }
 
-void check_clamps(const ModelConfig& c, const std::vector<Clamp>& clamps) {
-  for (const Clamp& k : clamps) {
-    if (k.layer < 0 || k.layer >= c.num_layers)
-      FI_FAIL("clamp: layer " + std::to_string(k.layer) + " is out of range (the model has " +
-              std::to_string(c.num_layers) + " layers, 0.." + std::to_string(c.num_layers - 1) + ")");
-    if (k.neuron < 0 || k.neuron >= c.intermediate_size)
-      FI_FAIL("clamp: neuron " + std::to_string(k.neuron) + " is out of range (layers have " +
-              std::to_string(c.intermediate_size) + " neurons, 0.." +
-              std::to_string(c.intermediate_size - 1) + ")");
-  }
-}
-
-void LlamaCpu::set_clamps(const std::vector<Clamp>& clamps, ClampSite site) {
-  check_clamps(config(), clamps);
-  clamps_ = clamps;
-  site_ = site;
-}
-
-void LlamaCpu::reset() {
-  pos_ = 0;
-  for (Layer& w : layers_) {
-    w.k_cache.clear();
-    w.v_cache.clear();
-  }
-}
-
-void LlamaCpu::embed(const std::vector<int32_t>& tokens, float* x) const {
+void CpuStage::embed(const std::vector<int32_t>& tokens, float* x) {
   const ModelConfig& c = config();
   const int64_t H = c.hidden_size;
+  FI_CHECK(span_.embed, "forward: embed() on a stage without the embedding");
   const SafetensorsFile* file = c.tie_word_embeddings ? nullptr : &model_.ckpt.file_of(model_.names.embed);
+  const std::vector<float>& table = embedding_.empty() ? lm_head_ : embedding_;
   for (size_t t = 0; t < tokens.size(); ++t) {
     const int64_t id = tokens[t];
     if (id < 0 || id >= c.vocab_size)
@@ -106,7 +130,8 @@ void LlamaCpu::embed(const std::vector<int32_t>& tokens, float* x) const {
     if (file) {
       file->read_rows_f32(model_.ckpt.info(model_.names.embed), id, 1, row);
     } else {
-      std::copy_n(lm_head_.data() + id * H, H, row);
+      std::copy_n(table.data() + id * H, H, row);
+
     }
     // Gemma scales the embedding by sqrt(hidden_size) (rounded to the activation dtype, fp32 here).
     if (c.norm_plus_one) {
@@ -117,34 +142,34 @@ void LlamaCpu::embed(const std::vector<int32_t>& tokens, float* x) const {
 }
 
 // Grouped-query causal attention over the cached positions plus the T new ones.
-void LlamaCpu::attention(Layer& w, const float* xn, int64_t T, float* out) {
+void CpuStage::attention(Layer& w, const float* xn, int64_t T, int64_t pos, float* out) {
   const ModelConfig& c = config();
   const int64_t H = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
-  const int64_t qd = nh * hd, kvd = nkv * hd, P = pos_ + T;
+  const int64_t qd = nh * hd, kvd = nkv * hd, P = pos + T;
   std::vector<float> q(size_t(T * qd));
   w.k_cache.resize(size_t(P * kvd));
   w.v_cache.resize(size_t(P * kvd));
   linear(xn, T, H, w.q, qd, w.q_bias, q.data());
-  linear(xn, T, H, w.k, kvd, w.k_bias, w.k_cache.data() + pos_ * kvd);
-  linear(xn, T, H, w.v, kvd, w.v_bias, w.v_cache.data() + pos_ * kvd);
+  linear(xn, T, H, w.k, kvd, w.k_bias, w.k_cache.data() + pos * kvd);
+  linear(xn, T, H, w.v, kvd, w.v_bias, w.v_cache.data() + pos * kvd);
 
   std::vector<float> cs(size_t(hd / 2)), sn(size_t(hd / 2));
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t i = 0; i < hd / 2; ++i) {
-      const double a = double(pos_ + t) * inv_freq_[i];
+      const double a = double(pos + t) * inv_freq_[i];
       cs[i] = float(std::cos(a));
       sn[i] = float(std::sin(a));
     }
     for (int64_t h = 0; h < nh; ++h) rope_rotate(&q[t * qd + h * hd], hd, cs.data(), sn.data());
     for (int64_t h = 0; h < nkv; ++h)
-      rope_rotate(&w.k_cache[(pos_ + t) * kvd + h * hd], hd, cs.data(), sn.data());
+      rope_rotate(&w.k_cache[(pos + t) * kvd + h * hd], hd, cs.data(), sn.data());
   }
 
   std::vector<float> ctx(static_cast<size_t>(T * qd), 0.f), score(static_cast<size_t>(P));
   const float scale = float(1.0 / std::sqrt(double(hd)));
   const int64_t group = nh / nkv;
   for (int64_t t = 0; t < T; ++t) {
-    const int64_t last = pos_ + t;  // causal: keys 0..last
+    const int64_t last = pos + t;  // causal: keys 0..last
     for (int64_t h = 0; h < nh; ++h) {
       const float* qh = &q[t * qd + h * hd];
       const int64_t kh = h / group;
@@ -170,9 +195,9 @@ void LlamaCpu::attention(Layer& w, const float* xn, int64_t T, float* out) {
 }
 
 // SwiGLU MLP with the clamp hooks: h = act(gate·x) * (up·x), out = down·h.
-void LlamaCpu::mlp(int64_t l, const float* xn, int64_t T, float* out) {
+void CpuStage::mlp(int64_t l, const float* xn, int64_t T, float* out) {
   const int64_t H = config().hidden_size, I = config().intermediate_size;
-  Layer& w = layers_[l];
+  Layer& w = layers_[size_t(l - span_.first)];
   std::vector<float> g(size_t(T * I)), u(size_t(T * I));
   linear(xn, T, H, w.gate, I, {}, g.data());
   linear(xn, T, H, w.up, I, {}, u.data());
@@ -188,39 +213,39 @@ void LlamaCpu::mlp(int64_t l, const float* xn, int64_t T, float* out) {
   linear(g.data(), T, I, w.down, H, {}, out);
 }
 
-std::vector<float> LlamaCpu::forward(const std::vector<int32_t>& tokens, bool all_positions) {
+void CpuStage::layers(float* x, int64_t T, int64_t pos) {
   const ModelConfig& c = config();
-  const int64_t T = int64_t(tokens.size()), H = c.hidden_size, V = c.vocab_size;
-  FI_CHECK(T > 0, "forward: no tokens");
-  std::vector<float> x(size_t(T * H)), xn(size_t(T * H)), y(size_t(T * H));
-  embed(tokens, x.data());
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    Layer& w = layers_[l];
+  const int64_t H = c.hidden_size;
+  std::vector<float> xn(size_t(T * H)), y(size_t(T * H));
+  for (int64_t l = span_.first; l < span_.last; ++l) {
+    Layer& w = layers_[size_t(l - span_.first)];
+    FI_CHECK(int64_t(w.k_cache.size()) == pos * c.num_kv_heads * c.head_dim,
+             "forward: the KV cache does not hold the positions before this call");
     for (int64_t t = 0; t < T; ++t)
       rms_norm(&x[t * H], w.attn_norm.data(), H, c.rms_norm_eps, c.norm_plus_one, &xn[t * H]);
-    attention(w, xn.data(), T, y.data());
+    attention(w, xn.data(), T, pos, y.data());
     for (int64_t i = 0; i < T * H; ++i) x[i] += y[i];
     for (int64_t t = 0; t < T; ++t)
       rms_norm(&x[t * H], w.mlp_norm.data(), H, c.rms_norm_eps, c.norm_plus_one, &xn[t * H]);
     mlp(l, xn.data(), T, y.data());
     for (int64_t i = 0; i < T * H; ++i) x[i] += y[i];
   }
-  pos_ += T;
-  const int64_t first = all_positions ? 0 : T - 1, n = T - first;
-  for (int64_t t = first; t < T; ++t)
-    rms_norm(&x[t * H], final_norm_.data(), H, c.rms_norm_eps, c.norm_plus_one, &xn[(t - first) * H]);
-  std::vector<float> logits(size_t(n * V));
-  linear(xn.data(), n, H, lm_head_, V, {}, logits.data());
-  return logits;
 }
 
-std::vector<float> softmax(const std::vector<float>& logits) {
-  const float mx = *std::max_element(logits.begin(), logits.end());
-  double sum = 0;
-  for (float l : logits) sum += std::exp(double(l) - mx);
-  std::vector<float> p(logits.size());
-  for (size_t i = 0; i < p.size(); ++i) p[i] = float(std::exp(double(logits[i]) - mx) / sum);
-  return p;
+void CpuStage::head(const float* x, int64_t n, float* logits) {
+  const ModelConfig& c = config();
+  const int64_t H = c.hidden_size;
+  FI_CHECK(span_.head, "forward: head() on a stage without the LM-head");
+  std::vector<float> xn(size_t(n * H));
+  for (int64_t t = 0; t < n; ++t)
+    rms_norm(&x[t * H], final_norm_.data(), H, c.rms_norm_eps, c.norm_plus_one, &xn[t * H]);
+  linear(xn.data(), n, H, lm_head_, c.vocab_size, {}, logits);
+}
+
+}  // namespace
+
+std::unique_ptr<Stage> make_cpu_stage(const Model& model, const StageSpan& span) {
+  return std::make_unique<CpuStage>(model, span);
 }
 
 }  // namespace fi

@@ -15,7 +15,7 @@
 #include "common/error.h"
 #include "forward/clamp.h"
 #include "forward/generate.h"
-#include "forward/llama_cpu.h"
+#include "forward/forward.h"
 #include "forward/ops.h"
 #include "io/safetensors.h"
 
@@ -235,7 +235,7 @@ std::vector<double> naive(Tiny& t, const std::vector<int>& ids, int clamp_n, dou
 TEST(Forward, TinyModelMatchesNaiveLoopWithCacheAndClamps) {
   Tiny t = make_tiny();
   Model model(t.dir.string());
-  LlamaCpu f(model);
+  Forward f(model, {"cpu"});
   const std::vector<int32_t> ids = {3, 7, 1, 10, 0, 4};
   const std::vector<int> ids_i(ids.begin(), ids.end());
   struct Case {
@@ -268,7 +268,7 @@ TEST(Forward, TinyModelMatchesNaiveLoopWithCacheAndClamps) {
 TEST(Generate, GreedyIsArgmaxOfEachStep) {
   Tiny t = make_tiny();
   Model model(t.dir.string());
-  LlamaCpu f(model);
+  Forward f(model, {"cpu"});
   GenerateOptions o;
   o.max_new_tokens = 4;
   std::vector<int32_t> seq = {2, 9};

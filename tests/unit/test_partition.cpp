@@ -2,6 +2,9 @@
 // rank count, shares contiguous and within one item of each other for 1..many ranks.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <functional>
+
 #include "dist/partition.h"
 
 TEST(Partition, EveryRowOnceInOrder) {
@@ -40,3 +43,59 @@ TEST(Partition, SharesAreContiguousAndBalanced) {
 }
 
 TEST(Partition, BadChunkRowsIsAnError) { EXPECT_ANY_THROW(fi::num_chunks(10, 0)); }
+
+// split_layers against every contiguous split (brute force over cut positions): the heaviest
+// stage is the least possible, and the split is valid (contiguous, each stage >= 1 layer).
+namespace {
+double best_max_brute(int64_t L, int S, double fe, double le) {
+  double best = 1e300;
+  std::vector<int64_t> cut(size_t(S + 1));
+  cut[0] = 0;
+  cut[size_t(S)] = L;
+  std::function<void(int)> rec = [&](int s) {
+    if (s == S) {
+      double mx = 0;
+      for (int i = 0; i < S; ++i) {
+        double w = double(cut[size_t(i) + 1] - cut[size_t(i)]);
+        if (w < 1) return;
+        if (i == 0) w += fe;
+        if (i == S - 1) w += le;
+        mx = std::max(mx, w);
+      }
+      best = std::min(best, mx);
+      return;
+    }
+    for (int64_t c = cut[size_t(s) - 1] + 1; c < L; ++c) {
+      cut[size_t(s)] = c;
+      rec(s + 1);
+    }
+  };
+  if (S == 1) return double(L) + fe + le;
+  rec(1);
+  return best;
+}
+}  // namespace
+
+TEST(Partition, SplitLayersIsOptimalAndValid) {
+  for (int64_t L : {1, 2, 3, 5, 8, 13}) {
+    for (int S = 1; S <= std::min<int64_t>(L, 5); ++S) {
+      for (double e : {0.0, 0.6, 1.23, 2.4, 7.0}) {
+        const std::vector<int64_t> b = fi::split_layers(L, S, e, e);
+        ASSERT_EQ(b.size(), size_t(S + 1));
+        EXPECT_EQ(b.front(), 0);
+        EXPECT_EQ(b.back(), L);
+        double mx = 0;
+        for (int i = 0; i < S; ++i) {
+          ASSERT_GE(b[size_t(i) + 1] - b[size_t(i)], 1) << L << " " << S << " " << e;
+          double w = double(b[size_t(i) + 1] - b[size_t(i)]) + (i == 0 ? e : 0) + (i == S - 1 ? e : 0);
+          mx = std::max(mx, w);
+        }
+        EXPECT_DOUBLE_EQ(mx, best_max_brute(L, S, e, e)) << "L=" << L << " S=" << S << " e=" << e;
+      }
+    }
+  }
+  // 70B shape (80 layers, embedding ~1.23 layers) over 4 GPUs, by hand: the middle stages hold
+  // at least 21 each (42 layers left when the ends take 19 + 1.23 = 20.23), so 19 | 21 | 21 | 19.
+  EXPECT_EQ(fi::split_layers(80, 4, 1.23, 1.23), (std::vector<int64_t>{0, 19, 40, 61, 80}));
+  EXPECT_THROW(fi::split_layers(3, 4, 0, 0), std::exception);  // more ranks than layers
+}

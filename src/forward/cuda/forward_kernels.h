@@ -1,0 +1,61 @@
+// Host launchers of the CUDA forward pass's kernels (forward_kernels.cu). Every activation is
+// fp32 on the device; weights keep their checkpoint dtype. The linear layers themselves are
+// cuBLAS GEMMs (gpu::gemm_logits in decode/cuda/kernels.h) of a split input: the fp32 rows
+// x = hi + lo, both rounded to the weight dtype and stacked as [2 rows, k] (hi rows first), so
+// one GEMM gives y2 [2 rows, n] and launch_add_halves sums the two halves. fp32 weights: no
+// split, [rows, k] and y2 [rows, n]. Every launcher checks the launch (cudaGetLastError).
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "forward/clamp.h"
+#include "forward/ops.h"
+#include "io/safetensors.h"
+
+namespace fi::gpu {
+
+// Most head_dim the attention kernel takes (the query vector sits in shared memory).
+constexpr int64_t kMaxHeadDim = 512;
+
+// x[t, h] = float(table[ids[t], h]) * scale. table: [vocab, H] of dtype; ids: [T] (device).
+void launch_embed(const void* table, DType dtype, const int32_t* ids, int64_t T, int64_t H,
+                  float scale, float* x, cudaStream_t stream);
+
+// out[r, j] = (accumulate ? out[r, j] : 0) + (y[r, j] + y[rows + r, j] + bias[j]) for r < rows,
+// j < n. y: [rows, n] fp32, or [2 rows, n] when split (the hi half then the lo half); bias: [n]
+// or null; out: row stride ldo. out may be y itself (ldo = n): each element is read, then
+// written, by the same thread.
+void launch_add_halves(const float* y, int64_t rows, int64_t n, bool split, const float* bias,
+                       float* out, int64_t ldo, bool accumulate, cudaStream_t stream);
+
+// Rotary embedding of the new positions pos..pos+T-1 and their append to the KV cache.
+// qkv: [T, (nh + 2 nkv) hd] fp32, per row q heads, k heads, v heads; the q heads are rotated in
+// place, the rotated k heads and the v heads are written to rows pos+t of k_cache, v_cache
+// ([>= pos + T, nkv hd] fp32). cos, sin: [T, hd/2] fp32 (angle (pos + t) · inv_freq[i]).
+void launch_rope_cache(float* qkv, int64_t T, int64_t nh, int64_t nkv, int64_t hd,
+                       const float* cos, const float* sin, float* k_cache, float* v_cache,
+                       int64_t pos, cudaStream_t stream);
+
+// Causal grouped-query attention of the T new queries: query t (position pos + t) sees cache
+// rows 0..pos+t. q: [T, ldq] fp32 (head h at columns h hd..), k_cache, v_cache: [>= pos + T,
+// nkv hd]; out: [T, nh hd] fp32. hd <= kMaxHeadDim, nh a multiple of nkv.
+void launch_attention(const float* q, int64_t ldq, const float* k_cache, const float* v_cache,
+                      int64_t T, int64_t nh, int64_t nkv, int64_t hd, int64_t pos, float* out,
+                      cudaStream_t stream);
+
+// SwiGLU of the gate_up GEMM's output into the down GEMM's input: h = act(gate) * up, where
+// y: [rows, 2I] fp32 (gate columns 0..I, up columns I..2I), or [2 rows, 2I] when split_in.
+// h: [rows, I] of out_dtype (hi); for a 16-bit out_dtype the rounding remainder (lo) follows
+// at h + rows · I elements.
+void launch_swiglu(const float* y, int64_t rows, int64_t I, bool split_in, Act act, void* h,
+                   DType out_dtype, cudaStream_t stream);
+
+// The clamp hooks on the down GEMM's input written by launch_swiglu (same y, h, layout):
+// for each of the n clamps (neurons [n] int32, values [n] fp32, device; no neuron twice) and
+// every row: site Up: h = act(gate) * value; site Act: h = value. Nothing for n = 0.
+void launch_clamps(const float* y, int64_t rows, int64_t I, bool split_in, Act act,
+                   const int32_t* neurons, const float* values, int64_t n, ClampSite site,
+                   void* h, DType out_dtype, cudaStream_t stream);
+
+}  // namespace fi::gpu

@@ -1,0 +1,440 @@
+// The CUDA stage of the Llama forward pass (forward/stage.h): weights in their checkpoint dtype
+// on the current device, activations fp32, the same arithmetic as the CPU stage. Per layer,
+// for the T new positions (in pieces of kRows rows for the GEMMs):
+//   qkv = [q; k; v](norm(x)) + bias      one GEMM with the three matrices stacked by rows
+//   rope(q, k), k and v appended to the KV cache (fp32, capacity doubled when full)
+//   x  += o(attention(q, cache))          one GEMM
+//   h   = act(gate(n)) * up(n), n = norm(x), clamps applied to h     one GEMM (gate; up stacked)
+//   x  += down(h)                         one GEMM
+// so a generated token costs 4 GEMMs per layer plus the LM-head's one.
+//
+// Exact inputs: a 16-bit weight multiplies the fp32 input split as hi + lo (both 16-bit; see
+// forward_kernels.h), in ONE GEMM of 2 · rows rows, so the weights are read once per call; an
+// fp32 weight runs plain fp32 SGEMM (no TF32). Device memory per layer: its weights (2 bytes per
+// parameter for bf16/f16), gammas and biases as fp32, and the KV cache, 2 · nkv · hd · 4 bytes
+// per cached position. Scratch (shared by the layers): x, qkv, attention output for T rows and
+// the GEMM input/output of one piece of at most kRows rows.
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "decode/cuda/cuda_check.h"
+#include "decode/cuda/cuda_decoder_impl.h"
+#include "decode/cuda/kernels.h"
+#include "forward/cuda/forward_kernels.h"
+#include "forward/ops.h"
+#include "forward/stage.h"
+
+namespace fi {
+namespace gpu {
+namespace {
+
+constexpr int64_t kRows = 256;                  // rows per GEMM in layers()
+constexpr size_t kHeadBytes = size_t(64) << 20;  // GEMM output bytes per piece of head()
+constexpr size_t kStagingBytes = size_t(64) << 20;  // host staging of the weight upload
+
+struct Stream {
+  cudaStream_t s = nullptr;
+  Stream() { FI_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)); }
+  ~Stream() {
+    if (s) cudaStreamDestroy(s);
+  }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+};
+
+struct Blas {
+  cublasHandle_t h = nullptr;
+  Blas() { FI_CUBLAS_CHECK(cublasCreate(&h)); }
+  ~Blas() {
+    if (h) cublasDestroy(h);
+  }
+  Blas(const Blas&) = delete;
+  Blas& operator=(const Blas&) = delete;
+};
+
+float* f32(const DeviceBuffer& b) { return static_cast<float*>(b.get()); }
+
+// A weight matrix on the device in its checkpoint dtype: [rows, cols], row-major.
+struct Weight {
+  DeviceBuffer data;
+  DType dtype = DType::F32;
+  int64_t rows = 0, cols = 0;
+  bool split() const { return dtype != DType::F32; }  // 16-bit: the input goes as hi + lo
+};
+
+struct Part {
+  std::string name;
+  std::vector<int64_t> shape;  // [rows, cols]
+  const char* field;           // the config fields behind the shape, for the error message
+};
+
+// The parts' raw bytes stacked by rows in one device buffer (same dtype and cols required).
+Weight load_weight(const Model& m, const std::vector<Part>& parts, std::vector<uint8_t>& staging) {
+  Weight w;
+  std::vector<const TensorInfo*> info;
+  for (const Part& p : parts) {
+    info.push_back(&m.expect(p.name, p.shape, p.field));
+    if (info.back()->dtype != info[0]->dtype)
+      FI_FAIL(m.dir + ": " + p.name + " is " + dtype_name(info.back()->dtype) + " but " +
+              parts[0].name + " is " + dtype_name(info[0]->dtype) +
+              " (the CUDA forward stacks them in one matrix)");
+    w.rows += p.shape[0];
+  }
+  w.dtype = info[0]->dtype;
+  w.cols = parts[0].shape[1];
+  const size_t es = dtype_size(w.dtype);
+  w.data = DeviceBuffer(size_t(w.rows * w.cols) * es, parts[0].name);
+  char* dst = static_cast<char*>(w.data.get());
+  for (size_t k = 0; k < parts.size(); ++k) {
+    const SafetensorsFile& f = m.ckpt.file_of(parts[k].name);
+    const uint64_t bytes = info[k]->numel() * es;
+    for (uint64_t off = 0; off < bytes; off += staging.size()) {
+      const uint64_t n = std::min<uint64_t>(staging.size(), bytes - off);
+      f.read_bytes(*info[k], off, n, staging.data());
+      FI_CUDA_CHECK(cudaMemcpy(dst + off, staging.data(), n, cudaMemcpyHostToDevice));
+    }
+    dst += bytes;
+  }
+  return w;
+}
+
+std::vector<float> read_f32(const Model& m, const std::string& name, std::vector<int64_t> shape,
+                            const char* field) {
+  const TensorInfo& t = m.expect(name, std::move(shape), field);
+  return m.ckpt.file_of(name).read_f32(t);
+}
+
+DeviceBuffer upload(const std::vector<float>& v, const std::string& what) {
+  DeviceBuffer b(v.size() * sizeof(float), what);
+  if (!v.empty()) FI_CUDA_CHECK(cudaMemcpy(b.get(), v.data(), b.bytes(), cudaMemcpyHostToDevice));
+  return b;
+}
+
+class CudaStage final : public Stage {
+ public:
+  CudaStage(const Model& model, const StageSpan& span);
+  const char* name() const override { return "cuda"; }
+  void set_clamps(const std::vector<Clamp>& clamps, ClampSite site) override;
+  void reset() override { len_ = 0; }
+  void embed(const std::vector<int32_t>& tokens, float* x) override;
+  void layers(float* x, int64_t T, int64_t pos) override;
+  void head(const float* x, int64_t n, float* logits) override;
+
+ private:
+  struct Layer {
+    DeviceBuffer attn_norm, mlp_norm;  // [H] fp32
+    Weight qkv;                        // [qd + 2 kvd, H]: q, k, v stacked
+    DeviceBuffer qkv_bias;             // [qd + 2 kvd] fp32 (Qwen2) or empty
+    Weight o;                          // [H, qd]
+    Weight gate_up;                    // [2I, H]: gate, up stacked
+    Weight down;                       // [H, I]
+    DeviceBuffer k_cache, v_cache;     // [cap_, kvd] fp32
+  };
+  void use_device() const { FI_CUDA_CHECK(cudaSetDevice(device_)); }
+  void ensure(DeviceBuffer& b, size_t bytes, const char* what);
+  void grow_cache(int64_t positions);
+  DecodeParams norm_params(bool rms) const;
+  // out[r, :] (+)= w · norm(in[r, :]) (+ bias) for r < rows; in: [rows, w.cols] fp32 (device);
+  // gamma: the RMSNorm's [w.cols] or null (no norm); out: row stride ldo.
+  void linear(const Weight& w, const float* in, int64_t rows, const float* gamma,
+              const float* bias, float* out, int64_t ldo, bool accumulate);
+  void mlp(size_t li, float* x, int64_t rows);  // x [rows, H] += down(h), with the clamps
+
+  ModelConfig cfg_;
+  StageSpan span_;
+  Act act_;
+  int device_ = 0;
+  Stream stream_;
+  Blas blas_;
+  std::vector<Layer> layers_;  // layers_[l - span_.first]
+  Weight embed_, lm_head_own_;
+  const Weight* lm_head_ = nullptr;  // &embed_ when tied
+  DeviceBuffer final_norm_;          // [H] fp32
+  std::vector<double> inv_freq_;     // [hd / 2]
+  // Clamps: [n] int32 neurons then [n] fp32 values, grouped by layer; clamp_at_[li] = (first, count).
+  DeviceBuffer clamp_buf_;
+  int64_t clamp_n_ = 0;
+  std::vector<std::pair<int64_t, int64_t>> clamp_at_;
+  ClampSite site_ = ClampSite::Act;
+  int64_t cap_ = 0, len_ = 0;  // KV cache capacity and positions held
+  // Scratch, grown on demand: x [T, H], qkv [T, qd + 2 kvd], ctx [T, qd], rope [2, T, hd/2]
+  // (cos, sin), ids [T], xs (GEMM input) and y2 (GEMM output) of one piece.
+  DeviceBuffer x_, qkv_, ctx_, rope_, ids_, xs_, y2_;
+};
+
+CudaStage::CudaStage(const Model& model, const StageSpan& span)
+    : cfg_(model.cfg), span_(span), act_(parse_act(model.cfg.hidden_act)) {
+  const ModelConfig& c = cfg_;
+  if (c.model_type == "gemma2")
+    FI_FAIL(c.path + ": the forward pass does not support gemma2 (extra MLP norms, soft-capping)");
+  FI_CHECK(c.head_dim % 2 == 0, c.path + ": head_dim must be even for rotary embeddings");
+  FI_CHECK(c.head_dim <= kMaxHeadDim,
+           c.path + ": the CUDA forward takes head_dim up to " + std::to_string(kMaxHeadDim));
+  FI_CHECK(c.num_kv_heads > 0 && c.num_heads % c.num_kv_heads == 0,
+           c.path + ": num_attention_heads must be a multiple of num_key_value_heads");
+  FI_CHECK(0 <= span.first && span.first <= span.last && span.last <= c.num_layers,
+           "CUDA forward: layer span [" + std::to_string(span.first) + ", " +
+               std::to_string(span.last) + ") is outside the model's " +
+               std::to_string(c.num_layers) + " layers");
+  FI_CUDA_CHECK(cudaGetDevice(&device_));
+  FI_CUBLAS_CHECK(cublasSetStream(blas_.h, stream_.s));
+  const int64_t H = c.hidden_size, I = c.intermediate_size, qd = c.num_heads * c.head_dim,
+                kvd = c.num_kv_heads * c.head_dim, V = c.vocab_size;
+  const TensorNames& n = model.names;
+  std::vector<uint8_t> staging(kStagingBytes);
+  layers_.resize(size_t(span.last - span.first));
+  for (int64_t l = span.first; l < span.last; ++l) {
+    Layer& w = layers_[size_t(l - span.first)];
+    w.attn_norm = upload(read_f32(model, n.layer(l, "input_layernorm.weight"), {H}, "hidden_size"),
+                         "input_layernorm");
+    w.qkv = load_weight(model,
+                        {{n.layer(l, "self_attn.q_proj.weight"), {qd, H}, "num_heads*head_dim,hidden_size"},
+                         {n.layer(l, "self_attn.k_proj.weight"), {kvd, H}, "num_kv_heads*head_dim,hidden_size"},
+                         {n.layer(l, "self_attn.v_proj.weight"), {kvd, H}, "num_kv_heads*head_dim,hidden_size"}},
+                        staging);
+    if (model.ckpt.has(n.layer(l, "self_attn.q_proj.bias"))) {  // Qwen2
+      std::vector<float> b = read_f32(model, n.layer(l, "self_attn.q_proj.bias"), {qd}, "num_heads*head_dim");
+      for (const char* s : {"self_attn.k_proj.bias", "self_attn.v_proj.bias"}) {
+        const std::vector<float> p = read_f32(model, n.layer(l, s), {kvd}, "num_kv_heads*head_dim");
+        b.insert(b.end(), p.begin(), p.end());
+      }
+      w.qkv_bias = upload(b, "q/k/v biases");
+    }
+    w.o = load_weight(model, {{n.layer(l, "self_attn.o_proj.weight"), {H, qd}, "hidden_size,num_heads*head_dim"}},
+                      staging);
+    w.mlp_norm = upload(read_f32(model, n.layer(l, "post_attention_layernorm.weight"), {H}, "hidden_size"),
+                        "post_attention_layernorm");
+    w.gate_up = load_weight(model,
+                            {{n.matrix(Matrix::Gate, l), {I, H}, "intermediate_size,hidden_size"},
+                             {n.matrix(Matrix::Up, l), {I, H}, "intermediate_size,hidden_size"}},
+                            staging);
+    w.down = load_weight(model, {{n.matrix(Matrix::Down, l), {H, I}, "hidden_size,intermediate_size"}},
+                         staging);
+  }
+  // The embedding: on the first stage, and as the LM-head of a tied model's last stage.
+  if (span.embed || (span.head && c.tie_word_embeddings))
+    embed_ = load_weight(model, {{n.embed, {V, H}, "vocab_size,hidden_size"}}, staging);
+  if (span.head) {
+    final_norm_ = upload(read_f32(model, n.final_norm, {H}, "hidden_size"), "final norm");
+    if (c.tie_word_embeddings) {
+      lm_head_ = &embed_;
+    } else {
+      lm_head_own_ = load_weight(model, {{n.lm_head, {V, H}, "vocab_size,hidden_size"}}, staging);
+      lm_head_ = &lm_head_own_;
+    }
+  }
+  inv_freq_ = rope_inv_freq(c);
+  clamp_at_.assign(layers_.size(), {0, 0});
+}
+
+void CudaStage::ensure(DeviceBuffer& b, size_t bytes, const char* what) {
+  if (b.bytes() >= bytes) return;
+  FI_CUDA_CHECK(cudaStreamSynchronize(stream_.s));  // nothing in flight may use the old buffer
+  b = DeviceBuffer();
+  b = DeviceBuffer(bytes, what);
+}
+
+void CudaStage::grow_cache(int64_t positions) {
+  if (positions <= cap_) return;
+  const int64_t cap = std::max({positions, 2 * cap_, int64_t(64)});
+  const size_t row = size_t(cfg_.num_kv_heads * cfg_.head_dim) * sizeof(float);
+  FI_CUDA_CHECK(cudaStreamSynchronize(stream_.s));
+  for (size_t li = 0; li < layers_.size(); ++li) {
+    Layer& w = layers_[li];
+    const std::string l = std::to_string(span_.first + int64_t(li));
+    DeviceBuffer k(size_t(cap) * row, "KV cache (keys, layer " + l + ")");
+    DeviceBuffer v(size_t(cap) * row, "KV cache (values, layer " + l + ")");
+    if (len_ > 0) {
+      FI_CUDA_CHECK(cudaMemcpyAsync(k.get(), w.k_cache.get(), size_t(len_) * row,
+                                    cudaMemcpyDeviceToDevice, stream_.s));
+      FI_CUDA_CHECK(cudaMemcpyAsync(v.get(), w.v_cache.get(), size_t(len_) * row,
+                                    cudaMemcpyDeviceToDevice, stream_.s));
+      FI_CUDA_CHECK(cudaStreamSynchronize(stream_.s));  // before the old buffers are freed
+    }
+    w.k_cache = std::move(k);
+    w.v_cache = std::move(v);
+  }
+  cap_ = cap;
+}
+
+DecodeParams CudaStage::norm_params(bool rms) const {
+  DecodeParams p;
+  p.norm = rms ? NormMode::Rms : NormMode::None;
+  p.norm_plus_one = cfg_.norm_plus_one;
+  p.eps = cfg_.rms_norm_eps;
+  return p;
+}
+
+void CudaStage::set_clamps(const std::vector<Clamp>& clamps, ClampSite site) {
+  use_device();
+  // Per layer of this stage, neuron -> value; a later clamp of the same neuron wins, as on the CPU.
+  std::vector<std::map<int64_t, float>> per(layers_.size());
+  for (const Clamp& k : clamps) {
+    if (k.layer < span_.first || k.layer >= span_.last) continue;
+    FI_CHECK(k.neuron >= 0 && k.neuron < cfg_.intermediate_size,
+             "clamp: neuron " + std::to_string(k.neuron) + " is out of range");
+    per[size_t(k.layer - span_.first)][k.neuron] = k.value;
+  }
+  std::vector<int32_t> neurons;
+  std::vector<float> values;
+  for (size_t li = 0; li < per.size(); ++li) {
+    clamp_at_[li] = {int64_t(neurons.size()), int64_t(per[li].size())};
+    for (const auto& [neuron, value] : per[li]) {
+      neurons.push_back(int32_t(neuron));
+      values.push_back(value);
+    }
+  }
+  const size_t n = neurons.size();
+  FI_CUDA_CHECK(cudaStreamSynchronize(stream_.s));
+  clamp_buf_ = DeviceBuffer(n * 8, "clamps");
+  if (n > 0) {
+    FI_CUDA_CHECK(cudaMemcpy(clamp_buf_.get(), neurons.data(), n * 4, cudaMemcpyHostToDevice));
+    FI_CUDA_CHECK(cudaMemcpy(static_cast<char*>(clamp_buf_.get()) + n * 4, values.data(), n * 4,
+                             cudaMemcpyHostToDevice));
+  }
+  clamp_n_ = int64_t(n);
+  site_ = site;
+}
+
+void CudaStage::embed(const std::vector<int32_t>& tokens, float* x) {
+  FI_CHECK(span_.embed, "CUDA forward: embed() on a stage without the embedding");
+  const int64_t T = int64_t(tokens.size()), H = cfg_.hidden_size;
+  if (T == 0) return;
+  for (int32_t id : tokens)
+    if (id < 0 || id >= cfg_.vocab_size)
+      FI_FAIL("token id " + std::to_string(id) + " is outside the vocabulary (0.." +
+              std::to_string(cfg_.vocab_size - 1) + ")");
+  use_device();
+  ensure(ids_, size_t(T) * 4, "token ids");
+  ensure(x_, size_t(T * H) * 4, "hidden states");
+  FI_CUDA_CHECK(cudaMemcpyAsync(ids_.get(), tokens.data(), size_t(T) * 4, cudaMemcpyHostToDevice,
+                                stream_.s));
+  // Gemma scales the embedding by sqrt(hidden_size), in fp32 as the CPU stage.
+  const float scale = cfg_.norm_plus_one ? float(std::sqrt(double(H))) : 1.f;
+  launch_embed(embed_.data.get(), embed_.dtype, static_cast<const int32_t*>(ids_.get()), T, H,
+               scale, f32(x_), stream_.s);
+  FI_CUDA_CHECK(cudaMemcpyAsync(x, x_.get(), size_t(T * H) * 4, cudaMemcpyDeviceToHost, stream_.s));
+  FI_CUDA_CHECK(cudaStreamSynchronize(stream_.s));
+}
+
+void CudaStage::linear(const Weight& w, const float* in, int64_t rows, const float* gamma,
+                       const float* bias, float* out, int64_t ldo, bool accumulate) {
+  const size_t es = dtype_size(w.dtype);
+  const int64_t grows = w.split() ? 2 * rows : rows;
+  void* hi = xs_.get();
+  void* lo = w.split() ? static_cast<char*>(hi) + size_t(rows * w.cols) * es : nullptr;
+  launch_norm_convert(in, DType::F32, hi, lo, w.dtype, rows, w.cols, gamma,
+                      norm_params(gamma != nullptr), stream_.s);
+  gemm_logits(blas_.h, w.data.get(), w.dtype, w.rows, w.cols, hi, grows, f32(y2_), w.rows, false,
+              false);
+  launch_add_halves(f32(y2_), rows, w.rows, w.split(), bias, out, ldo, accumulate, stream_.s);
+}
+
+void CudaStage::mlp(size_t li, float* x, int64_t rows) {
+  const Layer& w = layers_[li];
+  const int64_t H = cfg_.hidden_size, I = cfg_.intermediate_size;
+  const Weight &gu = w.gate_up, &dn = w.down;
+  // gate and up: y2 [rows (x2 when split), 2I]
+  void* hi = xs_.get();
+  void* lo = gu.split() ? static_cast<char*>(hi) + size_t(rows * H) * dtype_size(gu.dtype) : nullptr;
+  launch_norm_convert(x, DType::F32, hi, lo, gu.dtype, rows, H, f32(w.mlp_norm), norm_params(true),
+                      stream_.s);
+  gemm_logits(blas_.h, gu.data.get(), gu.dtype, 2 * I, H, hi, gu.split() ? 2 * rows : rows,
+              f32(y2_), 2 * I, false, false);
+  // h = act(gate) * up, then the clamps: the down GEMM's input, written over xs_
+  launch_swiglu(f32(y2_), rows, I, gu.split(), act_, xs_.get(), dn.dtype, stream_.s);
+  const auto [first, count] = clamp_at_[li];
+  const int32_t* neurons = static_cast<const int32_t*>(clamp_buf_.get());
+  launch_clamps(f32(y2_), rows, I, gu.split(), act_, count ? neurons + first : nullptr,
+                count ? reinterpret_cast<const float*>(neurons + clamp_n_) + first : nullptr, count,
+                site_, xs_.get(), dn.dtype, stream_.s);
+  gemm_logits(blas_.h, dn.data.get(), dn.dtype, H, I, xs_.get(), dn.split() ? 2 * rows : rows,
+              f32(y2_), H, false, false);
+  launch_add_halves(f32(y2_), rows, H, dn.split(), nullptr, x, H, true, stream_.s);
+}
+
+void CudaStage::layers(float* x, int64_t T, int64_t pos) {
+  FI_CHECK(T > 0, "CUDA forward: layers() of no positions");
+  FI_CHECK(pos >= 0 && pos <= len_, "CUDA forward: position " + std::to_string(pos) +
+                                        " is past the " + std::to_string(len_) + " cached positions");
+  if (layers_.empty()) {
+    len_ = pos + T;
+    return;
+  }
+  use_device();
+  const ModelConfig& c = cfg_;
+  const int64_t H = c.hidden_size, I = c.intermediate_size, hd = c.head_dim, half = hd / 2,
+                nh = c.num_heads, nkv = c.num_kv_heads, qd = nh * hd, nq = qd + 2 * nkv * hd;
+  grow_cache(pos + T);
+  const int64_t piece = std::min(T, kRows);
+  ensure(x_, size_t(T * H) * 4, "hidden states");
+  ensure(qkv_, size_t(T * nq) * 4, "q, k, v");
+  ensure(ctx_, size_t(T * qd) * 4, "attention output");
+  ensure(rope_, size_t(2 * T * half) * 4, "rotary cos/sin");
+  // GEMM input: rows · k values of 4 bytes (fp32) or 2 · rows · k of 2 bytes (hi + lo).
+  ensure(xs_, size_t(piece * std::max({H, qd, I})) * 4, "GEMM input");
+  ensure(y2_, size_t(2 * piece * std::max({nq, H, 2 * I})) * 4, "GEMM output");
+  // cos, sin of the angles (pos + t) · inv_freq[i], computed in double as on the CPU.
+  std::vector<float> cs(size_t(2 * T * half));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < half; ++i) {
+      const double a = double(pos + t) * inv_freq_[size_t(i)];
+      cs[size_t(t * half + i)] = float(std::cos(a));
+      cs[size_t((T + t) * half + i)] = float(std::sin(a));
+    }
+  FI_CUDA_CHECK(cudaMemcpyAsync(rope_.get(), cs.data(), cs.size() * 4, cudaMemcpyHostToDevice, stream_.s));
+  FI_CUDA_CHECK(cudaMemcpyAsync(x_.get(), x, size_t(T * H) * 4, cudaMemcpyHostToDevice, stream_.s));
+  float *xd = f32(x_), *qkv = f32(qkv_), *ctx = f32(ctx_);
+  for (size_t li = 0; li < layers_.size(); ++li) {
+    Layer& w = layers_[li];
+    for (int64_t r0 = 0; r0 < T; r0 += kRows)
+      linear(w.qkv, xd + r0 * H, std::min(kRows, T - r0), f32(w.attn_norm),
+             w.qkv_bias.get() ? f32(w.qkv_bias) : nullptr, qkv + r0 * nq, nq, false);
+    launch_rope_cache(qkv, T, nh, nkv, hd, f32(rope_), f32(rope_) + T * half, f32(w.k_cache),
+                      f32(w.v_cache), pos, stream_.s);
+    launch_attention(qkv, nq, f32(w.k_cache), f32(w.v_cache), T, nh, nkv, hd, pos, ctx, stream_.s);
+    for (int64_t r0 = 0; r0 < T; r0 += kRows)
+      linear(w.o, ctx + r0 * qd, std::min(kRows, T - r0), nullptr, nullptr, xd + r0 * H, H, true);
+    for (int64_t r0 = 0; r0 < T; r0 += kRows) mlp(li, xd + r0 * H, std::min(kRows, T - r0));
+  }
+  FI_CUDA_CHECK(cudaMemcpyAsync(x, xd, size_t(T * H) * 4, cudaMemcpyDeviceToHost, stream_.s));
+  FI_CUDA_CHECK(cudaStreamSynchronize(stream_.s));
+  len_ = pos + T;
+}
+
+void CudaStage::head(const float* x, int64_t n, float* logits) {
+  FI_CHECK(span_.head, "CUDA forward: head() on a stage without the LM-head");
+  if (n <= 0) return;
+  use_device();
+  const int64_t H = cfg_.hidden_size, V = cfg_.vocab_size;
+  const Weight& w = *lm_head_;
+  const int64_t piece = std::clamp<int64_t>(int64_t(kHeadBytes / size_t(8 * V)), 1, std::min(n, kRows));
+  ensure(x_, size_t(n * H) * 4, "hidden states");
+  ensure(xs_, size_t(piece * H) * 4, "GEMM input");
+  ensure(y2_, size_t(2 * piece * V) * 4, "logits");
+  FI_CUDA_CHECK(cudaMemcpyAsync(x_.get(), x, size_t(n * H) * 4, cudaMemcpyHostToDevice, stream_.s));
+  for (int64_t r0 = 0; r0 < n; r0 += piece) {
+    const int64_t rows = std::min(piece, n - r0);
+    // The halves summed in place: logits [rows, V] at the start of y2.
+    linear(w, f32(x_) + r0 * H, rows, f32(final_norm_), nullptr, f32(y2_), V, false);
+    FI_CUDA_CHECK(cudaMemcpyAsync(logits + r0 * V, y2_.get(), size_t(rows * V) * 4,
+                                  cudaMemcpyDeviceToHost, stream_.s));
+  }
+  FI_CUDA_CHECK(cudaStreamSynchronize(stream_.s));
+}
+
+}  // namespace
+}  // namespace gpu
+
+std::unique_ptr<Stage> make_cuda_stage(const Model& model, const StageSpan& span) {
+  return std::make_unique<gpu::CudaStage>(model, span);
+}
+
+}  // namespace fi

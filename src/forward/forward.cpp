@@ -1,0 +1,139 @@
+// The forward pass over one stage or a pipeline of ranks (see forward.h).
+#include "forward/forward.h"
+
+#include <algorithm>
+#include <cmath>
+#include <exception>
+
+#include "common/error.h"
+#include "decode/decoder.h"
+#include "dist/mpi_env.h"
+#include "dist/partition.h"
+#ifdef FI_HAVE_CUDA
+#include "decode/cuda/cuda_decoder_impl.h"
+#endif
+
+namespace fi {
+namespace {
+
+constexpr int kTagHidden = 17;
+
+std::unique_ptr<Stage> make_stage(const Model& model, const StageSpan& span, const ForwardOptions& opt) {
+  std::string b = opt.backend;
+  if (b != "auto" && b != "cpu" && b != "cuda")
+    FI_FAIL("--backend must be cpu, cuda or auto (got '" + b + "')");
+  if (b == "auto") b = cuda_available() ? "cuda" : "cpu";
+  if (b == "cpu") return make_cpu_stage(model, span);
+  if (!cuda_available())
+    FI_FAIL("--backend cuda: no usable CUDA device (or flashinterp was built without CUDA)");
+#ifdef FI_HAVE_CUDA
+  gpu::select_device(opt.node);
+#endif
+  return make_cuda_stage(model, span);
+}
+
+// Runs one step of the stage; in a pipeline a failure here would leave the other ranks waiting
+// in a receive, so it ends the whole job with this rank's one error line.
+template <typename F>
+void run_or_abort(MPI_Comm comm, int size, F&& f) {
+  if (size == 1) return f();
+  try {
+    f();
+  } catch (const std::exception& e) {
+    print_error_line(e.what());
+    MPI_Abort(comm, 1);
+  }
+}
+
+}  // namespace
+
+double embedding_layer_equivalents(const ModelConfig& c) {
+  const double H = double(c.hidden_size), kv = double(c.num_kv_heads * c.head_dim),
+               q = double(c.num_heads * c.head_dim);
+  const double layer = H * q * 2 + H * kv * 2 + 3 * H * double(c.intermediate_size);
+  return layer > 0 ? double(c.vocab_size) * H / layer : 0;
+}
+
+Forward::Forward(const Model& model, const ForwardOptions& opt) : model_(model), comm_(opt.comm) {
+  if (comm_ != MPI_COMM_NULL) {
+    MPI_Comm_rank(comm_, &rank_);
+    MPI_Comm_size(comm_, &size_);
+  }
+  auto load = [&] {
+    const double e = embedding_layer_equivalents(model.cfg);
+    bounds_ = split_layers(model.cfg.num_layers, size_, e, e);
+    span_ = {bounds_[size_t(rank_)], bounds_[size_t(rank_) + 1], rank_ == 0, rank_ == size_ - 1};
+    stage_ = make_stage(model, span_, opt);
+  };
+  if (comm_ == MPI_COMM_NULL) {
+    load();
+  } else {
+    collective(comm_, load);
+  }
+}
+
+Forward::~Forward() = default;
+
+void Forward::set_clamps(const std::vector<Clamp>& clamps, ClampSite site) {
+  check_clamps(config(), clamps);
+  stage_->set_clamps(clamps, site);
+}
+
+void Forward::reset() {
+  pos_ = 0;
+  stage_->reset();
+}
+
+std::vector<float> Forward::forward(const std::vector<int32_t>& tokens, bool all_positions) {
+  const ModelConfig& c = config();
+  const int64_t T = int64_t(tokens.size()), H = c.hidden_size, V = c.vocab_size;
+  FI_CHECK(T > 0, "forward: no tokens");
+  for (int32_t id : tokens)
+    if (id < 0 || id >= V)
+      FI_FAIL("token id " + std::to_string(id) + " is outside the vocabulary (0.." +
+              std::to_string(V - 1) + ")");
+  FI_CHECK(T * H < (int64_t(1) << 31) && T * V < (int64_t(1) << 31),
+           "forward: " + std::to_string(T) + " tokens at once are too many for one message");
+  std::vector<float> x(size_t(T * H));
+  const int64_t first = all_positions ? 0 : T - 1, n = T - first;
+  std::vector<float> logits(size_t(n * V));
+  run_or_abort(comm_, size_, [&] {
+    if (span_.embed) {
+      stage_->embed(tokens, x.data());
+    } else {
+      MPI_Recv(x.data(), int(T * H), MPI_FLOAT, rank_ - 1, kTagHidden, comm_, MPI_STATUS_IGNORE);
+    }
+    stage_->layers(x.data(), T, pos_);
+    if (!span_.head) {
+      MPI_Send(x.data(), int(T * H), MPI_FLOAT, rank_ + 1, kTagHidden, comm_);
+    } else {
+      stage_->head(x.data() + first * H, n, logits.data());
+    }
+  });
+  if (size_ > 1) MPI_Bcast(logits.data(), int(n * V), MPI_FLOAT, size_ - 1, comm_);
+  pos_ += T;
+  return logits;
+}
+
+void check_clamps(const ModelConfig& c, const std::vector<Clamp>& clamps) {
+  for (const Clamp& k : clamps) {
+    if (k.layer < 0 || k.layer >= c.num_layers)
+      FI_FAIL("clamp: layer " + std::to_string(k.layer) + " is out of range (the model has " +
+              std::to_string(c.num_layers) + " layers, 0.." + std::to_string(c.num_layers - 1) + ")");
+    if (k.neuron < 0 || k.neuron >= c.intermediate_size)
+      FI_FAIL("clamp: neuron " + std::to_string(k.neuron) + " is out of range (layers have " +
+              std::to_string(c.intermediate_size) + " neurons, 0.." +
+              std::to_string(c.intermediate_size - 1) + ")");
+  }
+}
+
+std::vector<float> softmax(const std::vector<float>& logits) {
+  const float mx = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (float l : logits) sum += std::exp(double(l) - mx);
+  std::vector<float> p(logits.size());
+  for (size_t i = 0; i < p.size(); ++i) p[i] = float(std::exp(double(logits[i]) - mx) / sum);
+  return p;
+}
+
+}  // namespace fi

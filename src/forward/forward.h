@@ -1,0 +1,68 @@
+// The forward pass as the clamp and generate commands use it: one stage in this process, or a
+// pipeline of stages over the ranks of an MPI communicator, layers split contiguously
+// (dist/partition.h split_layers). Rank 0 embeds; each rank runs its layers and sends the hidden
+// states [T, hidden] (fp32) to the next; the last rank applies the final norm and the LM-head and
+// broadcasts the logits, so every rank returns them and can pick the same next token.
+//
+// A pipeline exists for memory, not speed: a model too big for one GPU (70B in bf16 is 141 GB)
+// fits on several, and each rank loads only its own layers. One sequence keeps one stage busy at
+// a time; see the README for how independent sequences (clamp values) would fill the pipeline.
+#pragma once
+#include <mpi.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "forward/stage.h"
+
+namespace fi {
+
+struct ForwardOptions {
+  std::string backend = "auto";   // cpu | cuda | auto (cuda when a device is usable)
+  MPI_Comm comm = MPI_COMM_NULL;  // the pipeline's ranks; MPI_COMM_NULL: one stage, no MPI
+  MPI_Comm node = MPI_COMM_NULL;  // ranks of this node: the local rank picks the GPU (cuda)
+};
+
+class Forward {
+ public:
+  // Collective over opt.comm: plans the split and loads this rank's stage.
+  Forward(const Model& model, const ForwardOptions& opt);
+  ~Forward();
+  const ModelConfig& config() const { return model_.cfg; }
+  const char* backend() const { return stage_->name(); }
+  int stages() const { return size_; }
+  const StageSpan& span() const { return span_; }
+  const std::vector<int64_t>& bounds() const { return bounds_; }  // split_layers' result
+
+  // Clamps applied from the next forward; throws (before any communication) on a bad range.
+  void set_clamps(const std::vector<Clamp>& clamps, ClampSite site);
+  void reset();                               // forgets the KV cache (position back to 0)
+  int64_t position() const { return pos_; }  // tokens seen so far
+
+  // Collective: runs tokens at positions position()..position()+T-1 and appends them to the
+  // cache. Returns logits on every rank: [T, V] for every new position when all_positions,
+  // else [V] of the last one. Token ids are checked on every rank before anything is sent.
+  std::vector<float> forward(const std::vector<int32_t>& tokens, bool all_positions = false);
+
+ private:
+  const Model& model_;
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  int rank_ = 0, size_ = 1;
+  std::vector<int64_t> bounds_;
+  StageSpan span_;
+  std::unique_ptr<Stage> stage_;
+  int64_t pos_ = 0;
+};
+
+// Throws unless every clamp names a layer and neuron of the model (cheap: call before loading).
+void check_clamps(const ModelConfig& cfg, const std::vector<Clamp>& clamps);
+
+// The stage's memory in layer-equivalents for split_layers: embedding (first) and LM-head (last).
+double embedding_layer_equivalents(const ModelConfig& cfg);
+
+// Softmax of logits [n] in double precision, as float.
+std::vector<float> softmax(const std::vector<float>& logits);
+
+}  // namespace fi

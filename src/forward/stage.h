@@ -1,0 +1,45 @@
+// One share of the Llama forward pass, as a backend runs it: layers [first, last) of the model,
+// plus the token embedding on the first stage and the final norm + LM-head on the last. A model
+// that fits one device is one stage holding everything; the pipeline (forward/forward.h) chains
+// stages over MPI ranks and passes the hidden states [T, hidden] between them as fp32 on the host.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "forward/clamp.h"
+#include "model/config.h"
+
+namespace fi {
+
+struct StageSpan {
+  int64_t first = 0, last = 0;  // layers [first, last)
+  bool embed = false;           // holds the embedding (the first stage)
+  bool head = false;            // holds the final norm and the LM-head (the last stage)
+};
+
+class Stage {
+ public:
+  virtual ~Stage() = default;
+  virtual const char* name() const = 0;  // "cpu" | "cuda"
+  // Clamps take effect from the next layers() call; those of other stages' layers are ignored.
+  // Layer and neuron ranges were checked by the caller (check_clamps).
+  virtual void set_clamps(const std::vector<Clamp>& clamps, ClampSite site) = 0;
+  virtual void reset() = 0;  // empties the KV cache
+  // Token ids -> x [T, hidden] fp32 (embed stages only; ids already checked against vocab_size).
+  virtual void embed(const std::vector<int32_t>& tokens, float* x) = 0;
+  // Runs this stage's layers on x [T, hidden] in place, for positions pos..pos+T-1, and appends
+  // those positions to the KV cache (pos is the number of positions already cached).
+  virtual void layers(float* x, int64_t T, int64_t pos) = 0;
+  // Final norm and LM-head of x [n, hidden] -> logits [n, vocab_size] (head stages only).
+  virtual void head(const float* x, int64_t n, float* logits) = 0;
+};
+
+// The fp32 CPU stage (forward/llama_cpu.cpp): weights widened to fp32, matmuls through OpenBLAS.
+std::unique_ptr<Stage> make_cpu_stage(const Model& model, const StageSpan& span);
+
+// The CUDA stage (forward/cuda/): weights in their checkpoint dtype on the current device,
+// cuBLAS GEMMs with fp32 accumulation. Throws when built without CUDA.
+std::unique_ptr<Stage> make_cuda_stage(const Model& model, const StageSpan& span);
+
+}  // namespace fi

@@ -1,0 +1,12 @@
+// The CUDA forward's attention kernel (src/forward/cuda/attention_kernel.cuh) compiled with g++
+// and run on CPU threads (tests/cuda/cuda_emulation.h): its logic is tested without a GPU.
+#pragma once
+#include <cstdint>
+
+namespace fi::test {
+
+// As gpu::launch_attention: q [T, ldq], k, v [>= pos + T, nkv · hd], out [T, nh · hd], host memory.
+void attention_emulated(const float* q, int64_t ldq, const float* k, const float* v, int64_t T,
+                        int64_t nh, int64_t nkv, int64_t hd, int64_t pos, float* out);
+
+}  // namespace fi::test
