@@ -2,9 +2,12 @@
 # gpu-check.sh: everything the CUDA backend needs checked on a GPU machine, in one call of at
 # most 8 minutes: configure (serial-HDF5 writer, CUDA on, the GPU's own architecture), build the
 # CUDA tests and benchmark, run ctest -R cuda, gpu_decode_bench (8B map shape) and the PyTorch
-# baseline. Every step has its own time limit inside a total budget; a step that would start
-# with too little time left is skipped and says so. Logs go to $OUT (when set) or
-# /tmp/fi-gpu-check-logs: summary.txt (read this first), configure/build/ctest/bench/torch.log.
+# baseline, then `flashinterp generate --backend cuda` (demo model; 8B width, 2 layers) against
+# a PyTorch fp32 KV-cache baseline on the GPU (tests/bench/gpu/generate_gpu_bench.sh; needs the
+# tokenizer: carry .cache/tokenizer to the GPU machine, else that step prints SKIPPED). Every
+# step has its own time limit inside a total budget; a step that would start with too little
+# time left is skipped and says so. Logs go to $OUT (when set) or
+# /tmp/fi-gpu-check-logs: summary.txt (read this first), configure/build/ctest/bench/torch/generate.log.
 # Runs as root (mpirun is allowed through the environment). No network needed.
 # Env: FI_GPU_BUILD (build dir, default /tmp/fi-gpu-build), FI_GPU_BUDGET (seconds, default 470),
 #      FI_GPU_ARCH (e.g. 90; default: read from nvidia-smi).
@@ -62,7 +65,8 @@ step configure 120 configure.log \
 
 if ((FAILED == 0)); then
   step build 300 build.log \
-    cmake --build "$BUILD" -j 16 --target test_cuda_reduce test_cuda_decoder test_cuda_mpi gpu_decode_bench flashinterp ||
+    cmake --build "$BUILD" -j 16 --target test_cuda_reduce test_cuda_decoder test_cuda_forward \
+    test_cuda_mpi gpu_decode_bench flashinterp ||
     FAILED=1
 fi
 
@@ -78,6 +82,11 @@ if ((FAILED == 0)); then
   step "bench chunk 14336" 60 bench.log "$BENCH" --chunk-rows 14336
   step "bench chunk 14336 split input" 60 bench.log "$BENCH" --chunk-rows 14336 --split-input
   step "bench chunk 256, 4 layers" 60 bench.log "$BENCH" --chunk-rows 256 --layers 4
+
+  # Generation through the CUDA forward stage: 64 new tokens, flashinterp vs torch (GPU, fp32).
+  GENB="$ROOT/tests/bench/gpu/generate_gpu_bench.sh"
+  step "generate demo model (cuda, cpu, torch)" 60 generate.log "$GENB" "$BUILD" 64 demo
+  step "generate 8B width, 2 layers (cuda, torch)" 120 generate.log "$GENB" "$BUILD" 64 8bwide
 fi
 
 TORCH="$ROOT/tests/bench/gpu/torch_decode_bench.py"
@@ -88,6 +97,7 @@ say ""
 say "--- benchmark figures"
 grep -hE "^(device|pieces|decode total|cuBLAS|reduction|norm alone|ratio|LM-head|torch|RESULT|SKIPPED)" \
   "$LOGS/bench.log" "$LOGS/torch.log" 2>/dev/null | tee -a "$SUMMARY" >/dev/null
+grep -hE "^(==|flashinterp|torch|SKIPPED)" "$LOGS/generate.log" 2>/dev/null | tee -a "$SUMMARY" >/dev/null
 say "gpu-check: done in $((SECONDS - START)) s, $([ $FAILED = 0 ] && echo 'build and CUDA tests OK' || echo 'FAILED (see the logs)')"
 cat "$SUMMARY"
 exit $FAILED

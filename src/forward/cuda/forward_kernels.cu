@@ -250,7 +250,8 @@ void launch_clamps(const float* y, int64_t rows, int64_t I, bool split_in, Act a
   switch (out_dtype) {
     case DType::F32:
       clamp_kernel<<<g, kThreads, 0, stream>>>(y, rows, I, s, a, neurons, values, n, up,
-                                               static_cast<float*>(h), static_cast<float*>(nullptr));
+                                               static_cast<float*>(h),
+                                               static_cast<float*>(nullptr));
       break;
     case DType::BF16:
       clamp_kernel<<<g, kThreads, 0, stream>>>(y, rows, I, s, a, neurons, values, n, up,
@@ -259,7 +260,8 @@ void launch_clamps(const float* y, int64_t rows, int64_t I, bool split_in, Act a
       break;
     case DType::F16:
       clamp_kernel<<<g, kThreads, 0, stream>>>(y, rows, I, s, a, neurons, values, n, up,
-                                               static_cast<__half*>(h), lo_part<__half>(h, rows * I));
+                                               static_cast<__half*>(h),
+                                               lo_part<__half>(h, rows * I));
       break;
   }
   FI_CUDA_CHECK(cudaGetLastError());

@@ -75,8 +75,16 @@ struct Part {
   const char* field;           // the config fields behind the shape, for the error message
 };
 
+// Every copy to the device goes on the stage's own stream, then waits for it: a plain cudaMemcpy
+// runs on the legacy default stream, which the stage's non-blocking stream does not wait for.
+void copy_to_device(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
+  FI_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream));
+  FI_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
 // The parts' raw bytes stacked by rows in one device buffer (same dtype and cols required).
-Weight load_weight(const Model& m, const std::vector<Part>& parts, std::vector<uint8_t>& staging) {
+Weight load_weight(const Model& m, const std::vector<Part>& parts, std::vector<uint8_t>& staging,
+                   cudaStream_t stream) {
   Weight w;
   std::vector<const TensorInfo*> info;
   for (const Part& p : parts) {
@@ -98,7 +106,7 @@ Weight load_weight(const Model& m, const std::vector<Part>& parts, std::vector<u
     for (uint64_t off = 0; off < bytes; off += staging.size()) {
       const uint64_t n = std::min<uint64_t>(staging.size(), bytes - off);
       f.read_bytes(*info[k], off, n, staging.data());
-      FI_CUDA_CHECK(cudaMemcpy(dst + off, staging.data(), n, cudaMemcpyHostToDevice));
+      copy_to_device(dst + off, staging.data(), n, stream);
     }
     dst += bytes;
   }
@@ -111,9 +119,9 @@ std::vector<float> read_f32(const Model& m, const std::string& name, std::vector
   return m.ckpt.file_of(name).read_f32(t);
 }
 
-DeviceBuffer upload(const std::vector<float>& v, const std::string& what) {
+DeviceBuffer upload(const std::vector<float>& v, const std::string& what, cudaStream_t stream) {
   DeviceBuffer b(v.size() * sizeof(float), what);
-  if (!v.empty()) FI_CUDA_CHECK(cudaMemcpy(b.get(), v.data(), b.bytes(), cudaMemcpyHostToDevice));
+  if (!v.empty()) copy_to_device(b.get(), v.data(), b.bytes(), stream);
   return b;
 }
 
@@ -158,7 +166,8 @@ class CudaStage final : public Stage {
   const Weight* lm_head_ = nullptr;  // &embed_ when tied
   DeviceBuffer final_norm_;          // [H] fp32
   std::vector<double> inv_freq_;     // [hd / 2]
-  // Clamps: [n] int32 neurons then [n] fp32 values, grouped by layer; clamp_at_[li] = (first, count).
+  // Clamps: [n] int32 neurons then [n] fp32 values, grouped by layer;
+  // clamp_at_[li] = (first, count) of layer li's.
   DeviceBuffer clamp_buf_;
   int64_t clamp_n_ = 0;
   std::vector<std::pair<int64_t, int64_t>> clamp_at_;
@@ -189,44 +198,51 @@ CudaStage::CudaStage(const Model& model, const StageSpan& span)
                 kvd = c.num_kv_heads * c.head_dim, V = c.vocab_size;
   const TensorNames& n = model.names;
   std::vector<uint8_t> staging(kStagingBytes);
+  const cudaStream_t st = stream_.s;
   layers_.resize(size_t(span.last - span.first));
+  const char *f_q = "num_heads*head_dim", *f_kv = "num_kv_heads*head_dim";
+  const char *f_qh = "num_heads*head_dim,hidden_size", *f_kvh = "num_kv_heads*head_dim,hidden_size";
+  const char *f_ih = "intermediate_size,hidden_size", *f_h = "hidden_size";
   for (int64_t l = span.first; l < span.last; ++l) {
     Layer& w = layers_[size_t(l - span.first)];
-    w.attn_norm = upload(read_f32(model, n.layer(l, "input_layernorm.weight"), {H}, "hidden_size"),
-                         "input_layernorm");
+    auto t = [&](const char* suffix) { return n.layer(l, suffix); };
+    w.attn_norm =
+        upload(read_f32(model, t("input_layernorm.weight"), {H}, f_h), "input_layernorm", st);
     w.qkv = load_weight(model,
-                        {{n.layer(l, "self_attn.q_proj.weight"), {qd, H}, "num_heads*head_dim,hidden_size"},
-                         {n.layer(l, "self_attn.k_proj.weight"), {kvd, H}, "num_kv_heads*head_dim,hidden_size"},
-                         {n.layer(l, "self_attn.v_proj.weight"), {kvd, H}, "num_kv_heads*head_dim,hidden_size"}},
-                        staging);
-    if (model.ckpt.has(n.layer(l, "self_attn.q_proj.bias"))) {  // Qwen2
-      std::vector<float> b = read_f32(model, n.layer(l, "self_attn.q_proj.bias"), {qd}, "num_heads*head_dim");
+                        {{t("self_attn.q_proj.weight"), {qd, H}, f_qh},
+                         {t("self_attn.k_proj.weight"), {kvd, H}, f_kvh},
+                         {t("self_attn.v_proj.weight"), {kvd, H}, f_kvh}},
+                        staging, st);
+    if (model.ckpt.has(t("self_attn.q_proj.bias"))) {  // Qwen2
+      std::vector<float> b = read_f32(model, t("self_attn.q_proj.bias"), {qd}, f_q);
       for (const char* s : {"self_attn.k_proj.bias", "self_attn.v_proj.bias"}) {
-        const std::vector<float> p = read_f32(model, n.layer(l, s), {kvd}, "num_kv_heads*head_dim");
+        const std::vector<float> p = read_f32(model, t(s), {kvd}, f_kv);
         b.insert(b.end(), p.begin(), p.end());
       }
-      w.qkv_bias = upload(b, "q/k/v biases");
+      w.qkv_bias = upload(b, "q/k/v biases", st);
     }
-    w.o = load_weight(model, {{n.layer(l, "self_attn.o_proj.weight"), {H, qd}, "hidden_size,num_heads*head_dim"}},
-                      staging);
-    w.mlp_norm = upload(read_f32(model, n.layer(l, "post_attention_layernorm.weight"), {H}, "hidden_size"),
-                        "post_attention_layernorm");
+    w.o = load_weight(model,
+                      {{t("self_attn.o_proj.weight"), {H, qd}, "hidden_size,num_heads*head_dim"}},
+                      staging, st);
+    w.mlp_norm = upload(read_f32(model, t("post_attention_layernorm.weight"), {H}, f_h),
+                        "post_attention_layernorm", st);
     w.gate_up = load_weight(model,
-                            {{n.matrix(Matrix::Gate, l), {I, H}, "intermediate_size,hidden_size"},
-                             {n.matrix(Matrix::Up, l), {I, H}, "intermediate_size,hidden_size"}},
-                            staging);
-    w.down = load_weight(model, {{n.matrix(Matrix::Down, l), {H, I}, "hidden_size,intermediate_size"}},
-                         staging);
+                            {{n.matrix(Matrix::Gate, l), {I, H}, f_ih},
+                             {n.matrix(Matrix::Up, l), {I, H}, f_ih}},
+                            staging, st);
+    w.down = load_weight(
+        model, {{n.matrix(Matrix::Down, l), {H, I}, "hidden_size,intermediate_size"}}, staging, st);
   }
   // The embedding: on the first stage, and as the LM-head of a tied model's last stage.
   if (span.embed || (span.head && c.tie_word_embeddings))
-    embed_ = load_weight(model, {{n.embed, {V, H}, "vocab_size,hidden_size"}}, staging);
+    embed_ = load_weight(model, {{n.embed, {V, H}, "vocab_size,hidden_size"}}, staging, st);
   if (span.head) {
-    final_norm_ = upload(read_f32(model, n.final_norm, {H}, "hidden_size"), "final norm");
+    final_norm_ = upload(read_f32(model, n.final_norm, {H}, "hidden_size"), "final norm", st);
     if (c.tie_word_embeddings) {
       lm_head_ = &embed_;
     } else {
-      lm_head_own_ = load_weight(model, {{n.lm_head, {V, H}, "vocab_size,hidden_size"}}, staging);
+      lm_head_own_ =
+          load_weight(model, {{n.lm_head, {V, H}, "vocab_size,hidden_size"}}, staging, st);
       lm_head_ = &lm_head_own_;
     }
   }
@@ -295,9 +311,8 @@ void CudaStage::set_clamps(const std::vector<Clamp>& clamps, ClampSite site) {
   FI_CUDA_CHECK(cudaStreamSynchronize(stream_.s));
   clamp_buf_ = DeviceBuffer(n * 8, "clamps");
   if (n > 0) {
-    FI_CUDA_CHECK(cudaMemcpy(clamp_buf_.get(), neurons.data(), n * 4, cudaMemcpyHostToDevice));
-    FI_CUDA_CHECK(cudaMemcpy(static_cast<char*>(clamp_buf_.get()) + n * 4, values.data(), n * 4,
-                             cudaMemcpyHostToDevice));
+    copy_to_device(clamp_buf_.get(), neurons.data(), n * 4, stream_.s);
+    copy_to_device(static_cast<char*>(clamp_buf_.get()) + n * 4, values.data(), n * 4, stream_.s);
   }
   clamp_n_ = int64_t(n);
   site_ = site;
@@ -343,7 +358,8 @@ void CudaStage::mlp(size_t li, float* x, int64_t rows) {
   const Weight &gu = w.gate_up, &dn = w.down;
   // gate and up: y2 [rows (x2 when split), 2I]
   void* hi = xs_.get();
-  void* lo = gu.split() ? static_cast<char*>(hi) + size_t(rows * H) * dtype_size(gu.dtype) : nullptr;
+  void* lo =
+      gu.split() ? static_cast<char*>(hi) + size_t(rows * H) * dtype_size(gu.dtype) : nullptr;
   launch_norm_convert(x, DType::F32, hi, lo, gu.dtype, rows, H, f32(w.mlp_norm), norm_params(true),
                       stream_.s);
   gemm_logits(blas_.h, gu.data.get(), gu.dtype, 2 * I, H, hi, gu.split() ? 2 * rows : rows,
@@ -363,7 +379,7 @@ void CudaStage::mlp(size_t li, float* x, int64_t rows) {
 void CudaStage::layers(float* x, int64_t T, int64_t pos) {
   FI_CHECK(T > 0, "CUDA forward: layers() of no positions");
   FI_CHECK(pos >= 0 && pos <= len_, "CUDA forward: position " + std::to_string(pos) +
-                                        " is past the " + std::to_string(len_) + " cached positions");
+                                        " is past the cached " + std::to_string(len_));
   if (layers_.empty()) {
     len_ = pos + T;
     return;
@@ -389,7 +405,8 @@ void CudaStage::layers(float* x, int64_t T, int64_t pos) {
       cs[size_t(t * half + i)] = float(std::cos(a));
       cs[size_t((T + t) * half + i)] = float(std::sin(a));
     }
-  FI_CUDA_CHECK(cudaMemcpyAsync(rope_.get(), cs.data(), cs.size() * 4, cudaMemcpyHostToDevice, stream_.s));
+  FI_CUDA_CHECK(
+      cudaMemcpyAsync(rope_.get(), cs.data(), cs.size() * 4, cudaMemcpyHostToDevice, stream_.s));
   FI_CUDA_CHECK(cudaMemcpyAsync(x_.get(), x, size_t(T * H) * 4, cudaMemcpyHostToDevice, stream_.s));
   float *xd = f32(x_), *qkv = f32(qkv_), *ctx = f32(ctx_);
   for (size_t li = 0; li < layers_.size(); ++li) {
@@ -415,7 +432,8 @@ void CudaStage::head(const float* x, int64_t n, float* logits) {
   use_device();
   const int64_t H = cfg_.hidden_size, V = cfg_.vocab_size;
   const Weight& w = *lm_head_;
-  const int64_t piece = std::clamp<int64_t>(int64_t(kHeadBytes / size_t(8 * V)), 1, std::min(n, kRows));
+  const int64_t piece =
+      std::clamp<int64_t>(int64_t(kHeadBytes / size_t(8 * V)), 1, std::min(n, kRows));
   ensure(x_, size_t(n * H) * 4, "hidden states");
   ensure(xs_, size_t(piece * H) * 4, "GEMM input");
   ensure(y2_, size_t(2 * piece * V) * 4, "logits");
