@@ -150,17 +150,19 @@ int run_clamp(ClampArgs& a, const Comms& comms) {
   });
   const Tokenizer& t = *tok;
   Forward fwd(*model, {a.backend, comms.world, comms.node});
+  // Row 0 unclamped, then one row per value: independent prompts, pipelined over the ranks.
+  std::vector<std::vector<Clamp>> clamps = {{}};
+  for (float v : values) clamps.push_back({{a.layer, a.neuron, v}});
+  const std::vector<std::vector<float>> logits =
+      fwd.forward_each(std::vector<std::vector<int32_t>>(clamps.size(), ids), clamps, site);
   std::vector<Row> rows;
   std::vector<float> dump;
-  for (size_t i = 0; i <= values.size(); ++i) {
+  for (size_t i = 0; i < clamps.size(); ++i) {
     Row r;
     r.clamped = i > 0;
     r.value = i > 0 ? values[i - 1] : 0.f;
-    fwd.set_clamps(r.clamped ? std::vector<Clamp>{{a.layer, a.neuron, r.value}} : std::vector<Clamp>{}, site);
-    fwd.reset();
-    std::vector<float> logits = fwd.forward(ids);
-    if (!a.dump_logits.empty()) dump.insert(dump.end(), logits.begin(), logits.end());
-    r.probs = softmax(logits);
+    if (!a.dump_logits.empty()) dump.insert(dump.end(), logits[i].begin(), logits[i].end());
+    r.probs = softmax(logits[i]);
     rows.push_back(std::move(r));
   }
   if (comms.rank != 0) return 0;

@@ -84,9 +84,8 @@ void Forward::reset() {
   stage_->reset();
 }
 
-std::vector<float> Forward::forward(const std::vector<int32_t>& tokens, bool all_positions) {
-  const ModelConfig& c = config();
-  const int64_t T = int64_t(tokens.size()), H = c.hidden_size, V = c.vocab_size;
+void Forward::check_tokens(const std::vector<int32_t>& tokens) const {
+  const int64_t T = int64_t(tokens.size()), H = config().hidden_size, V = config().vocab_size;
   FI_CHECK(T > 0, "forward: no tokens");
   for (int32_t id : tokens)
     if (id < 0 || id >= V)
@@ -94,9 +93,13 @@ std::vector<float> Forward::forward(const std::vector<int32_t>& tokens, bool all
               std::to_string(V - 1) + ")");
   FI_CHECK(T * H < (int64_t(1) << 31) && T * V < (int64_t(1) << 31),
            "forward: " + std::to_string(T) + " tokens at once are too many for one message");
+}
+
+// This rank's part of one forward: receive (or embed), run the layers, send on (or apply the
+// head to rows first.. of the result). logits: [T - first, V], written on the last stage only.
+void Forward::stage_step(const std::vector<int32_t>& tokens, int64_t first, float* logits) {
+  const int64_t T = int64_t(tokens.size()), H = config().hidden_size;
   std::vector<float> x(size_t(T * H));
-  const int64_t first = all_positions ? 0 : T - 1, n = T - first;
-  std::vector<float> logits(size_t(n * V));
   run_or_abort(comm_, size_, [&] {
     if (span_.embed) {
       stage_->embed(tokens, x.data());
@@ -107,11 +110,39 @@ std::vector<float> Forward::forward(const std::vector<int32_t>& tokens, bool all
     if (!span_.head) {
       MPI_Send(x.data(), int(T * H), MPI_FLOAT, rank_ + 1, kTagHidden, comm_);
     } else {
-      stage_->head(x.data() + first * H, n, logits.data());
+      stage_->head(x.data() + first * H, T - first, logits);
     }
   });
-  if (size_ > 1) MPI_Bcast(logits.data(), int(n * V), MPI_FLOAT, size_ - 1, comm_);
   pos_ += T;
+}
+
+std::vector<float> Forward::forward(const std::vector<int32_t>& tokens, bool all_positions) {
+  check_tokens(tokens);
+  const int64_t T = int64_t(tokens.size()), V = config().vocab_size;
+  const int64_t first = all_positions ? 0 : T - 1;
+  std::vector<float> logits(size_t((T - first) * V));
+  stage_step(tokens, first, logits.data());
+  if (size_ > 1) MPI_Bcast(logits.data(), int(logits.size()), MPI_FLOAT, size_ - 1, comm_);
+  return logits;
+}
+
+std::vector<std::vector<float>> Forward::forward_each(const std::vector<std::vector<int32_t>>& prompts,
+                                                      const std::vector<std::vector<Clamp>>& clamps,
+                                                      ClampSite site) {
+  FI_CHECK(prompts.size() == clamps.size(), "forward_each: one clamp list per prompt");
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    check_tokens(prompts[i]);
+    check_clamps(config(), clamps[i]);
+  }
+  const int64_t V = config().vocab_size;
+  std::vector<std::vector<float>> logits(prompts.size(), std::vector<float>(size_t(V)));
+  for (size_t i = 0; i < prompts.size(); ++i) {  // no collective inside: the stages overlap
+    stage_->set_clamps(clamps[i], site);
+    reset();
+    stage_step(prompts[i], int64_t(prompts[i].size()) - 1, logits[i].data());
+  }
+  if (size_ > 1)
+    for (std::vector<float>& l : logits) MPI_Bcast(l.data(), int(V), MPI_FLOAT, size_ - 1, comm_);
   return logits;
 }
 

@@ -6,7 +6,7 @@
 //
 // A pipeline exists for memory, not speed: a model too big for one GPU (70B in bf16 is 141 GB)
 // fits on several, and each rank loads only its own layers. One sequence keeps one stage busy at
-// a time; see the README for how independent sequences (clamp values) would fill the pipeline.
+// a time; independent prompts (a clamp curve) fill it (forward_each).
 #pragma once
 #include <mpi.h>
 
@@ -46,7 +46,19 @@ class Forward {
   // else [V] of the last one. Token ids are checked on every rank before anything is sent.
   std::vector<float> forward(const std::vector<int32_t>& tokens, bool all_positions = false);
 
+  // Collective: independent prompts, each from an empty cache with its own clamps; returns the
+  // last position's logits of each, [prompts][V], on every rank. In a pipeline the prompts
+  // follow each other through the stages (stage s works on prompt i while stage s+1 works on
+  // prompt i-1), so N ranks run a clamp curve up to N times faster than one prompt at a time.
+  // Afterwards the cache holds the last prompt.
+  std::vector<std::vector<float>> forward_each(const std::vector<std::vector<int32_t>>& prompts,
+                                               const std::vector<std::vector<Clamp>>& clamps,
+                                               ClampSite site);
+
  private:
+  void check_tokens(const std::vector<int32_t>& tokens) const;
+  void stage_step(const std::vector<int32_t>& tokens, int64_t first, float* logits);
+
   const Model& model_;
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1;
