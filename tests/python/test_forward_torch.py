@@ -2,7 +2,11 @@
 with an independent float64 PyTorch forward (torch_llama.py) on demo models: bf16/f16/f32, tied and
 untied, a Gemma and a Qwen2 (q/k/v bias) variant, one with a short-wavelength llama3 rope_scaling; prompts of 20 and 3 tokens plus the KV-cached
 steps of generate; unclamped and clamped at both sites, several clamps at once.
-Logits within 1e-4 absolute, probabilities within 1e-4 relative, top-5 ids equal up to near-ties.
+Logits within 1e-4 of max(1, |logit|), probabilities within 1e-4 relative, top-5 ids equal up to
+near-ties.
+Where a CUDA device is usable the same checks run again with --backend cuda (16-bit weights stay
+16-bit on the GPU, inputs split hi + lo) at the issue's 1e-3: logits within 1e-3 of max(1, |logit|),
+probabilities within 1e-3 relative.
 """
 import json
 import os
@@ -23,9 +27,13 @@ except ImportError:
 SIZE = ["--hidden", "64", "--intermediate", "128", "--layers", "2", "--heads", "4", "--kv-heads", "2"]
 PROMPT = "The quick brown fox jumps over the lazy dog, and then my favourite animal is clearly the"
 SHORT_IDS = [128000, 791, 5679]
-LOGIT_ABS = 1e-4
-PROB_REL = 1e-4
+TOL = {"cpu": 1e-4, "cuda": 1e-3}
+backend = {"name": "cpu"}
 worst = {"logit": 0.0, "prob": 0.0}
+
+
+def tol():
+    return TOL[backend["name"]]
 
 
 def read_dump(path, rows, vocab):
@@ -35,9 +43,9 @@ def read_dump(path, rows, vocab):
 
 
 def compare_logits(what, ours, ref):
-    d = float(np.max(np.abs(ours - ref)))
+    d = float(np.max(np.abs(ours - ref) / np.maximum(1.0, np.abs(ref))))
     worst["logit"] = max(worst["logit"], d)
-    t.check(d < LOGIT_ABS, f"{what}: logits differ from torch by {d:.3g} (> {LOGIT_ABS})")
+    t.check(d < tol(), f"{what} [{backend['name']}]: logits differ from torch by {d:.3g} (> {tol()})")
 
 
 def compare_row(what, row, ref_logits, watch_ids):
@@ -46,22 +54,22 @@ def compare_row(what, row, ref_logits, watch_ids):
     for got, i in zip(row["probs"], watch_ids):
         rel = abs(got - p[i]) / p[i]
         worst["prob"] = max(worst["prob"], rel)
-        t.check(rel < PROB_REL, f"{what}: P(id {i}) = {got} vs torch {p[i]} (rel {rel:.3g})")
+        t.check(rel < tol(), f"{what}: P(id {i}) = {got} vs torch {p[i]} (rel {rel:.3g})")
     ref_top = np.argsort(-ref_logits, kind="stable")[:6]
     for k, e in enumerate(row["top"]):
         if e["id"] != ref_top[k]:  # allowed only for a near-tie with torch's token at that rank
             gap = abs(ref_logits[e["id"]] - ref_logits[ref_top[k]])
-            t.check(gap < 1e-5, f"{what}: top-{k + 1} is id {e['id']}, torch says {ref_top[k]}")
+            t.check(gap < tol() / 10, f"{what}: top-{k + 1} is id {e['id']}, torch says {ref_top[k]}")
         rel = abs(e["prob"] - p[e["id"]]) / p[e["id"]]
         worst["prob"] = max(worst["prob"], rel)
-        t.check(rel < PROB_REL, f"{what}: top prob of {e['id']} rel diff {rel:.3g}")
+        t.check(rel < tol(), f"{what}: top prob of {e['id']} rel diff {rel:.3g}")
 
 
 def check_clamp(name, model, ref, tmp, layer, neuron, values, site, prompt_args):
     dump = os.path.join(tmp, f"{name}.{site}.f32")
     p = t.run(["clamp", "--model", model, "--layer", layer, "--neuron", neuron, "--values",
                ",".join(map(str, values)), "--clamp-site", site, "--watch", " dog", " cat", " the",
-               "--json", "--dump-logits", dump, *prompt_args])
+               "--json", "--dump-logits", dump, "--backend", backend["name"], *prompt_args])
     out = json.loads(p.stdout)
     t.check(out["rows"][0]["value"] is None and [r["value"] for r in out["rows"][1:]] == values,
             f"{name}: rows are not [null, {values}]: {[r['value'] for r in out['rows']]}")
@@ -81,7 +89,7 @@ def check_clamp(name, model, ref, tmp, layer, neuron, values, site, prompt_args)
 def check_generate(name, model, ref, tmp, ids, clamps, site, steps=4):
     dump = os.path.join(tmp, f"{name}.gen.f32")
     args = ["generate", "--model", model, "--prompt-ids", ",".join(map(str, ids)), "--print-ids",
-            "--max-new-tokens", steps, "--clamp-site", site, "--dump-logits", dump]
+            "--max-new-tokens", steps, "--clamp-site", site, "--dump-logits", dump, "--backend", backend["name"]]
     for layer, neuron, value in clamps:
         args += ["--clamp", f"{layer}:{neuron}={value}"]
     new = [int(x) for x in t.run(args).stdout.split()]
@@ -92,7 +100,7 @@ def check_generate(name, model, ref, tmp, ids, clamps, site, steps=4):
         ref_logits = ref.logits(seq, clamps, site)[-1].numpy()
         compare_logits(f"{name} generate step {s} ({len(seq)} tokens)", ours[s], ref_logits)
         t.check(new[s] == int(np.argmax(ref_logits)) or
-                abs(ref_logits[new[s]] - ref_logits.max()) < 1e-5,
+                abs(ref_logits[new[s]] - ref_logits.max()) < tol() / 10,
                 f"{name}: greedy step {s} chose {new[s]}, torch {int(np.argmax(ref_logits))}")
         seq.append(new[s])
 
@@ -152,8 +160,14 @@ def test():
         models["gemma"] = os.path.join(tmp, "gemma")
         gemma_variant(models["f32-tied"], models["gemma"])
 
-        for name, model in models.items():
-            ref = TorchLlama(model)
+        probe = t.run(["generate", "--model", models["f32-tied"], "--backend", "cuda", "--prompt-ids", "1",
+                       "--max-new-tokens", "1"], check=False)
+        backends = ["cpu"] + (["cuda"] if probe.returncode == 0 else [])
+        if probe.returncode != 0:
+            print(f"  no CUDA forward here ({probe.stderr.strip()}): cpu only", flush=True)
+        refs = {name: TorchLlama(model) for name, model in models.items()}
+        for backend["name"], (name, model) in [(b, m) for b in backends for m in models.items()]:
+            ref = refs[name]
             ids = check_clamp(name, model, ref, tmp, 1, 18, [0, 3, -2.5], "act", ["--prompt", PROMPT])
             t.check(len(ids) >= 18, f"{name}: the long prompt has only {len(ids)} tokens")
             if name in ("bf16-untied", "f32-tied"):  # the full set on the two main dtypes
@@ -161,7 +175,7 @@ def test():
                                                                          ",".join(map(str, SHORT_IDS))])
                 check_generate(name, model, ref, tmp, ids, [(0, 5, 2.0), (1, 100, -3.0)], "act")
                 check_generate(name + "-up", model, ref, tmp, SHORT_IDS, [(1, 18, 6.0)], "up", steps=3)
-            print(f"  {name}: ok (max |logit diff| so far {worst['logit']:.2e}, "
+            print(f"  {name} [{backend['name']}]: ok (max |logit diff| so far {worst['logit']:.2e}, "
                   f"max prob rel diff {worst['prob']:.2e})", flush=True)
 
 
