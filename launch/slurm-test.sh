@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Tests slurm/decode.sbatch on a real Slurm started here: munge (a generated key), slurmctld and
+# Tests slurm/decode.sbatch and slurm/forward.sbatch on a real Slurm started here: munge (a generated key), slurmctld and
 # slurmd on localhost with a generated slurm.conf in a temporary directory (the machine's real
 # CPUs and memory from `slurmd -C`; proctrack/linuxproc and task/none, so no cgroups needed).
 #   1. a decode job with the CPU backend on a demo model: the map is complete and every planted
 #      neuron has its token top-1;
+#   3. slurm/forward.sbatch generate over 2 ranks (the layers split between them, a clamp on):
+#      the same ids as one process without Slurm;
 #   2. the same decode, one rank, with a 2-minute limit and USR1 at 60 s (Slurm sends it 48-60 s
 #      into each run): it is signalled, exits 75, requeues itself, resumes from OUT.partial and
 #      ends with datasets identical to job 1's (skipped, saying so, when this flashinterp has no
@@ -190,6 +192,19 @@ with h5py.File(path, "r") as f:
             p["matrix"], p["layer"], p["neuron"], top, p["token_id"], p["token"])
 print("slurm-test: job 1's map: complete = 1, all %d planted neurons top-1" % len(planted))
 PYEOF
+
+say "job 3: forward.sbatch generate, 2 ranks (the layers split over them): same ids as one process"
+FWD=(generate --model "$T/model" --backend cpu --prompt "My favourite animal is the" --max-new-tokens 8
+     --print-ids --clamp 1:5=4)
+WANT="$("$FI" "${FWD[@]}")" || die "generate without Slurm failed"
+J3="$(sbatch --parsable --gpus-per-node=0 --ntasks-per-node=2 --cpus-per-task=1 --time=5 \
+  --output="$T/job3.out" --error="$T/job3.err" --chdir="$T" "$ROOT/slurm/forward.sbatch" "${FWD[@]}")"
+JOBS_RUN=$((JOBS_RUN + 1))
+st="$(wait_job "$J3" 300)"
+[ "$st" = COMPLETED ] || die "job 3 ($J3) ended $st: $(tail -3 "$T/job3.err")"
+GOT="$(cat "$T/job3.out")"
+[ "$GOT" = "$WANT" ] || die "job 3 printed '$GOT', one process '$WANT'"
+say "job 3 ($J3) COMPLETED: ids '$GOT' as one process"
 
 if ! "$FI" decode --help 2>&1 | grep -q -- '--resume'; then
   say "SKIPPED job 2 (time limit -> USR1 -> requeue -> resume): this flashinterp has no --resume yet"

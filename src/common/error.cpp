@@ -19,4 +19,9 @@ void test_kill_point(const std::string& point) {
   if (at && point == at) std::raise(SIGKILL);
 }
 
+int test_fail_rank() {
+  static const char* r = std::getenv("FLASHINTERP_TEST_FAIL_RANK");
+  return r ? std::atoi(r) : -1;
+}
+
 }  // namespace fi

@@ -16,6 +16,10 @@ struct Error : std::runtime_error {
 // (points: vocab, data:R, done:R, complete, rename; R a round number). A no-op otherwise.
 void test_kill_point(const std::string& point);
 
+// For the failure tests: the rank named by $FLASHINTERP_TEST_FAIL_RANK (-1 when unset) throws
+// mid-run (decode: in round 1; clamp/generate: in its stage's second forward).
+int test_fail_rank();
+
 }  // namespace fi
 
 // FI_FAIL(msg): throw fi::Error with msg (file:line kept for debug builds' messages).

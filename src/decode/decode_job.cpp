@@ -202,12 +202,6 @@ bool read_partial(const std::string& path, const std::string& fp, const std::vec
   return true;
 }
 
-// For the failure tests: the rank named by $FLASHINTERP_TEST_FAIL_RANK throws in round 1.
-int test_fail_rank() {
-  static const char* r = std::getenv("FLASHINTERP_TEST_FAIL_RANK");
-  return r ? std::atoi(r) : -1;
-}
-
 class Progress {
  public:
   Progress(bool on, int64_t total) : on_(on), total_(total), t0_(Clock::now()), last_(t0_) {}

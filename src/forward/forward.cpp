@@ -106,6 +106,8 @@ void Forward::stage_step(const std::vector<int32_t>& tokens, int64_t first, floa
     } else {
       MPI_Recv(x.data(), int(T * H), MPI_FLOAT, rank_ - 1, kTagHidden, comm_, MPI_STATUS_IGNORE);
     }
+    if (pos_ > 0 && test_fail_rank() == rank_)
+      FI_FAIL("rank " + std::to_string(rank_) + ": injected failure (FLASHINTERP_TEST_FAIL_RANK)");
     stage_->layers(x.data(), T, pos_);
     if (!span_.head) {
       MPI_Send(x.data(), int(T * H), MPI_FLOAT, rank_ + 1, kTagHidden, comm_);

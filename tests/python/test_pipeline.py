@@ -5,12 +5,16 @@ broadcasts the logits. Checked on demo models (untied and tied; 5 layers):
   process without mpirun, clamped and unclamped, through the KV cache of generate;
 - those logits agree with the independent float64 PyTorch forward (torch_llama.py) within 1e-4;
 - --stats names each rank's layers: contiguous, all of them, none twice;
-- more ranks than layers is one clear error line and a non-zero exit from every rank.
+- more ranks than layers is one clear error line and a non-zero exit from every rank;
+- a rank failing mid-generation (FLASHINTERP_TEST_FAIL_RANK) ends the job in seconds with that
+  rank's one error line, never a hang with the other ranks waiting for its hidden states.
 """
 import json
 import os
 import re
+import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -87,6 +91,20 @@ def main():
         t.check(p.returncode != 0, "more ranks than layers did not fail")
         t.check(len(errors) == 1 and "ranks" in errors[0] and "layers" in errors[0],
                 f"expected one error line about ranks and layers, got:\n{p.stderr}")
+
+        for rank in (0, 1):  # the first stage (others wait to receive) and a middle one
+            env = dict(os.environ, FLASHINTERP_TEST_FAIL_RANK=str(rank))
+            t0 = time.time()
+            p = subprocess.run([*t.mpi_prefix(3), t.binary(), "generate", "--model", untied, "--backend", "cpu",
+                                "--prompt", PROMPT, "--max-new-tokens", "5"],
+                               capture_output=True, text=True, timeout=60, env=env)
+            took = time.time() - t0
+            errors = [ln for ln in p.stderr.splitlines() if ln.startswith("flashinterp: error:")]
+            t.check(p.returncode != 0, f"rank {rank} failed but the job exited 0")
+            t.check(took < 30, f"the job took {took:.1f} s to end after rank {rank} failed")
+            t.check(len(errors) == 1 and f"rank {rank}: injected failure" in errors[0],
+                    f"expected one error line from rank {rank}:\n{p.stderr}")
+            print(f"  rank {rank} of 3 failed mid-generation: job ended in {took:.1f} s", flush=True)
 
 
 t.main(main)
