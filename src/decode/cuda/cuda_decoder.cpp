@@ -93,35 +93,8 @@ class PinnedBuffer {
   size_t bytes_ = 0;
 };
 
-struct Stream {
-  cudaStream_t s = nullptr;
-  Stream() { FI_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)); }
-  ~Stream() {
-    if (s) cudaStreamDestroy(s);
-  }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-};
 
-struct Event {
-  cudaEvent_t e = nullptr;
-  Event() { FI_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming)); }
-  ~Event() {
-    if (e) cudaEventDestroy(e);
-  }
-  Event(const Event&) = delete;
-  Event& operator=(const Event&) = delete;
-};
 
-struct Blas {
-  cublasHandle_t h = nullptr;
-  Blas() { FI_CUBLAS_CHECK(cublasCreate(&h)); }
-  ~Blas() {
-    if (h) cublasDestroy(h);
-  }
-  Blas(const Blas&) = delete;
-  Blas& operator=(const Blas&) = delete;
-};
 
 // The per-row result arrays of `rows` rows packed into one buffer (one copy back per call):
 // [top_ids rows·k | top_logits rows·k | top_probs rows·k | lse rows | bottom_ids rows·b |

@@ -11,27 +11,13 @@
 #include <cuda_fp16.h>
 
 #include "decode/cuda/cuda_check.h"
+#include "decode/cuda/convert.cuh"
 #include "decode/cuda/kernels.h"
 
 namespace fi::gpu {
 namespace {
 
 constexpr int kThreads = 256;
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_f32(float v);
-template <>
-__device__ __forceinline__ float from_f32<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-template <>
-__device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
 
 // Shape: grid = rows (one block per row), block = kThreads. x: [rows, hidden] Tin;
 // hi (and lo when not null): [rows, hidden] Tout; gamma: [hidden] fp32 (unused for mode 2).

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "decode/cuda/cuda_check.h"
+#include "decode/cuda/convert.cuh"
 #include "forward/cuda/attention_kernel.cuh"
 #include "forward/cuda/forward_kernels.h"
 
@@ -23,21 +24,6 @@ unsigned grid_for(int64_t n) {
   const int64_t want = (n + kThreads - 1) / kThreads;
   return unsigned(want < 65536 ? (want > 0 ? want : 1) : 65536);
 }
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_f32(float v);
-template <>
-__device__ __forceinline__ float from_f32<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-template <>
-__device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
 
 // v as hi (+ lo): hi[i] = v rounded to T; lo[i] = the remainder rounded (16-bit T, lo not null).
 template <typename T>

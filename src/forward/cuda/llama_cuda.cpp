@@ -39,25 +39,7 @@ constexpr int64_t kRows = 256;                  // rows per GEMM in layers()
 constexpr size_t kHeadBytes = size_t(64) << 20;  // GEMM output bytes per piece of head()
 constexpr size_t kStagingBytes = size_t(64) << 20;  // host staging of the weight upload
 
-struct Stream {
-  cudaStream_t s = nullptr;
-  Stream() { FI_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)); }
-  ~Stream() {
-    if (s) cudaStreamDestroy(s);
-  }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-};
 
-struct Blas {
-  cublasHandle_t h = nullptr;
-  Blas() { FI_CUBLAS_CHECK(cublasCreate(&h)); }
-  ~Blas() {
-    if (h) cublasDestroy(h);
-  }
-  Blas(const Blas&) = delete;
-  Blas& operator=(const Blas&) = delete;
-};
 
 float* f32(const DeviceBuffer& b) { return static_cast<float*>(b.get()); }
 
