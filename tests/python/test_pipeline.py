@@ -33,8 +33,8 @@ PROMPT = "My favourite animal is the"
 NEW = 6
 
 
-def generate(model, dump, np_, *args):
-    p = t.run(["generate", "--model", model, "--backend", "cpu", "--prompt", PROMPT, "--max-new-tokens",
+def generate(model, dump, np_, *args, backend="cpu"):
+    p = t.run(["generate", "--model", model, "--backend", backend, "--prompt", PROMPT, "--max-new-tokens",
                NEW, "--print-ids", "--stats", "--dump-logits", dump, *args], np_=np_)
     ids = [int(x) for x in p.stdout.split()]
     logits = np.fromfile(dump, dtype="<f4")
@@ -42,10 +42,10 @@ def generate(model, dump, np_, *args):
 
 
 def check_stages(stderr, np_):
-    m = re.search(r"forward on cpu, (\d+) stages? \(layers ([0-9 |-]+)\)", stderr)
+    m = re.search(r"forward on (cpu|cuda), (\d+) stages? \(layers ([0-9 |-]+)\)", stderr)
     t.check(m is not None, f"no stage line in --stats output:\n{stderr}")
-    t.check(int(m.group(1)) == np_, f"-np {np_}: {m.group(1)} stages")
-    spans = [tuple(map(int, s.strip().split("-"))) for s in m.group(2).split("|")]
+    t.check(int(m.group(2)) == np_, f"-np {np_}: {m.group(2)} stages")
+    spans = [tuple(map(int, s.strip().split("-"))) for s in m.group(3).split("|")]
     covered = [layer for a, b in spans for layer in range(a, b + 1)]
     t.check(covered == list(range(LAYERS)), f"-np {np_}: stages {spans} do not cover 0..{LAYERS - 1} once")
 
@@ -84,6 +84,22 @@ def main():
         tied = t.demo_model(os.path.join(work, "tied"), *SIZE, "--tied", "--shards", "3", "--dtype", "f16")
         check_model(untied, work, ["--clamp", "2:5=8", "--clamp", "4:1=-3"])
         check_model(tied, work, [])
+
+        # Where a GPU is usable: the CUDA stages, split over ranks sharing it, give the same bits too.
+        probe = t.run(["generate", "--model", untied, "--backend", "cuda", "--prompt-ids", "1",
+                       "--max-new-tokens", "1"], check=False)
+        if probe.returncode == 0:
+            clamp = ["--clamp", "2:5=8"]
+            base_ids, base, _ = generate(untied, os.path.join(work, "cuda.f32"), None, *clamp, backend="cuda")
+            for np_ in (2, 3):
+                ids, logits, err = generate(untied, os.path.join(work, f"cuda{np_}.f32"), np_, *clamp,
+                                            backend="cuda")
+                check_stages(err, np_)
+                t.check(ids == base_ids and np.array_equal(logits, base),
+                        f"cuda -np {np_}: differs from one process")
+            print("  cuda: -np 2/3 bit-identical to one process", flush=True)
+        else:
+            print(f"  no CUDA forward here ({probe.stderr.strip()}): cpu only", flush=True)
 
         p = t.run(["generate", "--model", untied, "--backend", "cpu", "--prompt", PROMPT], np_=LAYERS + 1,
                   check=False)
