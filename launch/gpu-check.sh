@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # gpu-check.sh: everything the CUDA backend needs checked on a GPU machine, in one call of at
 # most 8 minutes: configure (serial-HDF5 writer, CUDA on, the GPU's own architecture), build the
-# CUDA tests and benchmark, run ctest -R cuda, gpu_decode_bench (8B map shape) and the PyTorch
+# CUDA tests and benchmark, run ctest -R cuda and the forward pass's Python checks (which add
+# --backend cuda on a device), gpu_decode_bench (8B map shape) and the PyTorch
 # baseline, then `flashinterp generate --backend cuda` (demo model; 8B width, 2 layers) against
 # a PyTorch fp32 KV-cache baseline on the GPU (tests/bench/gpu/generate_gpu_bench.sh; needs the
 # tokenizer: carry .cache/tokenizer to the GPU machine, else that step prints SKIPPED). Every
@@ -61,7 +62,7 @@ say "cmake $(cmake --version | head -1 | awk '{print $3}'), nvcc $(nvcc --versio
 
 step configure 120 configure.log \
   cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DFLASHINTERP_SERIAL_HDF5=ON \
-  -DFLASHINTERP_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" || FAILED=1
+  -DFLASHINTERP_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DFI_PYTHON="$(command -v python3)" || FAILED=1
 
 if ((FAILED == 0)); then
   step build 300 build.log \
@@ -74,6 +75,13 @@ if ((FAILED == 0)); then
   step "ctest -R cuda" 150 ctest.log \
     ctest --test-dir "$BUILD" -R cuda --output-on-failure --timeout 140 || FAILED=1
   grep -E "tests passed|Passed|Failed|SKIPPED" "$LOGS/ctest.log" | grep -v "^\[" | head -20 >>"$SUMMARY"
+  # The forward pass's Python checks, which add --backend cuda where a device is usable: logits
+  # against the float64 torch forward (1e-3), pipelines over ranks sharing the GPU bit-identical
+  # to one process, the clamp experiment. python3 of the PATH (the image's, with torch and h5py).
+  step "ctest forward (python, cuda)" 150 ctest.log \
+    ctest --test-dir "$BUILD" -R "py.test_(forward_torch|pipeline|clamp)" --output-on-failure --timeout 140 ||
+    FAILED=1
+  grep -E "tests passed|\[cuda\]|cuda:|Failed|FAIL" "$LOGS/ctest.log" | tail -12 >>"$SUMMARY"
 
   BENCH="$BUILD/tests/bench/gpu/gpu_decode_bench"
   # The 8B up-map shape: chunks of 2048 rows (the FACTS.md baseline), a whole layer per call,
