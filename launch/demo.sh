@@ -36,3 +36,7 @@ read -r PL PN < <(/usr/bin/python3 -c "import json,sys; p=[p for p in json.load(
   --prompt "My favourite city is" --watch " Paris" " London"
 "$FI" generate --model "$DEMO/model" --prompt "My favourite city is" --clamp "$PL:$PN=20" --max-new-tokens 8
 echo
+echo "== the same generation as a pipeline: mpirun -np 2 splits the layers over two ranks (how a model"
+echo "   bigger than one GPU runs); the text is the same"
+mpirun --oversubscribe -np 2 "$FI" generate --model "$DEMO/model" --prompt "My favourite city is" \
+  --clamp "$PL:$PN=20" --max-new-tokens 8 --stats

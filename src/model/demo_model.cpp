@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -112,8 +113,9 @@ void write_demo_model(const DemoOptions& o) {
     FI_FAIL(tok_path + ": tokenizer.json not found (run launch/setup-deps.sh, or pass --tokenizer)");
   if (exists(o.out + "/config.json") && !o.overwrite)
     FI_FAIL(o.out + ": already holds a model; pass --overwrite to replace it");
-  ::mkdir(o.out.c_str(), 0755);
-  FI_CHECK(exists(o.out), o.out + ": cannot create the directory");
+  std::error_code ec;
+  std::filesystem::create_directories(o.out, ec);  // parents too, as mkdir -p
+  FI_CHECK(exists(o.out), o.out + ": cannot create the directory" + (ec ? " (" + ec.message() + ")" : ""));
 
   Vocab vocab = load_vocab(tok_path);
   const int64_t V = vocab.size(), H = o.hidden, I = o.intermediate, L = o.layers;
