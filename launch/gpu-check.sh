@@ -75,11 +75,12 @@ if ((FAILED == 0)); then
   step "ctest -R cuda" 150 ctest.log \
     ctest --test-dir "$BUILD" -R cuda --output-on-failure --timeout 140 || FAILED=1
   grep -E "tests passed|Passed|Failed|SKIPPED" "$LOGS/ctest.log" | grep -v "^\[" | head -20 >>"$SUMMARY"
-  # The forward pass's Python checks, which add --backend cuda where a device is usable: logits
-  # against the float64 torch forward (1e-3), pipelines over ranks sharing the GPU bit-identical
-  # to one process, the clamp experiment. python3 of the PATH (the image's, with torch and h5py).
+  # The Python checks that take the CUDA paths on a device: the forward pass (--backend cuda
+  # against the float64 torch forward at 1e-3, pipelines over ranks sharing the GPU bit-identical
+  # to one process, the clamp experiment) and the decode's token index (auto = cuda) against
+  # float64. python3 of the PATH (the image's, with torch and h5py).
   step "ctest forward (python, cuda)" 150 ctest.log \
-    ctest --test-dir "$BUILD" -R "py.test_(forward_torch|pipeline|clamp)" --output-on-failure --timeout 140 ||
+    ctest --test-dir "$BUILD" -R "py.test_(forward_torch|pipeline|clamp|token_index)" --output-on-failure --timeout 140 ||
     FAILED=1
   grep -E "tests passed|\[cuda\]|cuda:|Failed|FAIL" "$LOGS/ctest.log" | tail -12 >>"$SUMMARY"
 

@@ -20,9 +20,9 @@ std::function<int(int*, char***)> add_decode(CLI::App& app) {
   cmd->add_option("--bottom-k", opt->bottom_k, "bottom tokens kept per neuron")->capture_default_str();
   cmd->add_option("--norm", opt->norm, "rms (final RMSNorm) | gamma (x*gamma) | none")
       ->capture_default_str();
-  auto* ti = cmd->add_option("--token-index", opt->token_index,
-                              "for every token, the M neurons that give it the highest probability (0: off)")
-                   ->capture_default_str();
+  cmd->add_option("--token-index", opt->token_index,
+                  "for every token, the M neurons that give it the highest probability (0: off)")
+      ->capture_default_str();
   cmd->add_option("--chunk-rows", opt->chunk_rows, "neurons per work item (default: cpu 512, cuda 4096)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--backend", opt->backend, "auto | cpu | cuda")->capture_default_str();
@@ -34,11 +34,10 @@ std::function<int(int*, char***)> add_decode(CLI::App& app) {
                 "within ~1e-2 instead of ~1e-5 relative of the exact path)");
   cmd->add_flag("--allow-tf32", opt->allow_tf32, "allow TF32 GEMMs for fp32 checkpoints (cuda)");
   cmd->add_flag("--quiet", opt->quiet, "no progress or summary on stderr");
-  return [opt, matrices, ti](int* argc, char*** argv) {
+  return [opt, matrices](int* argc, char*** argv) {
     std::ostringstream cl;
     for (int i = 0; i < *argc; ++i) cl << (i ? " " : "") << (*argv)[i];
     opt->command_line = cl.str();
-    opt->token_index_given = ti->count() > 0;
     opt->matrices.clear();
     std::stringstream ss(*matrices);
     for (std::string m; std::getline(ss, m, ',');) opt->matrices.push_back(m);

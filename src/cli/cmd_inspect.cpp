@@ -141,13 +141,13 @@ int run_inspect(const InspectOptions& o) {
   const double cpu_mem = lm32 / rpn + (o.token_index > 0 ? o.chunk_rows * V * 4.0 : 0) + ti_bytes +
                          o.chunk_rows * H * 8.0;
   const double gpu_chunk = 4096;
-  const double gpu_mem = lm16 + gpu_chunk * V * 4.0 + gpu_chunk * H * 4.0;
+  const double gpu_mem = lm16 + gpu_chunk * V * 4.0 + gpu_chunk * H * 4.0 + ti_bytes;
   std::printf("ranks      %d (%d per node): %zu work items of %lld rows; each rank %zu-%zu items, up to %.3g GFLOP\n",
               o.ranks, rpn, plan.size(), (long long)o.chunk_rows, last.size(), first.size(), rank_flops / 1e9);
   std::printf("memory     CPU rank: ~%s (LM-head %s per node shared by its %d ranks, logits chunk, token index %s)\n",
               human(cpu_mem).c_str(), human(lm32).c_str(), rpn, human(ti_bytes).c_str());
-  std::printf("           GPU rank: ~%s of device memory (LM-head %s + a %g-row fp32 logits chunk)\n",
-              human(gpu_mem).c_str(), human(lm16).c_str(), gpu_chunk);
+  std::printf("           GPU rank: ~%s of device memory (LM-head %s + a %g-row fp32 logits chunk, token index %s)\n",
+              human(gpu_mem).c_str(), human(lm16).c_str(), gpu_chunk, human(ti_bytes).c_str());
   std::printf("time       CPU ranks at %.0f GFLOP/s per core, %d cores per rank: ~%.0f s;  GPU ranks at %.0f TFLOP/s: ~%.1f s\n",
               o.cpu_gflops_per_core, o.cores_per_rank, rank_flops / (o.cpu_gflops_per_core * 1e9 * o.cores_per_rank),
               o.gpu_tflops, rank_flops / (o.gpu_tflops * 1e12));

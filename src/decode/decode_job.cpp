@@ -334,13 +334,7 @@ int run_decode(const DecodeOptions& opt, const Comms& c) {
                                   : std::max(1, int(std::thread::hardware_concurrency()) / c.local_size);
     dec = make_cpu_decoder(head->view(), gamma, p, threads);
   }
-  int M = opt.token_index;
-  if (M > 0 && !dec->supports_token_index()) {
-    if (opt.token_index_given)
-      collective(c.world, [&] { FI_FAIL(std::string("--token-index: not supported by the ") + dec->name() + " backend yet"); });
-    if (talk) std::fprintf(stderr, "flashinterp: the %s backend has no token index yet; writing none\n", dec->name());
-    M = 0;
-  }
+  const int M = opt.token_index;
   if (talk)
     std::fprintf(stderr, "flashinterp: LM-head [%lld x %lld] ready in %.2f s (%s, %d rank%s, %d node%s)\n",
                  (long long)cfg.vocab_size, (long long)cfg.hidden_size, replicate_s, dec->name(),
@@ -426,6 +420,7 @@ int run_decode(const DecodeOptions& opt, const Comms& c) {
   const std::vector<WorkItem> full_plan = make_plan(int(mats.size()), int(layers.size()), N, p.chunk_rows);
   auto save_token_index = [&](size_t rounds_done) {
     if (M == 0) return;
+    collective(c.world, [&] { dec->sync_token_index(); });  // a GPU's copy back to the host
     std::vector<uint8_t> inc = done.empty() ? std::vector<uint8_t>(full_plan.size(), 0) : done;
     for (int r = 0; r < c.size; ++r) {
       Range sh = rank_share(plan.size(), r, c.size);

@@ -13,7 +13,6 @@ struct DecodeOptions {
   std::vector<std::string> matrices{"up"};
   std::string layers;  // "A-B", "A", or "" for all
   int top_k = 20, bottom_k = 0, token_index = 32;
-  bool token_index_given = false;  // asked for explicitly (an error if the backend lacks it)
   std::string norm = "rms";
   int64_t chunk_rows = 0;  // 0: the backend's default
   std::string backend = "auto";

@@ -50,10 +50,13 @@ class Decoder {
  public:
   virtual ~Decoder() = default;
   virtual const char* name() const = 0;
-  // The token index (decode/token_index.h): a backend that supports it adds the rows of the
-  // next decode() call (neurons row0.. of model layer `layer`) to *ti; nullptr turns it off.
-  virtual bool supports_token_index() const { return false; }
-  virtual void set_token_index_target(TokenIndex* /*ti*/, int32_t /*layer*/, int64_t /*row0*/) {}
+  // The token index (decode/token_index.h): the backend adds the rows of the next decode()
+  // call (neurons row0.. of model layer `layer`) to *ti; without a call, no index is kept.
+  virtual void set_token_index_target(TokenIndex* ti, int32_t layer, int64_t row0) = 0;
+  // Brings every target TokenIndex up to date on the host (a backend that keeps the index
+  // elsewhere, e.g. on a GPU); call before reading or merging them. Later decode() calls start
+  // again from the host objects.
+  virtual void sync_token_index() {}
   // x: [rows, hidden] fp32, the raw neuron vectors (widened exactly); gamma: [hidden] final norm.
   virtual void decode(const float* x, int64_t rows, ChunkResult& out) = 0;
 };

@@ -6,33 +6,9 @@
 #include <limits>
 
 #include "common/error.h"
+#include "decode/token_index_list.h"
 
 namespace fi {
-namespace {
-
-// The index's total order: higher log-probability first, then lower layer, then lower neuron.
-inline bool better(double a, int32_t la, int32_t na, double b, int32_t lb, int32_t nb) {
-  if (a != b) return a > b;
-  if (la != lb) return la >= 0 && (lb < 0 || la < lb);
-  return na < nb;
-}
-
-// Inserts (x, l, n) into the sorted list of one token (length m) if it beats the last entry.
-inline void insert(double* lp, int32_t* ly, int32_t* nr, int64_t m, double x, int32_t l, int32_t n) {
-  if (!better(x, l, n, lp[m - 1], ly[m - 1], nr[m - 1])) return;
-  int64_t i = m - 1;
-  while (i > 0 && better(x, l, n, lp[i - 1], ly[i - 1], nr[i - 1])) {
-    lp[i] = lp[i - 1];
-    ly[i] = ly[i - 1];
-    nr[i] = nr[i - 1];
-    --i;
-  }
-  lp[i] = x;
-  ly[i] = l;
-  nr[i] = n;
-}
-
-}  // namespace
 
 TokenIndex::TokenIndex(int64_t v, int64_t mm)
     : vocab(v), m(mm), logp(size_t(v * mm), -std::numeric_limits<double>::infinity()),
@@ -77,7 +53,7 @@ void TokenIndex::update(const float* logits, int64_t ld, int64_t rows, const dou
     for (int64_t v = next_token_candidate(x, s, worst.data(), v0, v1); v < v1;
          v = next_token_candidate(x, s, worst.data(), v + 1, v1)) {
       const double lp = double(x[v]) - s;
-      insert(&logp[size_t(v * m)], &layer[size_t(v * m)], &neuron[size_t(v * m)], m, lp, l, n);
+      ti_insert(&logp[size_t(v * m)], &layer[size_t(v * m)], &neuron[size_t(v * m)], m, lp, l, n);
       worst[size_t(v)] = logp[size_t(v * m + m - 1)];
     }
   }
@@ -89,7 +65,7 @@ void TokenIndex::merge(const TokenIndex& o) {
     for (int64_t j = 0; j < m; ++j) {
       size_t i = size_t(v * m + j);
       if (o.layer[i] < 0) break;
-      insert(&logp[size_t(v * m)], &layer[size_t(v * m)], &neuron[size_t(v * m)], m, o.logp[i],
+      ti_insert(&logp[size_t(v * m)], &layer[size_t(v * m)], &neuron[size_t(v * m)], m, o.logp[i],
              o.layer[i], o.neuron[i]);
     }
   refresh_worst();
@@ -119,7 +95,7 @@ extern "C" void merge_op(void* in, void* inout, int* len, MPI_Datatype*) {
     Entry* y = b + t * g_m;
     int64_t i = 0, j = 0;
     for (int64_t k = 0; k < g_m; ++k) {
-      bool take_x = better(x[i].logp, x[i].layer, x[i].neuron, y[j].logp, y[j].layer, y[j].neuron);
+      bool take_x = ti_better(x[i].logp, x[i].layer, x[i].neuron, y[j].logp, y[j].layer, y[j].neuron);
       out[size_t(k)] = take_x ? x[i++] : y[j++];
     }
     std::memcpy(y, out.data(), size_t(g_m) * sizeof(Entry));

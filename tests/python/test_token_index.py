@@ -2,7 +2,9 @@
 """The token -> neuron index (/<matrix>/token_index) against an independent float64 computation
 over the full logits of a small model: for every token, the M (layer, neuron) pairs with the
 highest probability, best first, ties to the lower (layer, neuron). Also: the same bits for
-1, 2 and 3 ranks, and --token-index 0 writes no index."""
+1, 2 and 3 ranks, and --token-index 0 writes no index. A map the CUDA backend wrote (on a GPU
+machine, where auto picks it) is held to its contract instead: probabilities within 1e-3
+relative, near-ties within 1e-4 in log-probability (fp32 lse, hi + lo GEMM)."""
 import h5py
 import numpy as np
 
@@ -39,18 +41,22 @@ def check_index(f, ref, matrix, layers, n):
         lp_of[layer] = logits - t.logsumexp(logits)[:, None]
     listed = np.stack([lp_of[int(l)][n_, v] for v in range(0, V, 997) for l, n_ in zip(lay[v], neu[v])])
     got = probs[::997].reshape(-1).astype(np.float64)
-    t.check(np.allclose(got, np.exp(listed), rtol=1e-4, atol=0), f"{matrix}: listed probabilities off")
+    backend = f.attrs["backend"]
+    backend = backend.decode() if isinstance(backend, bytes) else str(backend)
+    cuda = backend == "cuda"
+    t.check(np.allclose(got, np.exp(listed), rtol=1e-3 if cuda else 1e-4, atol=0),
+            f"{matrix}: listed probabilities off")
     # ... and the lists must equal the reference, except where two candidates are within a tiny
     # log-prob of each other (float32 logits cannot order those).
     same = (lay == rl) & (neu == rn)
     bad = np.argwhere(~same)
     for v, j in bad:
         mine = lp_of[int(lay[v, j])][neu[v, j], v]
-        t.check(abs(mine - rlp[v, j]) < 1e-5, f"{matrix}: token {v} slot {j}: map has layer {lay[v, j]} "
+        t.check(abs(mine - rlp[v, j]) < (1e-4 if cuda else 1e-5), f"{matrix}: token {v} slot {j}: map has layer {lay[v, j]} "
                 f"neuron {neu[v, j]} (logp {mine:.7f}), reference layer {rl[v, j]} neuron {rn[v, j]} "
                 f"(logp {rlp[v, j]:.7f})")
     t.check(np.all(np.diff(probs, axis=1) <= 0), f"{matrix}: index lists not sorted best first")
-    print(f"  {matrix}: {V} tokens x {M}: {same.mean() * 100:.3f}% slots identical to the float64 "
+    print(f"  {matrix} [{backend}]: {V} tokens x {M}: {same.mean() * 100:.3f}% slots identical to the float64 "
           f"reference, the rest are near-ties ({len(bad)})")
 
 

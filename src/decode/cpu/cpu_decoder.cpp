@@ -29,7 +29,6 @@ class CpuDecoder final : public Decoder {
     openblas_set_num_threads(1);
   }
   const char* name() const override { return "cpu"; }
-  bool supports_token_index() const override { return true; }
   void set_token_index_target(TokenIndex* ti, int32_t layer, int64_t row0) override {
     ti_ = ti;
     ti_layer_ = layer;

@@ -22,10 +22,13 @@
 #include <climits>
 #include <cstdio>
 #include <cstring>
+#include <map>
 
 #include "decode/cuda/cuda_check.h"
 #include "decode/cuda/cuda_decoder_impl.h"
 #include "decode/cuda/kernels.h"
+#include "decode/cuda/token_index_kernel.cuh"
+#include "decode/token_index.h"
 
 namespace fi {
 
@@ -252,6 +255,16 @@ struct CudaDecoder::Impl {
   Slot slot[2];
   DeviceBuffer results;  // packed per-row results of one call (device)
   PinnedBuffer results_host;
+  // The token index: a device copy of each target TokenIndex (made from the host one on first
+  // use, brought back by sync_token_index), and the target of the next run().
+  struct DeviceIndex {
+    DeviceBuffer logp, layer, neuron, worst;
+    TokenIndexLists lists;
+  };
+  std::map<TokenIndex*, DeviceIndex> indexes;
+  TokenIndex* ti = nullptr;
+  int32_t ti_layer = 0;
+  int64_t ti_row0 = 0;
 
   Impl(DeviceLmHead h, const std::vector<float>& g, const DecodeParams& params,
        const CudaDecoderOptions& opt)
@@ -286,6 +299,39 @@ struct CudaDecoder::Impl {
     cudaSetDevice(device);
     cudaDeviceSynchronize();
     cudaGetLastError();
+  }
+
+  DeviceIndex& device_index(TokenIndex* t) {
+    auto it = indexes.find(t);
+    if (it != indexes.end()) return it->second;
+    if (t->vocab != V || t->m <= 0) FI_FAIL("CUDA decode: the token index does not match the LM-head");
+    DeviceIndex d;
+    const size_t n = size_t(t->vocab * t->m);
+    d.logp = DeviceBuffer(n * 8, "the token index");
+    d.layer = DeviceBuffer(n * 4, "the token index");
+    d.neuron = DeviceBuffer(n * 4, "the token index");
+    d.worst = DeviceBuffer(size_t(t->vocab) * 8, "the token index");
+    FI_CUDA_CHECK(cudaMemcpy(d.logp.get(), t->logp.data(), n * 8, cudaMemcpyHostToDevice));
+    FI_CUDA_CHECK(cudaMemcpy(d.layer.get(), t->layer.data(), n * 4, cudaMemcpyHostToDevice));
+    FI_CUDA_CHECK(cudaMemcpy(d.neuron.get(), t->neuron.data(), n * 4, cudaMemcpyHostToDevice));
+    FI_CUDA_CHECK(cudaMemcpy(d.worst.get(), t->worst.data(), size_t(t->vocab) * 8, cudaMemcpyHostToDevice));
+    d.lists = {static_cast<double*>(d.logp.get()), static_cast<int32_t*>(d.layer.get()),
+               static_cast<int32_t*>(d.neuron.get()), static_cast<double*>(d.worst.get()), t->m};
+    return indexes.emplace(t, std::move(d)).first->second;
+  }
+
+  void sync_token_index() {
+    if (indexes.empty()) return;
+    FI_CUDA_CHECK(cudaSetDevice(device));
+    FI_CUDA_CHECK(cudaDeviceSynchronize());
+    for (auto& [t, d] : indexes) {
+      const size_t n = size_t(t->vocab * t->m);
+      FI_CUDA_CHECK(cudaMemcpy(t->logp.data(), d.logp.get(), n * 8, cudaMemcpyDeviceToHost));
+      FI_CUDA_CHECK(cudaMemcpy(t->layer.data(), d.layer.get(), n * 4, cudaMemcpyDeviceToHost));
+      FI_CUDA_CHECK(cudaMemcpy(t->neuron.data(), d.neuron.get(), n * 4, cudaMemcpyDeviceToHost));
+      t->refresh_worst();
+    }
+    indexes.clear();  // the host copies are the index now (the job may merge into them)
   }
 
   // Rows per GEMM: as many as memory allows up to max_sub_rows, halved until two pieces' buffers
@@ -339,6 +385,9 @@ struct CudaDecoder::Impl {
     const cudaStream_t sg = gemm_stream.s, sr = reduce_stream.s;
     const int64_t sub = sub_rows(rows);
     const float* gamma_d = static_cast<const float*>(gamma.get());
+    TokenIndex* target = ti;
+    ti = nullptr;  // a target holds for one call, as on the CPU
+    const TokenIndexLists* lists = target ? &device_index(target).lists : nullptr;
     for (int64_t r0 = 0, piece = 0; r0 < rows; r0 += sub, ++piece) {
       const int64_t n = std::min(sub, rows - r0);
       Slot& s = slot[piece % 2];
@@ -375,7 +424,10 @@ struct CudaDecoder::Impl {
                     p.allow_tf32, true);
       FI_CUDA_CHECK(cudaEventRecord(s.gemm_done.e, sg));
       FI_CUDA_CHECK(cudaStreamWaitEvent(sr, s.gemm_done.e, 0));
-      launch_row_reduce(logits, n, V, ld, k, b, offset_rows(all, r0, k, b), sr);
+      const RowOutputs piece_out = offset_rows(all, r0, k, b);
+      launch_row_reduce(logits, n, V, ld, k, b, piece_out, sr);
+      if (lists)  // after the reduction on the same stream: it needs the rows' lse
+        launch_token_index(logits, ld, n, V, piece_out.lse, ti_layer, ti_row0 + r0, *lists, sr);
       FI_CUDA_CHECK(cudaEventRecord(s.reduce_done.e, sr));
     }
     // Every upload precedes a norm on the GEMM stream, and every GEMM-stream operation precedes
@@ -401,6 +453,14 @@ void CudaDecoder::decode(const float* x, int64_t rows, ChunkResult& out) {
 void CudaDecoder::decode_device(const void* x, DType x_dtype, int64_t rows, ChunkResult& out) {
   impl_->run(x, false, x_dtype, rows, out);
 }
+
+void CudaDecoder::set_token_index_target(TokenIndex* ti, int32_t layer, int64_t row0) {
+  impl_->ti = ti;
+  impl_->ti_layer = layer;
+  impl_->ti_row0 = row0;
+}
+
+void CudaDecoder::sync_token_index() { impl_->sync_token_index(); }
 
 int64_t CudaDecoder::sub_rows(int64_t rows) const { return impl_->sub_rows(rows); }
 int64_t CudaDecoder::max_sub_rows() const { return impl_->max_sub; }

@@ -75,6 +75,10 @@ class CudaDecoder final : public Decoder {
               const CudaDecoderOptions& o = {});
   ~CudaDecoder() override;
   const char* name() const override { return "cuda"; }
+  // The token index is kept on the device (decode/cuda/token_index_kernel.cuh) and brought
+  // back to the host TokenIndex objects by sync_token_index.
+  void set_token_index_target(TokenIndex* ti, int32_t layer, int64_t row0) override;
+  void sync_token_index() override;
   // x: [rows, hidden] fp32 on the host.
   void decode(const float* x, int64_t rows, ChunkResult& out) override;
   // x: [rows, hidden] of x_dtype on the decoder's device. Results still come back to the host.

@@ -30,6 +30,15 @@ struct RowOutputs {
 void launch_row_reduce(const float* logits, int64_t rows, int64_t vocab, int64_t ld, int k, int b,
                        const RowOutputs& out, cudaStream_t stream);
 
+struct TokenIndexLists;  // token_index_kernel.cuh
+
+// The token index update of one logits piece: rows [rows, ld] fp32 (device) are neurons row0..
+// of model layer `layer`, lse: [rows] their log-sum-exp (device, from launch_row_reduce); every
+// token's list in t (device) takes the rows that beat its M-th entry.
+void launch_token_index(const float* logits, int64_t ld, int64_t rows, int64_t vocab,
+                        const float* lse, int32_t layer, int64_t row0, const TokenIndexLists& t,
+                        cudaStream_t stream);
+
 // x: [rows, hidden] of x_dtype (device); gamma: [hidden] fp32 (device; unused for None).
 // hi: [rows, hidden] of out_dtype = the normed rows rounded to out_dtype. lo (optional, only
 // for 16-bit out_dtype): the rounding remainder, also rounded, so hi + lo carries ~16 bits more.

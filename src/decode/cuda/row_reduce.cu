@@ -1,10 +1,12 @@
-// The launcher of the fused row reduction (the kernel itself: row_reduce_kernel.cuh).
+// The launchers of the fused row reduction (the kernel itself: row_reduce_kernel.cuh) and of
+// the token index update (token_index_kernel.cuh).
 #include <climits>
 #include <string>
 
 #include "decode/cuda/cuda_check.h"
 #include "decode/cuda/kernels.h"
 #include "decode/cuda/row_reduce_kernel.cuh"
+#include "decode/cuda/token_index_kernel.cuh"
 
 namespace fi::gpu {
 
@@ -23,6 +25,16 @@ void launch_row_reduce(const float* logits, int64_t rows, int64_t vocab, int64_t
   static_assert(kStateBytes + 2 * 2048 * 8 <= 48 * 1024, "reduction shared memory over 48 KiB");
   const size_t smem = smem_bytes(k, b);
   row_reduce_kernel<<<unsigned(rows), kThreads, smem, stream>>>(logits, ld, int(vocab), k, b, out);
+  FI_CUDA_CHECK(cudaGetLastError());
+}
+
+void launch_token_index(const float* logits, int64_t ld, int64_t rows, int64_t vocab,
+                        const float* lse, int32_t layer, int64_t row0, const TokenIndexLists& t,
+                        cudaStream_t stream) {
+  if (rows <= 0 || vocab <= 0) return;
+  if (t.m <= 0) FI_FAIL("CUDA decode: token index with M = " + std::to_string(t.m));
+  token_index_kernel<<<unsigned((vocab + 255) / 256), 256, 0, stream>>>(logits, ld, rows, vocab, lse,
+                                                                        layer, row0, t);
   FI_CUDA_CHECK(cudaGetLastError());
 }
 
