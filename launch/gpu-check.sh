@@ -91,6 +91,7 @@ if ((FAILED == 0)); then
   step "bench chunk 14336" 60 bench.log "$BENCH" --chunk-rows 14336
   step "bench chunk 14336 split input" 60 bench.log "$BENCH" --chunk-rows 14336 --split-input
   step "bench chunk 256, 4 layers" 60 bench.log "$BENCH" --chunk-rows 256 --layers 4
+  step "bench chunk 14336 split input, token index 32" 60 bench.log "$BENCH" --chunk-rows 14336 --split-input --token-index 32
 
   # Generation through the CUDA forward stage: 64 new tokens, flashinterp vs torch (GPU, fp32).
   GENB="$ROOT/tests/bench/gpu/generate_gpu_bench.sh"

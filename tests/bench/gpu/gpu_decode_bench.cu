@@ -4,6 +4,7 @@
 // the reduction and norm kernels alone, rows/s, and the LM-head upload (host -> device).
 // Usage: gpu_decode_bench [--layers L] [--neurons N] [--hidden H] [--vocab V] [--top-k K]
 //        [--bottom-k B] [--chunk-rows R] [--sub-rows S] [--split-input] [--reps N]
+//        [--token-index M] (the decode also keeps the token -> neuron index, as the job does)
 // Prints "SKIPPED (no CUDA device)" and exits 0 without a device.
 #include <cuda_runtime_api.h>
 
@@ -17,6 +18,7 @@
 #include "decode/cuda/cuda_check.h"
 #include "decode/cuda/cuda_decoder_impl.h"
 #include "decode/cuda/kernels.h"
+#include "decode/token_index.h"
 
 namespace {
 
@@ -31,6 +33,7 @@ struct Args {
   int64_t chunk_rows = 2048, sub_rows = 0;
   bool split = false;
   int reps = 1;
+  int token_index = 0;
 };
 
 Args parse(int argc, char** argv) {
@@ -54,6 +57,7 @@ Args parse(int argc, char** argv) {
     else if (s == "--sub-rows") a.sub_rows = next();
     else if (s == "--split-input") a.split = true;
     else if (s == "--reps") a.reps = int(next());
+    else if (s == "--token-index") a.token_index = int(next());
     else {
       std::fprintf(stderr, "gpu_decode_bench: unknown option %s\n", s.c_str());
       std::exit(2);
@@ -138,10 +142,14 @@ int run(const Args& a) {
   long long checksum = 0;
   for (int rep = 0; rep < a.reps; ++rep) {
     auto t0 = Clock::now();
+    TokenIndex ti(a.token_index > 0 ? a.vocab : 0, a.token_index);
     for (const Chunk& c : chunks) {
+      if (a.token_index > 0)
+        dec.set_token_index_target(&ti, int32_t(c.row0 / a.neurons), c.row0 % a.neurons);
       dec.decode_device(xb + size_t(c.row0) * H * 2, DType::BF16, c.rows, res);
       checksum += res.top_ids[0];
     }
+    dec.sync_token_index();  // the index's copy back, as the job's save does
     FI_CUDA_CHECK(cudaDeviceSynchronize());
     total_s = std::min(total_s, seconds_since(t0));
   }
@@ -198,8 +206,9 @@ int run(const Args& a) {
   const double gemms = a.split ? 2.0 : 1.0;
   std::printf("pieces: %lld rows per GEMM (chunk %lld rows)\n", (long long)dec.sub_rows(a.chunk_rows),
               (long long)a.chunk_rows);
-  std::printf("decode total      %8.3f s   %10.0f rows/s   %6.1f TFLOP/s (one GEMM's flops)\n", total_s,
-              double(total_rows) / total_s, flops / total_s / 1e12);
+  std::printf("decode total      %8.3f s   %10.0f rows/s   %6.1f TFLOP/s (one GEMM's flops)%s\n", total_s,
+              double(total_rows) / total_s, flops / total_s / 1e12,
+              a.token_index > 0 ? (", token index M=" + std::to_string(a.token_index)).c_str() : "");
   std::printf("cuBLAS GEMM alone %8.3f s   %6.1f TFLOP/s   (x%.0f with split input: %.3f s)\n", gemm_s,
               flops / gemm_s / 1e12, gemms, gemm_s * gemms);
   std::printf("reduction alone   %8.3f s   (logits read: %.1f GB, %.0f GB/s)\n", reduce_s,
