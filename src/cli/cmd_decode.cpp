@@ -28,6 +28,11 @@ std::function<int(int*, char***)> add_decode(CLI::App& app) {
   cmd->add_option("--backend", opt->backend, "auto | cpu | cuda")->capture_default_str();
   cmd->add_option("--threads", opt->threads, "CPU threads per rank (default: cores per node / ranks per node)");
   cmd->add_flag("--overwrite", opt->overwrite, "replace an existing output map (the old one stays until the new one is complete)");
+  cmd->add_option("--save-index-every", opt->save_index_minutes,
+                  "minutes between saves of the token index into OUT.partial (a kill -9 redoes at "
+                  "most that much of the index's work; 0: only at the end or on a stop signal)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--resume", opt->resume, "continue OUT.partial (same model and options); without one, start fresh");
   cmd->add_flag("--fast-gemm", opt->fast_gemm,
                 "cuda, bf16/f16 heads: one 16-bit GEMM on rounded rows (about 2x faster; probabilities "

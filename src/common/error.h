@@ -13,7 +13,9 @@ struct Error : std::runtime_error {
 [[noreturn]] void fail_at(const char* file, int line, const std::string& msg);
 
 // For the resume tests: SIGKILLs this process when $FLASHINTERP_TEST_KILL_AT equals `point`
-// (points: vocab, data:R, done:R, complete, rename; R a round number). A no-op otherwise.
+// (points: vocab, data:R, done:R, complete, rename; R a round number; index:N, inside the N-th
+// token index write (one per matrix per save), after its lists and before its included mask).
+// A no-op otherwise.
 void test_kill_point(const std::string& point);
 
 // For the failure tests: the rank named by $FLASHINTERP_TEST_FAIL_RANK (-1 when unset) throws

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -183,6 +184,9 @@ bool read_partial(const std::string& path, const std::string& fp, const std::vec
     if (tis.empty()) continue;
     auto inc = h5::read_u8(f, g + "token_index/included");
     included.insert(included.end(), inc.begin(), inc.end());
+    // Nothing included: never saved, or cut off inside a save (see MapWriter::write_token_index);
+    // the lists on disk may then hold rows that are indexed again, so start this matrix empty.
+    if (std::find(inc.begin(), inc.end(), uint8_t(1)) == inc.end()) continue;
     TokenIndex& ti = tis[mi];
     auto read = [&](const char* name, hid_t type, void* dst) {
       h5::Handle ds = h5::open_dataset(f, g + "token_index/" + name);
@@ -435,7 +439,12 @@ int run_decode(const DecodeOptions& opt, const Comms& c) {
       reduce_token_index(tis[mi], c.world);
       writer.write_token_index(mi, tis[mi], std::vector<uint8_t>(inc.begin() + mi * per, inc.begin() + (mi + 1) * per));
     }
+    // Rank 0 holds everyone's entries now; the others start again from empty lists, so that
+    // the next merge counts each row once.
+    if (c.rank != 0)
+      for (auto& ti : tis) ti = TokenIndex(cfg.vocab_size, M);
   };
+  Clock::time_point t_saved = Clock::now();  // rank 0's clock decides the periodic saves
 
   Progress progress(talk, int64_t(plan.size() > 0 ? mats.size() * layers.size() * N : 0));
   std::vector<float> x;
@@ -452,8 +461,10 @@ int run_decode(const DecodeOptions& opt, const Comms& c) {
       dec->decode(x.data(), item->rows, res);
     });
     writer.write_round(item, item ? &res : nullptr);
-    int64_t mine[2] = {item ? item->rows : 0, int64_t(g_stop)}, all[2] = {0, 0};
-    MPI_Allreduce(mine, all, 2, MPI_INT64_T, MPI_SUM, c.world);
+    const bool save_due = c.rank == 0 && M > 0 && opt.save_index_minutes > 0 &&
+                          seconds_since(t_saved) >= 60 * opt.save_index_minutes;
+    int64_t mine[3] = {item ? item->rows : 0, int64_t(g_stop), save_due ? 1 : 0}, all[3] = {0, 0, 0};
+    MPI_Allreduce(mine, all, 3, MPI_INT64_T, MPI_SUM, c.world);
     rows_done += all[0];
     progress.update(rows_done);
     if (all[1] > 0 && round + 1 < rounds) {
@@ -464,6 +475,10 @@ int run_decode(const DecodeOptions& opt, const Comms& c) {
       writer.close();
       MPI_Barrier(c.world);
       return kExitStopped;
+    }
+    if (all[2] > 0 && round + 1 < rounds) {
+      save_token_index(round + 1);
+      t_saved = Clock::now();
     }
   }
   save_token_index(rounds);

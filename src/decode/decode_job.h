@@ -19,6 +19,10 @@ struct DecodeOptions {
   bool overwrite = false, resume = false, quiet = false, allow_tf32 = false;
   bool fast_gemm = false;  // cuda, 16-bit heads: one GEMM on bf16-rounded rows (see CudaSetup)
   int threads = 0;  // CPU worker threads per rank; 0: cores per node / ranks per node
+  // The token index is merged and saved into OUT.partial at least this often (minutes), so a
+  // run killed outright (no signal) redoes at most this much of the index's work; 0: only at the
+  // end or on a stop signal.
+  double save_index_minutes = 10;
   std::string command_line;
 };
 

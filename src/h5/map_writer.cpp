@@ -309,11 +309,19 @@ void MapWriter::write_token_index(size_t mi, const TokenIndex& ti, const std::ve
       if (rank_ == 0) h5::write_slab(d, type, {0, 0}, count, mem, dxpl);
       else h5::write_slab(d, type, {}, {}, nullptr, dxpl);
     };
+    // Crash-safe order: the included mask is cleared and flushed before the lists change and
+    // set again after they are flushed, so a kill at any moment leaves either lists that
+    // cover exactly the chunks marked included, or nothing marked (read_partial then drops the
+    // lists and those chunks are indexed again).
+    const std::vector<uint8_t> none(rank_ == 0 ? inc.size() : 0, 0);
+    put("included", H5T_NATIVE_UINT8, {L, C}, none.data());
+    h5::check(H5Fflush(file_, H5F_SCOPE_GLOBAL), path_ + ": flush failed");
     put("layer", H5T_NATIVE_INT32, {V, M}, ti.layer.data());
     put("neuron", H5T_NATIVE_INT32, {V, M}, ti.neuron.data());
     put("probs", H5T_NATIVE_FLOAT, {V, M}, probs.data());
     put("logp", H5T_NATIVE_DOUBLE, {V, M}, ti.logp.data());
     h5::check(H5Fflush(file_, H5F_SCOPE_GLOBAL), path_ + ": flush failed");
+    if (rank_ == 0) test_kill_point("index:" + std::to_string(++index_writes_));
     put("included", H5T_NATIVE_UINT8, {L, C}, inc.data());
   });
 }

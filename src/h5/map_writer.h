@@ -68,6 +68,7 @@ class MapWriter {
   std::vector<MatrixLayout> mats_;
   int64_t k_ = 0, b_ = 0;
   int64_t round_ = 0;
+  int64_t index_writes_ = 0;  // write_token_index calls so far (the test kill point index:N)
   WriterKind kind_;
   h5::Handle file_, dxpl_;
   std::vector<Datasets> ds_;

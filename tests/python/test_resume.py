@@ -3,9 +3,13 @@
 points — during the vocab write, after a round's data but before its done bits, after its done
 bits, between the last chunk and `complete`, and before the rename — then run again with
 --resume gives datasets bit-identical to an uninterrupted run (h5diff and raw bytes), token index
-included. Also: a stop signal (SIGUSR1 to mpirun) exits 75 and resumes; a partial made with other
-options is refused; a partial is never taken for a complete map."""
+included. Periodic token index saves (--save-index-every, here after every round): a run killed
+outright keeps the index of the rounds before (the resume redoes only the rest), and a kill inside
+a save, between the lists and their included mask, still resumes to the same bits. Also: a stop
+signal (SIGUSR1 to mpirun) exits 75 and resumes; a partial made with other options is refused; a
+partial is never taken for a complete map."""
 import os
+import re
 import signal
 import subprocess
 import time
@@ -62,6 +66,24 @@ def test():
             t.decode(model, out, "--resume", *ARGS, np_=3)
             same(ref, out, f"kill at {point} then --resume")
             print(f"  killed at {point}, resumed with 3 ranks: identical")
+
+        # 2 layers x 5 chunks x 2 matrices = 20 items, 10 rounds of 2 ranks. Killed after round 6's
+        # data: rounds 0-5 are done and in the saved index, so exactly 12 chunks are skipped.
+        # index:3 is inside the second save (after round 1), the first matrix's lists written.
+        every = ["--save-index-every", "1e-9"]
+        for point, skipped in (("data:6", 12), ("index:3", None)):
+            out = f"{tmp}/p-{point.replace(':', '')}.h5"
+            env = dict(os.environ, FLASHINTERP_TEST_KILL_AT=point)
+            cmd = [*t.mpi_prefix(2), t.binary(), "decode", "--model", model, "--out", out, "--quiet", *ARGS, *every]
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+            t.check(p.returncode != 0 and os.path.exists(out + ".partial"), f"kill at {point} (periodic saves): {p.stderr[-300:]}")
+            p = t.run(["decode", "--model", model, "--out", out, "--resume", *ARGS, *every], np_=3)
+            m = re.search(r"resuming .*: (\d+) of (\d+) chunks already done", p.stderr)
+            t.check(m is not None, f"kill at {point}: no resume line in {p.stderr[-300:]}")
+            if skipped is not None:
+                t.check(int(m.group(1)) == skipped, f"kill at {point}: {m.group(1)} chunks skipped, expected {skipped}")
+            same(ref, out, f"kill at {point} with periodic index saves, then --resume")
+            print(f"  periodic index saves, killed at {point}: {m.group(1)} of {m.group(2)} chunks kept; identical")
 
         # A stop signal: exit 75 with the partial kept, then resume.
         out = f"{tmp}/sig.h5"
