@@ -34,7 +34,7 @@ struct InspectOptions {
 };
 
 // The clamp/generate pipeline over `ranks` ranks: each rank's layers and the weights it holds,
-// in the checkpoint's dtype (cuda keeps them so) and widened to fp32 (cpu).
+// in the checkpoint's dtype on either backend (the CPU reads an untied embedding from disk).
 void print_forward_plan(const Model& m, int ranks) {
   const ModelConfig& c = m.cfg;
   if (ranks > c.num_layers) {
@@ -43,43 +43,29 @@ void print_forward_plan(const Model& m, int ranks) {
   }
   const double e = embedding_layer_equivalents(c);
   const std::vector<int64_t> b = split_layers(c.num_layers, ranks, e, e);
-  std::vector<double> bytes(size_t(c.num_layers), 0), numel(size_t(c.num_layers), 0);
+  std::vector<double> bytes(size_t(c.num_layers), 0);
   for (const std::string& n : m.ckpt.tensor_names())
     for (int64_t l = 0; l < c.num_layers; ++l)
-      if (n.rfind(m.names.layer(l, ""), 0) == 0) {
-        const TensorInfo& t = m.ckpt.info(n);
-        bytes[size_t(l)] += double(t.end - t.begin);
-        numel[size_t(l)] += double(t.numel());
-      }
+      if (n.rfind(m.names.layer(l, ""), 0) == 0) bytes[size_t(l)] += double(m.ckpt.info(n).end - m.ckpt.info(n).begin);
   const TensorInfo& emb = m.ckpt.info(m.names.embed);
   const TensorInfo& head = m.ckpt.info(m.lm_head_name());
   std::string spans;
-  double worst = 0, worst32 = 0;
+  double gpu = 0, cpu = 0;
   for (int r = 0; r < ranks; ++r) {
-    double w = 0, w32 = 0;
-    for (int64_t l = b[size_t(r)]; l < b[size_t(r) + 1]; ++l) {
-      w += bytes[size_t(l)];
-      w32 += 4 * numel[size_t(l)];
-    }
+    double w = 0;
+    for (int64_t l = b[size_t(r)]; l < b[size_t(r) + 1]; ++l) w += bytes[size_t(l)];
     const bool first = r == 0, last = r == ranks - 1;
-    if (last) {
-      w += double(head.end - head.begin);
-      w32 += 4.0 * double(head.numel());
-    }
-    // A tied embedding on the head's stage is the LM-head itself; the CPU reads an untied
-    // embedding from disk a row per token.
-    if (first && !(last && c.tie_word_embeddings)) {
-      w += double(emb.end - emb.begin);
-      if (c.tie_word_embeddings) w32 += 4.0 * double(emb.numel());
-    }
-    worst = std::max(worst, w);
-    worst32 = std::max(worst32, w32);
+    if (last) w += double(head.end - head.begin);
+    // A tied embedding on the head's stage is the LM-head itself.
+    const double embedding = first && !(last && c.tie_word_embeddings) ? double(emb.end - emb.begin) : 0;
+    gpu = std::max(gpu, w + embedding);
+    cpu = std::max(cpu, w + (c.tie_word_embeddings ? embedding : 0));
     spans += (r ? " | " : "") + std::to_string(b[size_t(r)]) + "-" + std::to_string(b[size_t(r) + 1] - 1);
   }
   std::printf("forward    clamp/generate over %d rank%s: layers %s\n", ranks, ranks > 1 ? "s (pipeline)" : "",
               spans.c_str());
-  std::printf("           weights per rank: up to %s on a GPU (checkpoint dtype), %s on CPU (fp32), + KV cache\n",
-              human(worst).c_str(), human(worst32).c_str());
+  std::printf("           weights per rank (checkpoint dtype): up to %s on a GPU, %s on CPU, + KV cache\n",
+              human(gpu).c_str(), human(cpu).c_str());
 }
 
 int run_inspect(const InspectOptions& o) {

@@ -1,32 +1,17 @@
-// The fp32 CPU stage of the forward pass (see stage.h). Per layer: x += o(attn(rope(q), rope(k), v))
-// of norm(x); x += down(act(gate(n)) * up(n)) of n = norm(x); the last stage adds the final norm
-// and the LM-head. Weights are widened to fp32 at load (about 4 bytes per parameter held).
-#include <cblas.h>
-
+// The CPU stage of the forward pass (see stage.h), computing in fp32. Per layer:
+// x += o(attn(rope(q), rope(k), v)) of norm(x); x += down(act(gate(n)) * up(n)) of n = norm(x);
+// the last stage adds the final norm and the LM-head. Matrices stay in the checkpoint's dtype
+// (forward/weight.h: 2 bytes per parameter for bf16) and are widened exactly as they are used.
 #include <algorithm>
 #include <cmath>
 
 #include "common/error.h"
 #include "forward/ops.h"
 #include "forward/stage.h"
+#include "forward/weight.h"
 
 namespace fi {
 namespace {
-// y[T, n] = x[T, k] · W[n, k]ᵀ (+ bias[n] when given).
-void linear(const float* x, int64_t T, int64_t k, const std::vector<float>& w, int64_t n,
-            const std::vector<float>& bias, float* y) {
-  if (T == 1) {
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, int(n), int(k), 1.f, w.data(), int(k), x, 1, 0.f, y, 1);
-  } else {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(n), int(k), 1.f, x, int(k),
-                w.data(), int(k), 0.f, y, int(n));
-  }
-  if (!bias.empty())
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t i = 0; i < n; ++i) y[t * n + i] += bias[i];
-}
-
-
 class CpuStage final : public Stage {
  public:
   CpuStage(const Model& model, const StageSpan& span);
@@ -47,8 +32,9 @@ class CpuStage final : public Stage {
 
  private:
   struct Layer {
-    std::vector<float> attn_norm, q, k, v, o, q_bias, k_bias, v_bias;  // q: [nh*hd, H] ...
-    std::vector<float> mlp_norm, gate, up, down;  // gate, up: [I, H]; down: [H, I]
+    std::vector<float> attn_norm, mlp_norm, q_bias, k_bias, v_bias;
+    Weight q, k, v, o;       // q: [nh*hd, H], k, v: [nkv*hd, H], o: [H, nh*hd]
+    Weight gate, up, down;   // gate, up: [I, H]; down: [H, I]
     std::vector<float> k_cache, v_cache;          // [positions, nkv*hd]
   };
   const ModelConfig& config() const { return model_.cfg; }
@@ -60,8 +46,9 @@ class CpuStage final : public Stage {
   StageSpan span_;
   Act act_;
   std::vector<Layer> layers_;                // layers span_.first .. span_.last - 1
-  std::vector<float> final_norm_, lm_head_;  // lm_head_: [V, H] (the embedding when tied)
-  std::vector<float> embedding_;  // [V, H]: tied model, embed stage without the head (untied: read per token)
+  std::vector<float> final_norm_;
+  Weight lm_head_;    // [V, H] (the embedding when tied)
+  Weight embedding_;  // [V, H]: tied model, embed stage without the head (untied: read per token)
   std::vector<double> inv_freq_;             // [hd/2]
   std::vector<Clamp> clamps_;
   ClampSite site_ = ClampSite::Act;
@@ -88,10 +75,10 @@ CpuStage::CpuStage(const Model& model, const StageSpan& span)
   for (int64_t l = span.first; l < span.last; ++l) {
     Layer& w = layers_[size_t(l - span.first)];
     w.attn_norm = load(n.layer(l, "input_layernorm.weight"), {H}, "hidden_size");
-    w.q = load(n.layer(l, "self_attn.q_proj.weight"), {qd, H}, "num_heads*head_dim,hidden_size");
-    w.k = load(n.layer(l, "self_attn.k_proj.weight"), {kvd, H}, "num_kv_heads*head_dim,hidden_size");
-    w.v = load(n.layer(l, "self_attn.v_proj.weight"), {kvd, H}, "num_kv_heads*head_dim,hidden_size");
-    w.o = load(n.layer(l, "self_attn.o_proj.weight"), {H, qd}, "hidden_size,num_heads*head_dim");
+    w.q = Weight::load(model, n.layer(l, "self_attn.q_proj.weight"), {qd, H}, "num_heads*head_dim,hidden_size");
+    w.k = Weight::load(model, n.layer(l, "self_attn.k_proj.weight"), {kvd, H}, "num_kv_heads*head_dim,hidden_size");
+    w.v = Weight::load(model, n.layer(l, "self_attn.v_proj.weight"), {kvd, H}, "num_kv_heads*head_dim,hidden_size");
+    w.o = Weight::load(model, n.layer(l, "self_attn.o_proj.weight"), {H, qd}, "hidden_size,num_heads*head_dim");
     // Qwen2 has q/k/v biases; other models have none.
     if (model.ckpt.has(n.layer(l, "self_attn.q_proj.bias"))) {
       w.q_bias = load(n.layer(l, "self_attn.q_proj.bias"), {qd}, "num_heads*head_dim");
@@ -99,18 +86,18 @@ CpuStage::CpuStage(const Model& model, const StageSpan& span)
       w.v_bias = load(n.layer(l, "self_attn.v_proj.bias"), {kvd}, "num_kv_heads*head_dim");
     }
     w.mlp_norm = load(n.layer(l, "post_attention_layernorm.weight"), {H}, "hidden_size");
-    w.gate = load(n.matrix(Matrix::Gate, l), {I, H}, "intermediate_size,hidden_size");
-    w.up = load(n.matrix(Matrix::Up, l), {I, H}, "intermediate_size,hidden_size");
-    w.down = load(n.matrix(Matrix::Down, l), {H, I}, "hidden_size,intermediate_size");
+    w.gate = Weight::load(model, n.matrix(Matrix::Gate, l), {I, H}, "intermediate_size,hidden_size");
+    w.up = Weight::load(model, n.matrix(Matrix::Up, l), {I, H}, "intermediate_size,hidden_size");
+    w.down = Weight::load(model, n.matrix(Matrix::Down, l), {H, I}, "hidden_size,intermediate_size");
   }
   if (span.head) {
     final_norm_ = load(n.final_norm, {H}, "hidden_size");
-    lm_head_ = load(model.lm_head_name(), {c.vocab_size, H}, "vocab_size,hidden_size");
+    lm_head_ = Weight::load(model, model.lm_head_name(), {c.vocab_size, H}, "vocab_size,hidden_size");
   }
   // A tied embedding is the LM-head already loaded on a one-stage model; an untied one is read
   // from disk a row per token.
   if (span.embed && c.tie_word_embeddings && !span.head)
-    embedding_ = load(n.embed, {c.vocab_size, H}, "vocab_size,hidden_size");
+    embedding_ = Weight::load(model, n.embed, {c.vocab_size, H}, "vocab_size,hidden_size");
   if (span.embed && !c.tie_word_embeddings) model.expect(n.embed, {c.vocab_size, H}, "vocab_size,hidden_size");
   inv_freq_ = rope_inv_freq(c);
 }
@@ -120,7 +107,7 @@ void CpuStage::embed(const std::vector<int32_t>& tokens, float* x) {
   const int64_t H = c.hidden_size;
   FI_CHECK(span_.embed, "forward: embed() on a stage without the embedding");
   const SafetensorsFile* file = c.tie_word_embeddings ? nullptr : &model_.ckpt.file_of(model_.names.embed);
-  const std::vector<float>& table = embedding_.empty() ? lm_head_ : embedding_;
+  const Weight& table = embedding_.empty() ? lm_head_ : embedding_;
   for (size_t t = 0; t < tokens.size(); ++t) {
     const int64_t id = tokens[t];
     if (id < 0 || id >= c.vocab_size)
@@ -130,7 +117,7 @@ void CpuStage::embed(const std::vector<int32_t>& tokens, float* x) {
     if (file) {
       file->read_rows_f32(model_.ckpt.info(model_.names.embed), id, 1, row);
     } else {
-      std::copy_n(table.data() + id * H, H, row);
+      table.row(id, row);
 
     }
     // Gemma scales the embedding by sqrt(hidden_size) (rounded to the activation dtype, fp32 here).
@@ -144,14 +131,14 @@ void CpuStage::embed(const std::vector<int32_t>& tokens, float* x) {
 // Grouped-query causal attention over the cached positions plus the T new ones.
 void CpuStage::attention(Layer& w, const float* xn, int64_t T, int64_t pos, float* out) {
   const ModelConfig& c = config();
-  const int64_t H = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
+  const int64_t hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
   const int64_t qd = nh * hd, kvd = nkv * hd, P = pos + T;
   std::vector<float> q(size_t(T * qd));
   w.k_cache.resize(size_t(P * kvd));
   w.v_cache.resize(size_t(P * kvd));
-  linear(xn, T, H, w.q, qd, w.q_bias, q.data());
-  linear(xn, T, H, w.k, kvd, w.k_bias, w.k_cache.data() + pos * kvd);
-  linear(xn, T, H, w.v, kvd, w.v_bias, w.v_cache.data() + pos * kvd);
+  linear(xn, T, w.q, w.q_bias, q.data());
+  linear(xn, T, w.k, w.k_bias, w.k_cache.data() + pos * kvd);
+  linear(xn, T, w.v, w.v_bias, w.v_cache.data() + pos * kvd);
 
   std::vector<float> cs(size_t(hd / 2)), sn(size_t(hd / 2));
   for (int64_t t = 0; t < T; ++t) {
@@ -191,16 +178,16 @@ void CpuStage::attention(Layer& w, const float* xn, int64_t T, int64_t pos, floa
       }
     }
   }
-  linear(ctx.data(), T, qd, w.o, H, {}, out);
+  linear(ctx.data(), T, w.o, {}, out);
 }
 
 // SwiGLU MLP with the clamp hooks: h = act(gate·x) * (up·x), out = down·h.
 void CpuStage::mlp(int64_t l, const float* xn, int64_t T, float* out) {
-  const int64_t H = config().hidden_size, I = config().intermediate_size;
+  const int64_t I = config().intermediate_size;
   Layer& w = layers_[size_t(l - span_.first)];
   std::vector<float> g(size_t(T * I)), u(size_t(T * I));
-  linear(xn, T, H, w.gate, I, {}, g.data());
-  linear(xn, T, H, w.up, I, {}, u.data());
+  linear(xn, T, w.gate, {}, g.data());
+  linear(xn, T, w.up, {}, u.data());
   // Site up: the up_proj output is replaced before the multiply (still gated by act(gate)).
   for (const Clamp& k : clamps_)
     if (k.layer == l && site_ == ClampSite::Up)
@@ -210,7 +197,7 @@ void CpuStage::mlp(int64_t l, const float* xn, int64_t T, float* out) {
   for (const Clamp& k : clamps_)
     if (k.layer == l && site_ == ClampSite::Act)
       for (int64_t t = 0; t < T; ++t) g[t * I + k.neuron] = k.value;
-  linear(g.data(), T, I, w.down, H, {}, out);
+  linear(g.data(), T, w.down, {}, out);
 }
 
 void CpuStage::layers(float* x, int64_t T, int64_t pos) {
@@ -239,7 +226,7 @@ void CpuStage::head(const float* x, int64_t n, float* logits) {
   std::vector<float> xn(size_t(n * H));
   for (int64_t t = 0; t < n; ++t)
     rms_norm(&x[t * H], final_norm_.data(), H, c.rms_norm_eps, c.norm_plus_one, &xn[t * H]);
-  linear(xn.data(), n, H, lm_head_, c.vocab_size, {}, logits);
+  linear(xn.data(), n, lm_head_, {}, logits);
 }
 
 }  // namespace

@@ -33,13 +33,6 @@ def tensor_bytes(st, name):
     return e - b
 
 
-def numel(st, name):
-    n = 1
-    for d in st.shape(name):
-        n *= d
-    return n
-
-
 def best_split_max(loads, stages, e):
     """The lightest heaviest stage over every contiguous split of per-layer loads."""
     best = None
@@ -73,15 +66,13 @@ def check_model(model, tied):
 
     layer_bytes = [sum(tensor_bytes(st, n) for n in names if n.startswith(f"model.layers.{l}."))
                    for l in range(LAYERS)]
-    layer_f32 = [4 * sum(numel(st, n) for n in names if n.startswith(f"model.layers.{l}."))
-                 for l in range(LAYERS)]
     emb = "model.embed_tokens.weight"
     head = emb if tied else "lm_head.weight"
     e = V * H / (2 * H * nh * hd + 2 * H * nkv * hd + 3 * H * I)
     for ranks in range(1, LAYERS + 1):
         out = t.run(["inspect", "--model", model, "--ranks", ranks]).stdout
-        m = re.search(r"forward\s+clamp/generate over (\d+) ranks?[^:]*: layers ([0-9 |-]+)\n\s+weights per rank: "
-                      r"up to ([0-9.]+ \w+) on a GPU \(checkpoint dtype\), ([0-9.]+ \w+) on CPU", out)
+        m = re.search(r"forward\s+clamp/generate over (\d+) ranks?[^:]*: layers ([0-9 |-]+)\n\s+weights per rank "
+                      r"\(checkpoint dtype\): up to ([0-9.]+ \w+) on a GPU, ([0-9.]+ \w+) on CPU", out)
         t.check(m is not None, f"--ranks {ranks}: no forward plan in\n{out}")
         spans = [tuple(map(int, s.strip().split("-"))) for s in m.group(2).split("|")]
         t.check(len(spans) == ranks and [l for a, b in spans for l in range(a, b + 1)] == list(range(LAYERS)),
@@ -93,13 +84,11 @@ def check_model(model, tied):
         gpu, cpu = [], []
         for i, (a, b) in enumerate(spans):
             first, last = i == 0, i == ranks - 1
-            g, c = sum(layer_bytes[a:b + 1]), sum(layer_f32[a:b + 1])
-            if last:
-                g += tensor_bytes(st, head)
-                c += 4 * numel(st, head)
+            g = sum(layer_bytes[a:b + 1]) + (tensor_bytes(st, head) if last else 0)
+            c = g
             if first and not (last and tied):
                 g += tensor_bytes(st, emb)
-                c += 4 * numel(st, emb) if tied else 0  # the CPU reads an untied embedding per token
+                c += tensor_bytes(st, emb) if tied else 0  # the CPU reads an untied embedding per token
             gpu.append(g)
             cpu.append(c)
         near(m.group(3), max(gpu), f"--ranks {ranks}: GPU weights per rank")
