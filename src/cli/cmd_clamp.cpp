@@ -195,8 +195,7 @@ std::function<int(int*, char***)> add_clamp(CLI::App& app) {
   cmd->add_option("--watch", a->watch, "tokens to watch, e.g. \" dog\" \" cat\" (a word of several "
                                        "tokens is watched by its first, with a notice)");
   cmd->add_option("--map", a->map, "a flashinterp map (.h5): also watch the neuron's top token there");
-  cmd->add_option("--backend", a->backend, "cpu | cuda | auto (cuda when a GPU is usable); under "
-                  "mpirun -np N the layers are split over the N ranks (a pipeline)")->capture_default_str();
+  add_backend_option(cmd, a->backend);
   cmd->add_flag("--json", a->json, "print one JSON object instead of a table");
   cmd->add_option("--dump-logits", a->dump_logits, "write the logits [rows, V] as raw float32")->group("");
   return [a](int* argc, char*** argv) {

@@ -82,8 +82,7 @@ std::function<int(int*, char***)> add_generate(CLI::App& app) {
                                              "with MLP neurons clamped");
   cmd->add_option("--model", a->model, "Hugging Face checkpoint directory")->required();
   add_prompt_options(cmd, a->prompt);
-  cmd->add_option("--backend", a->backend, "cpu | cuda | auto (cuda when a GPU is usable); under "
-                  "mpirun -np N the layers are split over the N ranks (a pipeline)")->capture_default_str();
+  add_backend_option(cmd, a->backend);
   cmd->add_option("--clamp", a->clamps, "LAYER:NEURON=VALUE, repeatable: clamp that neuron at "
                                         "every position");
   cmd->add_option("--clamp-site", a->site,

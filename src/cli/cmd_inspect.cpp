@@ -46,7 +46,10 @@ void print_forward_plan(const Model& m, int ranks) {
   std::vector<double> bytes(size_t(c.num_layers), 0);
   for (const std::string& n : m.ckpt.tensor_names())
     for (int64_t l = 0; l < c.num_layers; ++l)
-      if (n.rfind(m.names.layer(l, ""), 0) == 0) bytes[size_t(l)] += double(m.ckpt.info(n).end - m.ckpt.info(n).begin);
+      if (n.rfind(m.names.layer(l, ""), 0) == 0) {
+        const TensorInfo& t = m.ckpt.info(n);
+        bytes[size_t(l)] += double(t.end - t.begin);
+      }
   const TensorInfo& emb = m.ckpt.info(m.names.embed);
   const TensorInfo& head = m.ckpt.info(m.lm_head_name());
   std::string spans;

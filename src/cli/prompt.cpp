@@ -17,6 +17,13 @@ void add_prompt_options(CLI::App* cmd, PromptArgs& p) {
   cmd->add_option("--prompt-ids", p.ids, "the prompt as comma-separated token ids instead of text");
 }
 
+void add_backend_option(CLI::App* cmd, std::string& backend) {
+  cmd->add_option("--backend", backend, "cpu | cuda | auto (cuda when a GPU is usable); under "
+                  "mpirun -np N the layers are split over the N ranks (a pipeline)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+}
+
 std::vector<int32_t> prompt_tokens(const Tokenizer& tok, const PromptArgs& p, int64_t vocab_size) {
   FI_CHECK(p.text.empty() != p.ids.empty(), "give exactly one of --prompt TEXT and --prompt-ids");
   std::vector<int32_t> ids;

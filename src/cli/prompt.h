@@ -19,6 +19,8 @@ struct PromptArgs {
 };
 
 void add_prompt_options(CLI::App* cmd, PromptArgs& p);
+// --backend cpu | cuda | auto of the forward pass (checked when the command line is parsed).
+void add_backend_option(CLI::App* cmd, std::string& backend);
 // The prompt's token ids; throws on invalid UTF-8, an empty prompt or a bad id list.
 std::vector<int32_t> prompt_tokens(const Tokenizer& tok, const PromptArgs& p, int64_t vocab_size);
 // Printable text of a token id (a placeholder for ids past the tokenizer's vocabulary).

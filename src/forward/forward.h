@@ -33,7 +33,6 @@ class Forward {
   const ModelConfig& config() const { return model_.cfg; }
   const char* backend() const { return stage_->name(); }
   int stages() const { return size_; }
-  const StageSpan& span() const { return span_; }
   const std::vector<int64_t>& bounds() const { return bounds_; }  // split_layers' result
 
   // Clamps applied from the next forward; throws (before any communication) on a bad range.

@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "common/half.h"
+#include "io/safetensors.h"
 
 namespace fi {
 namespace {
@@ -111,12 +112,7 @@ void Weight::row(int64_t r, float* dst) const {
     std::copy_n(f32.data() + r * cols, cols, dst);
     return;
   }
-  const uint16_t* h = h16.data() + r * cols;
-  if (dtype == DType::BF16) {
-    for (int64_t i = 0; i < cols; ++i) dst[i] = bf16_to_f32(h[i]);
-  } else {
-    for (int64_t i = 0; i < cols; ++i) dst[i] = f16_to_f32(h[i]);
-  }
+  widen_to_f32(dtype, h16.data() + r * cols, size_t(cols), dst);
 }
 
 void linear(const float* x, int64_t T, const Weight& w, const std::vector<float>& bias, float* y) {

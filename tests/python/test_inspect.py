@@ -100,7 +100,8 @@ def check_model(model, tied):
 def test():
     with t.tempdir() as tmp:
         size_args = ["--hidden", "64", "--intermediate", "128", "--layers", str(LAYERS)]
-        check_model(t.demo_model(os.path.join(tmp, "untied"), *size_args), tied=False)
+        # A nested --out whose parents do not exist yet: demo-model creates them (launch/demo.sh).
+        check_model(t.demo_model(os.path.join(tmp, "nested", "dirs", "untied"), *size_args), tied=False)
         check_model(t.demo_model(os.path.join(tmp, "tied"), *size_args, "--tied", "--dtype", "f32", "--shards", "2"),
                     tied=True)
         print(f"  inspect: counts, bytes, FLOPs and the pipeline plan for 1..{LAYERS} ranks agree")

@@ -108,6 +108,11 @@ def main():
         t.check(len(errors) == 1 and "ranks" in errors[0] and "layers" in errors[0],
                 f"expected one error line about ranks and layers, got:\n{p.stderr}")
 
+        p = t.run(["generate", "--model", untied, "--backend", "gpu", "--prompt", PROMPT], check=False)
+        errors = [ln for ln in p.stderr.splitlines() if ln.startswith("flashinterp: error:")]
+        t.check(p.returncode != 0 and len(errors) == 1 and "--backend" in errors[0],
+                f"--backend gpu: expected one error line naming the option, got:\n{p.stderr}")
+
         for rank in (0, 1):  # the first stage (others wait to receive) and a middle one
             env = dict(os.environ, FLASHINTERP_TEST_FAIL_RANK=str(rank))
             t0 = time.time()
