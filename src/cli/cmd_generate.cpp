@@ -8,7 +8,7 @@
 #include "cli/commands.h"
 #include "cli/prompt.h"
 #include "common/error.h"
-#include "dist/mpi_env.h"
+#include "parallel/mpi_env.h"
 #include "forward/generate.h"
 
 namespace fi {

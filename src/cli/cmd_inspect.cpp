@@ -5,7 +5,7 @@
 #include <sstream>
 
 #include "cli/commands.h"
-#include "dist/partition.h"
+#include "parallel/partition.h"
 #include "forward/forward.h"
 #include "model/config.h"
 

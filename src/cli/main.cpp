@@ -5,7 +5,7 @@
 #include <exception>
 
 #include "cli/commands.h"
-#include "dist/mpi_env.h"
+#include "parallel/mpi_env.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"flashinterp: decode every MLP neuron of a Llama-class model through its LM-head"};

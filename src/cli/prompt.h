@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "dist/mpi_env.h"
+#include "parallel/mpi_env.h"
 #include "forward/forward.h"
 #include "model/tokenizer.h"
 

@@ -1,4 +1,4 @@
-// The decode job: every step that can fail on one rank is agreed on collectively (dist/mpi_env),
+// The decode job: every step that can fail on one rank is agreed on collectively (parallel/mpi_env),
 // so a bad file ends every rank with one line instead of a hang.
 #include "decode/decode_job.h"
 
@@ -19,7 +19,7 @@
 #include "common/error.h"
 #include "decode/decoder.h"
 #include "decode/token_index.h"
-#include "dist/partition.h"
+#include "parallel/partition.h"
 #include "h5/h5.h"
 #include "h5/map_writer.h"
 #include "model/config.h"

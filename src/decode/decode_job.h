@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "dist/mpi_env.h"
+#include "parallel/mpi_env.h"
 
 namespace fi {
 

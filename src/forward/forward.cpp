@@ -7,8 +7,8 @@
 
 #include "common/error.h"
 #include "decode/decoder.h"
-#include "dist/mpi_env.h"
-#include "dist/partition.h"
+#include "parallel/mpi_env.h"
+#include "parallel/partition.h"
 #ifdef FI_HAVE_CUDA
 #include "decode/cuda/cuda_decoder_impl.h"
 #endif

@@ -1,6 +1,6 @@
 // The forward pass as the clamp and generate commands use it: one stage in this process, or a
 // pipeline of stages over the ranks of an MPI communicator, layers split contiguously
-// (dist/partition.h split_layers). Rank 0 embeds; each rank runs its layers and sends the hidden
+// (parallel/partition.h split_layers). Rank 0 embeds; each rank runs its layers and sends the hidden
 // states [T, hidden] (fp32) to the next; the last rank applies the final norm and the LM-head and
 // broadcasts the logits, so every rank returns them and can pick the same next token.
 //

@@ -5,7 +5,7 @@
 #include <cstring>
 
 #include "common/error.h"
-#include "dist/mpi_env.h"
+#include "parallel/mpi_env.h"
 
 namespace fi {
 

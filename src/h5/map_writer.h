@@ -13,7 +13,7 @@
 
 #include "decode/decoder.h"
 #include "decode/token_index.h"
-#include "dist/partition.h"
+#include "parallel/partition.h"
 #include "h5/h5.h"
 #include "model/vocab.h"
 

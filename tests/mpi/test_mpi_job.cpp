@@ -8,7 +8,7 @@
 #include <cstdlib>
 
 #include "common/error.h"
-#include "dist/mpi_env.h"
+#include "parallel/mpi_env.h"
 #include "h5/map_writer.h"
 
 namespace {

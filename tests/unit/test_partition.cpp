@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <functional>
 
-#include "dist/partition.h"
+#include "parallel/partition.h"
 
 TEST(Partition, EveryRowOnceInOrder) {
   for (int64_t N : {1, 5, 1000, 14336})

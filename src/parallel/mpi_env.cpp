@@ -1,5 +1,5 @@
 // MpiEnv, Comms and the collective error agreement.
-#include "dist/mpi_env.h"
+#include "parallel/mpi_env.h"
 
 #include <sys/resource.h>
 

@@ -1,5 +1,5 @@
 // The decode plan: work items in (matrix, layer, chunk) order and contiguous per-rank shares.
-#include "dist/partition.h"
+#include "parallel/partition.h"
 
 #include <algorithm>
 
