@@ -9,7 +9,7 @@
 #include "cli/prompt.h"
 #include "common/error.h"
 #include "forward/forward.h"
-#include "h5/h5.h"
+#include "map/map_reader.h"
 
 namespace fi {
 namespace {
@@ -28,35 +28,11 @@ struct Row {
   std::vector<float> probs;  // [V]
 };
 
-// The neuron's top token in a flashinterp map: /<matrix>/top_ids[index of layer, neuron, 0].
+// The neuron's top token in a complete flashinterp map.
 int32_t map_top_token(const std::string& path, const std::string& matrix, int64_t layer, int64_t neuron) {
-  h5::silence_errors();
-  h5::Handle f = h5::open_file(path, false);
-  if (h5::read_attr_string(f, "format") != "flashinterp-map") FI_FAIL(path + ": not a flashinterp map");
-  if (h5::read_attr_int(f, "complete") != 1) FI_FAIL(path + ": the map is incomplete (complete = 0)");
-  h5::Handle g(H5Gopen2(f, matrix.c_str(), H5P_DEFAULT), H5Gclose,
-               path + ": the map has no '" + matrix + "' matrix");
-  h5::Handle a(H5Aopen(g, "layers", H5P_DEFAULT), H5Aclose, path + ": /" + matrix + " has no layers attribute");
-  h5::Handle as(H5Aget_space(a), H5Sclose, "H5Aget_space");
-  std::vector<int64_t> layers(size_t(H5Sget_simple_extent_npoints(as)));
-  h5::check(H5Aread(a, H5T_NATIVE_INT64, layers.data()), path + ": cannot read /" + matrix + " layers");
-  int64_t li = -1;
-  for (size_t i = 0; i < layers.size(); ++i)
-    if (layers[i] == layer) li = int64_t(i);
-  if (li < 0) FI_FAIL(path + ": the map has no layer " + std::to_string(layer) + " for " + matrix);
-  h5::Handle d = h5::open_dataset(g, "top_ids");
-  h5::Handle s(H5Dget_space(d), H5Sclose, "H5Dget_space");
-  hsize_t dims[3] = {0, 0, 0};
-  if (H5Sget_simple_extent_ndims(s) != 3) FI_FAIL(path + ": /" + matrix + "/top_ids is not 3-D");
-  H5Sget_simple_extent_dims(s, dims, nullptr);
-  if (hsize_t(neuron) >= dims[1] || dims[2] == 0)
-    FI_FAIL(path + ": neuron " + std::to_string(neuron) + " is not in /" + matrix + "/top_ids");
-  hsize_t start[3] = {hsize_t(li), hsize_t(neuron), 0}, count[3] = {1, 1, 1};
-  h5::check(H5Sselect_hyperslab(s, H5S_SELECT_SET, start, nullptr, count, nullptr), "H5Sselect_hyperslab");
-  h5::Handle m(H5Screate_simple(3, count, nullptr), H5Sclose, "H5Screate_simple");
-  int32_t id = -1;
-  h5::check(H5Dread(d, H5T_NATIVE_INT32, m, s, H5P_DEFAULT, &id), path + ": cannot read top_ids");
-  return id;
+  MapReader map(path);
+  map.require_map(true);
+  return map.top_token(matrix, layer, neuron);
 }
 
 // A watched word's token: its only token, or its first with a notice on stderr.

@@ -2,7 +2,7 @@
 #include <sstream>
 
 #include "cli/commands.h"
-#include "decode/decode_job.h"
+#include "job/decode_job.h"
 
 namespace fi {
 

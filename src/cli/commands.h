@@ -12,5 +12,6 @@ std::function<int(int*, char***)> add_decode(CLI::App& app);
 std::function<int()> add_tokenize(CLI::App& app);
 std::function<int(int*, char***)> add_clamp(CLI::App& app);
 std::function<int(int*, char***)> add_generate(CLI::App& app);
+std::function<int()> add_map_format(CLI::App& app);
 
 }  // namespace fi

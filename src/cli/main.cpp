@@ -1,6 +1,6 @@
-// flashinterp: the one binary; subcommands decode, inspect, demo-model, tokenize, clamp and
-// generate. Every error ends as one line on stderr ("flashinterp: error: ...") and a non-zero
-// exit, never a core dump.
+// flashinterp: the one binary; subcommands decode, inspect, demo-model, tokenize, clamp,
+// generate and map-format. Every error ends as one line on stderr ("flashinterp: error: ...")
+// and a non-zero exit, never a core dump.
 #include <cstdio>
 #include <exception>
 
@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   auto tokenize = fi::add_tokenize(app);
   auto clamp = fi::add_clamp(app);
   auto generate = fi::add_generate(app);
+  auto map_format = fi::add_map_format(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -35,6 +36,7 @@ int main(int argc, char** argv) {
     if (app.got_subcommand("tokenize")) return tokenize();
     if (app.got_subcommand("clamp")) return clamp(&argc, &argv);
     if (app.got_subcommand("generate")) return generate(&argc, &argv);
+    if (app.got_subcommand("map-format")) return map_format();
   } catch (const fi::JobFailed&) {
     return 1;  // already reported by the rank that failed
   } catch (const std::exception& e) {

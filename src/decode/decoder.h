@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "decode/chunk_result.h"
 #include "io/safetensors.h"
 
 namespace fi {
@@ -21,18 +22,6 @@ struct DecodeParams {
   double eps = 1e-5;
   int64_t chunk_rows = 256;
   bool allow_tf32 = false;
-};
-
-// Per-row results of one chunk of `rows` neurons.
-struct ChunkResult {
-  int64_t rows = 0;
-  std::vector<int32_t> top_ids;      // [rows, top_k]
-  std::vector<float> top_logits;     // [rows, top_k]
-  std::vector<float> top_probs;      // [rows, top_k]
-  std::vector<float> lse;            // [rows]
-  std::vector<int32_t> bottom_ids;   // [rows, bottom_k]
-  std::vector<float> bottom_logits;  // [rows, bottom_k]
-  void resize(int64_t rows, int top_k, int bottom_k);
 };
 
 // The LM-head as the backend sees it: [vocab, hidden] fp32 on the host (CPU backend) or the

@@ -22,16 +22,6 @@ const char* norm_name(NormMode n) {
   return "?";
 }
 
-void ChunkResult::resize(int64_t r, int top_k, int bottom_k) {
-  rows = r;
-  top_ids.assign(r * top_k, -1);
-  top_logits.assign(r * top_k, 0.f);
-  top_probs.assign(r * top_k, 0.f);
-  lse.assign(r, 0.f);
-  bottom_ids.assign(r * bottom_k, -1);
-  bottom_logits.assign(r * bottom_k, 0.f);
-}
-
 // x: [rows, hidden], normed in place. The mean of squares is summed in double.
 void apply_norm(float* x, int64_t rows, int64_t hidden, const float* gamma, const DecodeParams& p) {
   if (p.norm == NormMode::None) return;

@@ -1,6 +1,8 @@
 // HDF5 wrappers: every C call checked once here, failures become fi::Error.
 #include "h5/h5.h"
 
+#include <algorithm>
+
 #include "common/error.h"
 
 namespace fi::h5 {
@@ -121,6 +123,44 @@ std::vector<uint8_t> read_u8(hid_t loc, const std::string& name) {
   std::vector<uint8_t> v(size_t(H5Sget_simple_extent_npoints(s)));
   check(H5Dread(d, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()), "cannot read " + name);
   return v;
+}
+
+std::vector<int64_t> read_attr_ints(hid_t obj, const std::string& name) {
+  Handle a(H5Aopen(obj, name.c_str(), H5P_DEFAULT), H5Aclose, "missing attribute " + name);
+  Handle s(H5Aget_space(a), H5Sclose, "H5Aget_space");
+  std::vector<int64_t> v(size_t(std::max<hssize_t>(0, H5Sget_simple_extent_npoints(s))));
+  check(H5Aread(a, H5T_NATIVE_INT64, v.data()), "cannot read attribute " + name);
+  return v;
+}
+
+bool exists(hid_t loc, const std::string& path) {
+  // Each parent must exist before H5Lexists may be asked about the child.
+  for (size_t p = path.find('/', 1); ; p = path.find('/', p + 1)) {
+    const std::string part = path.substr(0, p);
+    if (!part.empty() && part != "/" && H5Lexists(loc, part.c_str(), H5P_DEFAULT) <= 0) return false;
+    if (p == std::string::npos) return true;
+  }
+}
+
+std::vector<hsize_t> dataset_dims(hid_t dset) {
+  Handle s(H5Dget_space(dset), H5Sclose, "H5Dget_space");
+  std::vector<hsize_t> dims(size_t(std::max(0, H5Sget_simple_extent_ndims(s))));
+  H5Sget_simple_extent_dims(s, dims.data(), nullptr);
+  return dims;
+}
+
+void read_slab(hid_t dset, hid_t type, const std::vector<hsize_t>& start,
+               const std::vector<hsize_t>& count, void* mem) {
+  if (count.empty()) {
+    check(H5Dread(dset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, mem), "HDF5 read failed");
+    return;
+  }
+  Handle fspace(H5Dget_space(dset), H5Sclose, "H5Dget_space");
+  check(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr),
+        "H5Sselect_hyperslab");
+  Handle mspace(H5Screate_simple(int(count.size()), count.data(), nullptr), H5Sclose,
+                "H5Screate_simple");
+  check(H5Dread(dset, type, mspace, fspace, H5P_DEFAULT, mem), "HDF5 read failed");
 }
 
 Handle create_dataset(hid_t loc, const std::string& name, hid_t type,

@@ -47,6 +47,12 @@ bool has_attr(hid_t obj, const std::string& name);
 int64_t read_attr_int(hid_t obj, const std::string& name);
 std::string read_attr_string(hid_t obj, const std::string& name);  // fixed-length strings
 std::vector<uint8_t> read_u8(hid_t loc, const std::string& name);  // a whole uint8 dataset
+std::vector<int64_t> read_attr_ints(hid_t obj, const std::string& name);  // any int attribute
+bool exists(hid_t loc, const std::string& path);  // a link (group or dataset) at path
+std::vector<hsize_t> dataset_dims(hid_t dset);
+// Reads the whole dataset (count empty) or the hyperslab [start, start+count) into mem.
+void read_slab(hid_t dset, hid_t type, const std::vector<hsize_t>& start,
+               const std::vector<hsize_t>& count, void* mem);
 
 // A chunked dataset with early allocation (so parallel writers never allocate), fill value 0,
 // and gzip+shuffle when `compress`.

@@ -9,7 +9,7 @@
 
 #include "common/error.h"
 #include "parallel/mpi_env.h"
-#include "h5/map_writer.h"
+#include "map/map_writer.h"
 
 namespace {
 

@@ -1,17 +1,23 @@
-// MapWriter: the schema-v1 map file, written by all ranks in collective rounds.
-#include "h5/map_writer.h"
+// MapWriter: the map file (map/format.h), written by all ranks in collective rounds.
+#include "map/map_writer.h"
 
 #include <cstdlib>
 #include <cstring>
 
 #include "common/error.h"
+#include "map/format.h"
 #include "parallel/mpi_env.h"
 
 namespace fi {
 
 struct MapWriter::Datasets {
-  h5::Handle top_ids, top_logits, top_probs, lse, bottom_ids, bottom_logits, done;
+  h5::Handle field[kNumChunkFields];  // kChunkFields order; empty for a width-0 field
+  h5::Handle done;
 };
+
+namespace {
+hid_t field_type(const ChunkField& f) { return f.is_int ? H5T_NATIVE_INT32 : H5T_NATIVE_FLOAT; }
+}  // namespace
 
 WriterKind default_writer_kind() {
   const char* w = std::getenv("FLASHINTERP_WRITER");
@@ -60,36 +66,37 @@ MapWriter::~MapWriter() = default;
 
 void MapWriter::create_file(const MapMeta& meta, const Vocab& vocab) {
   h5::Handle f = h5::create_file(path_);
-  h5::attr_string(f, "format", "flashinterp-map");
-  h5::attr_int(f, "format_version", 1);
-  h5::attr_string(f, "tool_version", FI_VERSION);
-  h5::attr_string(f, "model_dir", meta.model_dir);
-  h5::attr_string(f, "model_type", meta.model_type);
-  h5::attr_int(f, "hidden_size", meta.hidden_size);
-  h5::attr_int(f, "intermediate_size", meta.intermediate_size);
-  h5::attr_int(f, "num_layers", meta.num_layers);
-  h5::attr_int(f, "vocab_size", meta.vocab_size);
-  h5::attr_string(f, "norm", meta.norm);
-  h5::attr_int(f, "top_k", meta.top_k);
-  h5::attr_int(f, "bottom_k", meta.bottom_k);
-  h5::attr_int(f, "token_index_m", meta.token_index_m);
-  h5::attr_string(f, "backend", meta.backend);
-  h5::attr_int(f, "world_size", meta.world_size);
-  h5::attr_string(f, "command_line", meta.command_line);
-  h5::attr_string(f, "created_utc", meta.created_utc);
-  h5::attr_double(f, "elapsed_s", 0.0);
-  h5::attr_int(f, "complete", 0);
+  using namespace map;
+  h5::attr_string(f, kAttrFormat, kFormat);
+  h5::attr_int(f, kAttrFormatVersion, kFormatVersion);
+  h5::attr_string(f, kAttrToolVersion, FI_VERSION);
+  h5::attr_string(f, kAttrModelDir, meta.model_dir);
+  h5::attr_string(f, kAttrModelType, meta.model_type);
+  h5::attr_int(f, kAttrHiddenSize, meta.hidden_size);
+  h5::attr_int(f, kAttrIntermediateSize, meta.intermediate_size);
+  h5::attr_int(f, kAttrNumLayers, meta.num_layers);
+  h5::attr_int(f, kAttrVocabSize, meta.vocab_size);
+  h5::attr_string(f, kAttrNorm, meta.norm);
+  h5::attr_int(f, kAttrTopK, meta.top_k);
+  h5::attr_int(f, kAttrBottomK, meta.bottom_k);
+  h5::attr_int(f, kAttrTokenIndexM, meta.token_index_m);
+  h5::attr_string(f, kAttrBackend, meta.backend);
+  h5::attr_int(f, kAttrWorldSize, meta.world_size);
+  h5::attr_string(f, kAttrCommandLine, meta.command_line);
+  h5::attr_string(f, kAttrCreatedUtc, meta.created_utc);
+  h5::attr_double(f, kAttrElapsedS, 0.0);
+  h5::attr_int(f, kAttrComplete, 0);
 
   // /vocab: variable-length data can't go through MPI-IO, so it is written here, serially.
   const hsize_t V = hsize_t(vocab.size());
   FI_CHECK(int64_t(V) == meta.vocab_size, "vocab size does not match the LM-head");
-  h5::Handle g = h5::create_group(f, "vocab");
+  h5::Handle g = h5::create_group(f, kVocab);
   h5::Handle space(H5Screate_simple(1, &V, nullptr), H5Sclose, "H5Screate_simple");
   {
     h5::Handle t(H5Tcopy(H5T_C_S1), H5Tclose, "H5Tcopy");
     h5::check(H5Tset_size(t, H5T_VARIABLE), "H5Tset_size");
     h5::check(H5Tset_cset(t, H5T_CSET_UTF8), "H5Tset_cset");
-    h5::Handle d(H5Dcreate2(g, "text", t, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose,
+    h5::Handle d(H5Dcreate2(g, kVocabText, t, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose,
                  "cannot create /vocab/text");
     // C strings end at NUL; the one token whose text is U+0000 is shown as U+2400 (␀).
     std::vector<std::string> texts(V);
@@ -104,7 +111,7 @@ void MapWriter::create_file(const MapMeta& meta, const Vocab& vocab) {
   }
   {
     h5::Handle t(H5Tvlen_create(H5T_NATIVE_UINT8), H5Tclose, "H5Tvlen_create");
-    h5::Handle d(H5Dcreate2(g, "bytes", t, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose,
+    h5::Handle d(H5Dcreate2(g, kVocabBytes, t, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose,
                  "cannot create /vocab/bytes");
     std::vector<hvl_t> vl(V);
     for (hsize_t i = 0; i < V; ++i)
@@ -112,7 +119,7 @@ void MapWriter::create_file(const MapMeta& meta, const Vocab& vocab) {
     h5::check(H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, vl.data()), "write /vocab/bytes");
   }
   {
-    h5::Handle d = h5::create_dataset(g, "special", H5T_NATIVE_UINT8, {V}, {V}, false);
+    h5::Handle d = h5::create_dataset(g, kVocabSpecial, H5T_NATIVE_UINT8, {V}, {V}, false);
     h5::write_slab(d, H5T_NATIVE_UINT8, {0}, {V}, vocab.special.data());
   }
 
@@ -122,59 +129,48 @@ void MapWriter::create_file(const MapMeta& meta, const Vocab& vocab) {
   // (8B, top-20: ~110 MB per matrix).
   for (const MatrixLayout& m : mats_) {
     h5::Handle mg = h5::create_group(f, m.name);
-    h5::attr_string(mg, "tensor_pattern", m.pattern);
-    h5::attr_string(mg, "axis", m.columns ? "columns" : "rows");
-    h5::attr_ints(mg, "layers", m.layers);
+    h5::attr_string(mg, kAttrTensorPattern, m.pattern);
+    h5::attr_string(mg, kAttrAxis, m.columns ? "columns" : "rows");
+    h5::attr_ints(mg, kAttrLayers, m.layers);
     const hsize_t L = m.layers.size(), N = hsize_t(m.neurons);
     const hsize_t cr = std::min<hsize_t>(hsize_t(m.chunk_rows), N);
     const hsize_t C = hsize_t(num_chunks(m.neurons, m.chunk_rows));
-    auto d3 = [&](const char* name, hid_t type, int64_t k) {
-      if (k > 0) h5::create_dataset(mg, name, type, {L, N, hsize_t(k)}, {1, cr, hsize_t(k)}, false);
-    };
-    d3("top_ids", H5T_NATIVE_INT32, meta.top_k);
-    d3("top_logits", H5T_NATIVE_FLOAT, meta.top_k);
-    d3("top_probs", H5T_NATIVE_FLOAT, meta.top_k);
-    h5::create_dataset(mg, "logsumexp", H5T_NATIVE_FLOAT, {L, N}, {1, cr}, false);
-    d3("bottom_ids", H5T_NATIVE_INT32, meta.bottom_k);
-    d3("bottom_logits", H5T_NATIVE_FLOAT, meta.bottom_k);
+    for (const ChunkField& fd : kChunkFields) {
+      const hsize_t k = hsize_t(field_width(fd, meta.top_k, meta.bottom_k));
+      if (fd.width == FieldWidth::One) h5::create_dataset(mg, fd.name, field_type(fd), {L, N}, {1, cr}, false);
+      else if (k > 0) h5::create_dataset(mg, fd.name, field_type(fd), {L, N, k}, {1, cr, k}, false);
+    }
     if (meta.token_index_m > 0) {
-      // token_index/{layer,neuron,probs} is the schema; logp (float64) and included (which
+      // token_index/{layer,neuron,probs} is the index; logp (float64) and included (which
       // chunks the stored index covers) let --resume continue the index exactly.
       const hsize_t V = hsize_t(meta.vocab_size), M = hsize_t(meta.token_index_m);
       const hsize_t cv = std::min<hsize_t>(V, 4096);
-      h5::Handle tg = h5::create_group(mg, "token_index");
-      h5::create_dataset(tg, "layer", H5T_NATIVE_INT32, {V, M}, {cv, M}, false);
-      h5::create_dataset(tg, "neuron", H5T_NATIVE_INT32, {V, M}, {cv, M}, false);
-      h5::create_dataset(tg, "probs", H5T_NATIVE_FLOAT, {V, M}, {cv, M}, false);
-      h5::create_dataset(tg, "logp", H5T_NATIVE_DOUBLE, {V, M}, {cv, M}, false);
-      h5::create_dataset(tg, "included", H5T_NATIVE_UINT8, {L, C}, {1, C}, false);
+      h5::Handle tg = h5::create_group(mg, kTokenIndex);
+      h5::create_dataset(tg, kTiLayer, H5T_NATIVE_INT32, {V, M}, {cv, M}, false);
+      h5::create_dataset(tg, kTiNeuron, H5T_NATIVE_INT32, {V, M}, {cv, M}, false);
+      h5::create_dataset(tg, kTiProbs, H5T_NATIVE_FLOAT, {V, M}, {cv, M}, false);
+      h5::create_dataset(tg, kTiLogp, H5T_NATIVE_DOUBLE, {V, M}, {cv, M}, false);
+      h5::create_dataset(tg, kTiIncluded, H5T_NATIVE_UINT8, {L, C}, {1, C}, false);
     }
-    h5::Handle done = h5::create_dataset(mg, "done", H5T_NATIVE_UINT8, {L, C}, {1, C}, false);
-    h5::attr_int(done, "chunk_rows", m.chunk_rows);  // chunk c holds neurons [c·R, (c+1)·R)
-    h5::attr_int(mg, "chunk_rows", m.chunk_rows);
+    h5::Handle done = h5::create_dataset(mg, kDone, H5T_NATIVE_UINT8, {L, C}, {1, C}, false);
+    h5::attr_int(done, kAttrChunkRows, m.chunk_rows);  // chunk c holds neurons [c·R, (c+1)·R)
+    h5::attr_int(mg, kAttrChunkRows, m.chunk_rows);
   }
   h5::check(H5Fflush(f, H5F_SCOPE_GLOBAL), "flush");
   // Last: a partial file without a fingerprint was cut off while being created; --resume
   // starts such a file over.
-  h5::attr_string(f, "fingerprint", meta.fingerprint);
+  h5::attr_string(f, kAttrFingerprint, meta.fingerprint);
   h5::check(H5Fflush(f, H5F_SCOPE_GLOBAL), "flush");
 }
 
 void MapWriter::open_datasets() {
   for (const MatrixLayout& m : mats_) {
     Datasets d;
-    auto open = [&](const char* n) { return h5::open_dataset(file_, "/" + m.name + "/" + n); };
-    if (k_ > 0) {
-      d.top_ids = open("top_ids");
-      d.top_logits = open("top_logits");
-      d.top_probs = open("top_probs");
-    }
-    d.lse = open("logsumexp");
-    if (b_ > 0) {
-      d.bottom_ids = open("bottom_ids");
-      d.bottom_logits = open("bottom_logits");
-    }
-    d.done = open("done");
+    const std::string g = "/" + m.name + "/";
+    for (int i = 0; i < kNumChunkFields; ++i)
+      if (kChunkFields[i].width == FieldWidth::One || field_width(kChunkFields[i], k_, b_) > 0)
+        d.field[i] = h5::open_dataset(file_, g + kChunkFields[i].name);
+    d.done = h5::open_dataset(file_, g + map::kDone);
     ds_.push_back(std::move(d));
   }
 }
@@ -186,18 +182,15 @@ void MapWriter::write_local(const WorkItem& it, const ChunkResult& r, hid_t dxpl
     const bool mine = it.rows > 0 && size_t(it.matrix) == mi;
     Datasets& d = ds_[mi];
     const hsize_t l = hsize_t(it.layer_index), r0 = hsize_t(it.row0), n = hsize_t(it.rows);
-    auto slab3 = [&](hid_t ds, hid_t type, int64_t k, const void* mem) {
-      if (k <= 0) return;
-      if (mine) h5::write_slab(ds, type, {l, r0, 0}, {1, n, hsize_t(k)}, mem, dxpl);
-      else h5::write_slab(ds, type, {}, {}, nullptr, dxpl);
-    };
-    slab3(d.top_ids, H5T_NATIVE_INT32, k_, r.top_ids.data());
-    slab3(d.top_logits, H5T_NATIVE_FLOAT, k_, r.top_logits.data());
-    slab3(d.top_probs, H5T_NATIVE_FLOAT, k_, r.top_probs.data());
-    if (mine) h5::write_slab(d.lse, H5T_NATIVE_FLOAT, {l, r0}, {1, n}, r.lse.data(), dxpl);
-    else h5::write_slab(d.lse, H5T_NATIVE_FLOAT, {}, {}, nullptr, dxpl);
-    slab3(d.bottom_ids, H5T_NATIVE_INT32, b_, r.bottom_ids.data());
-    slab3(d.bottom_logits, H5T_NATIVE_FLOAT, b_, r.bottom_logits.data());
+    for (int i = 0; i < kNumChunkFields; ++i) {
+      const ChunkField& f = kChunkFields[i];
+      const hsize_t k = hsize_t(field_width(f, k_, b_));
+      if (f.width != FieldWidth::One && k == 0) continue;
+      std::vector<hsize_t> start{l, r0}, count{1, n};
+      if (f.width != FieldWidth::One) start.push_back(0), count.push_back(k);
+      if (mine) h5::write_slab(d.field[i], field_type(f), start, count, r.data(i), dxpl);
+      else h5::write_slab(d.field[i], field_type(f), {}, {}, nullptr, dxpl);
+    }
   }
 }
 
@@ -222,12 +215,7 @@ std::vector<char> pack(const WorkItem* it, const ChunkResult* r) {
     buf.insert(buf.end(), static_cast<const char*>(p), static_cast<const char*>(p) + n);
   };
   put(it, sizeof(WorkItem));
-  put(r->top_ids.data(), r->top_ids.size() * 4);
-  put(r->top_logits.data(), r->top_logits.size() * 4);
-  put(r->top_probs.data(), r->top_probs.size() * 4);
-  put(r->lse.data(), r->lse.size() * 4);
-  put(r->bottom_ids.data(), r->bottom_ids.size() * 4);
-  put(r->bottom_logits.data(), r->bottom_logits.size() * 4);
+  for (int i = 0; i < kNumChunkFields; ++i) put(r->data(i), size_t(r->rows * r->width(i)) * 4);
   return buf;
 }
 
@@ -239,12 +227,7 @@ void unpack(const char* p, int64_t k, int64_t b, WorkItem& it, ChunkResult& r) {
     std::memcpy(dst, p, n);
     p += n;
   };
-  get(r.top_ids.data(), r.top_ids.size() * 4);
-  get(r.top_logits.data(), r.top_logits.size() * 4);
-  get(r.top_probs.data(), r.top_probs.size() * 4);
-  get(r.lse.data(), r.lse.size() * 4);
-  get(r.bottom_ids.data(), r.bottom_ids.size() * 4);
-  get(r.bottom_logits.data(), r.bottom_logits.size() * 4);
+  for (int i = 0; i < kNumChunkFields; ++i) get(r.data(i), size_t(r.rows * r.width(i)) * 4);
 }
 
 }  // namespace
@@ -300,11 +283,11 @@ void MapWriter::write_token_index(size_t mi, const TokenIndex& ti, const std::ve
     const bool par = kind_ == WriterKind::Parallel;
     if (!par && rank_ != 0) return;
     const hid_t dxpl = par ? hid_t(dxpl_) : H5P_DEFAULT;
-    const std::string g = "/" + mats_[mi].name + "/token_index/";
+    const std::string g = "/" + mats_[mi].name + "/" + map::kTokenIndex + "/";
     const hsize_t V = hsize_t(ti.vocab), M = hsize_t(ti.m);
     const hsize_t L = mats_[mi].layers.size(), C = hsize_t(num_chunks(mats_[mi].neurons, mats_[mi].chunk_rows));
     std::vector<float> probs = rank_ == 0 ? ti.probs() : std::vector<float>();
-    auto put = [&](const char* name, hid_t type, std::vector<hsize_t> count, const void* mem) {
+    auto put = [&](const std::string& name, hid_t type, std::vector<hsize_t> count, const void* mem) {
       h5::Handle d = h5::open_dataset(file_, g + name);
       if (rank_ == 0) h5::write_slab(d, type, {0, 0}, count, mem, dxpl);
       else h5::write_slab(d, type, {}, {}, nullptr, dxpl);
@@ -314,15 +297,15 @@ void MapWriter::write_token_index(size_t mi, const TokenIndex& ti, const std::ve
     // cover exactly the chunks marked included, or nothing marked (read_partial then drops the
     // lists and those chunks are indexed again).
     const std::vector<uint8_t> none(rank_ == 0 ? inc.size() : 0, 0);
-    put("included", H5T_NATIVE_UINT8, {L, C}, none.data());
+    put(map::kTiIncluded, H5T_NATIVE_UINT8, {L, C}, none.data());
     h5::check(H5Fflush(file_, H5F_SCOPE_GLOBAL), path_ + ": flush failed");
-    put("layer", H5T_NATIVE_INT32, {V, M}, ti.layer.data());
-    put("neuron", H5T_NATIVE_INT32, {V, M}, ti.neuron.data());
-    put("probs", H5T_NATIVE_FLOAT, {V, M}, probs.data());
-    put("logp", H5T_NATIVE_DOUBLE, {V, M}, ti.logp.data());
+    put(map::kTiLayer, H5T_NATIVE_INT32, {V, M}, ti.layer.data());
+    put(map::kTiNeuron, H5T_NATIVE_INT32, {V, M}, ti.neuron.data());
+    put(map::kTiProbs, H5T_NATIVE_FLOAT, {V, M}, probs.data());
+    put(map::kTiLogp, H5T_NATIVE_DOUBLE, {V, M}, ti.logp.data());
     h5::check(H5Fflush(file_, H5F_SCOPE_GLOBAL), path_ + ": flush failed");
     if (rank_ == 0) test_kill_point("index:" + std::to_string(++index_writes_));
-    put("included", H5T_NATIVE_UINT8, {L, C}, inc.data());
+    put(map::kTiIncluded, H5T_NATIVE_UINT8, {L, C}, inc.data());
   });
 }
 
@@ -344,9 +327,9 @@ void MapWriter::finish(double elapsed_s) {
     if (rank_ != 0) return;
     test_kill_point("complete");
     h5::Handle f = h5::open_file(path_, true);
-    h5::set_attr_double(f, "elapsed_s", elapsed_s);
+    h5::set_attr_double(f, map::kAttrElapsedS, elapsed_s);
     h5::check(H5Fflush(f, H5F_SCOPE_GLOBAL), path_ + ": flush failed");
-    h5::set_attr_int(f, "complete", 1);
+    h5::set_attr_int(f, map::kAttrComplete, 1);
     h5::check(H5Fflush(f, H5F_SCOPE_GLOBAL), path_ + ": flush failed");
   });
 }

@@ -1,4 +1,4 @@
-// Writes the HDF5 neuron map (schema version 1, ../shared/ARCHITECTURE.md) from all ranks.
+// Writes the HDF5 neuron map (map/format.h, docs/MAP_FORMAT.md) from all ranks.
 // Phase 1 (rank 0, serial HDF5 calls): the file, root attributes, vocab and every dataset,
 // allocated early. Phase 2, in collective rounds: with parallel HDF5 every rank writes its own
 // hyperslabs collectively (MPI-IO); with the serial writer rank 0 gathers each round's results
@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "decode/decoder.h"
+#include "decode/chunk_result.h"
 #include "decode/token_index.h"
 #include "parallel/partition.h"
 #include "h5/h5.h"

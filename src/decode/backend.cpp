@@ -1,0 +1,95 @@
+// make_decoder: the CPU backend's node-shared LM-head and thread count, or the CUDA backend's
+// replica (decode/cuda/cuda_decoder.h).
+#include "decode/backend.h"
+
+#include <algorithm>
+#include <chrono>
+#include <thread>
+
+#include "common/error.h"
+#include "decode/cuda/cuda_decoder.h"
+
+namespace fi {
+
+BackendKind choose_backend(const std::string& name) {
+  if (name == "cuda") {
+    if (!cuda_available()) FI_FAIL("--backend cuda: no usable CUDA device on this node");
+    return BackendKind::Cuda;
+  }
+  if (name == "auto") return cuda_available() ? BackendKind::Cuda : BackendKind::Cpu;
+  if (name != "cpu") FI_FAIL("--backend: unknown backend '" + name + "' (expected auto, cpu or cuda)");
+  return BackendKind::Cpu;
+}
+
+// The LM-head as fp32, one copy per node in an MPI shared-memory window. Each rank of the node
+// reads and widens its share of the rows, so the node reads the tensor from disk exactly once.
+class SharedLmHead {
+ public:
+  SharedLmHead(const Model& model, const Comms& c) {
+    const std::string name = model.lm_head_name();
+    const TensorInfo& t = model.ckpt.info(name);
+    vocab_ = t.shape[0];
+    hidden_ = t.shape[1];
+    MPI_Aint bytes = c.local_rank == 0 ? MPI_Aint(vocab_ * hidden_ * sizeof(float)) : 0;
+    float* base = nullptr;
+    FI_CHECK(MPI_Win_allocate_shared(bytes, sizeof(float), MPI_INFO_NULL, c.node, &base, &win_) ==
+                 MPI_SUCCESS,
+             "cannot allocate the shared LM-head window (" + std::to_string(bytes >> 20) + " MiB)");
+    MPI_Aint size = 0;
+    int disp = 0;
+    MPI_Win_shared_query(win_, 0, &size, &disp, &data_);
+    const SafetensorsFile& f = model.ckpt.file_of(name);
+    int64_t r0 = vocab_ * c.local_rank / c.local_size, r1 = vocab_ * (c.local_rank + 1) / c.local_size;
+    std::string error;  // reported by the caller's collective check, after the fence
+    try {
+      const int64_t step = 4096;
+      for (int64_t r = r0; r < r1; r += step)
+        f.read_rows_f32(t, r, std::min(step, r1 - r), data_ + r * hidden_);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    MPI_Win_fence(0, win_);
+    MPI_Barrier(c.node);
+    if (!error.empty()) throw Error(error);
+  }
+  ~SharedLmHead() {
+    if (win_ != MPI_WIN_NULL) MPI_Win_free(&win_);
+  }
+  LmHead view() const { return {vocab_, hidden_, data_}; }
+
+ private:
+  MPI_Win win_ = MPI_WIN_NULL;
+  float* data_ = nullptr;
+  int64_t vocab_ = 0, hidden_ = 0;
+};
+
+DecodeBackend::DecodeBackend() = default;
+DecodeBackend::DecodeBackend(DecodeBackend&&) noexcept = default;
+DecodeBackend& DecodeBackend::operator=(DecodeBackend&&) noexcept = default;
+DecodeBackend::~DecodeBackend() {
+  dec.reset();  // before the LM-head it reads
+}
+
+DecodeBackend make_decoder(BackendKind kind, const Model& model, const std::vector<float>& gamma,
+                           const DecodeParams& p, const BackendOptions& o, const Comms& c) {
+  DecodeBackend b;
+  const auto t0 = std::chrono::steady_clock::now();
+  if (kind == BackendKind::Cuda) {
+    collective(c.world, [&] {
+      CudaSetup setup;
+      setup.node_comm = c.node;
+      setup.split_input = o.split_input;
+      b.dec = make_cuda_decoder(model, gamma, p, setup);
+      b.replicate_s = setup.replicate_seconds;
+    });
+    return b;
+  }
+  collective(c.world, [&] { b.head = std::make_unique<SharedLmHead>(model, c); });
+  b.replicate_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const int threads = o.threads > 0 ? o.threads
+                                    : std::max(1, int(std::thread::hardware_concurrency()) / c.local_size);
+  b.dec = make_cpu_decoder(b.head->view(), gamma, p, threads);
+  return b;
+}
+
+}  // namespace fi

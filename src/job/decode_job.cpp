@@ -1,0 +1,506 @@
+// `flashinterp decode` as its phases, each a function: checked options (validate) -> the
+// model's inputs and this rank's backend (load_inputs) -> the plan and resume state (plan_work)
+// -> the rounds, with the token index saved as it goes (run_rounds, IndexSaver) -> the rename
+// and report (finish). Every step that can fail on one rank is agreed on collectively
+// (parallel/mpi_env), so a bad file ends every rank with one line instead of a hang.
+#include "job/decode_job.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <memory>
+#include <sstream>
+
+#include "common/error.h"
+#include "decode/backend.h"
+#include "decode/decoder.h"
+#include "decode/token_index.h"
+#include "map/map_reader.h"
+#include "map/map_writer.h"
+#include "model/config.h"
+#include "model/vocab.h"
+#include "parallel/partition.h"
+
+namespace fi {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+bool file_exists(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+std::string utc_now() {
+  std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
+}
+
+// Reads a work item's neuron vectors: rows of up/gate, columns of down. x: [rows, hidden]
+void read_item(const Model& m, Matrix mat, int64_t layer, const WorkItem& it, std::vector<float>& x) {
+  const std::string name = m.names.matrix(mat, layer);
+  const TensorInfo& t = m.ckpt.info(name);
+  x.resize(size_t(it.rows * m.cfg.hidden_size));
+  if (mat == Matrix::Down) m.ckpt.file_of(name).read_cols_f32(t, it.row0, it.rows, x.data());
+  else m.ckpt.file_of(name).read_rows_f32(t, it.row0, it.rows, x.data());
+}
+
+// Stop signals: the first asks for a clean stop at the next round (the round in flight is
+// finished and flushed), a second one ends the process at once.
+volatile sig_atomic_t g_stop = 0;
+extern "C" void on_stop_signal(int) {
+  if (g_stop) _exit(kExitStopped);
+  g_stop = 1;
+}
+}  // namespace
+
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  for (int sig : {SIGTERM, SIGINT, SIGUSR1}) sigaction(sig, &sa, nullptr);
+}
+
+namespace {
+
+// FNV-1a over bytes: a cheap content hash for the fingerprint.
+uint64_t fnv1a(const void* p, size_t n, uint64_t h = 1469598103934665603ull) {
+  for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const uint8_t*>(p)[i]) * 1099511628211ull;
+  return h;
+}
+
+uint64_t hash_file_prefix(const std::string& path, uint64_t max_bytes, uint64_t* size) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) FI_FAIL(path + ": cannot open");
+  std::vector<char> buf(1 << 16);
+  uint64_t h = 1469598103934665603ull, total = 0;
+  size_t n;
+  while (total < max_bytes && (n = std::fread(buf.data(), 1, std::min<uint64_t>(buf.size(), max_bytes - total), f)) > 0) {
+    h = fnv1a(buf.data(), n, h);
+    total += n;
+  }
+  std::fseek(f, 0, SEEK_END);
+  *size = uint64_t(std::ftell(f));
+  std::fclose(f);
+  return h;
+}
+
+// What a partial map must share with this run to be resumed: every model file's size and
+// header hash (tensor names, shapes, offsets), config.json and tokenizer.json, and every option
+// that changes the datasets.
+std::string fingerprint(const Model& m, const std::vector<Matrix>& mats, const std::vector<int64_t>& layers,
+                        const DecodeParams& p, int token_index) {
+  std::ostringstream o;
+  for (const auto& sh : m.ckpt.shards()) {
+    uint64_t size = 0, h = hash_file_prefix(sh->path(), sh->header_bytes(), &size);
+    o << sh->path().substr(sh->path().find_last_of('/') + 1) << ":" << size << ":" << std::hex << h
+      << std::dec << ";";
+  }
+  for (const char* f : {"/config.json", "/tokenizer.json"}) {
+    uint64_t size = 0, h = hash_file_prefix(m.dir + f, UINT64_MAX, &size);
+    o << (f + 1) << ":" << size << ":" << std::hex << h << std::dec << ";";
+  }
+  o << "matrices=";
+  for (Matrix x : mats) o << matrix_name(x) << ",";
+  o << ";layers=" << layers.front() << "-" << layers.back() << ";top_k=" << p.top_k
+    << ";bottom_k=" << p.bottom_k << ";norm=" << norm_name(p.norm) << ";chunk_rows=" << p.chunk_rows
+    << ";token_index=" << token_index;
+  return o.str();
+}
+
+class Progress {
+ public:
+  Progress(bool on, int64_t total) : on_(on), total_(total), t0_(Clock::now()), last_(t0_) {}
+  void update(int64_t done) {
+    if (!on_ || seconds_since(last_) < 3.0) return;
+    last_ = Clock::now();
+    double s = seconds_since(t0_), rate = done / std::max(s, 1e-9);
+    std::fprintf(stderr, "flashinterp: %lld / %lld rows (%.1f%%), %.0f rows/s, ETA %.0f s\n",
+                 (long long)done, (long long)total_, 100.0 * done / total_, rate,
+                 (total_ - done) / std::max(rate, 1e-9));
+  }
+
+ private:
+  bool on_;
+  int64_t total_;
+  Clock::time_point t0_, last_;
+};
+
+}  // namespace
+
+std::vector<int64_t> parse_layers(const std::string& spec, int64_t num_layers) {
+  std::vector<int64_t> out;
+  if (spec.empty()) {
+    for (int64_t l = 0; l < num_layers; ++l) out.push_back(l);
+    return out;
+  }
+  int64_t a = 0, b = 0;
+  char dash = 0, extra = 0;
+  int n = std::sscanf(spec.c_str(), "%lld%c%lld%c", (long long*)&a, &dash, (long long*)&b, &extra);
+  if (n == 1) b = a;
+  else if (n != 3 || dash != '-') FI_FAIL("--layers: expected A-B or A, got '" + spec + "'");
+  if (b < a) FI_FAIL("--layers " + spec + ": the range is reversed (write A-B with A <= B)");
+  if (a < 0 || b >= num_layers)
+    FI_FAIL("--layers " + spec + ": the model has layers 0-" + std::to_string(num_layers - 1));
+  for (int64_t l = a; l <= b; ++l) out.push_back(l);
+  return out;
+}
+
+namespace {
+
+// ---- phase 1: the job as checked options -------------------------------------------------
+
+struct Job {
+  Job(const DecodeOptions& o, bool t) : opt(o), partial(o.out + ".partial"), talk(t) {}
+  const DecodeOptions& opt;
+  std::string partial;  // OUT.partial
+  bool talk = false;    // rank 0 prints progress
+  std::unique_ptr<Model> model;
+  DecodeParams p;
+  std::vector<Matrix> mats;
+  std::vector<int64_t> layers;
+  BackendKind backend = BackendKind::Cpu;
+  int M = 0;  // token index entries per token (0: none)
+  int64_t neurons() const { return model->cfg.intermediate_size; }
+};
+
+// Everything that can be checked before work starts, on every rank.
+Job validate(const DecodeOptions& opt, const Comms& c) {
+  Job j(opt, c.rank == 0 && !opt.quiet);
+  collective(c.world, [&] {
+    FI_CHECK(!opt.out.empty(), "--out is required");
+    if (opt.top_k < 1) FI_FAIL("--top-k must be at least 1");
+    if (opt.bottom_k < 0) FI_FAIL("--bottom-k must be 0 or more");
+    if (opt.token_index < 0) FI_FAIL("--token-index must be 0 (off) or more");
+    if (opt.chunk_rows < 0) FI_FAIL("--chunk-rows must be positive");
+    j.p.norm = parse_norm(opt.norm);
+    for (const auto& s : opt.matrices) {
+      Matrix m = parse_matrix(s);
+      for (Matrix o : j.mats)
+        if (o == m) FI_FAIL("--matrices lists '" + s + "' twice");
+      j.mats.push_back(m);
+    }
+    FI_CHECK(!j.mats.empty(), "--matrices is empty");
+    j.backend = choose_backend(opt.backend);
+    if (opt.resume && opt.overwrite) FI_FAIL("--resume and --overwrite exclude each other");
+    if (c.rank == 0 && !opt.resume && !opt.overwrite) {
+      if (file_exists(opt.out)) FI_FAIL(opt.out + ": output exists; pass --overwrite to replace it");
+      if (file_exists(j.partial))
+        FI_FAIL(j.partial + ": an unfinished decode exists; pass --resume to continue it or --overwrite to start over");
+    }
+    j.model = std::make_unique<Model>(opt.model_dir);
+    j.layers = parse_layers(opt.layers, j.model->cfg.num_layers);
+    const auto I = j.model->cfg.intermediate_size, H = j.model->cfg.hidden_size;
+    for (Matrix m : j.mats)
+      for (int64_t l : j.layers) {
+        if (m == Matrix::Down) j.model->expect(j.model->names.matrix(m, l), {H, I}, "hidden_size,intermediate_size");
+        else j.model->expect(j.model->names.matrix(m, l), {I, H}, "intermediate_size,hidden_size");
+      }
+  });
+  const bool cuda = j.backend == BackendKind::Cuda;
+  if (opt.backend == "auto" && j.talk)
+    std::fprintf(stderr, "flashinterp: backend auto: %s\n",
+                 cuda ? "CUDA device found, using cuda" : "no CUDA device, using cpu");
+  const ModelConfig& cfg = j.model->cfg;
+  j.p.top_k = opt.top_k;
+  j.p.bottom_k = opt.bottom_k;
+  j.p.norm_plus_one = cfg.norm_plus_one;
+  j.p.eps = cfg.rms_norm_eps;
+  j.p.allow_tf32 = opt.allow_tf32;
+  j.p.chunk_rows = opt.chunk_rows > 0 ? opt.chunk_rows : (cuda ? 4096 : 512);
+  if (j.p.top_k > cfg.vocab_size || j.p.bottom_k > cfg.vocab_size)
+    collective(c.world, [&] { FI_FAIL("--top-k/--bottom-k larger than the vocabulary"); });
+  j.M = opt.token_index;
+  return j;
+}
+
+// ---- phase 2: the model's inputs and this rank's backend ----------------------------------
+
+struct Inputs {
+  std::vector<float> gamma;  // [hidden] the final norm's weight
+  Vocab vocab;               // rank 0 only
+  DecodeBackend backend;
+};
+
+Inputs load_inputs(const Job& j, const Comms& c) {
+  Inputs in;
+  const Model& m = *j.model;
+  const ModelConfig& cfg = m.cfg;
+  collective(c.world, [&] {
+    const TensorInfo& g = m.expect(m.names.final_norm, {cfg.hidden_size}, "hidden_size");
+    in.gamma = m.ckpt.file_of(m.names.final_norm).read_f32(g);
+    m.expect(m.lm_head_name(), {cfg.vocab_size, cfg.hidden_size}, "vocab_size,hidden_size");
+    if (c.rank == 0) in.vocab = load_vocab(j.opt.model_dir + "/tokenizer.json", cfg.vocab_size);
+  });
+  in.backend = make_decoder(j.backend, m, in.gamma, j.p, {!j.opt.fast_gemm, j.opt.threads}, c);
+  if (j.talk)
+    std::fprintf(stderr, "flashinterp: LM-head [%lld x %lld] ready in %.2f s (%s, %d rank%s, %d node%s)\n",
+                 (long long)cfg.vocab_size, (long long)cfg.hidden_size, in.backend.replicate_s,
+                 in.backend.dec->name(), c.size, c.size > 1 ? "s" : "", c.num_nodes,
+                 c.num_nodes > 1 ? "s" : "");
+  return in;
+}
+
+// ---- phase 3: the plan and the resume state ------------------------------------------------
+
+enum class Start { Fresh, Resume, NothingToDo };
+
+struct Plan {
+  Start start = Start::Fresh;
+  std::vector<WorkItem> full;   // every (matrix, layer, chunk), in the map's order
+  std::vector<WorkItem> todo;   // what this run decodes: full less the chunks already done
+  std::vector<uint8_t> done;    // [full.size()] skipped as already done (empty when fresh)
+  std::vector<TokenIndex> tis;  // per matrix; rank 0 starts from the stored lists on resume
+  Range share;                  // this rank's items of todo
+  size_t rounds = 0;
+  size_t full_index(const WorkItem& w, size_t num_layers, int64_t chunks) const {
+    return (size_t(w.matrix) * num_layers + size_t(w.layer_index)) * size_t(chunks) + size_t(w.chunk);
+  }
+};
+
+// Reads what a partial map has done (rank 0). Returns false when the file is unusable as a
+// start (cut off while being created), throws when it was made by another model or options.
+bool read_partial(const Job& j, const std::string& fp, Plan& plan, std::vector<uint8_t>& included) {
+  std::unique_ptr<MapReader> r = MapReader::try_open(j.partial);
+  if (!r || !r->has_fingerprint()) return false;
+  std::string theirs = r->fingerprint();
+  if (theirs != fp)
+    FI_FAIL(j.partial + ": made from another model or other options; cannot --resume it (theirs: " +
+            theirs + "; ours: " + fp + ")");
+  plan.done.clear();
+  included.clear();
+  for (size_t mi = 0; mi < j.mats.size(); ++mi) {
+    const std::string name = matrix_name(j.mats[mi]);
+    auto d = r->done(name);
+    plan.done.insert(plan.done.end(), d.begin(), d.end());
+    if (plan.tis.empty()) continue;
+    auto inc = r->index_included(name);
+    included.insert(included.end(), inc.begin(), inc.end());
+    // Nothing included: never saved, or cut off inside a save (see MapWriter::write_token_index);
+    // the lists on disk may then hold rows that are indexed again, so start this matrix empty.
+    if (std::find(inc.begin(), inc.end(), uint8_t(1)) == inc.end()) continue;
+    r->read_token_index(name, plan.tis[mi]);
+  }
+  return true;
+}
+
+// --resume: rank 0 reads the partial map's fingerprint and done masks, and everyone skips the
+// chunks already written. --overwrite drops an old .partial now; an old complete map stays
+// until the new one replaces it by rename, so a failed run never costs the previous map.
+Plan plan_work(const Job& j, const std::string& fingerprint, const Comms& c) {
+  Plan plan;
+  plan.full = make_plan(int(j.mats.size()), int(j.layers.size()), j.neurons(), j.p.chunk_rows);
+  if (j.M > 0) plan.tis.assign(j.mats.size(), TokenIndex(j.model->cfg.vocab_size, j.M));
+  std::vector<uint8_t> included;
+  int start = int(Start::Fresh);
+  collective(c.world, [&] {
+    if (c.rank != 0) return;
+    if (j.opt.resume && file_exists(j.partial)) {
+      if (read_partial(j, fingerprint, plan, included)) start = int(Start::Resume);
+      else if (j.talk) std::fprintf(stderr, "flashinterp: %s was cut off while being created; starting over\n", j.partial.c_str());
+    } else if (j.opt.resume && file_exists(j.opt.out)) {
+      start = int(Start::NothingToDo);
+    }
+    if (start == int(Start::Fresh) && (j.opt.overwrite || j.opt.resume)) std::remove(j.partial.c_str());
+  });
+  MPI_Bcast(&start, 1, MPI_INT, 0, c.world);
+  plan.start = Start(start);
+  if (plan.start == Start::Resume) {
+    int64_t n = int64_t(plan.done.size());
+    MPI_Bcast(&n, 1, MPI_INT64_T, 0, c.world);
+    plan.done.resize(size_t(n));
+    MPI_Bcast(plan.done.data(), int(n), MPI_UINT8_T, 0, c.world);
+    included.resize(j.M > 0 ? size_t(n) : 0);
+    if (j.M > 0) MPI_Bcast(included.data(), int(n), MPI_UINT8_T, 0, c.world);
+    // done is [matrix][layer][chunk], the plan's own order. A chunk is skipped only when its
+    // data is written and (with a token index) its rows are in the stored index; rank 0 starts
+    // from the stored index, the merge adds the rest.
+    for (size_t i = 0; i < plan.full.size(); ++i) {
+      bool skip = plan.done.at(i) && (j.M == 0 || included.at(i));
+      if (!skip) plan.todo.push_back(plan.full[i]);
+      plan.done[i] = skip;
+    }
+    if (c.rank != 0)
+      for (auto& ti : plan.tis) ti = TokenIndex(j.model->cfg.vocab_size, j.M);
+    if (j.talk)
+      std::fprintf(stderr, "flashinterp: resuming %s: %zu of %zu chunks already done\n", j.partial.c_str(),
+                   plan.full.size() - plan.todo.size(), plan.full.size());
+  } else {
+    plan.todo = plan.full;
+  }
+  plan.share = rank_share(plan.todo.size(), c.rank, c.size);
+  plan.rounds = num_rounds(plan.todo.size(), c.size);
+  return plan;
+}
+
+MapMeta map_meta(const Job& j, const Decoder& dec, const std::string& fingerprint, const Comms& c) {
+  const ModelConfig& cfg = j.model->cfg;
+  MapMeta meta;
+  meta.model_dir = j.opt.model_dir;
+  meta.model_type = cfg.model_type;
+  meta.norm = norm_name(j.p.norm);
+  meta.backend = dec.name();
+  meta.command_line = j.opt.command_line;
+  meta.created_utc = utc_now();
+  meta.hidden_size = cfg.hidden_size;
+  meta.intermediate_size = j.neurons();
+  meta.num_layers = cfg.num_layers;
+  meta.vocab_size = cfg.vocab_size;
+  meta.top_k = j.p.top_k;
+  meta.bottom_k = j.p.bottom_k;
+  meta.token_index_m = j.M;
+  meta.world_size = c.size;
+  meta.fingerprint = fingerprint;
+  return meta;
+}
+
+std::vector<MatrixLayout> map_layouts(const Job& j) {
+  std::vector<MatrixLayout> layouts;
+  for (Matrix m : j.mats)
+    layouts.push_back({matrix_name(m), j.model->names.matrix_pattern(m), m == Matrix::Down, j.layers,
+                       j.neurons(), j.p.chunk_rows});
+  return layouts;
+}
+
+// ---- phase 4: the rounds, and the token index saved as they go -----------------------------
+
+// Merges the ranks' token indexes on rank 0 and stores them with the chunks they cover: the
+// chunks skipped at the start plus every item of the first `rounds_done` rounds.
+class IndexSaver {
+ public:
+  IndexSaver(const Job& j, Plan& plan, Decoder& dec, MapWriter& writer, const Comms& c)
+      : j_(j), plan_(plan), dec_(dec), writer_(writer), c_(c) {}
+  bool due() const {  // rank 0's clock decides the periodic saves
+    return c_.rank == 0 && j_.M > 0 && j_.opt.save_index_minutes > 0 &&
+           seconds_since(saved_) >= 60 * j_.opt.save_index_minutes;
+  }
+  void save(size_t rounds_done) {
+    if (j_.M == 0) return;
+    collective(c_.world, [&] { dec_.sync_token_index(); });  // a GPU's copy back to the host
+    const int64_t chunks = num_chunks(j_.neurons(), j_.p.chunk_rows);
+    std::vector<uint8_t> inc = plan_.done.empty() ? std::vector<uint8_t>(plan_.full.size(), 0) : plan_.done;
+    for (int r = 0; r < c_.size; ++r) {
+      Range sh = rank_share(plan_.todo.size(), r, c_.size);
+      for (size_t i = sh.begin; i < sh.begin + std::min(sh.size(), rounds_done); ++i)
+        inc[plan_.full_index(plan_.todo[i], j_.layers.size(), chunks)] = 1;
+    }
+    const size_t per = inc.size() / j_.mats.size();
+    for (size_t mi = 0; mi < j_.mats.size(); ++mi) {
+      reduce_token_index(plan_.tis[mi], c_.world);
+      writer_.write_token_index(mi, plan_.tis[mi],
+                                std::vector<uint8_t>(inc.begin() + mi * per, inc.begin() + (mi + 1) * per));
+    }
+    // Rank 0 holds everyone's entries now; the others start again from empty lists, so that
+    // the next merge counts each row once.
+    if (c_.rank != 0)
+      for (auto& ti : plan_.tis) ti = TokenIndex(j_.model->cfg.vocab_size, j_.M);
+    saved_ = Clock::now();
+  }
+
+ private:
+  const Job& j_;
+  Plan& plan_;
+  Decoder& dec_;
+  MapWriter& writer_;
+  const Comms& c_;
+  Clock::time_point saved_ = Clock::now();
+};
+
+// Returns the rows decoded over all ranks, or -1 when a stop signal ended the rounds early
+// (the work so far kept in OUT.partial, the index saved).
+int64_t run_rounds(const Job& j, Plan& plan, Decoder& dec, MapWriter& writer, const Comms& c) {
+  IndexSaver saver(j, plan, dec, writer, c);
+  Progress progress(j.talk, int64_t(plan.todo.size() > 0 ? j.mats.size() * j.layers.size() * j.neurons() : 0));
+  std::vector<float> x;
+  ChunkResult res;
+  int64_t rows_done = 0;
+  for (size_t round = 0; round < plan.rounds; ++round) {
+    const WorkItem* item = round < plan.share.size() ? &plan.todo[plan.share.begin + round] : nullptr;
+    collective(c.world, [&] {
+      if (round == 1 && test_fail_rank() == c.rank) FI_FAIL("rank " + std::to_string(c.rank) + ": injected failure (FLASHINTERP_TEST_FAIL_RANK)");
+      if (!item) return;
+      read_item(*j.model, j.mats[item->matrix], j.layers[item->layer_index], *item, x);
+      if (j.M > 0)
+        dec.set_token_index_target(&plan.tis[item->matrix], int32_t(j.layers[item->layer_index]), item->row0);
+      dec.decode(x.data(), item->rows, res);
+    });
+    writer.write_round(item, item ? &res : nullptr);
+    int64_t mine[3] = {item ? item->rows : 0, int64_t(g_stop), saver.due() ? 1 : 0}, all[3] = {0, 0, 0};
+    MPI_Allreduce(mine, all, 3, MPI_INT64_T, MPI_SUM, c.world);
+    rows_done += all[0];
+    progress.update(rows_done);
+    if (all[1] > 0 && round + 1 < plan.rounds) {
+      if (c.rank == 0)
+        std::fprintf(stderr, "flashinterp: stopped by a signal after %zu of %zu rounds; %s keeps the "
+                     "work done, continue with --resume\n", round + 1, plan.rounds, j.partial.c_str());
+      saver.save(round + 1);
+      writer.close();
+      MPI_Barrier(c.world);
+      return -1;
+    }
+    if (all[2] > 0 && round + 1 < plan.rounds) saver.save(round + 1);
+  }
+  saver.save(plan.rounds);
+  return rows_done;
+}
+
+// ---- phase 5: the map into place, and the report -------------------------------------------
+
+void finish(const Job& j, MapWriter& writer, int64_t rows_done, double elapsed, const Comms& c) {
+  writer.finish(elapsed);
+  collective(c.world, [&] {
+    if (c.rank == 0) test_kill_point("rename");
+    if (c.rank == 0 && std::rename(j.partial.c_str(), j.opt.out.c_str()) != 0)
+      FI_FAIL(j.opt.out + ": cannot rename " + j.partial + " into place");
+  });
+  long rss = peak_rss_kb();
+  std::vector<long> all_rss(c.size);
+  MPI_Gather(&rss, 1, MPI_LONG, all_rss.data(), 1, MPI_LONG, 0, c.world);
+  if (!j.talk) return;
+  const ModelConfig& cfg = j.model->cfg;
+  double flops = 2.0 * double(rows_done) * double(cfg.vocab_size) * double(cfg.hidden_size);
+  std::fprintf(stderr, "flashinterp: done: %lld rows in %.2f s (%.0f rows/s, %.1f GFLOP/s) -> %s\n",
+               (long long)rows_done, elapsed, rows_done / elapsed, flops / elapsed / 1e9, j.opt.out.c_str());
+  std::string r = "flashinterp: peak RSS per rank (MiB):";
+  for (long kb : all_rss) r += " " + std::to_string(kb / 1024);
+  std::fprintf(stderr, "%s\n", r.c_str());
+}
+
+}  // namespace
+
+int run_decode(const DecodeOptions& opt, const Comms& c) {
+  const auto t0 = Clock::now();
+  install_stop_handlers();  // a stop asked for during set-up takes effect after the first round
+  Job job = validate(opt, c);
+  Inputs in = load_inputs(job, c);
+  Decoder& dec = *in.backend.dec;
+  std::string fp;  // rank 0's; the writer puts it in the file
+  collective(c.world, [&] {
+    if (c.rank == 0) fp = fingerprint(*job.model, job.mats, job.layers, job.p, job.M);
+  });
+  Plan plan = plan_work(job, fp, c);
+  if (plan.start == Start::NothingToDo) {
+    if (job.talk) std::fprintf(stderr, "flashinterp: %s is complete; nothing to resume\n", opt.out.c_str());
+    return 0;
+  }
+  MapWriter writer(c.world, job.partial, map_meta(job, dec, fp, c), map_layouts(job), in.vocab,
+                   default_writer_kind(), plan.start == Start::Resume);
+  const int64_t rows_done = run_rounds(job, plan, dec, writer, c);
+  if (rows_done < 0) return kExitStopped;
+  finish(job, writer, rows_done, seconds_since(t0), c);
+  return 0;
+}
+
+}  // namespace fi

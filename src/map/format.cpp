@@ -1,0 +1,76 @@
+// format_schema(): every item of the map with its kind, dtype, shape and when it is present.
+// Paths use {matrix} for each decoded matrix group (up, gate, down).
+#include "map/format.h"
+
+#include <string>
+
+#include "decode/chunk_result.h"
+
+namespace fi::map {
+namespace {
+
+nlohmann::json item(const std::string& path, const char* kind, const char* dtype, const char* shape,
+                    const char* when = "always") {
+  return {{"path", path}, {"kind", kind}, {"dtype", dtype}, {"shape", shape}, {"when", when}};
+}
+
+}  // namespace
+
+nlohmann::json format_schema() {
+  nlohmann::json items = nlohmann::json::array();
+  auto root_attr = [&](const char* name, const char* dtype) {
+    items.push_back(item(std::string("/@") + name, "attribute", dtype, "scalar"));
+  };
+  root_attr(kAttrFormat, "string");
+  root_attr(kAttrFormatVersion, "int64");
+  root_attr(kAttrToolVersion, "string");
+  root_attr(kAttrModelDir, "string");
+  root_attr(kAttrModelType, "string");
+  root_attr(kAttrHiddenSize, "int64");
+  root_attr(kAttrIntermediateSize, "int64");
+  root_attr(kAttrNumLayers, "int64");
+  root_attr(kAttrVocabSize, "int64");
+  root_attr(kAttrNorm, "string");
+  root_attr(kAttrTopK, "int64");
+  root_attr(kAttrBottomK, "int64");
+  root_attr(kAttrTokenIndexM, "int64");
+  root_attr(kAttrBackend, "string");
+  root_attr(kAttrWorldSize, "int64");
+  root_attr(kAttrCommandLine, "string");
+  root_attr(kAttrCreatedUtc, "string");
+  root_attr(kAttrElapsedS, "float64");
+  root_attr(kAttrComplete, "int64");
+  root_attr(kAttrFingerprint, "string");
+
+  const std::string v = std::string("/") + kVocab;
+  items.push_back(item(v, "group", "", ""));
+  items.push_back(item(v + "/" + kVocabText, "dataset", "utf-8 string (variable length)", "[V]"));
+  items.push_back(item(v + "/" + kVocabBytes, "dataset", "uint8 sequence (variable length)", "[V]"));
+  items.push_back(item(v + "/" + kVocabSpecial, "dataset", "uint8", "[V]"));
+
+  const std::string g = "/{matrix}";
+  items.push_back(item(g, "group", "", ""));
+  items.push_back(item(g + "/@" + kAttrTensorPattern, "attribute", "string", "scalar"));
+  items.push_back(item(g + "/@" + kAttrAxis, "attribute", "string", "scalar"));
+  items.push_back(item(g + "/@" + kAttrLayers, "attribute", "int64", "[L]"));
+  items.push_back(item(g + "/@" + kAttrChunkRows, "attribute", "int64", "scalar"));
+  for (const ChunkField& f : kChunkFields) {
+    const bool bottom = f.width == FieldWidth::BottomK;
+    const char* shape = f.width == FieldWidth::One ? "[L, N]" : bottom ? "[L, N, B]" : "[L, N, K]";
+    items.push_back(item(g + "/" + f.name, "dataset", f.is_int ? "int32" : "float32", shape,
+                         bottom ? "bottom_k > 0" : "always"));
+  }
+  items.push_back(item(g + "/" + kDone, "dataset", "uint8", "[L, C]"));
+  items.push_back(item(g + "/" + kDone + "/@" + kAttrChunkRows, "attribute", "int64", "scalar"));
+
+  const std::string t = g + "/" + kTokenIndex, when = "token_index_m > 0";
+  items.push_back(item(t, "group", "", "", when.c_str()));
+  items.push_back(item(t + "/" + kTiLayer, "dataset", "int32", "[V, M]", when.c_str()));
+  items.push_back(item(t + "/" + kTiNeuron, "dataset", "int32", "[V, M]", when.c_str()));
+  items.push_back(item(t + "/" + kTiProbs, "dataset", "float32", "[V, M]", when.c_str()));
+  items.push_back(item(t + "/" + kTiLogp, "dataset", "float64", "[V, M]", when.c_str()));
+  items.push_back(item(t + "/" + kTiIncluded, "dataset", "uint8", "[L, C]", when.c_str()));
+  return {{"format", kFormat}, {"format_version", kFormatVersion}, {"items", items}};
+}
+
+}  // namespace fi::map

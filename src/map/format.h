@@ -1,0 +1,61 @@
+// The neuron map's format, owned here once: its name and version, and the name of every group,
+// dataset and attribute the writer writes and the reader reads. format_schema() lists them all
+// with dtypes and shapes (`flashinterp map-format`); tests/python/test_map_format.py holds
+// analysis/flashinterp_map.py, docs/MAP_FORMAT.md and a real decoded map to that list.
+#pragma once
+#include <cstdint>
+#include <nlohmann/json.hpp>
+
+namespace fi::map {
+
+inline constexpr const char* kFormat = "flashinterp-map";
+inline constexpr int64_t kFormatVersion = 1;
+
+// Root attributes.
+inline constexpr const char* kAttrFormat = "format";
+inline constexpr const char* kAttrFormatVersion = "format_version";
+inline constexpr const char* kAttrToolVersion = "tool_version";
+inline constexpr const char* kAttrModelDir = "model_dir";
+inline constexpr const char* kAttrModelType = "model_type";
+inline constexpr const char* kAttrHiddenSize = "hidden_size";
+inline constexpr const char* kAttrIntermediateSize = "intermediate_size";
+inline constexpr const char* kAttrNumLayers = "num_layers";
+inline constexpr const char* kAttrVocabSize = "vocab_size";
+inline constexpr const char* kAttrNorm = "norm";
+inline constexpr const char* kAttrTopK = "top_k";
+inline constexpr const char* kAttrBottomK = "bottom_k";
+inline constexpr const char* kAttrTokenIndexM = "token_index_m";
+inline constexpr const char* kAttrBackend = "backend";
+inline constexpr const char* kAttrWorldSize = "world_size";
+inline constexpr const char* kAttrCommandLine = "command_line";
+inline constexpr const char* kAttrCreatedUtc = "created_utc";
+inline constexpr const char* kAttrElapsedS = "elapsed_s";
+inline constexpr const char* kAttrComplete = "complete";        // 1 once every chunk is written
+inline constexpr const char* kAttrFingerprint = "fingerprint";  // written last at creation
+
+// /vocab
+inline constexpr const char* kVocab = "vocab";
+inline constexpr const char* kVocabText = "text";
+inline constexpr const char* kVocabBytes = "bytes";
+inline constexpr const char* kVocabSpecial = "special";
+
+// One group per decoded matrix (/up, /gate, /down: model/config.h matrix_name); its datasets
+// are the ChunkResult fields (decode/chunk_result.h kChunkFields) plus these.
+inline constexpr const char* kAttrTensorPattern = "tensor_pattern";
+inline constexpr const char* kAttrAxis = "axis";  // rows | columns
+inline constexpr const char* kAttrLayers = "layers";
+inline constexpr const char* kAttrChunkRows = "chunk_rows";  // on the group and on done
+inline constexpr const char* kDone = "done";
+
+// /<matrix>/token_index
+inline constexpr const char* kTokenIndex = "token_index";
+inline constexpr const char* kTiLayer = "layer";
+inline constexpr const char* kTiNeuron = "neuron";
+inline constexpr const char* kTiProbs = "probs";
+inline constexpr const char* kTiLogp = "logp";
+inline constexpr const char* kTiIncluded = "included";
+
+// Every item above with its kind, dtype and shape, as JSON (the format's machine-readable form).
+nlohmann::json format_schema();
+
+}  // namespace fi::map
