@@ -1,4 +1,4 @@
-"""Reader for flashinterp neuron maps (HDF5 schema version 1, see ARCHITECTURE.md), and the
+"""Reader for flashinterp neuron maps (format version 1, docs/MAP_FORMAT.md), and the
 computations behind the scripts beside it (show, search, compare, report).
 
     import flashinterp_map as fm
@@ -20,6 +20,18 @@ import h5py
 FORMAT = "flashinterp-map"
 FORMAT_VERSION = 1
 MATRICES = ("up", "gate", "down")
+# Every item of a map as this reader knows it (docs/MAP_FORMAT.md). The writer's list is
+# `flashinterp map-format --json`; tests/python/test_map_format.py holds the two to each other.
+ROOT_ATTRS = ("format", "format_version", "tool_version", "model_dir", "model_type", "hidden_size",
+              "intermediate_size", "num_layers", "vocab_size", "norm", "top_k", "bottom_k",
+              "token_index_m", "backend", "world_size", "command_line", "created_utc", "elapsed_s",
+              "complete", "fingerprint")
+VOCAB_DATASETS = ("text", "bytes", "special")
+GROUP_ATTRS = ("tensor_pattern", "axis", "layers", "chunk_rows")
+GROUP_DATASETS = ("top_ids", "top_logits", "top_probs", "logsumexp", "bottom_ids", "bottom_logits",
+                  "done")
+OPTIONAL_DATASETS = ("bottom_ids", "bottom_logits")  # only with --bottom-k
+TOKEN_INDEX_DATASETS = ("layer", "neuron", "probs", "logp", "included")
 
 
 class MapError(Exception):
@@ -77,6 +89,16 @@ class MapFile:
             got = _attr_int(a["format_version"]) if "format_version" in a else None
             raise MapError(f"{self.path}: map format_version {got}, this reader reads {FORMAT_VERSION}")
         self.complete = "complete" in a and _attr_int(a["complete"]) == 1
+        for name in ("vocab/" + d for d in VOCAB_DATASETS):
+            if name not in self.h5:
+                raise MapError(f"{self.path}: the map has no dataset /{name}")
+        for m in (m for m in MATRICES if m in self.h5):
+            g = self.h5[m]
+            for d in GROUP_DATASETS:
+                if d not in g and d not in OPTIONAL_DATASETS:
+                    raise MapError(f"{self.path}: the map has no dataset /{m}/{d}")
+            if "layers" not in g.attrs:
+                raise MapError(f"{self.path}: /{m} has no 'layers' attribute")
         if not self.complete and not partial:
             raise MapError(f"{self.path}: partial map (complete=0: the decode did not finish); "
                            "pass partial=True / --partial to read it anyway")

@@ -26,7 +26,7 @@ std::function<int(int*, char***)> add_decode(CLI::App& app) {
   cmd->add_option("--chunk-rows", opt->chunk_rows, "neurons per work item (default: cpu 512, cuda 4096)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--backend", opt->backend, "auto | cpu | cuda")->capture_default_str();
-  cmd->add_option("--threads", opt->threads, "CPU threads per rank (default: cores per node / ranks per node)");
+  cmd->add_option("--threads", opt->threads, "CPU worker threads per rank (default 0: the cores of the rank's affinity mask, shared with the node's ranks bound alike)");
   cmd->add_flag("--overwrite", opt->overwrite, "replace an existing output map (the old one stays until the new one is complete)");
   cmd->add_option("--save-index-every", opt->save_index_minutes,
                   "minutes between saves of the token index into OUT.partial (a kill -9 redoes at "

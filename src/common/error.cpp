@@ -24,4 +24,9 @@ int test_fail_rank() {
   return r ? std::atoi(r) : -1;
 }
 
+int test_hold_round() {
+  static const char* r = std::getenv("FLASHINTERP_TEST_HOLD_ROUND");
+  return r ? std::atoi(r) : -1;
+}
+
 }  // namespace fi

@@ -22,6 +22,11 @@ void test_kill_point(const std::string& point);
 // mid-run (decode: in round 1; clamp/generate: in its stage's second forward).
 int test_fail_rank();
 
+// For the stop-signal tests: $FLASHINTERP_TEST_HOLD_ROUND (-1 when unset). A fresh (not resumed)
+// decode waits after that round until a stop signal arrives, so the signal certainly finds the
+// job running however fast the machine is.
+int test_hold_round();
+
 }  // namespace fi
 
 // FI_FAIL(msg): throw fi::Error with msg (file:line kept for debug builds' messages).

@@ -4,10 +4,10 @@
 
 #include <algorithm>
 #include <chrono>
-#include <thread>
 
 #include "common/error.h"
 #include "decode/cuda/cuda_decoder.h"
+#include "parallel/cores.h"
 
 namespace fi {
 
@@ -86,9 +86,8 @@ DecodeBackend make_decoder(BackendKind kind, const Model& model, const std::vect
   }
   collective(c.world, [&] { b.head = std::make_unique<SharedLmHead>(model, c); });
   b.replicate_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const int threads = o.threads > 0 ? o.threads
-                                    : std::max(1, int(std::thread::hardware_concurrency()) / c.local_size);
-  b.dec = make_cpu_decoder(b.head->view(), gamma, p, threads);
+  b.threads = o.threads > 0 ? o.threads : rank_workers(c);
+  b.dec = make_cpu_decoder(b.head->view(), gamma, p, b.threads);
   return b;
 }
 

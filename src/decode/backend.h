@@ -22,6 +22,7 @@ struct DecodeBackend {
   std::unique_ptr<SharedLmHead> head;  // the CPU decoder's LM-head (outlives dec)
   std::unique_ptr<Decoder> dec;
   double replicate_s = 0;              // time to build the LM-head replica
+  int threads = 0;                     // cpu: worker threads of this rank
   DecodeBackend();
   DecodeBackend(DecodeBackend&&) noexcept;
   DecodeBackend& operator=(DecodeBackend&&) noexcept;
@@ -30,7 +31,8 @@ struct DecodeBackend {
 
 struct BackendOptions {
   bool split_input = true;  // cuda: hi + lo GEMM input (decode without --fast-gemm)
-  int threads = 0;          // cpu: worker threads; 0 = cores per node / ranks per node
+  int threads = 0;          // cpu: worker threads; 0 = the cores of the rank's affinity mask
+                            // (shared with the node's ranks of the same mask; parallel/cores.h)
 };
 
 // Collective over c.world (every step that can fail is agreed on). gamma: [hidden] final norm.

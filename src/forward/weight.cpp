@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "common/half.h"
 #include "io/safetensors.h"
+#include "parallel/cores.h"
 
 namespace fi {
 namespace {
@@ -80,7 +81,7 @@ __attribute__((target_clones("avx2", "default"))) float dot_bf16(const uint16_t*
 // Runs f(r0, r1) over [0, n) split into one contiguous range per core.
 template <class F>
 void parallel_rows(int64_t n, F f) {
-  const int64_t T = std::clamp<int64_t>(std::thread::hardware_concurrency(), 1, std::max<int64_t>(1, n / 64));
+  const int64_t T = std::clamp<int64_t>(affinity_cores(), 1, std::max<int64_t>(1, n / 64));
   if (T == 1) return f(0, n);
   std::vector<std::thread> pool;
   for (int64_t t = 1; t < T; ++t) pool.emplace_back([&, t] { f(n * t / T, n * (t + 1) / T); });

@@ -26,6 +26,7 @@
 #include "map/map_writer.h"
 #include "model/config.h"
 #include "model/vocab.h"
+#include "parallel/cores.h"
 #include "parallel/partition.h"
 
 namespace fi {
@@ -185,6 +186,7 @@ Job validate(const DecodeOptions& opt, const Comms& c) {
     if (opt.bottom_k < 0) FI_FAIL("--bottom-k must be 0 or more");
     if (opt.token_index < 0) FI_FAIL("--token-index must be 0 (off) or more");
     if (opt.chunk_rows < 0) FI_FAIL("--chunk-rows must be positive");
+    if (opt.threads < 0) FI_FAIL("--threads must be 0 (the rank's cores) or more");
     j.p.norm = parse_norm(opt.norm);
     for (const auto& s : opt.matrices) {
       Matrix m = parse_matrix(s);
@@ -245,11 +247,23 @@ Inputs load_inputs(const Job& j, const Comms& c) {
     if (c.rank == 0) in.vocab = load_vocab(j.opt.model_dir + "/tokenizer.json", cfg.vocab_size);
   });
   in.backend = make_decoder(j.backend, m, in.gamma, j.p, {!j.opt.fast_gemm, j.opt.threads}, c);
+  std::string workers;
+  if (j.backend == BackendKind::Cpu)
+    workers = ", " + std::to_string(in.backend.threads) + " worker thread" +
+              (in.backend.threads > 1 ? "s" : "") + " per rank on " + std::to_string(affinity_cores()) +
+              " of " + std::to_string(machine_cores()) + " cores";
   if (j.talk)
-    std::fprintf(stderr, "flashinterp: LM-head [%lld x %lld] ready in %.2f s (%s, %d rank%s, %d node%s)\n",
+    std::fprintf(stderr, "flashinterp: LM-head [%lld x %lld] ready in %.2f s (%s, %d rank%s, %d node%s%s)\n",
                  (long long)cfg.vocab_size, (long long)cfg.hidden_size, in.backend.replicate_s,
                  in.backend.dec->name(), c.size, c.size > 1 ? "s" : "", c.num_nodes,
-                 c.num_nodes > 1 ? "s" : "");
+                 c.num_nodes > 1 ? "s" : "", workers.c_str());
+  // A rank bound to a small part of its node (mpirun binds each rank to one core when np <= 2).
+  if (j.talk && j.backend == BackendKind::Cpu && j.opt.threads == 0 &&
+      2 * in.backend.threads * c.local_size <= machine_cores())
+    std::fprintf(stderr, "flashinterp: warning: this node's ranks use %d of its %d cores (their "
+                 "affinity masks); mpirun binds each rank to one core when np <= 2: add --bind-to "
+                 "none, or run more ranks, to use them all\n", in.backend.threads * c.local_size,
+                 machine_cores());
   return in;
 }
 
@@ -418,6 +432,18 @@ class IndexSaver {
   Clock::time_point saved_ = Clock::now();
 };
 
+// Test only (FLASHINTERP_TEST_HOLD_ROUND): every rank waits until one of them has a stop signal,
+// for at most 10 minutes. Returns whether one came.
+bool hold_for_stop_signal(const Comms& c) {
+  for (int i = 0; i < 12000; ++i) {
+    int mine = int(g_stop), any = 0;
+    MPI_Allreduce(&mine, &any, 1, MPI_INT, MPI_MAX, c.world);
+    if (any) return true;
+    usleep(50000);
+  }
+  return false;
+}
+
 // Returns the rows decoded over all ranks, or -1 when a stop signal ended the rounds early
 // (the work so far kept in OUT.partial, the index saved).
 int64_t run_rounds(const Job& j, Plan& plan, Decoder& dec, MapWriter& writer, const Comms& c) {
@@ -441,6 +467,8 @@ int64_t run_rounds(const Job& j, Plan& plan, Decoder& dec, MapWriter& writer, co
     MPI_Allreduce(mine, all, 3, MPI_INT64_T, MPI_SUM, c.world);
     rows_done += all[0];
     progress.update(rows_done);
+    if (all[1] == 0 && plan.start == Start::Fresh && int64_t(round) == test_hold_round())
+      all[1] = hold_for_stop_signal(c);
     if (all[1] > 0 && round + 1 < plan.rounds) {
       if (c.rank == 0)
         std::fprintf(stderr, "flashinterp: stopped by a signal after %zu of %zu rounds; %s keeps the "

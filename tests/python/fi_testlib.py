@@ -250,7 +250,7 @@ def tokenizer_vocab(model_dir):
 
 # ---- the float64 reference decode ----------------------------------------------------------
 class Reference:
-    """The decode of ARCHITECTURE.md in float64 numpy, straight from the checkpoint bytes."""
+    """The decode of docs/ARCHITECTURE.md in float64 numpy, straight from the checkpoint bytes."""
 
     def __init__(self, model_dir):
         self.st = SafeTensors(model_dir)

@@ -87,10 +87,12 @@ def test():
 
         # A stop signal: exit 75 with the partial kept, then resume.
         out = f"{tmp}/sig.h5"
-        # Chunks of one row: hundreds of rounds, so the signal lands mid-run; it is sent as soon
-        # as the partial map exists (the rounds have started or are about to).
+        # The decode holds after round 2 until the signal comes (FLASHINTERP_TEST_HOLD_ROUND), so
+        # the signal finds it running however fast this machine is; it is sent as soon as the
+        # partial map exists.
         cmd = [*t.mpi_prefix(2), t.binary(), "decode", "--model", model, "--out", out, *BASE, "--chunk-rows", "1"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, FLASHINTERP_TEST_HOLD_ROUND="2"))
         deadline = time.time() + 60
         while not os.path.exists(out + ".partial") and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)

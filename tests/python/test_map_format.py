@@ -1,0 +1,121 @@
+"""The map format has one list of names: what `flashinterp map-format --json` says the writer
+writes must be what a real decode writes (walked with h5py, every group, dataset and attribute,
+with its dtype and rank), what analysis/flashinterp_map.py knows, and what docs/MAP_FORMAT.md
+documents. Any name added on one side only fails here."""
+import json
+import os
+import re
+import sys
+import tempfile
+
+import h5py
+import numpy as np
+
+from fi_testlib import SOURCE_DIR, check, demo_model, fail, run
+import flashinterp_map as fm
+
+
+def schema():
+    s = json.loads(run(["map-format", "--json"]).stdout)
+    check(s["format"] == fm.FORMAT and s["format_version"] == fm.FORMAT_VERSION,
+          f"format {s['format']} v{s['format_version']} vs the reader's {fm.FORMAT} v{fm.FORMAT_VERSION}")
+    return {it["path"]: it for it in s["items"]}
+
+
+def dtype_word(obj):
+    """The schema's dtype word for an h5py dataset or attribute value."""
+    dt = obj.dtype
+    if h5py.check_string_dtype(dt) is not None:
+        return "string" if dt.kind == "S" or not h5py.check_vlen_dtype(dt) else "utf-8 string (variable length)"
+    if h5py.check_vlen_dtype(dt) is not None:
+        return "uint8 sequence (variable length)"
+    return {"i4": "int32", "i8": "int64", "f4": "float32", "f8": "float64", "u1": "uint8"}[dt.str[1:]]
+
+
+def walk(path):
+    """{schema path: (kind, dtype, rank)} of everything in a real map; matrix groups as {matrix}."""
+    found = {}
+    with h5py.File(path, "r") as f:
+        def template(name):
+            parts = name.strip("/").split("/")
+            if parts[0] in fm.MATRICES:
+                parts[0] = "{matrix}"
+            return "/" + "/".join(parts)
+
+        def attrs(obj, prefix):
+            for k, v in obj.attrs.items():
+                a = obj.attrs.get_id(k)
+                word = ("string" if a.dtype.kind == "S" else
+                        {"i8": "int64", "f8": "float64"}.get(a.dtype.str[1:], a.dtype.str))
+                found[(prefix.rstrip("/") if prefix != "/" else "") + "/@" + k] = ("attribute", word, a.shape)
+
+        attrs(f, "/")
+
+        def visit(name, obj):
+            t = template(name)
+            if isinstance(obj, h5py.Dataset):
+                found[t] = ("dataset", dtype_word(obj), len(obj.shape))
+            else:
+                found[t] = ("group", "", None)
+            attrs(obj, t + "/")
+        f.visititems(visit)
+    return found
+
+
+def main():
+    items = schema()
+    with tempfile.TemporaryDirectory() as tmp:
+        model = demo_model(os.path.join(tmp, "m"))
+        # Every optional item present: bottom-k and a token index.
+        out = os.path.join(tmp, "map.h5")
+        run(["decode", "--model", model, "--out", out, "--matrices", "up,gate,down", "--bottom-k", "3",
+             "--token-index", "4", "--backend", "cpu", "--quiet"], np_=2)
+        found = walk(out)
+        # Without the optional items, exactly the "always" ones.
+        plain = os.path.join(tmp, "plain.h5")
+        run(["decode", "--model", model, "--out", plain, "--token-index", "0", "--backend", "cpu",
+             "--quiet"])
+        found_plain = walk(plain)
+
+    check(set(found) == set(items),
+          f"the map written and map-format differ: only written {sorted(set(found) - set(items))}, "
+          f"only listed {sorted(set(items) - set(found))}")
+    always = {p for p, it in items.items() if it["when"] == "always"}
+    check(set(found_plain) == always,
+          f"a map without options: unexpected {sorted(set(found_plain) - always)}, "
+          f"missing {sorted(always - set(found_plain))}")
+    for p, (kind, dtype, rank) in found.items():
+        it = items[p]
+        check(it["kind"] == kind, f"{p}: written as {kind}, listed as {it['kind']}")
+        if kind == "group":
+            continue
+        check(it["dtype"] == dtype, f"{p}: written as {dtype}, listed as {it['dtype']}")
+        if kind == "dataset":
+            listed_rank = it["shape"].count(",") + 1
+            check(rank == listed_rank, f"{p}: rank {rank} written, shape {it['shape']} listed")
+        else:
+            check((it["shape"] == "scalar") == (rank == ()), f"{p}: attribute shape {rank} vs {it['shape']}")
+
+    # The Python reader knows exactly the same names.
+    py = {"/@" + a for a in fm.ROOT_ATTRS}
+    py |= {"/vocab"} | {"/vocab/" + d for d in fm.VOCAB_DATASETS}
+    py |= {"/{matrix}"} | {"/{matrix}/@" + a for a in fm.GROUP_ATTRS}
+    py |= {"/{matrix}/" + d for d in fm.GROUP_DATASETS} | {"/{matrix}/done/@chunk_rows"}
+    py |= {"/{matrix}/token_index"} | {"/{matrix}/token_index/" + d for d in fm.TOKEN_INDEX_DATASETS}
+    check(py == set(items), f"flashinterp_map.py vs map-format: only Python {sorted(py - set(items))}, "
+          f"only C++ {sorted(set(items) - py)}")
+    check(set(fm.OPTIONAL_DATASETS) == {p.rsplit("/", 1)[1] for p, it in items.items()
+                                       if it["when"] == "bottom_k > 0"}, "optional datasets differ")
+
+    # The document names every item (as `name` in backticks) and the version.
+    doc = open(os.path.join(SOURCE_DIR, "docs", "MAP_FORMAT.md"), encoding="utf-8").read()
+    names = {p.rsplit("/", 1)[1].lstrip("@") for p in items if p != "/{matrix}"}
+    missing = sorted(n for n in names if not re.search(r"`[^`\n]*(?<![\w])" + re.escape(n) + r"(?![\w])[^`\n]*`", doc))
+    check(not missing, f"docs/MAP_FORMAT.md does not document {missing}")
+    check(re.search(r"format_version\D{0,40}1", doc) is not None, "docs/MAP_FORMAT.md does not give format_version 1")
+    print(f"test_map_format: {len(items)} items: map-format, a real map (2 ranks), flashinterp_map.py "
+          f"and docs/MAP_FORMAT.md agree")
+
+
+if __name__ == "__main__":
+    main()
