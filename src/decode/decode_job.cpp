@@ -19,6 +19,7 @@
 #include "common/error.h"
 #include "decode/decoder.h"
 #include "decode/token_index.h"
+#include "gpu/device.h"
 #include "parallel/partition.h"
 #include "h5/h5.h"
 #include "h5/map_writer.h"
