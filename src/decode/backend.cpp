@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "decode/cuda/cuda_decoder.h"
+#include "gpu/device.h"
 #include "parallel/cores.h"
 
 namespace fi {

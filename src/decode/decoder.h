@@ -31,8 +31,6 @@ struct LmHead {
   const float* f32 = nullptr;  // [vocab, hidden], may be a shared-memory window
 };
 
-bool cuda_available();  // a usable CUDA device is present (false when built without CUDA)
-
 struct TokenIndex;
 
 class Decoder {

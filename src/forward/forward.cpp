@@ -6,12 +6,9 @@
 #include <exception>
 
 #include "common/error.h"
-#include "decode/decoder.h"
+#include "gpu/device.h"
 #include "parallel/mpi_env.h"
 #include "parallel/partition.h"
-#ifdef FI_HAVE_CUDA
-#include "decode/cuda/cuda_decoder_impl.h"
-#endif
 
 namespace fi {
 namespace {
@@ -26,9 +23,7 @@ std::unique_ptr<Stage> make_stage(const Model& model, const StageSpan& span, con
   if (b == "cpu") return make_cpu_stage(model, span);
   if (!cuda_available())
     FI_FAIL("--backend cuda: no usable CUDA device (or flashinterp was built without CUDA)");
-#ifdef FI_HAVE_CUDA
   gpu::select_device(opt.node);
-#endif
   return make_cuda_stage(model, span);
 }
 

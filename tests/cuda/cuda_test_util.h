@@ -13,6 +13,7 @@
 
 #include "common/half.h"
 #include "decode/decoder.h"
+#include "gpu/device.h"
 
 // Every CUDA test starts with this: without a device it reports the skip and passes.
 #define FI_SKIP_WITHOUT_CUDA() \

@@ -15,6 +15,7 @@
 #include "decode/cuda/token_index_kernel.cuh"
 #include "decode/token_index.h"
 #include "decode/topk.h"
+#include "gpu/device.h"
 
 namespace {
 

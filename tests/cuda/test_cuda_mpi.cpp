@@ -14,6 +14,7 @@
 #include "cuda_test_util.h"
 #include "decode/cuda/cuda_decoder.h"
 #include "decode/cuda/cuda_decoder_impl.h"
+#include "gpu/device.h"
 #include "model/config.h"
 
 namespace {

@@ -113,6 +113,11 @@ def main():
     missing = sorted(n for n in names if not re.search(r"`[^`\n]*(?<![\w])" + re.escape(n) + r"(?![\w])[^`\n]*`", doc))
     check(not missing, f"docs/MAP_FORMAT.md does not document {missing}")
     check(re.search(r"format_version\D{0,40}1", doc) is not None, "docs/MAP_FORMAT.md does not give format_version 1")
+    rows = {ln.strip() for ln in doc.splitlines()}
+    stale = [p for p, it in items.items()
+             if f"| `{p}` | {it['kind']} | {it['dtype']} | {it['shape']} | {it['when']} |".replace("|  |", "| |")
+             not in {r.replace("|  |", "| |") for r in rows}]
+    check(not stale, f"docs/MAP_FORMAT.md's item table differs from map-format for {stale}")
     print(f"test_map_format: {len(items)} items: map-format, a real map (2 ranks), flashinterp_map.py "
           f"and docs/MAP_FORMAT.md agree")
 

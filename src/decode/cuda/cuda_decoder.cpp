@@ -20,84 +20,22 @@
 
 #include <algorithm>
 #include <climits>
-#include <cstdio>
 #include <cstring>
 #include <map>
 
-#include "decode/cuda/cuda_check.h"
 #include "decode/cuda/cuda_decoder_impl.h"
 #include "decode/cuda/kernels.h"
 #include "decode/cuda/token_index_kernel.cuh"
 #include "decode/token_index.h"
+#include "gpu/check.h"
+#include "gpu/device.h"
+#include "gpu/gemm.h"
+#include "gpu/handles.h"
 
 namespace fi {
 
-bool cuda_available() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();  // leave no error behind for later calls
-    return false;
-  }
-  return n >= 1;
-}
-
 namespace gpu {
 namespace {
-
-std::string bytes_str(size_t b) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%zu bytes (%.2f GiB)", b, double(b) / double(1ull << 30));
-  return buf;
-}
-
-size_t free_device_bytes() {
-  size_t f = 0, t = 0;
-  if (cudaMemGetInfo(&f, &t) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  return f;
-}
-
-int current_device() {
-  int d = -1;
-  if (cudaGetDevice(&d) != cudaSuccess) cudaGetLastError();
-  return d;
-}
-
-// Page-locked host memory, so copies run asynchronously on the copy engines.
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  PinnedBuffer(size_t bytes, const char* what) : bytes_(bytes) {
-    if (bytes == 0) return;
-    cudaError_t e = cudaMallocHost(&p_, bytes);
-    if (e != cudaSuccess) {
-      cudaGetLastError();
-      p_ = nullptr;
-      FI_FAIL(std::string("CUDA decode: cannot allocate ") + bytes_str(bytes) +
-              " of pinned host memory for " + what + " (" + cudaGetErrorString(e) + ")");
-    }
-  }
-  ~PinnedBuffer() {
-    if (p_) cudaFreeHost(p_);
-  }
-  PinnedBuffer(PinnedBuffer&& o) noexcept : p_(o.p_), bytes_(o.bytes_) { o.p_ = nullptr; }
-  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {
-    std::swap(p_, o.p_);
-    std::swap(bytes_, o.bytes_);
-    return *this;
-  }
-  void* get() const { return p_; }
-  size_t bytes() const { return bytes_; }
-
- private:
-  void* p_ = nullptr;
-  size_t bytes_ = 0;
-};
-
-
-
 
 // The per-row result arrays of `rows` rows packed into one buffer (one copy back per call):
 // [top_ids rows·k | top_logits rows·k | top_probs rows·k | lse rows | bottom_ids rows·b |
@@ -149,55 +87,7 @@ void unpack_results(const void* packed, int64_t rows, int k, int b, ChunkResult&
 
 }  // namespace
 
-// ---- DeviceBuffer, device selection, upload -------------------------------------------------
-
-DeviceBuffer::DeviceBuffer(size_t bytes, const std::string& what) : bytes_(bytes) {
-  if (bytes == 0) return;
-  cudaError_t e = cudaMalloc(&p_, bytes);
-  if (e != cudaSuccess) {
-    cudaGetLastError();
-    p_ = nullptr;
-    FI_FAIL("CUDA decode: out of device memory: " + what + " needs " + bytes_str(bytes) +
-            " on device " + std::to_string(current_device()) + ", " +
-            bytes_str(free_device_bytes()) + " free (" + cudaGetErrorString(e) + ")");
-  }
-}
-
-DeviceBuffer::~DeviceBuffer() {
-  if (p_) cudaFree(p_);
-}
-
-DeviceBuffer::DeviceBuffer(DeviceBuffer&& o) noexcept : p_(o.p_), bytes_(o.bytes_) {
-  o.p_ = nullptr;
-  o.bytes_ = 0;
-}
-
-DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
-  std::swap(p_, o.p_);
-  std::swap(bytes_, o.bytes_);
-  return *this;
-}
-
-void DeviceBuffer::copy_to_host(void* dst, size_t n) const {
-  if (n > bytes_) FI_FAIL("DeviceBuffer::copy_to_host: " + std::to_string(n) + " bytes asked of " +
-                          std::to_string(bytes_));
-  if (n) FI_CUDA_CHECK(cudaMemcpy(dst, p_, n, cudaMemcpyDeviceToHost));
-}
-
-int select_device(MPI_Comm node_comm) {
-  int n = 0;
-  cudaError_t e = cudaGetDeviceCount(&n);
-  if (e != cudaSuccess || n < 1) {
-    cudaGetLastError();
-    FI_FAIL(std::string("CUDA backend: no usable CUDA device (") +
-            (e != cudaSuccess ? cudaGetErrorString(e) : "0 devices") + ")");
-  }
-  int local = 0;
-  if (node_comm != MPI_COMM_NULL) MPI_Comm_rank(node_comm, &local);
-  const int dev = local % n;
-  FI_CUDA_CHECK(cudaSetDevice(dev));
-  return dev;
-}
+// ---- upload ----------------------------------------------------------------------------------
 
 DeviceLmHead upload_lm_head(const void* host, DType dtype, int64_t vocab, int64_t hidden) {
   DeviceLmHead h;
@@ -208,29 +98,6 @@ DeviceLmHead upload_lm_head(const void* host, DType dtype, int64_t vocab, int64_
   h.data = DeviceBuffer(bytes, "the LM-head replica");
   if (bytes) FI_CUDA_CHECK(cudaMemcpy(h.data.get(), host, bytes, cudaMemcpyHostToDevice));
   return h;
-}
-
-// ---- the GEMM ----------------------------------------------------------------------------
-
-void gemm_logits(cublasHandle_t blas, const void* w, DType dtype, int64_t vocab, int64_t hidden,
-                 const void* x, int64_t rows, float* logits, int64_t ld, bool allow_tf32,
-                 bool accumulate) {
-  if (rows <= 0 || vocab <= 0) return;
-  if (vocab > INT_MAX || hidden > INT_MAX || rows > INT_MAX || ld > INT_MAX)
-    FI_FAIL("CUDA decode: GEMM dimensions exceed cuBLAS's int range");
-  const float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
-  const cudaDataType t = dtype == DType::BF16  ? CUDA_R_16BF
-                         : dtype == DType::F16 ? CUDA_R_16F
-                                               : CUDA_R_32F;
-  // 16-bit inputs: fp32 accumulation. fp32 inputs: full fp32 unless TF32 was asked for.
-  const cublasComputeType_t c =
-      dtype == DType::F32 && allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-  // cuBLAS is column-major: logitsᵀ [vocab, rows] (ldc = ld) = W [vocab, hidden] · Xᵀ, where
-  // row-major W [vocab, hidden] is column-major [hidden, vocab] (op T, lda = hidden) and
-  // row-major X [rows, hidden] is column-major [hidden, rows] (op N, ldb = hidden).
-  FI_CUBLAS_CHECK(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, int(vocab), int(rows), int(hidden),
-                               &alpha, w, t, int(hidden), x, t, int(hidden), &beta, logits,
-                               CUDA_R_32F, int(ld), c, CUBLAS_GEMM_DEFAULT));
 }
 
 // ---- the decoder ---------------------------------------------------------------------------

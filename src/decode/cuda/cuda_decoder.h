@@ -1,5 +1,6 @@
 // The CUDA backend's entry point, plain C++ (no CUDA header): one GPU per rank, the node's
 // ranks assemble the LM-head replica on their devices with NCCL, cuBLAS GEMM + fused reduction.
+// Includable in every build: without CUDA, make_cuda_decoder (decode/no_cuda.cpp) throws.
 #pragma once
 #include <mpi.h>
 

@@ -1,41 +1,20 @@
 // The CUDA backend's inner interface, plain C++ (no CUDA header), for the tests and the
-// benchmark: device buffers, the LM-head on the device (uploaded or replicated over the node),
-// the decoder class with a device-input entry point, and the reduction kernel on host data.
+// benchmark: the LM-head on the device (uploaded or replicated over the node), the decoder class
+// with a device-input entry point, and the reduction kernel on host data. Device buffers and
+// device selection are gpu/buffers.h and gpu/device.h.
 #pragma once
 #include <mpi.h>
 
-#include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <string>
 #include <vector>
 
 #include "decode/decoder.h"
+#include "gpu/buffers.h"
 #include "io/safetensors.h"
 #include "model/config.h"
 
 namespace fi::gpu {
-
-// Device memory owned by one object (cudaFree on destruction). Allocation failure throws
-// fi::Error naming `what`, the bytes asked for and the bytes free.
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  DeviceBuffer(size_t bytes, const std::string& what);
-  ~DeviceBuffer();
-  DeviceBuffer(DeviceBuffer&& o) noexcept;
-  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  void* get() const { return p_; }
-  size_t bytes() const { return bytes_; }
-  // Copies the first n bytes to host memory (synchronous).
-  void copy_to_host(void* dst, size_t n) const;
-
- private:
-  void* p_ = nullptr;
-  size_t bytes_ = 0;
-};
 
 // The LM-head on the current device: data [rows >= vocab, hidden] of dtype (row-major, the
 // checkpoint's own bytes; rows past vocab are padding and never read by the decoder).
@@ -44,10 +23,6 @@ struct DeviceLmHead {
   DType dtype = DType::BF16;
   int64_t vocab = 0, hidden = 0;
 };
-
-// The device of this rank: local rank (in node_comm; MPI_COMM_NULL = 0) modulo the device
-// count; made current. Throws when no device is usable.
-int select_device(MPI_Comm node_comm);
 
 // host: [vocab, hidden] of dtype (raw bytes) -> the current device.
 DeviceLmHead upload_lm_head(const void* host, DType dtype, int64_t vocab, int64_t hidden);

@@ -3,8 +3,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include "decode/cuda/cuda_check.h"
 #include "decode/cuda/kernels.h"
+#include "gpu/check.h"
 
 namespace fi::gpu {
 namespace {

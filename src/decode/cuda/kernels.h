@@ -1,8 +1,7 @@
-// Host launchers of the CUDA backend's kernels (norm + 16-bit conversion, the fused row
-// reduction) and the one cuBLAS call that makes a logits chunk. Shared by the decoder, the tests'
-// helpers and the benchmark, so all of them run exactly the same device code.
+// Host launchers of the CUDA decode's kernels (norm + 16-bit conversion, the fused row
+// reduction, the token index, random fills). Shared by the decoder, the tests' helpers and the
+// benchmark, so all of them run exactly the same device code; the GEMM is gpu/gemm.h.
 #pragma once
-#include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -39,20 +38,13 @@ void launch_token_index(const float* logits, int64_t ld, int64_t rows, int64_t v
                         const float* lse, int32_t layer, int64_t row0, const TokenIndexLists& t,
                         cudaStream_t stream);
 
+// gpu::launch_norm_split (gpu/norm_split.h) with the decode's norm (p.norm, norm_plus_one, eps):
 // x: [rows, hidden] of x_dtype (device); gamma: [hidden] fp32 (device; unused for None).
 // hi: [rows, hidden] of out_dtype = the normed rows rounded to out_dtype. lo (optional, only
 // for 16-bit out_dtype): the rounding remainder, also rounded, so hi + lo carries ~16 bits more.
 void launch_norm_convert(const void* x, DType x_dtype, void* hi, void* lo, DType out_dtype,
                          int64_t rows, int64_t hidden, const float* gamma, const DecodeParams& p,
                          cudaStream_t stream);
-
-// logits[r, v] (+)= sum_h x[r, h] · w[v, h] for r < rows, v < vocab; fp32 output with row stride
-// ld; w: [vocab, hidden], x: [rows, hidden], both of dtype (device). 16-bit inputs accumulate in
-// fp32 (CUBLAS_COMPUTE_32F); fp32 inputs use plain SGEMM math unless allow_tf32.
-// accumulate: beta = 1 (adds to logits) instead of 0.
-void gemm_logits(cublasHandle_t blas, const void* w, DType dtype, int64_t vocab, int64_t hidden,
-                 const void* x, int64_t rows, float* logits, int64_t ld, bool allow_tf32,
-                 bool accumulate);
 
 // Fills n values of dtype at dst with uniform random numbers in [-scale, scale) from a
 // counter-based hash of (seed, index): reproducible, no state. For tests and the benchmark.

@@ -9,8 +9,8 @@
 #include <exception>
 #include <vector>
 
-#include "decode/cuda/cuda_check.h"
 #include "decode/cuda/cuda_decoder_impl.h"
+#include "gpu/check.h"
 
 #define FI_NCCL_CHECK(call)                                                             \
   do {                                                                                  \

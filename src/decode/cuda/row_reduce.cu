@@ -3,10 +3,10 @@
 #include <climits>
 #include <string>
 
-#include "decode/cuda/cuda_check.h"
 #include "decode/cuda/kernels.h"
 #include "decode/cuda/row_reduce_kernel.cuh"
 #include "decode/cuda/token_index_kernel.cuh"
+#include "gpu/check.h"
 
 namespace fi::gpu {
 

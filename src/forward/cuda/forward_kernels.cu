@@ -9,10 +9,10 @@
 #include <cmath>
 #include <string>
 
-#include "decode/cuda/cuda_check.h"
-#include "decode/cuda/convert.cuh"
 #include "forward/cuda/attention_kernel.cuh"
 #include "forward/cuda/forward_kernels.h"
+#include "gpu/check.h"
+#include "gpu/convert.cuh"
 
 namespace fi::gpu {
 namespace {
@@ -23,14 +23,6 @@ constexpr int kThreads = 256;
 unsigned grid_for(int64_t n) {
   const int64_t want = (n + kThreads - 1) / kThreads;
   return unsigned(want < 65536 ? (want > 0 ? want : 1) : 65536);
-}
-
-// v as hi (+ lo): hi[i] = v rounded to T; lo[i] = the remainder rounded (16-bit T, lo not null).
-template <typename T>
-__device__ __forceinline__ void store_split(T* hi, T* lo, int64_t i, float v) {
-  const T h = from_f32<T>(v);
-  hi[i] = h;
-  if (lo) lo[i] = from_f32<T>(v - to_f32(h));  // the difference is exact in fp32
 }
 
 // As fi::apply_act (ops.cpp).

@@ -1,6 +1,6 @@
 // Host launchers of the CUDA forward pass's kernels (forward_kernels.cu). Every activation is
 // fp32 on the device; weights keep their checkpoint dtype. The linear layers themselves are
-// cuBLAS GEMMs (gpu::gemm_logits in decode/cuda/kernels.h) of a split input: the fp32 rows
+// cuBLAS GEMMs (gpu::gemm_logits in gpu/gemm.h) of a split input: the fp32 rows
 // x = hi + lo, both rounded to the weight dtype and stacked as [2 rows, k] (hi rows first), so
 // one GEMM gives y2 [2 rows, n] and launch_add_halves sums the two halves. fp32 weights: no
 // split, [rows, k] and y2 [rows, n]. Every launcher checks the launch (cudaGetLastError).

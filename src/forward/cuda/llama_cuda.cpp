@@ -24,12 +24,14 @@
 #include <vector>
 
 #include "common/error.h"
-#include "decode/cuda/cuda_check.h"
-#include "decode/cuda/cuda_decoder_impl.h"
-#include "decode/cuda/kernels.h"
 #include "forward/cuda/forward_kernels.h"
 #include "forward/ops.h"
 #include "forward/stage.h"
+#include "gpu/buffers.h"
+#include "gpu/check.h"
+#include "gpu/gemm.h"
+#include "gpu/handles.h"
+#include "gpu/norm_split.h"
 
 namespace fi {
 namespace gpu {
@@ -130,7 +132,7 @@ class CudaStage final : public Stage {
   void use_device() const { FI_CUDA_CHECK(cudaSetDevice(device_)); }
   void ensure(DeviceBuffer& b, size_t bytes, const char* what);
   void grow_cache(int64_t positions);
-  DecodeParams norm_params(bool rms) const;
+  RowNorm norm_params(bool rms) const;
   // out[r, :] (+)= w · norm(in[r, :]) (+ bias) for r < rows; in: [rows, w.cols] fp32 (device);
   // gamma: the RMSNorm's [w.cols] or null (no norm); out: row stride ldo.
   void linear(const Weight& w, const float* in, int64_t rows, const float* gamma,
@@ -262,10 +264,10 @@ void CudaStage::grow_cache(int64_t positions) {
   cap_ = cap;
 }
 
-DecodeParams CudaStage::norm_params(bool rms) const {
-  DecodeParams p;
-  p.norm = rms ? NormMode::Rms : NormMode::None;
-  p.norm_plus_one = cfg_.norm_plus_one;
+RowNorm CudaStage::norm_params(bool rms) const {
+  RowNorm p;
+  p.kind = rms ? RowNorm::Kind::Rms : RowNorm::Kind::None;
+  p.plus_one = cfg_.norm_plus_one;
   p.eps = cfg_.rms_norm_eps;
   return p;
 }
@@ -327,8 +329,8 @@ void CudaStage::linear(const Weight& w, const float* in, int64_t rows, const flo
   const int64_t grows = w.split() ? 2 * rows : rows;
   void* hi = xs_.get();
   void* lo = w.split() ? static_cast<char*>(hi) + size_t(rows * w.cols) * es : nullptr;
-  launch_norm_convert(in, DType::F32, hi, lo, w.dtype, rows, w.cols, gamma,
-                      norm_params(gamma != nullptr), stream_.s);
+  launch_norm_split(in, DType::F32, hi, lo, w.dtype, rows, w.cols, gamma,
+                    norm_params(gamma != nullptr), stream_.s);
   gemm_logits(blas_.h, w.data.get(), w.dtype, w.rows, w.cols, hi, grows, f32(y2_), w.rows, false,
               false);
   launch_add_halves(f32(y2_), rows, w.rows, w.split(), bias, out, ldo, accumulate, stream_.s);
@@ -342,8 +344,8 @@ void CudaStage::mlp(size_t li, float* x, int64_t rows) {
   void* hi = xs_.get();
   void* lo =
       gu.split() ? static_cast<char*>(hi) + size_t(rows * H) * dtype_size(gu.dtype) : nullptr;
-  launch_norm_convert(x, DType::F32, hi, lo, gu.dtype, rows, H, f32(w.mlp_norm), norm_params(true),
-                      stream_.s);
+  launch_norm_split(x, DType::F32, hi, lo, gu.dtype, rows, H, f32(w.mlp_norm), norm_params(true),
+                    stream_.s);
   gemm_logits(blas_.h, gu.data.get(), gu.dtype, 2 * I, H, hi, gu.split() ? 2 * rows : rows,
               f32(y2_), 2 * I, false, false);
   // h = act(gate) * up, then the clamps: the down GEMM's input, written over xs_

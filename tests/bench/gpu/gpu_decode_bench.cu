@@ -15,10 +15,13 @@
 #include <string>
 #include <vector>
 
-#include "decode/cuda/cuda_check.h"
 #include "decode/cuda/cuda_decoder_impl.h"
 #include "decode/cuda/kernels.h"
 #include "decode/token_index.h"
+#include "gpu/buffers.h"
+#include "gpu/check.h"
+#include "gpu/device.h"
+#include "gpu/gemm.h"
 
 namespace {
 

@@ -1,6 +1,6 @@
-// One check macro per GPU library (CUDA runtime, cuBLAS, NCCL in nccl_replica.cpp): a failed
-// call throws fi::Error naming the call, with file:line via FI_FAIL; and the owned stream, event
-// and cuBLAS handles. Only for the CUDA sources: this header includes CUDA headers.
+// The check macros of the CUDA code: a failed CUDA runtime or cuBLAS call throws fi::Error
+// naming the call, with file:line via FI_FAIL (NCCL's macro is in decode/cuda/nccl_replica.cpp).
+// Only for the CUDA sources: this header includes CUDA headers.
 #pragma once
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
@@ -42,38 +42,3 @@ inline const char* cublas_status_name(cublasStatus_t s) {
     if (fi_s_ != CUBLAS_STATUS_SUCCESS)                                                       \
       FI_FAIL(std::string("cuBLAS error: ") + ::fi::gpu::cublas_status_name(fi_s_) + " (" #call ")"); \
   } while (0)
-
-namespace fi::gpu {
-
-// Owned CUDA/cuBLAS handles (destroyed with the object).
-struct Stream {
-  cudaStream_t s = nullptr;
-  Stream() { FI_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)); }
-  ~Stream() {
-    if (s) cudaStreamDestroy(s);
-  }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-};
-
-struct Event {
-  cudaEvent_t e = nullptr;
-  Event() { FI_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming)); }
-  ~Event() {
-    if (e) cudaEventDestroy(e);
-  }
-  Event(const Event&) = delete;
-  Event& operator=(const Event&) = delete;
-};
-
-struct Blas {
-  cublasHandle_t h = nullptr;
-  Blas() { FI_CUBLAS_CHECK(cublasCreate(&h)); }
-  ~Blas() {
-    if (h) cublasDestroy(h);
-  }
-  Blas(const Blas&) = delete;
-  Blas& operator=(const Blas&) = delete;
-};
-
-}  // namespace fi::gpu
