@@ -16,12 +16,13 @@
 #include <cstdlib>
 #include <ctime>
 #include <memory>
-#include <sstream>
 
 #include "common/error.h"
 #include "decode/backend.h"
 #include "decode/decoder.h"
 #include "decode/token_index.h"
+#include "job/fingerprint.h"
+#include "job/output.h"
 #include "map/map_reader.h"
 #include "map/map_writer.h"
 #include "model/config.h"
@@ -76,51 +77,6 @@ void install_stop_handlers() {
 
 namespace {
 
-// FNV-1a over bytes: a cheap content hash for the fingerprint.
-uint64_t fnv1a(const void* p, size_t n, uint64_t h = 1469598103934665603ull) {
-  for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const uint8_t*>(p)[i]) * 1099511628211ull;
-  return h;
-}
-
-uint64_t hash_file_prefix(const std::string& path, uint64_t max_bytes, uint64_t* size) {
-  FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) FI_FAIL(path + ": cannot open");
-  std::vector<char> buf(1 << 16);
-  uint64_t h = 1469598103934665603ull, total = 0;
-  size_t n;
-  while (total < max_bytes && (n = std::fread(buf.data(), 1, std::min<uint64_t>(buf.size(), max_bytes - total), f)) > 0) {
-    h = fnv1a(buf.data(), n, h);
-    total += n;
-  }
-  std::fseek(f, 0, SEEK_END);
-  *size = uint64_t(std::ftell(f));
-  std::fclose(f);
-  return h;
-}
-
-// What a partial map must share with this run to be resumed: every model file's size and
-// header hash (tensor names, shapes, offsets), config.json and tokenizer.json, and every option
-// that changes the datasets.
-std::string fingerprint(const Model& m, const std::vector<Matrix>& mats, const std::vector<int64_t>& layers,
-                        const DecodeParams& p, int token_index) {
-  std::ostringstream o;
-  for (const auto& sh : m.ckpt.shards()) {
-    uint64_t size = 0, h = hash_file_prefix(sh->path(), sh->header_bytes(), &size);
-    o << sh->path().substr(sh->path().find_last_of('/') + 1) << ":" << size << ":" << std::hex << h
-      << std::dec << ";";
-  }
-  for (const char* f : {"/config.json", "/tokenizer.json"}) {
-    uint64_t size = 0, h = hash_file_prefix(m.dir + f, UINT64_MAX, &size);
-    o << (f + 1) << ":" << size << ":" << std::hex << h << std::dec << ";";
-  }
-  o << "matrices=";
-  for (Matrix x : mats) o << matrix_name(x) << ",";
-  o << ";layers=" << layers.front() << "-" << layers.back() << ";top_k=" << p.top_k
-    << ";bottom_k=" << p.bottom_k << ";norm=" << norm_name(p.norm) << ";chunk_rows=" << p.chunk_rows
-    << ";token_index=" << token_index;
-  return o.str();
-}
-
 class Progress {
  public:
   Progress(bool on, int64_t total) : on_(on), total_(total), t0_(Clock::now()), last_(t0_) {}
@@ -174,6 +130,7 @@ struct Job {
   std::vector<int64_t> layers;
   BackendKind backend = BackendKind::Cpu;
   int M = 0;  // token index entries per token (0: none)
+  std::unique_ptr<OutputLock> lock;  // rank 0: OUT.lock
   int64_t neurons() const { return model->cfg.intermediate_size; }
 };
 
@@ -197,10 +154,14 @@ Job validate(const DecodeOptions& opt, const Comms& c) {
     FI_CHECK(!j.mats.empty(), "--matrices is empty");
     j.backend = choose_backend(opt.backend);
     if (opt.resume && opt.overwrite) FI_FAIL("--resume and --overwrite exclude each other");
-    if (c.rank == 0 && !opt.resume && !opt.overwrite) {
-      if (file_exists(opt.out)) FI_FAIL(opt.out + ": output exists; pass --overwrite to replace it");
-      if (file_exists(j.partial))
-        FI_FAIL(j.partial + ": an unfinished decode exists; pass --resume to continue it or --overwrite to start over");
+    if (c.rank == 0) {
+      check_output_path(opt.out, opt.model_dir, opt.overwrite || opt.resume);
+      if (!opt.resume && !opt.overwrite) {
+        if (file_exists(opt.out)) FI_FAIL(opt.out + ": output exists; pass --overwrite to replace it");
+        if (file_exists(j.partial))
+          FI_FAIL(j.partial + ": an unfinished decode exists; pass --resume to continue it or --overwrite to start over");
+      }
+      j.lock = std::make_unique<OutputLock>(opt.out);  // held until the job ends, resume included
     }
     j.model = std::make_unique<Model>(opt.model_dir);
     j.layers = parse_layers(opt.layers, j.model->cfg.num_layers);
@@ -226,6 +187,12 @@ Job validate(const DecodeOptions& opt, const Comms& c) {
     collective(c.world, [&] { FI_FAIL("--top-k/--bottom-k larger than the vocabulary"); });
   j.M = opt.token_index;
   return j;
+}
+
+// The numerics every chunk of one map shares: the backend and its GEMM options.
+std::string backend_mode(const Job& j) {
+  if (j.backend == BackendKind::Cpu) return "cpu";
+  return std::string("cuda") + (j.opt.fast_gemm ? "+fast_gemm" : "") + (j.opt.allow_tf32 ? "+tf32" : "");
 }
 
 // ---- phase 2: the model's inputs and this rank's backend ----------------------------------
@@ -291,8 +258,8 @@ bool read_partial(const Job& j, const std::string& fp, Plan& plan, std::vector<u
   if (!r || !r->has_fingerprint()) return false;
   std::string theirs = r->fingerprint();
   if (theirs != fp)
-    FI_FAIL(j.partial + ": made from another model or other options; cannot --resume it (theirs: " +
-            theirs + "; ours: " + fp + ")");
+    FI_FAIL(j.partial + ": made from another model or other options; cannot --resume it (" +
+            fingerprint_difference(theirs, fp) + ")");
   plan.done.clear();
   included.clear();
   for (size_t mi = 0; mi < j.mats.size(); ++mi) {
@@ -325,6 +292,13 @@ Plan plan_work(const Job& j, const std::string& fingerprint, const Comms& c) {
       if (read_partial(j, fingerprint, plan, included)) start = int(Start::Resume);
       else if (j.talk) std::fprintf(stderr, "flashinterp: %s was cut off while being created; starting over\n", j.partial.c_str());
     } else if (j.opt.resume && file_exists(j.opt.out)) {
+      MapReader done(j.opt.out);
+      done.require_map(true);
+      const std::string theirs = done.has_fingerprint() ? done.fingerprint() : "";
+      if (theirs != fingerprint)
+        FI_FAIL(j.opt.out + ": is complete but was made from another model or other options; --resume "
+                "would not make it this run's map (" + fingerprint_difference(theirs, fingerprint) +
+                "); pass --overwrite to replace it");
       start = int(Start::NothingToDo);
     }
     if (start == int(Start::Fresh) && (j.opt.overwrite || j.opt.resume)) std::remove(j.partial.c_str());
@@ -516,7 +490,7 @@ int run_decode(const DecodeOptions& opt, const Comms& c) {
   Decoder& dec = *in.backend.dec;
   std::string fp;  // rank 0's; the writer puts it in the file
   collective(c.world, [&] {
-    if (c.rank == 0) fp = fingerprint(*job.model, job.mats, job.layers, job.p, job.M);
+    if (c.rank == 0) fp = decode_fingerprint({*job.model, job.mats, job.layers, job.p, job.M, backend_mode(job)});
   });
   Plan plan = plan_work(job, fp, c);
   if (plan.start == Start::NothingToDo) {

@@ -25,13 +25,7 @@ void reduce_rows_emulated(const float* logits, int64_t rows, int64_t vocab, int 
   using namespace fi::gpu::reduce_detail;
   out.resize(rows, k, b);
   if (smem_bytes(k, b) > sizeof fi_reduce_smem) FI_FAIL("emulated reduction: k too large");
-  fi::gpu::RowOutputs o;
-  o.top_ids = out.top_ids.data();
-  o.top_logits = out.top_logits.data();
-  o.top_probs = out.top_probs.data();
-  o.lse = out.lse.data();
-  o.bottom_ids = out.bottom_ids.data();
-  o.bottom_logits = out.bottom_logits.data();
+  const fi::gpu::RowOutputs o = fi::gpu::host_results(out);
   if (rows <= 0) return;
   emu::run_grid(
       unsigned(rows), kThreads, [&] { row_reduce_kernel(logits, vocab, int(vocab), k, b, o); },

@@ -37,52 +37,12 @@ namespace fi {
 namespace gpu {
 namespace {
 
-// The per-row result arrays of `rows` rows packed into one buffer (one copy back per call):
-// [top_ids rows·k | top_logits rows·k | top_probs rows·k | lse rows | bottom_ids rows·b |
-//  bottom_logits rows·b], 4 bytes each.
-size_t result_bytes(int64_t rows, int k, int b) { return size_t(rows) * size_t(3 * k + 1 + 2 * b) * 4; }
-
-RowOutputs result_layout(void* base, int64_t rows, int k, int b) {
-  char* p = static_cast<char*>(base);
-  RowOutputs o;
-  o.top_ids = reinterpret_cast<int32_t*>(p);
-  p += size_t(rows) * k * 4;
-  o.top_logits = reinterpret_cast<float*>(p);
-  p += size_t(rows) * k * 4;
-  o.top_probs = reinterpret_cast<float*>(p);
-  p += size_t(rows) * k * 4;
-  o.lse = reinterpret_cast<float*>(p);
-  p += size_t(rows) * 4;
-  o.bottom_ids = reinterpret_cast<int32_t*>(p);
-  p += size_t(rows) * b * 4;
-  o.bottom_logits = reinterpret_cast<float*>(p);
-  return o;
-}
-
-RowOutputs offset_rows(const RowOutputs& o, int64_t r0, int k, int b) {
-  RowOutputs s = o;
-  s.top_ids += r0 * k;
-  s.top_logits += r0 * k;
-  s.top_probs += r0 * k;
-  s.lse += r0;
-  s.bottom_ids += r0 * b;
-  s.bottom_logits += r0 * b;
-  return s;
-}
-
+// The packed results of `rows` rows (kernels.h packed_results) into a ChunkResult.
 void unpack_results(const void* packed, int64_t rows, int k, int b, ChunkResult& out) {
-  const RowOutputs h = result_layout(const_cast<void*>(packed), rows, k, b);
-  const size_t nk = size_t(rows) * k, nb = size_t(rows) * b;
+  const RowOutputs h = packed_results(const_cast<void*>(packed), rows, k, b);
   out.resize(rows, k, b);
-  auto copy = [](void* dst, const void* src, size_t n) {
-    if (n) std::memcpy(dst, src, n * 4);
-  };
-  copy(out.top_ids.data(), h.top_ids, nk);
-  copy(out.top_logits.data(), h.top_logits, nk);
-  copy(out.top_probs.data(), h.top_probs, nk);
-  copy(out.lse.data(), h.lse, size_t(rows));
-  copy(out.bottom_ids.data(), h.bottom_ids, nb);
-  copy(out.bottom_logits.data(), h.bottom_logits, nb);
+  for (int i = 0; i < kNumChunkFields; ++i)
+    if (const size_t n = size_t(rows * out.width(i))) std::memcpy(out.data(i), h.field(i), n * 4);
 }
 
 }  // namespace
@@ -246,9 +206,9 @@ struct CudaDecoder::Impl {
       return;
     }
     FI_CUDA_CHECK(cudaSetDevice(device));
-    const size_t rbytes = result_bytes(rows, k, b);
+    const size_t rbytes = packed_result_bytes(rows, k, b);
     ensure_results(rbytes);
-    const RowOutputs all = result_layout(results.get(), rows, k, b);
+    const RowOutputs all = packed_results(results.get(), rows, k, b);
     const cudaStream_t sg = gemm_stream.s, sr = reduce_stream.s;
     const int64_t sub = sub_rows(rows);
     const float* gamma_d = static_cast<const float*>(gamma.get());
@@ -291,7 +251,7 @@ struct CudaDecoder::Impl {
                     p.allow_tf32, true);
       FI_CUDA_CHECK(cudaEventRecord(s.gemm_done.e, sg));
       FI_CUDA_CHECK(cudaStreamWaitEvent(sr, s.gemm_done.e, 0));
-      const RowOutputs piece_out = offset_rows(all, r0, k, b);
+      const RowOutputs piece_out = all.from_row(r0, k, b);
       launch_row_reduce(logits, n, V, ld, k, b, piece_out, sr);
       if (lists)  // after the reduction on the same stream: it needs the rows' lse
         launch_token_index(logits, ld, n, V, piece_out.lse, ti_layer, ti_row0 + r0, *lists, sr);
@@ -344,10 +304,10 @@ void reduce_rows_cuda(const float* logits, int64_t rows, int64_t vocab, int top_
   DeviceBuffer d_logits(size_t(rows) * size_t(vocab) * 4, "test logits");
   if (vocab > 0)
     FI_CUDA_CHECK(cudaMemcpy(d_logits.get(), logits, d_logits.bytes(), cudaMemcpyHostToDevice));
-  const size_t rbytes = result_bytes(rows, top_k, bottom_k);
+  const size_t rbytes = packed_result_bytes(rows, top_k, bottom_k);
   DeviceBuffer d_res(rbytes, "test results");
   launch_row_reduce(static_cast<const float*>(d_logits.get()), rows, vocab, vocab, top_k, bottom_k,
-                    result_layout(d_res.get(), rows, top_k, bottom_k), nullptr);
+                    packed_results(d_res.get(), rows, top_k, bottom_k), nullptr);
   FI_CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<unsigned char> host(rbytes);
   FI_CUDA_CHECK(cudaMemcpy(host.data(), d_res.get(), rbytes, cudaMemcpyDeviceToHost));

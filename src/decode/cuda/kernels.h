@@ -4,6 +4,7 @@
 #pragma once
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "decode/decoder.h"
@@ -15,7 +16,8 @@ namespace fi::gpu {
 // memory: 2 × next_pow2(k + 1024) × 8 bytes ≤ 32 KiB).
 constexpr int kMaxK = 1024;
 
-// Device pointers of one launch's per-row results (row r at offset r·k, r·b, r).
+// Device pointers of one launch's per-row results (row r at offset r·k, r·b, r): the fields of
+// ChunkResult (decode/chunk_result.h), named for the kernel.
 struct RowOutputs {
   int32_t* top_ids = nullptr;      // [rows, k]
   float* top_logits = nullptr;     // [rows, k]
@@ -23,7 +25,53 @@ struct RowOutputs {
   float* lse = nullptr;            // [rows]
   int32_t* bottom_ids = nullptr;   // [rows, b]
   float* bottom_logits = nullptr;  // [rows, b]
+
+  // Field i of kChunkFields, as 4-byte elements.
+  char* field(int i) const {
+    void* const f[kNumChunkFields] = {top_ids, top_logits, top_probs, lse, bottom_ids, bottom_logits};
+    return static_cast<char*>(f[i]);
+  }
+  void set(int i, void* p) {
+    switch (i) {
+      case 0: top_ids = static_cast<int32_t*>(p); break;
+      case 1: top_logits = static_cast<float*>(p); break;
+      case 2: top_probs = static_cast<float*>(p); break;
+      case 3: lse = static_cast<float*>(p); break;
+      case 4: bottom_ids = static_cast<int32_t*>(p); break;
+      default: bottom_logits = static_cast<float*>(p); break;
+    }
+  }
+  // The same fields from row r0 on.
+  RowOutputs from_row(int64_t r0, int k, int b) const {
+    RowOutputs s;
+    for (int i = 0; i < kNumChunkFields; ++i)
+      s.set(i, field(i) + size_t(r0 * field_width(kChunkFields[i], k, b)) * 4);
+    return s;
+  }
 };
+
+// The fields of `rows` rows packed one after another in kChunkFields order (one copy back per
+// call), and the bytes they take.
+inline size_t packed_result_bytes(int64_t rows, int k, int b) {
+  size_t n = 0;
+  for (const ChunkField& f : kChunkFields) n += size_t(rows * field_width(f, k, b)) * 4;
+  return n;
+}
+inline RowOutputs packed_results(void* base, int64_t rows, int k, int b) {
+  RowOutputs o;
+  char* p = static_cast<char*>(base);
+  for (int i = 0; i < kNumChunkFields; ++i) {
+    o.set(i, p);
+    p += size_t(rows * field_width(kChunkFields[i], k, b)) * 4;
+  }
+  return o;
+}
+// A host ChunkResult's fields (already sized), e.g. for the kernel run on CPU threads.
+inline RowOutputs host_results(ChunkResult& r) {
+  RowOutputs o;
+  for (int i = 0; i < kNumChunkFields; ++i) o.set(i, r.data(i));
+  return o;
+}
 
 // logits: [rows, ld] fp32 on the device, tokens [0, vocab) of each row. k, b in [0, kMaxK].
 void launch_row_reduce(const float* logits, int64_t rows, int64_t vocab, int64_t ld, int k, int b,

@@ -161,17 +161,8 @@ int run(const Args& a) {
   const int64_t max_sub = dec.max_sub_rows();
   DeviceBuffer logits(size_t(max_sub) * ld * 4, "bench logits");
   DeviceBuffer xn(size_t(max_sub) * H * 2, "bench normed rows");
-  DeviceBuffer out(size_t(max_sub) * (3 * a.top_k + 1 + 2 * a.bottom_k) * 4, "bench results");
-  RowOutputs ro;
-  {
-    char* q = static_cast<char*>(out.get());
-    ro.top_ids = reinterpret_cast<int32_t*>(q);
-    ro.top_logits = reinterpret_cast<float*>(q + size_t(max_sub) * a.top_k * 4);
-    ro.top_probs = reinterpret_cast<float*>(q + size_t(max_sub) * a.top_k * 8);
-    ro.lse = reinterpret_cast<float*>(q + size_t(max_sub) * a.top_k * 12);
-    ro.bottom_ids = reinterpret_cast<int32_t*>(q + size_t(max_sub) * (a.top_k * 12 + 4));
-    ro.bottom_logits = reinterpret_cast<float*>(q + size_t(max_sub) * (a.top_k * 12 + 4 + a.bottom_k * 4));
-  }
+  DeviceBuffer out(packed_result_bytes(max_sub, a.top_k, a.bottom_k), "bench results");
+  const RowOutputs ro = packed_results(out.get(), max_sub, a.top_k, a.bottom_k);
   cublasHandle_t blas;
   FI_CUBLAS_CHECK(cublasCreate(&blas));
   float* L = static_cast<float*>(logits.get());
