@@ -23,6 +23,7 @@
 #include "decode/token_index.h"
 #include "job/fingerprint.h"
 #include "job/output.h"
+#include "map/format.h"
 #include "map/map_reader.h"
 #include "map/map_writer.h"
 #include "model/config.h"
@@ -62,9 +63,9 @@ void read_item(const Model& m, Matrix mat, int64_t layer, const WorkItem& it, st
 // Stop signals: the first asks for a clean stop at the next round (the round in flight is
 // finished and flushed), a second one ends the process at once.
 volatile sig_atomic_t g_stop = 0;
-extern "C" void on_stop_signal(int) {
+extern "C" void on_stop_signal(int sig) {
   if (g_stop) _exit(kExitStopped);
-  g_stop = 1;
+  g_stop = sig;
 }
 }  // namespace
 
@@ -165,6 +166,13 @@ Job validate(const DecodeOptions& opt, const Comms& c) {
     }
     j.model = std::make_unique<Model>(opt.model_dir);
     j.layers = parse_layers(opt.layers, j.model->cfg.num_layers);
+    if (c.rank == 0 && !(opt.resume && file_exists(j.partial))) {  // a partial has its space already
+      const ModelConfig& m = j.model->cfg;
+      const int64_t rows = opt.chunk_rows > 0 ? opt.chunk_rows : 512;  // the CPU default is the smaller
+      const double per = map::matrix_group_bytes(int64_t(j.layers.size()), m.intermediate_size, rows, opt.top_k,
+                                                 opt.bottom_k, m.vocab_size, opt.token_index);
+      check_free_space(opt.out, double(j.mats.size()) * per + map::vocab_bytes(m.vocab_size) + (1 << 20));
+    }
     const auto I = j.model->cfg.intermediate_size, H = j.model->cfg.hidden_size;
     for (Matrix m : j.mats)
       for (int64_t l : j.layers) {
@@ -265,14 +273,31 @@ bool read_partial(const Job& j, const std::string& fp, Plan& plan, std::vector<u
   for (size_t mi = 0; mi < j.mats.size(); ++mi) {
     const std::string name = matrix_name(j.mats[mi]);
     auto d = r->done(name);
+    // A chunk marked done whose data is not sane (a damaged file) is decoded again.
+    const std::vector<uint8_t> sane = r->sane_chunks(name, j.model->cfg.vocab_size, j.p.chunk_rows);
+    size_t redo = 0;
+    for (size_t i = 0; i < d.size(); ++i)
+      if (d[i] && !sane.at(i)) d[i] = 0, ++redo;
+    if (redo && j.talk)
+      std::fprintf(stderr, "flashinterp: %s: %zu chunk%s of /%s marked done hold invalid data (token ids out of "
+                   "range or non-finite values); decoding them again\n", j.partial.c_str(), redo,
+                   redo > 1 ? "s" : "", name.c_str());
     plan.done.insert(plan.done.end(), d.begin(), d.end());
     if (plan.tis.empty()) continue;
     auto inc = r->index_included(name);
-    included.insert(included.end(), inc.begin(), inc.end());
     // Nothing included: never saved, or cut off inside a save (see MapWriter::write_token_index);
     // the lists on disk may then hold rows that are indexed again, so start this matrix empty.
-    if (std::find(inc.begin(), inc.end(), uint8_t(1)) == inc.end()) continue;
-    r->read_token_index(name, plan.tis[mi]);
+    if (std::find(inc.begin(), inc.end(), uint8_t(1)) != inc.end()) {
+      r->read_token_index(name, plan.tis[mi]);
+      if (!MapReader::sane_token_index(plan.tis[mi], j.model->cfg.num_layers, j.neurons())) {
+        if (j.talk)
+          std::fprintf(stderr, "flashinterp: %s: the token index of /%s is damaged; indexing its chunks again\n",
+                       j.partial.c_str(), name.c_str());
+        plan.tis[mi] = TokenIndex(j.model->cfg.vocab_size, j.M);
+        std::fill(inc.begin(), inc.end(), uint8_t(0));
+      }
+    }
+    included.insert(included.end(), inc.begin(), inc.end());
   }
   return true;
 }
@@ -406,16 +431,17 @@ class IndexSaver {
   Clock::time_point saved_ = Clock::now();
 };
 
+bool hurried() { return g_stop == SIGTERM || g_stop == SIGINT; }
+
 // Test only (FLASHINTERP_TEST_HOLD_ROUND): every rank waits until one of them has a stop signal,
-// for at most 10 minutes. Returns whether one came.
-bool hold_for_stop_signal(const Comms& c) {
+// for at most 10 minutes. Sets stop[0] (a signal came) and stop[1] (a hurried one).
+void hold_for_stop_signal(const Comms& c, int64_t* stop) {
   for (int i = 0; i < 12000; ++i) {
-    int mine = int(g_stop), any = 0;
-    MPI_Allreduce(&mine, &any, 1, MPI_INT, MPI_MAX, c.world);
-    if (any) return true;
+    int64_t mine[2] = {int64_t(g_stop != 0), int64_t(hurried())};
+    MPI_Allreduce(mine, stop, 2, MPI_INT64_T, MPI_SUM, c.world);
+    if (stop[0]) return;
     usleep(50000);
   }
-  return false;
 }
 
 // Returns the rows decoded over all ranks, or -1 when a stop signal ended the rounds early
@@ -437,22 +463,32 @@ int64_t run_rounds(const Job& j, Plan& plan, Decoder& dec, MapWriter& writer, co
       dec.decode(x.data(), item->rows, res);
     });
     writer.write_round(item, item ? &res : nullptr);
-    int64_t mine[3] = {item ? item->rows : 0, int64_t(g_stop), saver.due() ? 1 : 0}, all[3] = {0, 0, 0};
-    MPI_Allreduce(mine, all, 3, MPI_INT64_T, MPI_SUM, c.world);
+    // SIGTERM and SIGINT come from mpirun (which kills the ranks soon after forwarding them) or
+    // a shell: stop at once, keeping the index as last saved. SIGUSR1 (what the Slurm scripts
+    // send) also saves the index.
+    // [rows, stop, hurried stop, index save due]
+    int64_t mine[4] = {item ? item->rows : 0, int64_t(g_stop != 0), int64_t(hurried()), saver.due() ? 1 : 0};
+    int64_t all[4] = {0, 0, 0, 0};
+    MPI_Allreduce(mine, all, 4, MPI_INT64_T, MPI_SUM, c.world);
     rows_done += all[0];
     progress.update(rows_done);
     if (all[1] == 0 && plan.start == Start::Fresh && int64_t(round) == test_hold_round())
-      all[1] = hold_for_stop_signal(c);
+      hold_for_stop_signal(c, &all[1]);
+
     if (all[1] > 0 && round + 1 < plan.rounds) {
-      if (c.rank == 0)
+      if (c.rank == 0 && all[2] == 0)
         std::fprintf(stderr, "flashinterp: stopped by a signal after %zu of %zu rounds; %s keeps the "
                      "work done, continue with --resume\n", round + 1, plan.rounds, j.partial.c_str());
-      saver.save(round + 1);
+      if (c.rank == 0 && all[2] > 0)
+        std::fprintf(stderr, "flashinterp: stopped by SIGTERM/SIGINT after %zu of %zu rounds; %s keeps the "
+                     "data of every chunk written, the token index as last saved (SIGUSR1 saves it too); "
+                     "continue with --resume\n", round + 1, plan.rounds, j.partial.c_str());
+      if (all[2] == 0) saver.save(round + 1);
       writer.close();
       MPI_Barrier(c.world);
       return -1;
     }
-    if (all[2] > 0 && round + 1 < plan.rounds) saver.save(round + 1);
+    if (all[3] > 0 && round + 1 < plan.rounds) saver.save(round + 1);
   }
   saver.save(plan.rounds);
   return rows_done;

@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -86,6 +87,16 @@ void check_output_path(const std::string& out, const std::string& model_dir, boo
   if (in_model) FI_FAIL(out + ": is inside the model directory " + model_dir + "; refusing to replace it");
   if (!is_map(out))
     FI_FAIL(out + ": exists and is not a flashinterp map; --overwrite replaces only maps");
+}
+
+void check_free_space(const std::string& out, double bytes) {
+  struct statvfs fs {};
+  const std::string dir = parent_of(out);
+  if (::statvfs(dir.c_str(), &fs) != 0) FI_FAIL(dir + ": cannot read its free space (" + os_error() + ")");
+  const double free_bytes = double(fs.f_bavail) * double(fs.f_frsize);
+  if (bytes > free_bytes)
+    FI_FAIL(out + ": the map needs " + std::to_string(int64_t(bytes / 1048576 + 1)) + " MiB, the file system has " +
+            std::to_string(int64_t(free_bytes / 1048576)) + " MiB free");
 }
 
 OutputLock::OutputLock(const std::string& out) : path_(out + ".lock") {

@@ -11,6 +11,9 @@ namespace fi {
 // and OUT.lock must fit the file system's name limit.
 void check_output_path(const std::string& out, const std::string& model_dir, bool replace);
 
+// Throws "needs N MiB, has M MiB free" when the file system of `out` has less room than `bytes`.
+void check_free_space(const std::string& out, double bytes);
+
 // OUT.lock, created atomically (O_EXCL) with this host, pid and Slurm job id in it, removed by
 // the destructor. A lock left by a process that is gone (same host, no such pid; or the same
 // Slurm job, requeued) is taken over with a notice; a live one is an error naming its holder.

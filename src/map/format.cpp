@@ -16,6 +16,16 @@ nlohmann::json item(const std::string& path, const char* kind, const char* dtype
 
 }  // namespace
 
+double matrix_group_bytes(int64_t layers, int64_t neurons, int64_t chunk_rows, int64_t top_k,
+                          int64_t bottom_k, int64_t vocab, int64_t token_index_m) {
+  const double L = double(layers), N = double(neurons), C = double((neurons + chunk_rows - 1) / chunk_rows);
+  const double per_neuron = double(top_k) * 12.0 + double(bottom_k) * 8.0 + 4.0;  // ids, logits, probs; lse
+  const double index = token_index_m > 0 ? double(vocab) * double(token_index_m) * 20.0 + L * C : 0.0;
+  return L * N * per_neuron + L * C + index;  // + done [L, C]
+}
+
+double vocab_bytes(int64_t vocab) { return double(vocab) * 100.0; }
+
 nlohmann::json format_schema() {
   nlohmann::json items = nlohmann::json::array();
   auto root_attr = [&](const char* name, const char* dtype) {

@@ -71,6 +71,52 @@ void MapReader::read_token_index(const std::string& matrix, TokenIndex& ti) cons
   ti.refresh_worst();
 }
 
+std::vector<uint8_t> MapReader::sane_chunks(const std::string& matrix, int64_t vocab,
+                                            int64_t chunk_rows) const {
+  const std::string g = "/" + matrix + "/";
+  h5::Handle lse = h5::open_dataset(f_, g + kChunkFields[3].name);  // logsumexp [L, N]
+  const std::vector<hsize_t> ld = h5::dataset_dims(lse);
+  FI_CHECK(ld.size() == 2, path_ + ": " + g + "logsumexp is not 2-D");
+  const hsize_t L = ld[0], N = ld[1];
+  const int64_t C = (int64_t(N) + chunk_rows - 1) / chunk_rows;
+  std::vector<uint8_t> ok(size_t(L) * size_t(C), 1);
+  auto bad = [&](hsize_t l, hsize_t n) { ok[size_t(l) * size_t(C) + size_t(int64_t(n) / chunk_rows)] = 0; };
+  for (hsize_t l = 0; l < L; ++l) {
+    std::vector<float> v(N);
+    h5::read_slab(lse, H5T_NATIVE_FLOAT, {l, 0}, {1, N}, v.data());
+    for (hsize_t n = 0; n < N; ++n)
+      if (!std::isfinite(v[n])) bad(l, n);
+    for (int i : {0, 2, 4}) {  // top_ids, top_probs, bottom_ids
+      const std::string name = g + kChunkFields[i].name;
+      if (!h5::exists(f_, name)) continue;
+      h5::Handle d = h5::open_dataset(f_, name);
+      const hsize_t K = h5::dataset_dims(d).at(2);
+      if (K == 0) continue;
+      if (kChunkFields[i].is_int) {
+        std::vector<int32_t> ids(size_t(N * K));
+        h5::read_slab(d, H5T_NATIVE_INT32, {l, 0, 0}, {1, N, K}, ids.data());
+        for (size_t x = 0; x < ids.size(); ++x)
+          if (ids[x] < -1 || ids[x] >= vocab) bad(l, x / K);
+      } else {
+        std::vector<float> p(size_t(N * K));
+        h5::read_slab(d, H5T_NATIVE_FLOAT, {l, 0, 0}, {1, N, K}, p.data());
+        for (size_t x = 0; x < p.size(); ++x)
+          if (!(p[x] >= 0.f && p[x] <= 1.f)) bad(l, x / K);
+      }
+    }
+  }
+  return ok;
+}
+
+bool MapReader::sane_token_index(const TokenIndex& ti, int64_t num_layers, int64_t neurons) {
+  for (size_t i = 0; i < ti.layer.size(); ++i) {
+    if (ti.layer[i] < 0) continue;  // empty
+    if (ti.layer[i] >= num_layers || ti.neuron[i] < 0 || ti.neuron[i] >= neurons || !(ti.logp[i] <= 0))
+      return false;
+  }
+  return true;
+}
+
 int32_t MapReader::top_token(const std::string& matrix, int64_t layer, int64_t neuron) const {
   const std::vector<int64_t> ls = layers(matrix);
   int64_t li = -1;

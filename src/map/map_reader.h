@@ -30,6 +30,12 @@ class MapReader {
   // The stored token index of matrix into ti (already sized [V, M]); slots never written
   // (fill value 0) are marked empty again.
   void read_token_index(const std::string& matrix, TokenIndex& ti) const;
+  // [L, C] 1 where chunk c of dataset layer l holds sane data: token ids in [-1, vocab),
+  // probabilities in [0, 1] and log-sum-exps finite (one layer read at a time).
+  std::vector<uint8_t> sane_chunks(const std::string& matrix, int64_t vocab, int64_t chunk_rows) const;
+  // Whether a stored token index (read by read_token_index) names only real layers and neurons
+  // with log-probabilities <= 0.
+  static bool sane_token_index(const TokenIndex& ti, int64_t num_layers, int64_t neurons);
   // top_ids[index of layer, neuron, 0]
   int32_t top_token(const std::string& matrix, int64_t layer, int64_t neuron) const;
 

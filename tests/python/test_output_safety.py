@@ -7,6 +7,7 @@ the model directory, a directory or a special file. Each refusal: exit != 0, one
 no complete-looking map, and the files that were there byte-identical afterwards."""
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -102,6 +103,52 @@ def test():
         t.check("taking it over" in p.stderr and complete(f"{tmp}/k.h5"), f"stale lock: {p.stderr}")
         t.check(not os.path.exists(f"{tmp}/k.h5.lock"), "the lock stayed after the job")
         print("  a stale lock (kill -9) is taken over with a notice")
+
+        # 8. Damaged data in a partial's done chunks is decoded again, not trusted; a damaged
+        # token index is rebuilt. The result equals an undamaged decode's.
+        ref = t.decode(base, f"{tmp}/ref.h5", *ARGS, "--token-index", "4")
+        env = dict(os.environ, FLASHINTERP_TEST_KILL_AT="done:5")
+        subprocess.run([t.binary(), "decode", "--model", base, "--out", f"{tmp}/c.h5", "--quiet", *ARGS,
+                        "--token-index", "4", "--save-index-every", "0.0001"], capture_output=True, env=env, timeout=300)
+        with h5py.File(f"{tmp}/c.h5.partial", "r+") as f:
+            done = f["up/done"][...]
+            t.check(done.sum() >= 2, f"the killed run left {done.sum()} chunks done")
+            l, c = [int(v[0]) for v in done.nonzero()]
+            f["up/top_ids"][l, c * 64 + 3, 0] = 2_000_000_000
+            f["up/top_probs"][l, c * 64 + 5, 1] = float("nan")
+            f["up/token_index/layer"][7, 0] = 999
+        os.remove(f"{tmp}/c.h5.lock")
+        p = t.run(["decode", "--model", base, "--out", f"{tmp}/c.h5", "--resume", *ARGS, "--token-index", "4"], np_=2)
+        t.check("hold invalid data" in p.stderr and "1 chunk of /up" in p.stderr, f"no notice of the damage: {p.stderr}")
+        t.check("token index of /up is damaged" in p.stderr, f"no notice of the damaged index: {p.stderr}")
+        with h5py.File(ref, "r") as a, h5py.File(f"{tmp}/c.h5", "r") as b:
+            for name in ("up/top_ids", "up/top_probs", "up/logsumexp", "gate/top_ids", "up/token_index/layer",
+                         "up/token_index/neuron", "up/token_index/probs"):
+                t.check(a[name][...].tobytes() == b[name][...].tobytes(), f"{name} differs after the damaged resume")
+        print("  damaged ids, NaN probabilities and a damaged index in a partial: redone, the map equals a clean one")
+
+        # 6. SIGTERM to mpirun (which SIGKILLs the ranks about 1 s later): the ranks stop at once;
+        # every chunk written is kept and --resume completes the same map.
+        out = f"{tmp}/term.h5"
+        proc = subprocess.Popen([*t.mpi_prefix(2), t.binary(), "decode", "--model", base, "--out", out,
+                                 *ARGS, "--token-index", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=dict(os.environ, FLASHINTERP_TEST_HOLD_ROUND="2"))
+        deadline = time.time() + 120
+        while not os.path.exists(out + ".partial") and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        t.check("stopped by SIGTERM/SIGINT" in err, f"no stop line after SIGTERM to mpirun: {err[-800:]}")
+        t.check(not os.path.exists(out) and not complete(out + ".partial"), "SIGTERM left a complete-looking map")
+        p = t.run(["decode", "--model", base, "--out", out, "--resume", *ARGS, "--token-index", "0"], np_=2)
+        m = re.search(r"(\d+) of (\d+) chunks already done", p.stderr)
+        t.check(m is not None and int(m.group(1)) >= 6, f"SIGTERM kept too little: {p.stderr}")
+        fresh = t.decode(base, f"{tmp}/fresh.h5", *ARGS, "--token-index", "0")
+        with h5py.File(fresh, "r") as a, h5py.File(out, "r") as b:
+            t.check(a["up/top_ids"][...].tobytes() == b["up/top_ids"][...].tobytes(), "SIGTERM + resume differs")
+        print(f"  SIGTERM to mpirun: stopped within its grace period, {m.group(1)} of {m.group(2)} chunks kept, "
+              "resumed to the same map")
 
         # 5. --overwrite never replaces what is not a map.
         shard = os.path.join(base, "model.safetensors")
