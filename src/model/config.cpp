@@ -2,11 +2,10 @@
 // the MLP matrix names, and Model: a checkpoint whose decode tensors are checked against its config.
 #include "model/config.h"
 
-#include <fstream>
-#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "common/error.h"
+#include "io/json.h"
 
 namespace fi {
 namespace {
@@ -60,16 +59,6 @@ struct Fields {
   }
 };
 
-json read_json(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) FI_FAIL(path + ": cannot open");
-  try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    FI_FAIL(path + ": invalid JSON: " + e.what());
-  }
-}
-
 RopeScaling parse_rope_scaling(const Fields& f) {
   RopeScaling r;
   const json* v = f.get(f.j, "rope_scaling");
@@ -102,7 +91,7 @@ std::string join_shape(const std::vector<int64_t>& s) {
 }  // namespace
 
 ModelConfig load_config(const std::string& path) {
-  json j = read_json(path);
+  json j = read_json_file(path);
   if (!j.is_object()) FI_FAIL(path + ": expected a JSON object at the top level");
   Fields f{j, path};
   ModelConfig c;
