@@ -9,6 +9,7 @@
 #include "forward/ops.h"
 #include "forward/stage.h"
 #include "forward/weight.h"
+#include "model/rms_norm.h"
 
 namespace fi {
 namespace {
