@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "io/json.h"
+#include "model/layer_tensors.h"
 
 namespace fi {
 namespace {
@@ -97,10 +98,8 @@ ModelConfig load_config(const std::string& path) {
   ModelConfig c;
   c.path = path;
   c.model_type = f.as_string(f.need(j, "model_type", "model_type"), "model_type");
+  family_of(c);  // throws unless model_type is one of the families in model/layer_tensors.h
   bool gemma = c.model_type == "gemma" || c.model_type == "gemma2";
-  if (!gemma && c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2")
-    FI_FAIL(path + ": model_type '" + c.model_type +
-            "' is not supported (supported: llama, mistral, qwen2, gemma, gemma2)");
   c.norm_plus_one = gemma;
 
   c.hidden_size = f.positive_int("hidden_size");
