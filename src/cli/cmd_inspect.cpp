@@ -8,6 +8,7 @@
 #include "parallel/partition.h"
 #include "forward/forward.h"
 #include "model/config.h"
+#include "model/layer_tensors.h"
 
 namespace fi {
 namespace {
@@ -35,8 +36,13 @@ struct InspectOptions {
 
 // The clamp/generate pipeline over `ranks` ranks: each rank's layers and the weights it holds,
 // in the checkpoint's dtype on either backend (the CPU reads an untied embedding from disk).
+// A layer's weights are the tensors the forward pass loads (model/layer_tensors.h).
 void print_forward_plan(const Model& m, int ranks) {
   const ModelConfig& c = m.cfg;
+  if (const std::string why = forward_refusal(c); !why.empty()) {
+    std::printf("forward    clamp/generate: not supported: %s\n", why.c_str());
+    return;
+  }
   if (ranks > c.num_layers) {
     std::printf("forward    clamp/generate: at most %lld ranks (one layer each)\n", (long long)c.num_layers);
     return;
@@ -44,12 +50,8 @@ void print_forward_plan(const Model& m, int ranks) {
   const double e = embedding_layer_equivalents(c);
   const std::vector<int64_t> b = split_layers(c.num_layers, ranks, e, e);
   std::vector<double> bytes(size_t(c.num_layers), 0);
-  for (const std::string& n : m.ckpt.tensor_names())
-    for (int64_t l = 0; l < c.num_layers; ++l)
-      if (n.rfind(m.names.layer(l, ""), 0) == 0) {
-        const TensorInfo& t = m.ckpt.info(n);
-        bytes[size_t(l)] += double(t.end - t.begin);
-      }
+  for (int64_t l = 0; l < c.num_layers; ++l)
+    for (const ModelTensor& t : layer_tensors_present(m, l)) bytes[size_t(l)] += double(t.bytes());
   const TensorInfo& emb = m.ckpt.info(m.names.embed);
   const TensorInfo& head = m.ckpt.info(m.lm_head_name());
   std::string spans;

@@ -24,8 +24,8 @@ struct DecodeParams {
   bool allow_tf32 = false;
 };
 
-// The LM-head as the backend sees it: [vocab, hidden] fp32 on the host (CPU backend) or the
-// checkpoint's raw 16/32-bit rows (CUDA backend keeps 16-bit weights 16-bit on the device).
+// The LM-head as the CPU backend sees it: [vocab, hidden] fp32 on the host. (The CUDA backend
+// reads the checkpoint's rows itself, make_cuda_decoder, and keeps 16-bit weights 16-bit.)
 struct LmHead {
   int64_t vocab = 0, hidden = 0;
   const float* f32 = nullptr;  // [vocab, hidden], may be a shared-memory window
@@ -44,14 +44,15 @@ class Decoder {
   // elsewhere, e.g. on a GPU); call before reading or merging them. Later decode() calls start
   // again from the host objects.
   virtual void sync_token_index() {}
-  // x: [rows, hidden] fp32, the raw neuron vectors (widened exactly); gamma: [hidden] final norm.
+  // x: [rows, hidden] fp32, the raw neuron vectors (widened exactly). The backend applies its
+  // norm (DecodeParams::norm, with the final norm's gamma given when it was made) and the LM-head.
   virtual void decode(const float* x, int64_t rows, ChunkResult& out) = 0;
 };
 
 // norm: applies the chosen norm in place. x: [rows, hidden]
 void apply_norm(float* x, int64_t rows, int64_t hidden, const float* gamma, const DecodeParams& p);
 
-// threads: worker threads for this rank (cores per node / ranks per node).
+// threads: worker threads for this rank (decode/backend.h: the cores of its affinity mask).
 std::unique_ptr<Decoder> make_cpu_decoder(const LmHead& head, const std::vector<float>& gamma,
                                           const DecodeParams& p, int threads = 1);
 

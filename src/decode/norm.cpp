@@ -1,8 +1,7 @@
 // The decode's norm modes (rms, gamma, none) and their names; rms is the model's final RMSNorm.
-#include <cmath>
-
 #include "common/error.h"
 #include "decode/decoder.h"
+#include "model/rms_norm.h"
 
 namespace fi {
 
@@ -22,21 +21,14 @@ const char* norm_name(NormMode n) {
   return "?";
 }
 
-// x: [rows, hidden], normed in place. The mean of squares is summed in double.
+// x: [rows, hidden], normed in place by the one CPU RMSNorm (model/rms_norm.h); gamma mode is
+// its gamma step with scale 1.
 void apply_norm(float* x, int64_t rows, int64_t hidden, const float* gamma, const DecodeParams& p) {
   if (p.norm == NormMode::None) return;
   for (int64_t r = 0; r < rows; ++r) {
     float* v = x + r * hidden;
-    float scale = 1.f;
-    if (p.norm == NormMode::Rms) {
-      double ss = 0;
-      for (int64_t i = 0; i < hidden; ++i) ss += double(v[i]) * double(v[i]);
-      scale = float(1.0 / std::sqrt(ss / double(hidden) + p.eps));
-    }
-    for (int64_t i = 0; i < hidden; ++i) {
-      float g = p.norm_plus_one ? 1.f + gamma[i] : gamma[i];
-      v[i] = v[i] * scale * g;
-    }
+    const float scale = p.norm == NormMode::Rms ? rms_scale(v, hidden, p.eps) : 1.f;
+    scale_by_gamma(v, scale, gamma, hidden, p.norm_plus_one, v);
   }
 }
 

@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "gpu/device.h"
+#include "model/layer_tensors.h"
 #include "parallel/mpi_env.h"
 #include "parallel/partition.h"
 
@@ -82,10 +83,7 @@ void Forward::reset() {
 void Forward::check_tokens(const std::vector<int32_t>& tokens) const {
   const int64_t T = int64_t(tokens.size()), H = config().hidden_size, V = config().vocab_size;
   FI_CHECK(T > 0, "forward: no tokens");
-  for (int32_t id : tokens)
-    if (id < 0 || id >= V)
-      FI_FAIL("token id " + std::to_string(id) + " is outside the vocabulary (0.." +
-              std::to_string(V - 1) + ")");
+  check_token_ids(config(), tokens);
   FI_CHECK(T * H < (int64_t(1) << 31) && T * V < (int64_t(1) << 31),
            "forward: " + std::to_string(T) + " tokens at once are too many for one message");
 }

@@ -9,6 +9,8 @@
 #include "forward/ops.h"
 #include "forward/stage.h"
 #include "forward/weight.h"
+#include "model/layer_tensors.h"
+#include "model/rms_norm.h"
 
 namespace fi {
 namespace {
@@ -38,7 +40,6 @@ class CpuStage final : public Stage {
     std::vector<float> k_cache, v_cache;          // [positions, nkv*hd]
   };
   const ModelConfig& config() const { return model_.cfg; }
-  std::vector<float> load(const std::string& tensor, std::vector<int64_t> shape, const char* field);
   void attention(Layer& w, const float* xn, int64_t T, int64_t pos, float* out);  // xn, out: [T, H]
   void mlp(int64_t l, const float* xn, int64_t T, float* out);                   // xn, out: [T, H]
 
@@ -54,51 +55,40 @@ class CpuStage final : public Stage {
   ClampSite site_ = ClampSite::Act;
 };
 
-std::vector<float> CpuStage::load(const std::string& tensor, std::vector<int64_t> shape,
-                                  const char* field) {
-  const TensorInfo& t = model_.expect(tensor, std::move(shape), field);
-  return model_.ckpt.file_of(tensor).read_f32(t);
-}
-
+// The tensors as model/layer_tensors.h lists and checks them for each layer.
 CpuStage::CpuStage(const Model& model, const StageSpan& span)
     : model_(model), span_(span), act_(parse_act(model.cfg.hidden_act)) {
   const ModelConfig& c = model.cfg;
-  if (c.model_type == "gemma2")
-    FI_FAIL(c.path + ": the forward pass does not support gemma2 (extra MLP norms, soft-capping)");
-  FI_CHECK(span.first >= 0 && span.first <= span.last && span.last <= c.num_layers,
-           "forward: bad stage span");
-  const int64_t H = c.hidden_size, I = c.intermediate_size, qd = c.num_heads * c.head_dim,
-                kvd = c.num_kv_heads * c.head_dim;
-  FI_CHECK(c.head_dim % 2 == 0, c.path + ": head_dim must be even for rotary embeddings");
-  const TensorNames& n = model.names;
+  check_forward_supported(c);
+  check_layer_span(c, span.first, span.last);
   layers_.resize(size_t(span.last - span.first));
   for (int64_t l = span.first; l < span.last; ++l) {
     Layer& w = layers_[size_t(l - span.first)];
-    w.attn_norm = load(n.layer(l, "input_layernorm.weight"), {H}, "hidden_size");
-    w.q = Weight::load(model, n.layer(l, "self_attn.q_proj.weight"), {qd, H}, "num_heads*head_dim,hidden_size");
-    w.k = Weight::load(model, n.layer(l, "self_attn.k_proj.weight"), {kvd, H}, "num_kv_heads*head_dim,hidden_size");
-    w.v = Weight::load(model, n.layer(l, "self_attn.v_proj.weight"), {kvd, H}, "num_kv_heads*head_dim,hidden_size");
-    w.o = Weight::load(model, n.layer(l, "self_attn.o_proj.weight"), {H, qd}, "hidden_size,num_heads*head_dim");
-    // Qwen2 has q/k/v biases; other models have none.
-    if (model.ckpt.has(n.layer(l, "self_attn.q_proj.bias"))) {
-      w.q_bias = load(n.layer(l, "self_attn.q_proj.bias"), {qd}, "num_heads*head_dim");
-      w.k_bias = load(n.layer(l, "self_attn.k_proj.bias"), {kvd}, "num_kv_heads*head_dim");
-      w.v_bias = load(n.layer(l, "self_attn.v_proj.bias"), {kvd}, "num_kv_heads*head_dim");
+    const LayerTensors t = layer_tensors(model, l);
+    w.attn_norm = t[Role::AttnNorm].read_f32();
+    w.q = Weight::load(t[Role::Q]);
+    w.k = Weight::load(t[Role::K]);
+    w.v = Weight::load(t[Role::V]);
+    w.o = Weight::load(t[Role::O]);
+    if (t.find(Role::QBias)) {  // Qwen2's q/k/v biases (the three together)
+      w.q_bias = t[Role::QBias].read_f32();
+      w.k_bias = t[Role::KBias].read_f32();
+      w.v_bias = t[Role::VBias].read_f32();
     }
-    w.mlp_norm = load(n.layer(l, "post_attention_layernorm.weight"), {H}, "hidden_size");
-    w.gate = Weight::load(model, n.matrix(Matrix::Gate, l), {I, H}, "intermediate_size,hidden_size");
-    w.up = Weight::load(model, n.matrix(Matrix::Up, l), {I, H}, "intermediate_size,hidden_size");
-    w.down = Weight::load(model, n.matrix(Matrix::Down, l), {H, I}, "hidden_size,intermediate_size");
+    w.mlp_norm = t[Role::MlpNorm].read_f32();
+    w.gate = Weight::load(t[Role::Gate]);
+    w.up = Weight::load(t[Role::Up]);
+    w.down = Weight::load(t[Role::Down]);
   }
   if (span.head) {
-    final_norm_ = load(n.final_norm, {H}, "hidden_size");
-    lm_head_ = Weight::load(model, model.lm_head_name(), {c.vocab_size, H}, "vocab_size,hidden_size");
+    final_norm_ = model_tensor(model, Role::FinalNorm).read_f32();
+    lm_head_ = Weight::load(model_tensor(model, Role::LmHead));
   }
   // A tied embedding is the LM-head already loaded on a one-stage model; an untied one is read
-  // from disk a row per token.
+  // from disk a row per token (checked here all the same).
   if (span.embed && c.tie_word_embeddings && !span.head)
-    embedding_ = Weight::load(model, n.embed, {c.vocab_size, H}, "vocab_size,hidden_size");
-  if (span.embed && !c.tie_word_embeddings) model.expect(n.embed, {c.vocab_size, H}, "vocab_size,hidden_size");
+    embedding_ = Weight::load(model_tensor(model, Role::Embed));
+  if (span.embed && !c.tie_word_embeddings) model_tensor(model, Role::Embed);
   inv_freq_ = rope_inv_freq(c);
 }
 
@@ -108,11 +98,9 @@ void CpuStage::embed(const std::vector<int32_t>& tokens, float* x) {
   FI_CHECK(span_.embed, "forward: embed() on a stage without the embedding");
   const SafetensorsFile* file = c.tie_word_embeddings ? nullptr : &model_.ckpt.file_of(model_.names.embed);
   const Weight& table = embedding_.empty() ? lm_head_ : embedding_;
+  check_token_ids(c, tokens);
   for (size_t t = 0; t < tokens.size(); ++t) {
     const int64_t id = tokens[t];
-    if (id < 0 || id >= c.vocab_size)
-      FI_FAIL("token id " + std::to_string(id) + " is outside the vocabulary (0.." +
-              std::to_string(c.vocab_size - 1) + ")");
     float* row = x + t * H;
     if (file) {
       file->read_rows_f32(model_.ckpt.info(model_.names.embed), id, 1, row);

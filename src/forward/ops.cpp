@@ -1,5 +1,4 @@
-// RMSNorm, RoPE and gate activations of the forward pass (see ops.h). Reductions run in double so
-// that the fp32 forward stays within rounding of a float64 reference.
+// RoPE and gate activations of the forward pass (see ops.h); RMSNorm is model/rms_norm.h.
 #include "forward/ops.h"
 
 #include <cmath>
@@ -7,13 +6,6 @@
 #include "common/error.h"
 
 namespace fi {
-
-void rms_norm(const float* x, const float* w, int64_t n, double eps, bool plus_one, float* out) {
-  double ss = 0;
-  for (int64_t i = 0; i < n; ++i) ss += double(x[i]) * x[i];
-  const float r = float(1.0 / std::sqrt(ss / double(n) + eps));
-  for (int64_t i = 0; i < n; ++i) out[i] = x[i] * r * (plus_one ? 1.f + w[i] : w[i]);
-}
 
 std::vector<double> rope_inv_freq(const ModelConfig& cfg) {
   const int64_t d = cfg.head_dim;

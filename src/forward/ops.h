@@ -1,5 +1,6 @@
 // The small numeric pieces of the Llama forward pass, as plain functions so the unit tests can
-// check each against its formula: RMSNorm, RoPE frequencies (llama3 scaling) and rotation, MLP gates.
+// check each against its formula: RoPE frequencies (llama3 scaling) and rotation, MLP gates.
+// RMSNorm is model/rms_norm.h (shared with the decode).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -8,9 +9,6 @@
 #include "model/config.h"
 
 namespace fi {
-
-// out[n] = x[n] / sqrt(mean(x²) + eps) * w[n]  (Gemma, plus_one: * (1 + w[n])). out may be x.
-void rms_norm(const float* x, const float* w, int64_t n, double eps, bool plus_one, float* out);
 
 // RoPE inverse frequencies for one head, [head_dim / 2]: theta^(-2i/head_dim), then the llama3
 // rope_scaling when cfg.rope_scaling.type == "llama3" (FACTS.md: long wavelengths / factor, short

@@ -35,7 +35,9 @@ class Stage {
   virtual void head(const float* x, int64_t n, float* logits) = 0;
 };
 
-// The fp32 CPU stage (forward/llama_cpu.cpp): weights widened to fp32, matmuls through OpenBLAS.
+// The CPU stage (forward/llama_cpu.cpp), activations fp32: weights stay in the checkpoint dtype
+// (forward/weight.h) and are widened as they are used; matmuls by widening dot products (one
+// token) or OpenBLAS SGEMM over widened row blocks (several).
 std::unique_ptr<Stage> make_cpu_stage(const Model& model, const StageSpan& span);
 
 // The CUDA stage (forward/cuda/): weights in their checkpoint dtype on the current device,

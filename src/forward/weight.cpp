@@ -91,19 +91,17 @@ void parallel_rows(int64_t n, F f) {
 
 }  // namespace
 
-Weight Weight::load(const Model& model, const std::string& tensor, std::vector<int64_t> shape,
-                    const char* field) {
-  const TensorInfo& t = model.expect(tensor, shape, field);
+Weight Weight::load(const ModelTensor& mt) {
+  const TensorInfo& t = mt.stored();
   Weight w;
   w.dtype = t.dtype;
-  w.rows = shape[0];
-  w.cols = shape.size() > 1 ? shape[1] : 1;
-  const SafetensorsFile& f = model.ckpt.file_of(tensor);
+  w.rows = mt.shape[0];
+  w.cols = mt.shape.size() > 1 ? mt.shape[1] : 1;
   if (t.dtype == DType::F32) {
-    w.f32 = f.read_f32(t);
+    w.f32 = mt.file->read_f32(t);
   } else {
     w.h16.resize(size_t(w.rows * w.cols));
-    f.read_bytes(t, 0, w.h16.size() * 2, w.h16.data());  // little-endian, as the host
+    mt.file->read_bytes(t, 0, w.h16.size() * 2, w.h16.data());  // little-endian, as the host
   }
   return w;
 }

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "model/config.h"
+#include "model/layer_tensors.h"
 
 namespace fi {
 
@@ -17,9 +17,8 @@ struct Weight {
   std::vector<float> f32;     // [rows, cols] (fp32 checkpoints)
   std::vector<uint16_t> h16;  // [rows, cols] raw words (bf16/f16 checkpoints)
 
-  // The tensor as stored, checked against shape (Model::expect; field names the config fields).
-  static Weight load(const Model& model, const std::string& tensor, std::vector<int64_t> shape,
-                     const char* field);
+  // The tensor as stored; t comes checked from model/layer_tensors.h (a 1-D tensor is [n, 1]).
+  static Weight load(const ModelTensor& t);
   bool empty() const { return rows == 0; }
   // Row r widened to fp32 into dst [cols].
   void row(int64_t r, float* dst) const;

@@ -3,12 +3,10 @@
 #include "io/checkpoint.h"
 
 #include <filesystem>
-#include <fstream>
 #include <set>
-#include <sstream>
-#include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "io/json.h"
 
 namespace fi {
 namespace {
@@ -17,10 +15,7 @@ std::string quote(const std::string& s) { return "'" + s + "'"; }
 
 // The index as JSON, refusing duplicate keys (a tensor listed twice) that nlohmann would merge.
 nlohmann::json read_index(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) FI_FAIL(path + ": cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
+  const std::string text = read_text_file(path);
   std::vector<std::pair<std::string, std::set<std::string>>> open;  // per open object: its key, its keys
   std::string last_key;
   auto cb = [&](int depth, nlohmann::json::parse_event_t ev, nlohmann::json& parsed) {
@@ -34,7 +29,7 @@ nlohmann::json read_index(const std::string& path) {
     return true;
   };
   try {
-    return nlohmann::json::parse(ss.str(), cb);
+    return nlohmann::json::parse(text, cb);
   } catch (const nlohmann::json::exception& e) {
     FI_FAIL(path + ": not valid JSON: " + e.what());
   }

@@ -2,11 +2,11 @@
 // the MLP matrix names, and Model: a checkpoint whose decode tensors are checked against its config.
 #include "model/config.h"
 
-#include <fstream>
-#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "common/error.h"
+#include "io/json.h"
+#include "model/layer_tensors.h"
 
 namespace fi {
 namespace {
@@ -60,16 +60,6 @@ struct Fields {
   }
 };
 
-json read_json(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) FI_FAIL(path + ": cannot open");
-  try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    FI_FAIL(path + ": invalid JSON: " + e.what());
-  }
-}
-
 RopeScaling parse_rope_scaling(const Fields& f) {
   RopeScaling r;
   const json* v = f.get(f.j, "rope_scaling");
@@ -102,16 +92,14 @@ std::string join_shape(const std::vector<int64_t>& s) {
 }  // namespace
 
 ModelConfig load_config(const std::string& path) {
-  json j = read_json(path);
+  json j = read_json_file(path);
   if (!j.is_object()) FI_FAIL(path + ": expected a JSON object at the top level");
   Fields f{j, path};
   ModelConfig c;
   c.path = path;
   c.model_type = f.as_string(f.need(j, "model_type", "model_type"), "model_type");
+  family_of(c);  // throws unless model_type is one of the families in model/layer_tensors.h
   bool gemma = c.model_type == "gemma" || c.model_type == "gemma2";
-  if (!gemma && c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2")
-    FI_FAIL(path + ": model_type '" + c.model_type +
-            "' is not supported (supported: llama, mistral, qwen2, gemma, gemma2)");
   c.norm_plus_one = gemma;
 
   c.hidden_size = f.positive_int("hidden_size");

@@ -7,13 +7,11 @@
 
 #include <algorithm>
 #include <cstring>
-#include <fstream>
-#include <iterator>
-#include <nlohmann/json.hpp>
 #include <queue>
 #include <string_view>
 
 #include "common/error.h"
+#include "io/json.h"
 
 namespace fi {
 
@@ -25,17 +23,6 @@ struct Tokenizer::Regex {
 namespace {
 
 using nlohmann::json;
-
-json read_json(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) FI_FAIL(path + ": cannot open");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  try {
-    return json::parse(text);  // from memory: much faster than from the stream
-  } catch (const json::exception& e) {
-    FI_FAIL(path + ": invalid JSON: " + e.what());
-  }
-}
 
 // A byte-level vocabulary string (one code point per byte, valid UTF-8) -> its bytes; false when
 // a code point is outside the GPT-2 alphabet.
@@ -105,7 +92,7 @@ Tokenizer::~Tokenizer() = default;
 
 Tokenizer::Tokenizer(const std::string& path) : path_(path) {
   vocab_ = load_vocab(path);  // checks ids, added tokens and the byte-level alphabet
-  json j = read_json(path);
+  json j = read_json_file(path);
   const json& model = j["model"];
   if (model.contains("type") && str_field(model, "type") != "BPE")
     FI_FAIL(path + ": model.type '" + str_field(model, "type") + "' is not BPE");

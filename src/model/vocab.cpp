@@ -5,10 +5,9 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
-#include <fstream>
-#include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "io/json.h"
 
 namespace fi {
 namespace {
@@ -47,16 +46,6 @@ std::string hex_cp(uint32_t cp) {
   char buf[16];
   std::snprintf(buf, sizeof buf, "U+%04X", cp);
   return buf;
-}
-
-json read_json(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) FI_FAIL(path + ": cannot open");
-  try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    FI_FAIL(path + ": invalid JSON: " + e.what());
-  }
 }
 
 int64_t read_id(const std::string& path, const json& v, const std::string& where) {
@@ -125,7 +114,7 @@ int64_t Vocab::find_bytes(const std::string& b) const {
 
 Vocab load_vocab(const std::string& path, int64_t vocab_size) {
   if (vocab_size < 0) FI_FAIL(path + ": vocab_size " + std::to_string(vocab_size) + " is negative");
-  json j = read_json(path);
+  json j = read_json_file(path);
   if (!j.is_object()) FI_FAIL(path + ": expected a JSON object at the top level");
   auto model = j.find("model");
   if (model == j.end() || !model->is_object()) FI_FAIL(path + ": field 'model' is missing or not an object");

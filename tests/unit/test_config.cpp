@@ -1,5 +1,6 @@
-// config.json parsing (one crafted file per rule), matrix and tensor names, and Model's checks
-// of a tiny safetensors checkpoint against its config (tied and untied LM-head, wrong shapes).
+// config.json parsing (one crafted file per rule), matrix and tensor names, Model's checks of a
+// tiny safetensors checkpoint against its config (tied and untied LM-head, wrong shapes), and the
+// forward pass's tensor table and checks over it (model/layer_tensors.h).
 #include "model/config.h"
 
 #include <gtest/gtest.h>
@@ -10,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "model/layer_tensors.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -438,4 +440,101 @@ TEST(Model, MissingTensors) {
   // A config fault comes before the checkpoint is looked at.
   d = temp_dir().string();
   EXPECT_EQ(error_of([&] { fi::Model{d}; }), d + "/config.json: cannot open");
+}
+
+// ---- The forward pass's tensor table (model/layer_tensors.h) --------------------------------
+
+namespace {
+
+// tiny_tensors plus what the forward pass loads besides (heads 2 of head_dim 4: q, k, v, o [8, 8],
+// post_attention_layernorm), and Qwen2's q/k/v biases [8] with bias.
+std::vector<fi::TensorData> forward_tensors(bool bias) {
+  std::vector<fi::TensorData> t = tiny_tensors(false);
+  for (int l = 0; l < 2; ++l) {
+    std::string pre = "model.layers." + std::to_string(l) + ".";
+    for (const char* p : {"q", "k", "v", "o"}) t.push_back(zeros(pre + "self_attn." + p + "_proj.weight", {8, 8}));
+    if (bias)
+      for (const char* p : {"q", "k", "v"}) t.push_back(zeros(pre + "self_attn." + p + "_proj.bias", {8}));
+    t.push_back(zeros(pre + "post_attention_layernorm.weight", {8}));
+  }
+  return t;
+}
+
+std::vector<std::string> names_of(const std::vector<fi::ModelTensor>& t) {
+  std::vector<std::string> n;
+  for (const fi::ModelTensor& x : t) n.push_back(x.name);
+  return n;
+}
+
+}  // namespace
+
+TEST(LayerTensors, LlamaLayerInTableOrder) {
+  fi::Model m(make_model(false, forward_tensors(false)));
+  const fi::LayerTensors t = fi::layer_tensors(m, 1);
+  const std::string p = "model.layers.1.";
+  EXPECT_EQ(names_of(t.tensors),
+            (std::vector<std::string>{p + "input_layernorm.weight", p + "self_attn.q_proj.weight",
+                                      p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight",
+                                      p + "self_attn.o_proj.weight", p + "post_attention_layernorm.weight",
+                                      p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight",
+                                      p + "mlp.down_proj.weight"}));
+  EXPECT_EQ(t[fi::Role::O].shape, (std::vector<int64_t>{8, 8}));
+  EXPECT_EQ(t[fi::Role::O].fields, "hidden_size,num_heads*head_dim");
+  EXPECT_EQ(t[fi::Role::K].fields, "num_kv_heads*head_dim,hidden_size");
+  EXPECT_EQ(t[fi::Role::Down].fields, "hidden_size,intermediate_size");
+  EXPECT_EQ(t[fi::Role::Up].bytes(), 12u * 8 * 2);
+  EXPECT_EQ(t.find(fi::Role::QBias), nullptr);
+  EXPECT_TRUE(contains(error_of([&] { t[fi::Role::QBias]; }), "layer 1 has no q_bias tensor"));
+  EXPECT_EQ(fi::model_tensor(m, fi::Role::LmHead).name, "lm_head.weight");
+  EXPECT_EQ(fi::model_tensor(m, fi::Role::Embed).fields, "vocab_size,hidden_size");
+  EXPECT_EQ(names_of(fi::layer_tensors_present(m, 0)), names_of(fi::layer_tensors(m, 0).tensors));
+}
+
+TEST(LayerTensors, Qwen2BiasesComeTogether) {
+  fi::Model m(make_model(false, forward_tensors(true)));
+  const fi::LayerTensors t = fi::layer_tensors(m, 0);
+  EXPECT_EQ(t.tensors.size(), 12u);
+  EXPECT_EQ(t[fi::Role::VBias].name, "model.layers.0.self_attn.v_proj.bias");
+  EXPECT_EQ(t[fi::Role::VBias].fields, "num_kv_heads*head_dim");
+
+  auto tensors = forward_tensors(true);
+  drop(tensors, "model.layers.1.self_attn.k_proj.bias");  // q_proj.bias there: k's is required
+  std::string d = make_model(false, tensors);
+  fi::Model m2(d);
+  EXPECT_EQ(fi::layer_tensors(m2, 0).tensors.size(), 12u);
+  EXPECT_EQ(error_of([&] { fi::layer_tensors(m2, 1); }),
+            d + ": missing tensor 'model.layers.1.self_attn.k_proj.bias'");
+}
+
+TEST(LayerTensors, WrongShapeNamesTheFields) {
+  auto tensors = forward_tensors(false);
+  replace(tensors, "model.layers.0.self_attn.q_proj.weight", {8, 9});
+  fi::Model m(make_model(false, tensors));
+  std::string e = error_of([&] { fi::layer_tensors(m, 0); });
+  EXPECT_TRUE(contains(e, "tensor 'model.layers.0.self_attn.q_proj.weight' has shape [8,9] but config.json "
+                          "says num_heads*head_dim=8, hidden_size=8")) << e;
+}
+
+TEST(LayerTensors, ForwardChecks) {
+  EXPECT_EQ(fi::family_names(), "llama, mistral, qwen2, gemma, gemma2");
+  json j = tiny();
+  std::string p = write_config(temp_dir(), j.dump());
+  fi::ModelConfig c = fi::load_config(p);
+  EXPECT_EQ(fi::forward_refusal(c), "");
+  fi::check_forward_supported(c);
+  fi::check_layer_span(c, 0, 2);
+  fi::check_token_ids(c, {0, 15});
+  EXPECT_EQ(error_of([&] { fi::check_layer_span(c, 1, 3); }),
+            "forward: layer span [1, 3) is outside the model's 2 layers");
+  EXPECT_EQ(error_of([&] { fi::check_token_ids(c, {3, 16, -1}); }),
+            "token id 16 is outside the vocabulary (0..15)");
+  j["model_type"] = "gemma2";
+  p = write_config(temp_dir(), j.dump());
+  EXPECT_EQ(error_of([&] { fi::check_forward_supported(fi::load_config(p)); }),
+            p + ": the forward pass does not support gemma2 (extra MLP norms, soft-capping)");
+  j["model_type"] = "qwen2";
+  j["head_dim"] = 3;
+  p = write_config(temp_dir(), j.dump());
+  EXPECT_EQ(error_of([&] { fi::check_forward_supported(fi::load_config(p)); }),
+            p + ": head_dim must be even for rotary embeddings");
 }

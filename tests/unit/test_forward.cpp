@@ -18,6 +18,7 @@
 #include "forward/forward.h"
 #include "forward/ops.h"
 #include "io/safetensors.h"
+#include "model/rms_norm.h"
 
 namespace fs = std::filesystem;
 using namespace fi;

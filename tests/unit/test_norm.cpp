@@ -1,10 +1,12 @@
 // Norm modes against a double-precision loop written here: rms (plain and Gemma (1+w)),
-// gamma, none.
+// gamma, none; and the decode's norm against the forward pass's, bit for bit.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "decode/decoder.h"
+#include "model/rms_norm.h"
 
 TEST(Norm, ModesMatchADoubleLoop) {
   const int64_t H = 37, R = 3;
@@ -34,4 +36,31 @@ TEST(Norm, ModesMatchADoubleLoop) {
     }
   EXPECT_EQ(fi::parse_norm("gamma"), fi::NormMode::Gamma);
   EXPECT_ANY_THROW(fi::parse_norm("layer"));
+}
+
+// The decode's norm and the forward pass's are the one model/rms_norm.h, to the bit, and that is
+// the arithmetic both had before they were merged: the squares summed in double, then
+// x * scale * g in fp32 (gamma mode: scale 1).
+TEST(Norm, DecodeAndForwardAgreeToTheBit) {
+  const int64_t H = 53;
+  std::vector<float> x(H), g(H);
+  for (int64_t i = 0; i < H; ++i) x[i] = float(std::sin(1.3 * i) * (1 + i % 7) * 1e3);
+  for (int64_t i = 0; i < H; ++i) g[i] = float(std::cos(0.7 * i));
+  for (auto mode : {fi::NormMode::Rms, fi::NormMode::Gamma})
+    for (bool plus_one : {false, true}) {
+      fi::DecodeParams p;
+      p.norm = mode;
+      p.norm_plus_one = plus_one;
+      p.eps = 1e-6;
+      std::vector<float> dec = x, fwd(H), old(H);
+      fi::apply_norm(dec.data(), 1, H, g.data(), p);
+      double ss = 0;
+      for (int64_t i = 0; i < H; ++i) ss += double(x[i]) * double(x[i]);
+      const float scale = mode == fi::NormMode::Rms ? float(1.0 / std::sqrt(ss / double(H) + p.eps)) : 1.f;
+      for (int64_t i = 0; i < H; ++i) old[i] = x[i] * scale * (plus_one ? 1.f + g[i] : g[i]);
+      EXPECT_EQ(std::memcmp(dec.data(), old.data(), H * 4), 0) << fi::norm_name(mode) << plus_one;
+      if (mode != fi::NormMode::Rms) continue;
+      fi::rms_norm(x.data(), g.data(), H, p.eps, plus_one, fwd.data());
+      EXPECT_EQ(std::memcmp(dec.data(), fwd.data(), H * 4), 0) << plus_one;
+    }
 }

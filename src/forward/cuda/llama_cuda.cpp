@@ -32,6 +32,7 @@
 #include "gpu/gemm.h"
 #include "gpu/handles.h"
 #include "gpu/norm_split.h"
+#include "model/layer_tensors.h"
 
 namespace fi {
 namespace gpu {
@@ -53,12 +54,6 @@ struct Weight {
   bool split() const { return dtype != DType::F32; }  // 16-bit: the input goes as hi + lo
 };
 
-struct Part {
-  std::string name;
-  std::vector<int64_t> shape;  // [rows, cols]
-  const char* field;           // the config fields behind the shape, for the error message
-};
-
 // Every copy to the device goes on the stage's own stream, then waits for it: a plain cudaMemcpy
 // runs on the legacy default stream, which the stage's non-blocking stream does not wait for.
 void copy_to_device(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
@@ -66,41 +61,33 @@ void copy_to_device(void* dst, const void* src, size_t bytes, cudaStream_t strea
   FI_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
-// The parts' raw bytes stacked by rows in one device buffer (same dtype and cols required).
-Weight load_weight(const Model& m, const std::vector<Part>& parts, std::vector<uint8_t>& staging,
-                   cudaStream_t stream) {
+// The parts' raw bytes stacked by rows in one device buffer (same dtype and cols required);
+// the parts come checked from model/layer_tensors.h.
+Weight load_weight(const Model& m, const std::vector<const ModelTensor*>& parts,
+                   std::vector<uint8_t>& staging, cudaStream_t stream) {
   Weight w;
-  std::vector<const TensorInfo*> info;
-  for (const Part& p : parts) {
-    info.push_back(&m.expect(p.name, p.shape, p.field));
-    if (info.back()->dtype != info[0]->dtype)
-      FI_FAIL(m.dir + ": " + p.name + " is " + dtype_name(info.back()->dtype) + " but " +
-              parts[0].name + " is " + dtype_name(info[0]->dtype) +
-              " (the CUDA forward stacks them in one matrix)");
-    w.rows += p.shape[0];
+  const ModelTensor& p0 = *parts[0];
+  for (const ModelTensor* p : parts) {
+    if (p->stored().dtype != p0.stored().dtype)
+      FI_FAIL(m.dir + ": " + p->name + " is " + dtype_name(p->info->dtype) + " but " + p0.name +
+              " is " + dtype_name(p0.info->dtype) + " (the CUDA forward stacks them in one matrix)");
+    w.rows += p->shape[0];
   }
-  w.dtype = info[0]->dtype;
-  w.cols = parts[0].shape[1];
+  w.dtype = p0.info->dtype;
+  w.cols = p0.shape[1];
   const size_t es = dtype_size(w.dtype);
-  w.data = DeviceBuffer(size_t(w.rows * w.cols) * es, parts[0].name);
+  w.data = DeviceBuffer(size_t(w.rows * w.cols) * es, p0.name);
   char* dst = static_cast<char*>(w.data.get());
-  for (size_t k = 0; k < parts.size(); ++k) {
-    const SafetensorsFile& f = m.ckpt.file_of(parts[k].name);
-    const uint64_t bytes = info[k]->numel() * es;
+  for (const ModelTensor* p : parts) {
+    const uint64_t bytes = p->info->numel() * es;
     for (uint64_t off = 0; off < bytes; off += staging.size()) {
       const uint64_t n = std::min<uint64_t>(staging.size(), bytes - off);
-      f.read_bytes(*info[k], off, n, staging.data());
+      p->file->read_bytes(*p->info, off, n, staging.data());
       copy_to_device(dst + off, staging.data(), n, stream);
     }
     dst += bytes;
   }
   return w;
-}
-
-std::vector<float> read_f32(const Model& m, const std::string& name, std::vector<int64_t> shape,
-                            const char* field) {
-  const TensorInfo& t = m.expect(name, std::move(shape), field);
-  return m.ckpt.file_of(name).read_f32(t);
 }
 
 DeviceBuffer upload(const std::vector<float>& v, const std::string& what, cudaStream_t stream) {
@@ -165,68 +152,48 @@ class CudaStage final : public Stage {
 CudaStage::CudaStage(const Model& model, const StageSpan& span)
     : cfg_(model.cfg), span_(span), act_(parse_act(model.cfg.hidden_act)) {
   const ModelConfig& c = cfg_;
-  if (c.model_type == "gemma2")
-    FI_FAIL(c.path + ": the forward pass does not support gemma2 (extra MLP norms, soft-capping)");
-  FI_CHECK(c.head_dim % 2 == 0, c.path + ": head_dim must be even for rotary embeddings");
+  check_forward_supported(c);
   FI_CHECK(c.head_dim <= kMaxHeadDim,
            c.path + ": the CUDA forward takes head_dim up to " + std::to_string(kMaxHeadDim));
   FI_CHECK(c.num_kv_heads > 0 && c.num_heads % c.num_kv_heads == 0,
            c.path + ": num_attention_heads must be a multiple of num_key_value_heads");
-  FI_CHECK(0 <= span.first && span.first <= span.last && span.last <= c.num_layers,
-           "CUDA forward: layer span [" + std::to_string(span.first) + ", " +
-               std::to_string(span.last) + ") is outside the model's " +
-               std::to_string(c.num_layers) + " layers");
+  check_layer_span(c, span.first, span.last);
   FI_CUDA_CHECK(cudaGetDevice(&device_));
   FI_CUBLAS_CHECK(cublasSetStream(blas_.h, stream_.s));
-  const int64_t H = c.hidden_size, I = c.intermediate_size, qd = c.num_heads * c.head_dim,
-                kvd = c.num_kv_heads * c.head_dim, V = c.vocab_size;
-  const TensorNames& n = model.names;
   std::vector<uint8_t> staging(kStagingBytes);
   const cudaStream_t st = stream_.s;
   layers_.resize(size_t(span.last - span.first));
-  const char *f_q = "num_heads*head_dim", *f_kv = "num_kv_heads*head_dim";
-  const char *f_qh = "num_heads*head_dim,hidden_size", *f_kvh = "num_kv_heads*head_dim,hidden_size";
-  const char *f_ih = "intermediate_size,hidden_size", *f_h = "hidden_size";
+  // The tensors as model/layer_tensors.h lists and checks them for each layer.
   for (int64_t l = span.first; l < span.last; ++l) {
     Layer& w = layers_[size_t(l - span.first)];
-    auto t = [&](const char* suffix) { return n.layer(l, suffix); };
-    w.attn_norm =
-        upload(read_f32(model, t("input_layernorm.weight"), {H}, f_h), "input_layernorm", st);
-    w.qkv = load_weight(model,
-                        {{t("self_attn.q_proj.weight"), {qd, H}, f_qh},
-                         {t("self_attn.k_proj.weight"), {kvd, H}, f_kvh},
-                         {t("self_attn.v_proj.weight"), {kvd, H}, f_kvh}},
-                        staging, st);
-    if (model.ckpt.has(t("self_attn.q_proj.bias"))) {  // Qwen2
-      std::vector<float> b = read_f32(model, t("self_attn.q_proj.bias"), {qd}, f_q);
-      for (const char* s : {"self_attn.k_proj.bias", "self_attn.v_proj.bias"}) {
-        const std::vector<float> p = read_f32(model, t(s), {kvd}, f_kv);
+    const LayerTensors t = layer_tensors(model, l);
+    w.attn_norm = upload(t[Role::AttnNorm].read_f32(), "input_layernorm", st);
+    w.qkv = load_weight(model, {&t[Role::Q], &t[Role::K], &t[Role::V]}, staging, st);
+    if (t.find(Role::QBias)) {  // Qwen2's q/k/v biases (the three together)
+      std::vector<float> b = t[Role::QBias].read_f32();
+      for (Role r : {Role::KBias, Role::VBias}) {
+        const std::vector<float> p = t[r].read_f32();
         b.insert(b.end(), p.begin(), p.end());
       }
       w.qkv_bias = upload(b, "q/k/v biases", st);
     }
-    w.o = load_weight(model,
-                      {{t("self_attn.o_proj.weight"), {H, qd}, "hidden_size,num_heads*head_dim"}},
-                      staging, st);
-    w.mlp_norm = upload(read_f32(model, t("post_attention_layernorm.weight"), {H}, f_h),
-                        "post_attention_layernorm", st);
-    w.gate_up = load_weight(model,
-                            {{n.matrix(Matrix::Gate, l), {I, H}, f_ih},
-                             {n.matrix(Matrix::Up, l), {I, H}, f_ih}},
-                            staging, st);
-    w.down = load_weight(
-        model, {{n.matrix(Matrix::Down, l), {H, I}, "hidden_size,intermediate_size"}}, staging, st);
+    w.o = load_weight(model, {&t[Role::O]}, staging, st);
+    w.mlp_norm = upload(t[Role::MlpNorm].read_f32(), "post_attention_layernorm", st);
+    w.gate_up = load_weight(model, {&t[Role::Gate], &t[Role::Up]}, staging, st);
+    w.down = load_weight(model, {&t[Role::Down]}, staging, st);
   }
   // The embedding: on the first stage, and as the LM-head of a tied model's last stage.
-  if (span.embed || (span.head && c.tie_word_embeddings))
-    embed_ = load_weight(model, {{n.embed, {V, H}, "vocab_size,hidden_size"}}, staging, st);
+  if (span.embed || (span.head && c.tie_word_embeddings)) {
+    const ModelTensor e = model_tensor(model, Role::Embed);
+    embed_ = load_weight(model, {&e}, staging, st);
+  }
   if (span.head) {
-    final_norm_ = upload(read_f32(model, n.final_norm, {H}, "hidden_size"), "final norm", st);
+    final_norm_ = upload(model_tensor(model, Role::FinalNorm).read_f32(), "final norm", st);
     if (c.tie_word_embeddings) {
       lm_head_ = &embed_;
     } else {
-      lm_head_own_ =
-          load_weight(model, {{n.lm_head, {V, H}, "vocab_size,hidden_size"}}, staging, st);
+      const ModelTensor h = model_tensor(model, Role::LmHead);
+      lm_head_own_ = load_weight(model, {&h}, staging, st);
       lm_head_ = &lm_head_own_;
     }
   }
@@ -306,10 +273,7 @@ void CudaStage::embed(const std::vector<int32_t>& tokens, float* x) {
   FI_CHECK(span_.embed, "CUDA forward: embed() on a stage without the embedding");
   const int64_t T = int64_t(tokens.size()), H = cfg_.hidden_size;
   if (T == 0) return;
-  for (int32_t id : tokens)
-    if (id < 0 || id >= cfg_.vocab_size)
-      FI_FAIL("token id " + std::to_string(id) + " is outside the vocabulary (0.." +
-              std::to_string(cfg_.vocab_size - 1) + ")");
+  check_token_ids(cfg_, tokens);
   use_device();
   ensure(ids_, size_t(T) * 4, "token ids");
   ensure(x_, size_t(T * H) * 4, "hidden states");

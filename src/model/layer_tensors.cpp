@@ -1,0 +1,211 @@
+// The model families' tensor tables and the forward pass's checks (see layer_tensors.h).
+#include "model/layer_tensors.h"
+
+#include "common/error.h"
+
+namespace fi {
+namespace {
+
+using D = Dim;
+
+// A Llama decoder layer: llama, mistral, qwen2 and gemma have these tensors. Qwen2 adds q/k/v
+// biases; any checkpoint that has q_proj.bias loads all three (as the forward always has).
+// Gemma's norms multiply by (1 + w) (ModelConfig::norm_plus_one), the same tensors.
+const std::vector<TensorRow> kLlamaLayer = {
+    {Role::AttnNorm, "input_layernorm.weight", {D::Hidden}},
+    {Role::Q, "self_attn.q_proj.weight", {D::QHeads, D::Hidden}},
+    {Role::K, "self_attn.k_proj.weight", {D::KvHeads, D::Hidden}},
+    {Role::V, "self_attn.v_proj.weight", {D::KvHeads, D::Hidden}},
+    {Role::QBias, "self_attn.q_proj.bias", {D::QHeads}, "self_attn.q_proj.bias"},
+    {Role::KBias, "self_attn.k_proj.bias", {D::KvHeads}, "self_attn.q_proj.bias"},
+    {Role::VBias, "self_attn.v_proj.bias", {D::KvHeads}, "self_attn.q_proj.bias"},
+    {Role::O, "self_attn.o_proj.weight", {D::Hidden, D::QHeads}},
+    {Role::MlpNorm, "post_attention_layernorm.weight", {D::Hidden}},
+    {Role::Gate, "mlp.gate_proj.weight", {D::Intermediate, D::Hidden}},
+    {Role::Up, "mlp.up_proj.weight", {D::Intermediate, D::Hidden}},
+    {Role::Down, "mlp.down_proj.weight", {D::Hidden, D::Intermediate}},
+};
+
+// The tensors outside the layers; their names are TensorNames' (Model::names).
+struct ModelRow {
+  Role role;
+  std::vector<Dim> shape;
+};
+const std::vector<ModelRow> kModelRows = {
+    {Role::Embed, {D::Vocab, D::Hidden}},
+    {Role::FinalNorm, {D::Hidden}},
+    {Role::LmHead, {D::Vocab, D::Hidden}},
+};
+
+ModelTensor describe(const Model& m, Role role, std::string name, const std::vector<Dim>& shape) {
+  ModelTensor t{role, std::move(name), {}, {}};
+  for (Dim d : shape) {
+    t.shape.push_back(dim_size(m.cfg, d));
+    t.fields += (t.fields.empty() ? "" : ",") + std::string(dim_fields(d));
+  }
+  return t;
+}
+
+// Checks t against the checkpoint (Model::expect) and fills in where it is.
+void check(const Model& m, ModelTensor& t) {
+  t.info = &m.expect(t.name, t.shape, t.fields.c_str());
+  t.file = &m.ckpt.file_of(t.name);
+}
+
+// The rows of layer l that it loads: an optional row only when its key tensor is there.
+template <typename F>
+void for_each_row(const Model& m, int64_t l, F&& f) {
+  for (const TensorRow& r : family_of(m.cfg).layer)
+    if (!r.if_present || m.ckpt.has(m.names.layer(l, r.if_present)))
+      f(describe(m, r.role, m.names.layer(l, r.suffix), r.shape));
+}
+
+}  // namespace
+
+int64_t dim_size(const ModelConfig& c, Dim d) {
+  switch (d) {
+    case Dim::Hidden: return c.hidden_size;
+    case Dim::Intermediate: return c.intermediate_size;
+    case Dim::QHeads: return c.num_heads * c.head_dim;
+    case Dim::KvHeads: return c.num_kv_heads * c.head_dim;
+    case Dim::Vocab: return c.vocab_size;
+  }
+  return 0;
+}
+
+const char* dim_fields(Dim d) {
+  switch (d) {
+    case Dim::Hidden: return "hidden_size";
+    case Dim::Intermediate: return "intermediate_size";
+    case Dim::QHeads: return "num_heads*head_dim";
+    case Dim::KvHeads: return "num_kv_heads*head_dim";
+    case Dim::Vocab: return "vocab_size";
+  }
+  return "?";
+}
+
+const std::vector<ModelFamily>& model_families() {
+  static const std::vector<ModelFamily> families = {
+      {"llama", kLlamaLayer},
+      {"mistral", kLlamaLayer},
+      {"qwen2", kLlamaLayer},
+      {"gemma", kLlamaLayer},
+      {"gemma2", kLlamaLayer, "extra MLP norms, soft-capping"},
+  };
+  return families;
+}
+
+const ModelFamily& family_of(const ModelConfig& cfg) {
+  for (const ModelFamily& f : model_families())
+    if (cfg.model_type == f.model_type) return f;
+  FI_FAIL(cfg.path + ": model_type '" + cfg.model_type + "' is not supported (supported: " +
+          family_names() + ")");
+}
+
+const char* role_name(Role r) {
+  switch (r) {
+    case Role::Embed: return "embed";
+    case Role::FinalNorm: return "final_norm";
+    case Role::LmHead: return "lm_head";
+    case Role::AttnNorm: return "attn_norm";
+    case Role::Q: return "q";
+    case Role::K: return "k";
+    case Role::V: return "v";
+    case Role::QBias: return "q_bias";
+    case Role::KBias: return "k_bias";
+    case Role::VBias: return "v_bias";
+    case Role::O: return "o";
+    case Role::MlpNorm: return "mlp_norm";
+    case Role::Gate: return "gate";
+    case Role::Up: return "up";
+    case Role::Down: return "down";
+  }
+  return "?";
+}
+
+std::string family_names() {
+  std::string s;
+  for (const ModelFamily& f : model_families()) s += (s.empty() ? "" : ", ") + std::string(f.model_type);
+  return s;
+}
+
+const TensorInfo& ModelTensor::stored() const {
+  FI_CHECK(info && file, "tensor '" + name + "' was not found in the checkpoint");
+  return *info;
+}
+
+std::vector<float> ModelTensor::read_f32() const { return file->read_f32(stored()); }
+
+const ModelTensor* LayerTensors::find(Role r) const {
+  for (const ModelTensor& t : tensors)
+    if (t.role == r) return &t;
+  return nullptr;
+}
+
+const ModelTensor& LayerTensors::operator[](Role r) const {
+  const ModelTensor* t = find(r);
+  if (!t) FI_FAIL("layer " + std::to_string(layer) + " has no " + role_name(r) + " tensor");
+  return *t;
+}
+
+LayerTensors layer_tensors(const Model& m, int64_t l) {
+  LayerTensors out;
+  out.layer = l;
+  for_each_row(m, l, [&](ModelTensor t) {
+    check(m, t);
+    out.tensors.push_back(std::move(t));
+  });
+  return out;
+}
+
+std::vector<ModelTensor> layer_tensors_present(const Model& m, int64_t l) {
+  std::vector<ModelTensor> out;
+  for_each_row(m, l, [&](ModelTensor t) {
+    if (!m.ckpt.has(t.name)) return;
+    t.info = &m.ckpt.info(t.name);
+    t.file = &m.ckpt.file_of(t.name);
+    out.push_back(std::move(t));
+  });
+  return out;
+}
+
+ModelTensor model_tensor(const Model& m, Role r) {
+  for (const ModelRow& row : kModelRows) {
+    if (row.role != r) continue;
+    const std::string name = r == Role::Embed ? m.names.embed
+                             : r == Role::FinalNorm ? m.names.final_norm
+                                                    : m.lm_head_name();
+    ModelTensor t = describe(m, r, name, row.shape);
+    check(m, t);
+    return t;
+  }
+  FI_FAIL(std::string("model_tensor: ") + role_name(r) + " is a layer's tensor");
+}
+
+std::string forward_refusal(const ModelConfig& c) {
+  const ModelFamily& f = family_of(c);
+  if (f.forward_refusal)
+    return c.path + ": the forward pass does not support " + f.model_type + " (" + f.forward_refusal + ")";
+  if (c.head_dim % 2 != 0) return c.path + ": head_dim must be even for rotary embeddings";
+  return "";
+}
+
+void check_forward_supported(const ModelConfig& c) {
+  const std::string why = forward_refusal(c);
+  if (!why.empty()) FI_FAIL(why);
+}
+
+void check_layer_span(const ModelConfig& c, int64_t first, int64_t last) {
+  FI_CHECK(0 <= first && first <= last && last <= c.num_layers,
+           "forward: layer span [" + std::to_string(first) + ", " + std::to_string(last) +
+               ") is outside the model's " + std::to_string(c.num_layers) + " layers");
+}
+
+void check_token_ids(const ModelConfig& c, const std::vector<int32_t>& tokens) {
+  for (int32_t id : tokens)
+    if (id < 0 || id >= c.vocab_size)
+      FI_FAIL("token id " + std::to_string(id) + " is outside the vocabulary (0.." +
+              std::to_string(c.vocab_size - 1) + ")");
+}
+
+}  // namespace fi
