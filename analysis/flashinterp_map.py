@@ -35,7 +35,13 @@ TOKEN_INDEX_DATASETS = ("layer", "neuron", "probs", "logp", "included")
 
 
 class MapError(Exception):
-    """A file that is not a readable flashinterp map (the message names file and fault)."""
+    """A file that is not a readable flashinterp map, or data in it that cannot be right. The
+    message is one line naming the file and the dataset (or attribute) at fault."""
+
+
+# A stored probability is exp(logit - logsumexp) <= 1; rounding (the fp32 lse of the CUDA backend)
+# may push it past 1 by an ulp or so, never by this much.
+PROB_TOL = 1e-3
 
 
 def _attr_str(v):
@@ -48,6 +54,21 @@ def _attr_str(v):
 
 def _attr_int(v):
     return int(np.asarray(v).reshape(-1)[0])
+
+
+def _first_line(e):
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _value(x):
+    """A value from a dataset for an error message: int, float or repr, never a numpy type."""
+    x = np.asarray(x).reshape(-1)[0] if np.ndim(x) else x
+    if isinstance(x, (np.integer, int)):
+        return str(int(x))
+    if isinstance(x, (np.floating, float)):
+        return repr(float(x))
+    return repr(x)
 
 
 class NeuronTokens:
@@ -63,7 +84,13 @@ class NeuronTokens:
 
 
 class MapFile:
-    """An open map. Use open_map(); close() or a `with` block releases the file."""
+    """An open map. Use open_map(); close() or a `with` block releases the file.
+
+    Every read checks what it read (vectorised, on those values only): token ids must lie in
+    -1..V-1, probabilities in 0..1 (NaN only where the neuron's logsumexp is not finite, as the
+    writer makes them), logits must not be NaN, done/included bits must be 0 or 1, and token index
+    slots must name a decoded layer and an existing neuron. Anything else raises MapError naming
+    the file, the dataset and the first bad place: a corrupt map is refused, never trusted."""
 
     def __init__(self, path, partial=False):
         self.path = str(path)
@@ -73,35 +100,125 @@ class MapFile:
             self.h5 = h5py.File(self.path, "r")
         except OSError as e:
             raise MapError(f"{self.path}: cannot open as HDF5 ({e})") from None
+        self._text = None
+        self._text_raw = None
+        self._index_state_cache = {}
         try:
             self._check(partial)
-        except Exception:
+        except MapError:
             self.h5.close()
             raise
-        self._text = None
+        except Exception as e:   # h5py faults on a damaged file: one line, the file named
+            self.h5.close()
+            raise MapError(f"{self.path}: cannot read the map's layout ({_first_line(e)})") from None
+
+    def _err(self, name, msg):
+        """A MapError for dataset or attribute `name` (a path inside the file, without '/')."""
+        return MapError(f"{self.path}: /{name}: {msg}")
 
     def _check(self, partial):
+        """The layout, from metadata alone (no data read): format, version, every dataset there
+        with the shape and kind of dtype the format gives it."""
         a = self.h5.attrs
         fmt = _attr_str(a["format"]) if "format" in a else None
         if fmt != FORMAT:
-            raise MapError(f"{self.path}: not a flashinterp map (format attribute is {fmt!r})")
+            raise MapError(f"{self.path}: /@format: not a flashinterp map (format attribute is {fmt!r})")
         if "format_version" not in a or _attr_int(a["format_version"]) != FORMAT_VERSION:
             got = _attr_int(a["format_version"]) if "format_version" in a else None
-            raise MapError(f"{self.path}: map format_version {got}, this reader reads {FORMAT_VERSION}")
+            raise MapError(f"{self.path}: /@format_version: map format_version {got}, this reader reads {FORMAT_VERSION}")
         self.complete = "complete" in a and _attr_int(a["complete"]) == 1
-        for name in ("vocab/" + d for d in VOCAB_DATASETS):
-            if name not in self.h5:
-                raise MapError(f"{self.path}: the map has no dataset /{name}")
-        for m in (m for m in MATRICES if m in self.h5):
-            g = self.h5[m]
-            for d in GROUP_DATASETS:
-                if d not in g and d not in OPTIONAL_DATASETS:
-                    raise MapError(f"{self.path}: the map has no dataset /{m}/{d}")
-            if "layers" not in g.attrs:
-                raise MapError(f"{self.path}: /{m} has no 'layers' attribute")
+        for d in VOCAB_DATASETS:
+            self._dataset(self.h5, "vocab/" + d)
+        v = self.h5["vocab/text"].shape
+        for d in VOCAB_DATASETS:
+            if self.h5["vocab/" + d].shape != v or len(v) != 1:
+                raise self._err("vocab/" + d, f"shape {self.h5['vocab/' + d].shape}, expected [V] with "
+                                              f"V = {v[0] if v else '?'} (/vocab/text)")
+        if "vocab_size" in a and _attr_int(a["vocab_size"]) != v[0]:
+            raise self._err("vocab/text", f"{v[0]} tokens, but the vocab_size attribute says "
+                                          f"{_attr_int(a['vocab_size'])}")
+        for m in self.matrices():
+            self._check_group(m, v[0])
         if not self.complete and not partial:
-            raise MapError(f"{self.path}: partial map (complete=0: the decode did not finish); "
+            raise MapError(f"{self.path}: /@complete: partial map (complete=0: the decode did not finish); "
                            "pass partial=True / --partial to read it anyway")
+
+    def _dataset(self, g, name):
+        obj = g.get(name)
+        if not isinstance(obj, h5py.Dataset):
+            full = (g.name.strip("/") + "/" + name).strip("/")
+            raise self._err(full, "no such dataset in this map" if obj is None else "not a dataset")
+        return obj
+
+    def _check_group(self, m, V):
+        g = self.h5[m]
+        if not isinstance(g, h5py.Group):
+            raise self._err(m, "not a group")
+        if "layers" not in g.attrs:
+            raise self._err(m, "no 'layers' attribute")
+        L = np.asarray(g.attrs["layers"]).reshape(-1).size
+
+        def shaped(name, shape, kind):
+            ds = self._dataset(g, name)
+            if ds.shape != tuple(shape):
+                raise self._err(f"{m}/{name}", f"shape {list(ds.shape)}, expected {list(shape)}")
+            if ds.dtype.kind not in kind:
+                raise self._err(f"{m}/{name}", f"dtype {ds.dtype}, expected "
+                                               + ("an integer type" if kind == "iu" else "a float type"))
+            return ds
+
+        ids = self._dataset(g, "top_ids")
+        if ids.ndim != 3 or ids.shape[0] != L or ids.shape[2] < 1:
+            raise self._err(f"{m}/top_ids", f"shape {list(ids.shape)}, expected [L, N, K] with L = {L} "
+                                            f"(the 'layers' attribute) and K >= 1")
+        _, N, K = ids.shape
+        shaped("top_ids", (L, N, K), "iu")
+        shaped("top_logits", (L, N, K), "f")
+        shaped("top_probs", (L, N, K), "f")
+        shaped("logsumexp", (L, N), "f")
+        if "bottom_ids" in g or "bottom_logits" in g:
+            b = self._dataset(g, "bottom_ids")
+            B = b.shape[2] if b.ndim == 3 else -1
+            shaped("bottom_ids", (L, N, B), "iu")
+            shaped("bottom_logits", (L, N, B), "f")
+        done = self._dataset(g, "done")
+        if done.ndim != 2 or done.shape[0] != L:
+            raise self._err(f"{m}/done", f"shape {list(done.shape)}, expected [L, C] with L = {L}")
+        R = self._chunk_rows(m)
+        C = done.shape[1]
+        if R is not None and -(-N // R) != C:
+            raise self._err(f"{m}/done", f"{C} chunks per layer, but chunk_rows {R} makes {-(-N // R)} "
+                                         f"of {N} neurons")
+        if "token_index" in g:
+            ti = g["token_index"]
+            if not isinstance(ti, h5py.Group):
+                raise self._err(f"{m}/token_index", "not a group")
+            lay = self._dataset(ti, "layer")
+            M = lay.shape[1] if lay.ndim == 2 else -1
+            shaped("token_index/layer", (V, M), "iu")
+            shaped("token_index/neuron", (V, M), "iu")
+            shaped("token_index/probs", (V, M), "f")
+            if "logp" in ti:
+                shaped("token_index/logp", (V, M), "f")
+            if "included" in ti:
+                shaped("token_index/included", done.shape, "iu")
+
+    def _chunk_rows(self, matrix):
+        """R of /<matrix> (from done's, the group's or the root's chunk_rows attribute), or None
+        when no attribute holds it; MapError when it is not a positive integer."""
+        g = self.h5[matrix]
+        for where, a in ((f"{matrix}/done", g["done"].attrs if "done" in g else {}), (matrix, g.attrs),
+                         ("", self.h5.attrs)):
+            if "chunk_rows" in a:
+                try:
+                    r = _attr_int(a["chunk_rows"])
+                except (TypeError, ValueError, IndexError):
+                    r = 0
+                if r < 1:
+                    raise MapError(f"{self.path}: /{where}@chunk_rows: {a['chunk_rows']!r}, expected a "
+                                   "positive integer")
+                return r
+        return None
 
     # ---- file-level ---------------------------------------------------------------------
     def close(self):
@@ -124,7 +241,7 @@ class MapFile:
 
     def group(self, matrix):
         if matrix not in self.h5:
-            raise MapError(f"{self.path}: no matrix {matrix!r} in this map (present: {self.matrices()})")
+            raise MapError(f"{self.path}: /{matrix}: no matrix {matrix!r} in this map (present: {self.matrices()})")
         return self.h5[matrix]
 
     def layers(self, matrix):
@@ -135,12 +252,80 @@ class MapFile:
         ids = self.layers(matrix)
         hit = np.nonzero(ids == int(layer))[0]
         if hit.size == 0:
-            raise MapError(f"{self.path}: layer {layer} not in /{matrix} (layers present: "
+            raise MapError(f"{self.path}: /{matrix}: layer {layer} not in this map (layers present: "
                            f"{_ranges(ids)})")
         return int(hit[0])
 
     def num_neurons(self, matrix):
         return int(self.group(matrix)["top_ids"].shape[1])
+
+    # ---- checked reads ------------------------------------------------------------------
+    def _read(self, matrix, name, sel=Ellipsis):
+        """/<matrix>/<name>[sel] as a numpy array; an HDF5 read fault becomes a MapError."""
+        ds = self._dataset(self.group(matrix), name)
+        try:
+            return np.asarray(ds[sel])
+        except (OSError, RuntimeError) as e:
+            raise self._err(f"{matrix}/{name}", f"cannot read ({_first_line(e)})") from None
+
+    def _refuse(self, name, bad, values, what, where):
+        """Raises MapError when any of the boolean array `bad` is set: the first such value of
+        `values` (same shape), where(position) says where it is."""
+        if not bad.any():
+            return
+        pos = np.unravel_index(int(np.flatnonzero(bad)[0]), bad.shape)
+        count = int(np.count_nonzero(bad))
+        raise self._err(name, f"{what}: {_value(values[pos])} at {where(pos)}"
+                              + (f" ({count} such values in what was read)" if count > 1 else "")
+                              + "; the map is corrupt")
+
+    @staticmethod
+    def _at(layer, neurons):
+        """where() for a [n, K] block of one layer: row j is neuron neurons[j]."""
+        neurons = np.asarray(neurons).reshape(-1)
+        return lambda pos: f"layer {int(layer)}, neuron {int(neurons[pos[0]])}, entry {int(pos[1])}"
+
+    def _check_ids(self, name, ids, where):
+        V = self.vocab_size
+        self._refuse(name, (ids < -1) | (ids >= V), ids, f"token id outside -1..{V - 1}", where)
+
+    def _check_probs(self, name, probs, lse, where):
+        """probs [n, K], lse [n]: finite and in 0..1, or NaN where the neuron's lse is not finite
+        (a NaN logit makes the logsumexp, and so every probability of that neuron, NaN)."""
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(probs) & (probs >= 0) & (probs <= 1 + PROB_TOL)
+        ok |= np.isnan(probs) & ~np.isfinite(np.asarray(lse))[:, None]
+        self._refuse(name, ~ok, probs, "probability not in 0..1", where)
+
+    def _check_logits(self, name, logits, where):
+        self._refuse(name, np.isnan(logits), logits, "NaN logit (a NaN never enters a list)", where)
+
+    def _bits(self, matrix, name):
+        """[L, C] bool from a uint8 0/1 dataset (done, token_index/included)."""
+        b = self._read(matrix, name)
+        layers = self.layers(matrix)
+        self._refuse(f"{matrix}/{name}", (b != 0) & (b != 1), b, "value other than 0 or 1",
+                     lambda pos: f"layer {int(layers[pos[0]])}, chunk {int(pos[1])}")
+        return b.astype(bool)
+
+    def _block(self, matrix, li, neurons, names):
+        """Checked rows of one layer: {name: array [n, K]} for top_*/bottom_* names, plus "lse"
+        ([n]); neurons: a slice or sorted list of neuron indices (for messages: `rows`)."""
+        layer = self.layers(matrix)[li]
+        sel = (li, neurons)
+        rows = np.arange(self.num_neurons(matrix))[neurons]
+        where = self._at(layer, rows)
+        out = {"lse": self._read(matrix, "logsumexp", sel)}
+        for name in names:
+            x = self._read(matrix, name, sel)
+            if name.endswith("_ids"):
+                self._check_ids(f"{matrix}/{name}", x, where)
+            elif name.endswith("_logits"):
+                self._check_logits(f"{matrix}/{name}", x, where)
+            elif name == "top_probs":
+                self._check_probs(f"{matrix}/{name}", x, out["lse"], where)
+            out[name] = x
+        return out
 
     # ---- vocabulary ---------------------------------------------------------------------
     @property
@@ -153,12 +338,19 @@ class MapFile:
             self._text = self.h5["vocab/text"].asstr()[...]
         return self._text
 
+    def _vocab_ids(self, ids):
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size and not (0 <= ids.min() and ids.max() < self.vocab_size):
+            bad = ids[(ids < 0) | (ids >= self.vocab_size)][0]
+            raise MapError(f"{self.path}: /vocab/text: token id {int(bad)} out of range 0..{self.vocab_size - 1}")
+        return ids
+
     def token_text(self, ids):
-        return [str(t) for t in self.vocab_text()[np.asarray(ids, dtype=np.int64)]]
+        return [str(t) for t in self.vocab_text()[self._vocab_ids(ids)]]
 
     def token_bytes(self, ids):
         ds = self.h5["vocab/bytes"]
-        return [bytes(np.asarray(ds[int(i)], dtype=np.uint8)) for i in np.asarray(ids).reshape(-1)]
+        return [bytes(np.asarray(ds[int(i)], dtype=np.uint8)) for i in self._vocab_ids(ids)]
 
     def special(self):
         """[V] bool: added/special tokens."""
@@ -170,36 +362,49 @@ class MapFile:
 
     # ---- per neuron / per layer ---------------------------------------------------------
     def logsumexp(self, matrix, layer):
-        """[N] float32 log-sum-exp of every neuron of one layer."""
-        return self.group(matrix)["logsumexp"][self.layer_index(matrix, layer)]
+        """[N] float32 log-sum-exp of every neuron of one layer (NaN where a logit was NaN)."""
+        return self._read(matrix, "logsumexp", self.layer_index(matrix, layer))
 
     def done(self, matrix):
         """[L, C] bool: chunk c of dataset layer l was written."""
-        return self.group(matrix)["done"][...].astype(bool)
+        return self._bits(matrix, "done")
+
+    def _chunk_mask(self, matrix, bits, what):
+        """[L, C] chunk bits -> [L, N] neuron mask (neuron n is in chunk n // chunk_rows)."""
+        n = self.num_neurons(matrix)
+        full, empty = bits.all(axis=1), ~bits.any(axis=1)
+        if (full | empty).all():
+            return np.repeat(full[:, None], n, axis=1)
+        r = self._chunk_rows(matrix)
+        if r is None:
+            raise self._err(f"{matrix}/{what}", "some chunks are marked and others not, and no chunk_rows "
+                                                "attribute says which neurons a chunk holds")
+        return bits[:, np.arange(n) // r]
+
+    def written_mask(self, matrix):
+        """[L, N] bool: the neuron's chunk is marked in `done` (all True in a complete map)."""
+        return self._chunk_mask(matrix, self.done(matrix), "done")
 
     def written(self, matrix, layer, neuron):
         """Whether the neuron's chunk is marked done: True, False, or None when the map does not
         say which chunk holds it (no chunk_rows attribute and the layer is only partly done)."""
         row = self.done(matrix)[self.layer_index(matrix, layer)]
+        n = self._neuron(matrix, neuron)
         if row.all() or not row.any():
             return bool(row.all())
-        for a in (self.group(matrix)["done"].attrs, self.group(matrix).attrs, self.h5.attrs):
-            if "chunk_rows" in a:
-                return bool(row[self._neuron(matrix, neuron) // _attr_int(a["chunk_rows"])])
-        return None
+        r = self._chunk_rows(matrix)
+        return None if r is None else bool(row[n // r])
 
     def top(self, matrix, layer, neuron, k=None):
         """The neuron's top-k tokens (all stored ones when k is None)."""
-        g, li, n = self.group(matrix), self.layer_index(matrix, layer), self._neuron(matrix, neuron)
-        ids = g["top_ids"][li, n]
-        logits = g["top_logits"][li, n]
-        probs = g["top_probs"][li, n]
+        li, n = self.layer_index(matrix, layer), self._neuron(matrix, neuron)
+        b = self._block(matrix, li, [n], ("top_ids", "top_logits", "top_probs"))
+        ids, logits, probs = b["top_ids"][0], b["top_logits"][0], b["top_probs"][0]
         keep = ids >= 0  # entries past the vocabulary are -1
         if k is not None:
             keep &= np.arange(ids.size) < k
-        lse = float(g["logsumexp"][li, n])
         return NeuronTokens(matrix, int(layer), n, ids[keep], self.token_text(ids[keep]),
-                            probs[keep], logits[keep], lse)
+                            probs[keep], logits[keep], float(b["lse"][0]))
 
     def bottom(self, matrix, layer, neuron, k=None):
         """The neuron's lowest-logit tokens, lowest first, or None when the map has none."""
@@ -207,27 +412,33 @@ class MapFile:
         if "bottom_ids" not in g:
             return None
         li, n = self.layer_index(matrix, layer), self._neuron(matrix, neuron)
-        ids, logits = g["bottom_ids"][li, n], g["bottom_logits"][li, n]
+        b = self._block(matrix, li, [n], ("bottom_ids", "bottom_logits"))
+        ids, logits = b["bottom_ids"][0], b["bottom_logits"][0]
         keep = ids >= 0
         if k is not None:
             keep &= np.arange(ids.size) < k
-        lse = float(g["logsumexp"][li, n])
+        lse = float(b["lse"][0])
         ids, logits = ids[keep], logits[keep]
-        probs = np.exp(logits.astype(np.float64) - lse).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            probs = np.exp(logits.astype(np.float64) - lse).astype(np.float32)
         return NeuronTokens(matrix, int(layer), n, ids, self.token_text(ids), probs, logits, lse)
 
     def top1(self, matrix, layer):
         """[N] int32 top-1 token id of every neuron of one layer (one read, no loop)."""
-        return self.group(matrix)["top_ids"][self.layer_index(matrix, layer), :, 0]
+        li = self.layer_index(matrix, layer)
+        ids = self._read(matrix, "top_ids", (li, slice(None), 0))
+        self._check_ids(f"{matrix}/top_ids", ids[:, None], self._at(layer, np.arange(ids.size)))
+        return ids
 
     def top_k(self, matrix):
         """K, the number of top tokens stored per neuron."""
         return int(self.group(matrix)["top_ids"].shape[2])
 
     def layer_top(self, matrix, layer):
-        """One whole layer: (ids [N, K] int32, probs [N, K] float32), two contiguous reads."""
-        g, li = self.group(matrix), self.layer_index(matrix, layer)
-        return g["top_ids"][li], g["top_probs"][li]
+        """One whole layer: (ids [N, K] int32, probs [N, K] float32), two contiguous reads (and
+        the layer's logsumexp, to check the probabilities against)."""
+        b = self._block(matrix, self.layer_index(matrix, layer), slice(None), ("top_ids", "top_probs"))
+        return b["top_ids"], b["top_probs"]
 
     def neurons_top(self, matrix, pairs, k=None):
         """Top tokens of several neurons: pairs [(layer, neuron), ...] -> [NeuronTokens] in that
@@ -236,11 +447,10 @@ class MapFile:
         by_layer = {}
         for lay, n in pairs:
             by_layer.setdefault(int(lay), set()).add(self._neuron(matrix, n))
-        g = self.group(matrix)
         for lay, ns in by_layer.items():
             li, ns = self.layer_index(matrix, lay), sorted(ns)
-            ids, probs = g["top_ids"][li, ns], g["top_probs"][li, ns]
-            logits, lse = g["top_logits"][li, ns], g["logsumexp"][li, ns]
+            b = self._block(matrix, li, ns, ("top_ids", "top_logits", "top_probs"))
+            ids, probs, logits, lse = b["top_ids"], b["top_probs"], b["top_logits"], b["lse"]
             for j, n in enumerate(ns):
                 keep = ids[j] >= 0
                 if k is not None:
@@ -255,11 +465,15 @@ class MapFile:
         The printable text (a fast contiguous read) narrows the candidates, /vocab/bytes decides:
         a token whose bytes are valid UTF-8 without NUL has exactly those bytes as its text, and a
         word given on a command line is such a string. Words holding U+FFFD or U+2400 (the
-        replacements the text uses) are looked up in the whole /vocab/bytes."""
+        replacements the text uses) are looked up in the whole /vocab/bytes. The empty word is
+        no token (padding ids have empty bytes): it finds nothing."""
         out = {}
         raw = None
         for w in words:
             wb = w.encode("utf-8")
+            if not wb:
+                out[w] = []
+                continue
             if "\ufffd" in w or "\u2400" in w:
                 if raw is None:
                     raw = self.h5["vocab/bytes"][...]
@@ -271,7 +485,7 @@ class MapFile:
 
     def _vocab_text_raw(self):
         """[V] object array of the printable text as UTF-8 bytes (no decoding), cached."""
-        if getattr(self, "_text_raw", None) is None:
+        if self._text_raw is None:
             self._text_raw = self.h5["vocab/text"][...]
         return self._text_raw
 
@@ -280,47 +494,121 @@ class MapFile:
         g = self.group(matrix)
         return int(g["token_index/probs"].shape[1]) if "token_index" in g else 0
 
-    def token_index(self, matrix, token_ids):
-        """Rows of the token index: (layer, neuron, probs), each [n, M], for the given token ids,
-        in that order. Empty slots: layer -1, probability 0."""
+    def index_coverage(self, matrix):
+        """What /<matrix>/token_index can be used for: (usable, included, note).
+        usable: False when the map has no index, or its lists mean nothing (a partial map whose
+        `included` has no bit set: never saved, or cut off inside a save; or a partial map with no
+        `included` at all). included: None when the lists cover every chunk, else the [L, C] bool
+        chunks they cover. note: None, or one sentence saying what the lists cover or why they
+        cannot be used."""
+        if matrix in self._index_state_cache:
+            return self._index_state_cache[matrix]
         g = self.group(matrix)
         if "token_index" not in g:
-            raise MapError(f"{self.path}: /{matrix} has no token index (decode with --token-index M)")
-        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
-        if ids.size and not (0 <= ids.min() and ids.max() < self.vocab_size):
-            raise MapError(f"{self.path}: token id out of range 0..{self.vocab_size - 1}")
-        uniq, inv = np.unique(ids, return_inverse=True)
-        ti = g["token_index"]
-        rows = [ti[name][uniq.tolist()] if uniq.size else np.zeros((0, ti[name].shape[1]), ti[name].dtype)
-                for name in ("layer", "neuron", "probs")]
-        return tuple(r[inv] for r in rows)
+            state = (False, None, None)
+        elif "included" in g["token_index"]:
+            inc = self._bits(matrix, "token_index/included")
+            if inc.all():
+                state = (True, None, None)
+            elif not inc.any():
+                state = (False, None, f"the token index was never saved (no chunk is marked in "
+                                      f"/{matrix}/token_index/included)")
+            else:
+                state = (True, inc, f"the token index covers only {int(inc.sum())} of {inc.size} chunks "
+                                    f"(those marked in /{matrix}/token_index/included)")
+        elif self.complete:
+            state = (True, None, None)
+        else:
+            state = (False, None, f"partial map without /{matrix}/token_index/included: what the token "
+                                  "index covers is not recorded")
+        self._index_state_cache[matrix] = state
+        return state
 
-    def search(self, matrix, token_ids, top=20):
+    def token_index(self, matrix, token_ids):
+        """Rows of the token index: (layer, neuron, probs), each [n, M], for the given token ids,
+        in that order. Empty slots: layer -1, neuron -1, probability 0; a slot stored with
+        probability 0 (the fill value of a slot never saved) is empty, and in a partial map so is
+        any slot outside the chunks marked in token_index/included. MapError when the index
+        cannot be used (index_coverage) or holds a slot that cannot be right."""
+        g = self.group(matrix)
+        if "token_index" not in g:
+            raise MapError(f"{self.path}: /{matrix}/token_index: no token index in this map "
+                           "(decode with --token-index M)")
+        usable, inc, note = self.index_coverage(matrix)
+        if not usable:
+            raise MapError(f"{self.path}: /{matrix}/token_index: {note}")
+        ids = self._vocab_ids(token_ids)
+        uniq, inv = np.unique(ids, return_inverse=True)
+        m = self.token_index_m(matrix)
+        if uniq.size:
+            sel = uniq.tolist()
+            lay = self._read(matrix, "token_index/layer", sel)
+            neu = self._read(matrix, "token_index/neuron", sel)
+            prob = self._read(matrix, "token_index/probs", sel)
+        else:
+            lay = neu = np.zeros((0, m), np.int32)
+            prob = np.zeros((0, m), np.float32)
+        where = lambda pos: f"token {int(uniq[pos[0]])}, slot {int(pos[1])}"   # noqa: E731
+        filled = prob != 0          # NaN != 0: a NaN probability is checked, and refused
+        with np.errstate(invalid="ignore"):
+            okp = np.isfinite(prob) & (prob > 0) & (prob <= 1 + PROB_TOL)
+        self._refuse(f"{matrix}/token_index/probs", filled & ~okp, prob, "probability not in 0..1", where)
+        layers = self.layers(matrix)
+        self._refuse(f"{matrix}/token_index/layer", filled & ~np.isin(lay, layers), lay,
+                     f"layer id not among the decoded layers ({_ranges(layers)})", where)
+        n = self.num_neurons(matrix)
+        self._refuse(f"{matrix}/token_index/neuron", filled & ((neu < 0) | (neu >= n)), neu,
+                     f"neuron outside 0..{n - 1}", where)
+        if inc is not None:         # partial coverage: only slots inside the included chunks
+            order = np.argsort(layers, kind="stable")
+            li = order[np.clip(np.searchsorted(layers[order], lay), 0, layers.size - 1)]
+            cover = self._chunk_mask(matrix, inc, "token_index/included")   # [L, N]
+            filled &= cover[li, np.clip(neu, 0, n - 1)]
+        lay = np.where(filled, lay, -1).astype(np.int32)
+        neu = np.where(filled, neu, -1).astype(np.int32)
+        prob = np.where(filled, prob, 0).astype(np.float32)
+        return lay[inv], neu[inv], prob[inv]
+
+    def search(self, matrix, token_ids, top=20, info=None):
         """The neurons that give the highest probability to any of token_ids, best first, each
         neuron once (with its best token): a structured array of (prob, layer, neuron, token).
-        From the token index when the map has one (exact for top <= M), else from a scan of the
-        stored top-k of every layer (source says which)."""
-        ids = np.unique(np.asarray(token_ids, dtype=np.int64))
-        if self.token_index_m(matrix) > 0:
+        From the token index when the map has a usable one (exact for top <= M, over the chunks
+        it covers), else from a scan of the stored top-k of every written neuron (source says
+        which). A dict passed as info receives "note": None or a sentence on what was searched
+        (a partial map, an index never saved)."""
+        ids = np.unique(self._vocab_ids(token_ids))
+        usable, _, note = self.index_coverage(matrix)
+        if usable:
             lay, neu, prob = self.token_index(matrix, ids)
             tok = np.repeat(ids, lay.shape[1]).reshape(lay.shape)
             keep = lay >= 0
             hits = (prob[keep], lay[keep], neu[keep], tok[keep])
             source = "token_index"
         else:
+            written = self.written_mask(matrix)
             parts = []
-            for layer in self.layers(matrix):
+            for li, layer in enumerate(self.layers(matrix)):
+                if not written[li].any():
+                    continue
                 tid, tp = self.layer_top(matrix, layer)
-                n, j = np.nonzero(np.isin(tid, ids))
+                n, j = np.nonzero(np.isin(tid, ids) & written[li][:, None])
                 parts.append((tp[n, j], np.full(n.size, layer), n, tid[n, j]))
             hits = tuple(np.concatenate([p[i] for p in parts]) if parts else np.zeros(0) for i in range(4))
             source = "top_k_scan"
+            if not written.all():
+                scan = (f"the scan covers the {int(written.sum())} of {written.size} neurons whose chunk is "
+                        f"marked in /{matrix}/done")
+                note = f"{note}; {scan}" if note else scan
+            elif note:
+                note += "; searched by a scan of the stored top-k instead"
+        if info is not None:
+            info["note"] = note
         return _best_neurons(*hits, top), source
 
     def _neuron(self, matrix, neuron):
         n, count = int(neuron), self.num_neurons(matrix)
         if not 0 <= n < count:
-            raise MapError(f"{self.path}: neuron {n} out of range for /{matrix} (0..{count - 1})")
+            raise MapError(f"{self.path}: /{matrix}: neuron {n} out of range (0..{count - 1})")
         return n
 
 
@@ -353,7 +641,11 @@ def _best_neurons(prob, layer, neuron, token, top):
 
 def word_variants(word, case=False):
     """The strings a word may be as one token: as typed, with a leading space and without one;
-    with case, also lower case, UPPER case and Capitalised. Order kept, no repeats."""
+    with case, also lower case, UPPER case and Capitalised. Order kept, no repeats. An empty or
+    whitespace-only word is refused (ValueError): it would only find the space tokens."""
+    if not word.strip():
+        raise ValueError(f"the word to search for is {'empty' if not word else 'only white space'} "
+                         f"({word!r}); give a word")
     core = word[1:] if word.startswith(" ") and len(word) > 1 else word
     forms = [core]
     if case:
@@ -396,13 +688,13 @@ def check_comparable(a, b, matrix):
     ga, gb = a.group(matrix), b.group(matrix)
     la, lb = list(a.layers(matrix)), list(b.layers(matrix))
     if la != lb:
-        raise MapError(f"{b.path}: /{matrix} layers {_ranges(lb)} differ from {a.path}'s {_ranges(la)}")
+        raise MapError(f"{b.path}: /{matrix}@layers: layers {_ranges(lb)} differ from {a.path}'s {_ranges(la)}")
     for what, sa, sb in (("neurons", ga["top_ids"].shape[1], gb["top_ids"].shape[1]),
                          ("top-k", ga["top_ids"].shape[2], gb["top_ids"].shape[2])):
         if sa != sb:
-            raise MapError(f"{b.path}: /{matrix} has {sb} {what}, {a.path} has {sa}")
+            raise MapError(f"{b.path}: /{matrix}/top_ids: {sb} {what}, {a.path} has {sa}")
     if a.vocab_size != b.vocab_size:
-        raise MapError(f"{b.path}: vocabulary of {b.vocab_size} tokens, {a.path} has {a.vocab_size}")
+        raise MapError(f"{b.path}: /vocab/text: vocabulary of {b.vocab_size} tokens, {a.path} has {a.vocab_size}")
     va, vb = a.h5["vocab/bytes"][...], b.h5["vocab/bytes"][...]
     lena = np.fromiter(map(len, va), np.int64, va.size)
     lenb = np.fromiter(map(len, vb), np.int64, vb.size)
@@ -417,7 +709,8 @@ def check_comparable(a, b, matrix):
     same &= a.h5["vocab/special"][...] == b.h5["vocab/special"][...]
     if not same.all():
         i = int(np.nonzero(~same)[0][0])
-        raise MapError(f"{b.path}: vocabulary differs from {a.path}'s at {int((~same).sum())} token(s), "
+        raise MapError(f"{b.path}: /vocab/bytes, /vocab/special: vocabulary differs from {a.path}'s at "
+                       f"{int((~same).sum())} token(s), "
                        f"first id {i}: {bytes(va[i])!r} vs {bytes(vb[i])!r}")
 
 
@@ -433,20 +726,33 @@ def topk_jaccard(ids_a, ids_b):
 
 def compare_maps(a, b, matrix="up", most=20):
     """The same matrix in two maps, layer by layer (whole layers read at once). Returns a dict:
-    layers [L], neurons N, top_k K, per layer: same_top1 (count), same_top1_share,
-    top1_in_other_topk_share, jaccard_mean, jaccard_median, jaccard_q25, jaccard_q75; overall
-    the same over all neurons; most_changed: the `most` neurons with the lowest Jaccard (ties:
-    top-1 changed first, then the more confident neuron, then the lower (layer, neuron))."""
+    layers [L], neurons N, top_k K, per layer: neurons (counted), same_top1 (count),
+    same_top1_share, top1_in_other_topk_share, jaccard_mean, jaccard_median, jaccard_q25,
+    jaccard_q75; overall the same over all counted neurons; left_out: neurons not counted;
+    most_changed: the `most` neurons with the lowest Jaccard (ties: top-1 changed first, then the
+    more confident neuron, then the lower (layer, neuron)).
+    Only neurons whose chunk is marked in `done` in both maps count (all of them for two complete
+    maps): a chunk not written holds the fill value 0 (token 0), which is no data."""
     check_comparable(a, b, matrix)
     layers = a.layers(matrix)
     n, k = a.num_neurons(matrix), a.top_k(matrix)
-    per = {key: [] for key in ("same_top1", "same_top1_share", "top1_in_other_topk_share",
+    counted = a.written_mask(matrix) & b.written_mask(matrix)     # [L, N]
+    per = {key: [] for key in ("neurons", "same_top1", "same_top1_share", "top1_in_other_topk_share",
                                "jaccard_mean", "jaccard_median", "jaccard_q25", "jaccard_q75")}
+    nan = float("nan")
     cand = []
     all_j, all_same, all_in = [], [], []
-    for layer in layers:
+    for li, layer in enumerate(layers):
+        rows = np.nonzero(counted[li])[0]
+        per["neurons"].append(int(rows.size))
+        if rows.size == 0:
+            for key in per:
+                if key not in ("neurons",):
+                    per[key].append(0 if key == "same_top1" else nan)
+            continue
         ia, pa = a.layer_top(matrix, layer)
         ib, pb = b.layer_top(matrix, layer)
+        ia, pa, ib, pb = ia[rows], pa[rows], ib[rows], pb[rows]
         same = ia[:, 0] == ib[:, 0]
         in_other = ((ia[:, :1] == ib) & (ib >= 0)).any(axis=1) & (ia[:, 0] >= 0)
         jac = topk_jaccard(ia, ib)
@@ -462,9 +768,10 @@ def compare_maps(a, b, matrix="up", most=20):
         all_same.append(same)
         all_in.append(in_other)
         conf = np.maximum(pa[:, 0], pb[:, 0]).astype(np.float64)
-        order = np.lexsort((np.arange(n), -conf, same, jac))[:most]
-        cand += [(float(jac[i]), bool(same[i]), -float(conf[i]), int(layer), int(i)) for i in order]
-    all_j, all_same, all_in = np.concatenate(all_j), np.concatenate(all_same), np.concatenate(all_in)
+        order = np.lexsort((rows, -conf, same, jac))[:most]
+        cand += [(float(jac[i]), bool(same[i]), -float(conf[i]), int(layer), int(rows[i])) for i in order]
+    cat = lambda x, dt: np.concatenate(x) if x else np.zeros(0, dt)   # noqa: E731
+    all_j, all_same, all_in = cat(all_j, np.float64), cat(all_same, bool), cat(all_in, bool)
     cand.sort()
     changed = []
     for jac, same, negconf, layer, i in cand[:most]:
@@ -472,12 +779,12 @@ def compare_maps(a, b, matrix="up", most=20):
         changed.append(dict(layer=layer, neuron=i, jaccard=jac, same_top1=same,
                             a_top=_tokens_json(ta), b_top=_tokens_json(tb)))
     return dict(matrix=matrix, a=a.path, b=b.path, layers=[int(x) for x in layers], neurons=n, top_k=k,
-                per_layer=per,
+                per_layer=per, left_out=int(counted.size - all_j.size),
                 overall=dict(neurons=int(all_j.size), same_top1=int(all_same.sum()),
-                             same_top1_share=float(all_same.mean()) if all_j.size else float("nan"),
-                             top1_in_other_topk_share=float(all_in.mean()) if all_j.size else float("nan"),
-                             jaccard_mean=float(all_j.mean()) if all_j.size else float("nan"),
-                             jaccard_median=float(np.median(all_j)) if all_j.size else float("nan")),
+                             same_top1_share=float(all_same.mean()) if all_j.size else nan,
+                             top1_in_other_topk_share=float(all_in.mean()) if all_j.size else nan,
+                             jaccard_mean=float(all_j.mean()) if all_j.size else nan,
+                             jaccard_median=float(np.median(all_j)) if all_j.size else nan),
                 most_changed=changed)
 
 
@@ -515,8 +822,16 @@ def run_cli(prog, fn, argv):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (MapError, OSError, KeyError, ValueError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"{prog}: error: {msg}", file=sys.stderr)
+        print(f"{prog}: error: {_first_line(e)}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"{prog}: error: out of memory", file=sys.stderr)
+        return 1
+    except Exception as e:   # a fault of this tool, not of the map: still one line, no traceback
+        if os.environ.get("FLASHINTERP_TRACEBACK"):
+            raise
+        print(f"{prog}: error: internal error {type(e).__name__}: {_first_line(e)} "
+              "(FLASHINTERP_TRACEBACK=1 shows where)", file=sys.stderr)
         return 1
 
 
