@@ -24,7 +24,11 @@ std::function<int(int*, char***)> add_decode(CLI::App& app) {
                   "for every token, the M neurons that give it the highest probability (0: off)")
       ->capture_default_str();
   cmd->add_option("--chunk-rows", opt->chunk_rows, "neurons per work item (default: cpu 512, cuda 4096)")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Validator([](std::string& s) {
+        return s.find_first_not_of("0123456789") == std::string::npos && s.find_first_not_of('0') != std::string::npos
+                   ? std::string()
+                   : "must be a positive whole number (leave it out for the backend's default)";
+      }, "ROWS"));
   cmd->add_option("--backend", opt->backend, "auto | cpu | cuda")->capture_default_str();
   cmd->add_option("--threads", opt->threads, "CPU worker threads per rank (default 0: the cores of the rank's affinity mask, shared with the node's ranks bound alike)");
   cmd->add_flag("--overwrite", opt->overwrite, "replace an existing output map (the old one stays until the new one is complete)");

@@ -2,10 +2,20 @@
 // generate and map-format. Every error ends as one line on stderr ("flashinterp: error: ...")
 // and a non-zero exit, never a core dump.
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 
 #include "cli/commands.h"
 #include "parallel/mpi_env.h"
+
+namespace {
+// This process's rank as mpirun or srun told it (0 when started alone).
+int launcher_rank() {
+  for (const char* v : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"})
+    if (const char* r = std::getenv(v)) return std::atoi(r);
+  return 0;
+}
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"flashinterp: decode every MLP neuron of a Llama-class model through its LM-head"};
@@ -26,7 +36,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::Success& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    fi::print_error_line(std::string(e.what()) + " (see flashinterp --help)");
+    // Before MPI starts every rank parses the same line: only the first of them says so.
+    if (launcher_rank() == 0) fi::print_error_line(std::string(e.what()) + " (see flashinterp --help)");
     return 2;
   }
   try {

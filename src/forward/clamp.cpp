@@ -3,6 +3,7 @@
 #include "forward/clamp.h"
 
 #include <cerrno>
+#include <cfloat>
 #include <cmath>
 #include <cstdlib>
 #include <sstream>
@@ -27,7 +28,8 @@ bool parse_float(const std::string& s, float& out) {
   char* end = nullptr;
   errno = 0;
   double v = std::strtod(s.c_str(), &end);
-  if (errno || *end || !std::isfinite(v)) return false;
+  // Finite in float32 too: 1e39 is a double but an fp32 inf, which would make every logit NaN.
+  if (errno || *end || !std::isfinite(v) || std::fabs(v) > double(FLT_MAX)) return false;
   out = float(v);
   return true;
 }
@@ -58,7 +60,7 @@ std::vector<float> parse_values(const std::string& list, const std::string& opti
   std::stringstream ss(list);
   for (std::string item; std::getline(ss, item, ',');) {
     float v;
-    if (!parse_float(item, v)) FI_FAIL(option + ": '" + item + "' is not a finite number");
+    if (!parse_float(item, v)) FI_FAIL(option + ": '" + item + "' is not a finite number in float32's range (|v| <= 3.4e38)");
     out.push_back(v);
   }
   if (out.empty()) FI_FAIL(option + ": expected a comma-separated list of numbers");

@@ -29,6 +29,7 @@
 #include "model/config.h"
 #include "model/vocab.h"
 #include "parallel/cores.h"
+#include "parallel/memory.h"
 #include "parallel/partition.h"
 
 namespace fi {
@@ -195,6 +196,28 @@ Job validate(const DecodeOptions& opt, const Comms& c) {
     collective(c.world, [&] { FI_FAIL("--top-k/--bottom-k larger than the vocabulary"); });
   j.M = opt.token_index;
   return j;
+}
+
+// What this rank will allocate, checked against the machine's limits before it does (collective):
+// the LM-head (CPU: one fp32 window per node, mapped by each of its ranks), the chunk's rows and
+// logits, the token index with its merge buffers, and each worker's stack and OpenBLAS buffer.
+void check_decode_memory(const Job& j, const Comms& c) {
+  const ModelConfig& m = j.model->cfg;
+  const double V = double(m.vocab_size), H = double(m.hidden_size), R = double(j.p.chunk_rows);
+  const double M = double(j.M), mats = double(j.mats.size()), MiB = 1048576.0;
+  const bool cpu = j.backend == BackendKind::Cpu;
+  const double T = j.opt.threads > 0 ? j.opt.threads : affinity_cores();
+  // The lists per matrix, and at a save: probs, the merge's packed copies and MPI's buffers.
+  const double index = M > 0 ? mats * (V * M * 16 + V * 8) + V * M * 68 : 0;
+  const double rows = R * H * 8 + (cpu ? T * R * 2048 * 4 + (M > 0 ? R * V * 4 : 0) : R * H * 16);
+  const double lm = cpu ? V * H * 4 : 0;
+  const double workers = cpu ? T * 72 * MiB : 0;  // 8 MiB stack + 64 MiB OpenBLAS buffer each
+  const double resident = rows + index + (c.local_rank == 0 ? lm : 0);
+  collective(c.world, [&] {
+    check_memory("the decode (LM-head " + std::to_string(int64_t(lm / MiB)) + " MiB, token index " +
+                     std::to_string(int64_t(index / MiB)) + " MiB)",
+                 lm + rows + index + workers + 64 * MiB, resident);
+  });
 }
 
 // The numerics every chunk of one map shares: the backend and its GEMM options.
@@ -522,6 +545,7 @@ int run_decode(const DecodeOptions& opt, const Comms& c) {
   const auto t0 = Clock::now();
   install_stop_handlers();  // a stop asked for during set-up takes effect after the first round
   Job job = validate(opt, c);
+  check_decode_memory(job, c);
   Inputs in = load_inputs(job, c);
   Decoder& dec = *in.backend.dec;
   std::string fp;  // rank 0's; the writer puts it in the file

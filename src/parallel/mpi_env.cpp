@@ -5,8 +5,10 @@
 
 #include <cstdio>
 #include <exception>
+#include <new>
 
 #include "common/error.h"
+#include "parallel/memory.h"
 
 namespace fi {
 
@@ -57,6 +59,8 @@ void collective(MPI_Comm comm, const std::function<void()>& f) {
   std::string error;
   try {
     f();
+  } catch (const std::bad_alloc&) {
+    error = "out of memory: an allocation failed (" + memory_report() + ")";
   } catch (const std::exception& e) {
     error = e.what();
     if (error.empty()) error = "unknown error";
