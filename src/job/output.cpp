@@ -56,6 +56,22 @@ std::string host_name() {
   return h;
 }
 
+// Whether pid is a live flashinterp on this host: not gone, not a zombie (a rank SIGKILLed by
+// mpirun stays one until reaped), and not another program that was given the same pid since.
+bool live_decode(long pid) {
+  if (pid <= 0 || (::kill(pid_t(pid), 0) != 0 && errno == ESRCH)) return false;
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (std::getline(stat, line)) {
+    const size_t paren = line.rfind(')');
+    if (paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'Z') return false;
+  }
+  std::ifstream cmd("/proc/" + std::to_string(pid) + "/cmdline");
+  std::string argv0;
+  if (std::getline(cmd, argv0, '\0') && argv0.find("flashinterp") == std::string::npos) return false;
+  return true;
+}
+
 std::string slurm_job() {
   const char* j = std::getenv("SLURM_JOB_ID");
   return j ? j : "";
@@ -119,8 +135,7 @@ OutputLock::OutputLock(const std::string& out) : path_(out + ".lock") {
     long pid = 0;
     f >> host >> pid >> job;
     const bool same_host = host == host_name();
-    const bool gone = (same_host && pid > 0 && ::kill(pid_t(pid), 0) != 0 && errno == ESRCH) ||
-                      (!job.empty() && job == slurm_job());
+    const bool gone = (same_host && !live_decode(pid)) || (!job.empty() && job == slurm_job());
     if (!gone)
       FI_FAIL(path_ + ": another decode of this output is running (host " + host + ", pid " +
               std::to_string(pid) + (job.empty() ? "" : ", Slurm job " + job) +
