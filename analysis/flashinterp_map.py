@@ -835,6 +835,14 @@ def run_cli(prog, fn, argv):
         return 1
 
 
+def command(prog, fn):
+    """The main(argv=None) of an analysis command (a console entry point of the package): runs
+    fn(argv or sys.argv[1:]) under run_cli and returns the exit code."""
+    def main(argv=None):
+        return run_cli(prog, fn, sys.argv[1:] if argv is None else argv)
+    return main
+
+
 def short(text, width=16):
     """repr() of a token text, cut to `width` characters for tables."""
     r = repr(text)

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """search: which neurons of a flashinterp map stand for a word? The word becomes token ids through
 the map's own vocabulary (as typed, with and without a leading space; --case adds lower, UPPER and
 Capitalised forms), and the map's token index (/<matrix>/token_index, written by
@@ -10,12 +9,9 @@ A map decoded without an index is searched by a scan of every neuron's stored to
 in the output): then only neurons holding the token in their top-k are found.
 """
 import argparse
-import os
 import sys
 
-sys.dont_write_bytecode = True  # no __pycache__ beside the scripts
-sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-import flashinterp_map as fm  # noqa: E402
+import flashinterp_map as fm
 
 
 def parse_args(argv):
@@ -91,5 +87,8 @@ def run(argv):
     return 0
 
 
+main = fm.command("search", run)  # flashinterp-search, analysis/search
+
+
 if __name__ == "__main__":
-    sys.exit(fm.run_cli("search", run, sys.argv[1:]))
+    sys.exit(main())

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """compare: the same matrix of two flashinterp maps (e.g. a pretrained model and its Instruct
 fine-tune), layer by layer: the share of neurons whose top-1 token is the same (the paper's
 statistic: 75.4% of up_proj neurons for Llama 3.1 8B vs 8B Instruct), the share whose A top-1 is
@@ -15,9 +14,7 @@ import csv
 import os
 import sys
 
-sys.dont_write_bytecode = True  # no __pycache__ beside the scripts
-sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-import flashinterp_map as fm  # noqa: E402
+import flashinterp_map as fm
 
 COLUMNS = ["same_top1", "same_top1_share", "top1_in_other_topk_share", "jaccard_mean", "jaccard_median",
            "jaccard_q25", "jaccard_q75"]
@@ -161,5 +158,8 @@ def run(argv):
     return 0
 
 
+main = fm.command("compare", run)  # flashinterp-compare, analysis/compare
+
+
 if __name__ == "__main__":
-    sys.exit(fm.run_cli("compare", run, sys.argv[1:]))
+    sys.exit(main())

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """report: a static HTML page about one flashinterp map, for a browser with no network: per-layer
 statistics, PNG plots (top-1 probability per layer, entropy per layer, how many neurons have each
 token as top-1), the most specialised neurons (highest top-1 probability) and a table of neurons
@@ -19,9 +18,7 @@ import time
 
 import numpy as np
 
-sys.dont_write_bytecode = True  # no __pycache__ beside the scripts
-sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-import flashinterp_map as fm  # noqa: E402
+import flashinterp_map as fm
 
 TABLE_TOKENS = 5   # top tokens per neuron in the searchable table
 BAR_TOKENS = 30    # tokens in the "neurons per top-1 token" bar chart
@@ -337,5 +334,8 @@ def run(argv):
     return 0
 
 
+main = fm.command("report", run)  # flashinterp-report, analysis/report
+
+
 if __name__ == "__main__":
-    sys.exit(fm.run_cli("report", run, sys.argv[1:]))
+    sys.exit(main())

@@ -1,17 +1,13 @@
-#!/usr/bin/python3
 """show: print what one neuron of a flashinterp map stands for (its top tokens by LM-head decoding),
 its log-sum-exp and an entropy estimate from the top-k.
 
     analysis/show map.h5 --layer 20 --neuron 1234 [--matrix up] [--top 20] [--json] [--partial]
-Runs with Debian's /usr/bin/python3 (numpy + h5py); the reader is analysis/flashinterp_map.py.
+Runs with Debian's /usr/bin/python3 (numpy + h5py); the reader is flashinterp_map.
 """
 import argparse
-import os
 import sys
 
-sys.dont_write_bytecode = True  # no __pycache__ beside the scripts
-sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-import flashinterp_map as fm  # noqa: E402
+import flashinterp_map as fm
 
 ENTROPY_HELP = ("entropy (nats) of the neuron's next-token distribution, estimated from the stored "
                 "top-k: the top-k terms are exact; the remaining mass 1 - sum(top-k) is taken as spread "
@@ -77,5 +73,8 @@ def run(argv):
     return 0
 
 
+main = fm.command("show", run)  # flashinterp-show, analysis/show
+
+
 if __name__ == "__main__":
-    sys.exit(fm.run_cli("show", run, sys.argv[1:]))
+    sys.exit(main())
