@@ -247,8 +247,8 @@ def page(m_path, attrs, complete, mats, files, specialised, table, table_note):
         h.append("<p><b>Partial map</b> (complete = 0): neurons in chunks not marked done hold no valid values "
                  "and are left out of the statistics, plots and table.</p>")
     keys = ["model_dir", "model_type", "hidden_size", "intermediate_size", "num_layers", "vocab_size", "norm",
-            "top_k", "bottom_k", "token_index_m", "backend", "world_size", "tool_version", "created_utc",
-            "elapsed_s", "command_line"]
+            "top_k", "bottom_k", "token_index_m", "backend", "world_size", "tool_version", "build",
+            "created_utc", "elapsed_s", "command_line"]
     h.append("<table class='meta'>" + "".join(
         f"<tr><td>{esc(k)}</td><td>{esc(attrs[k])}</td></tr>" for k in keys if k in attrs) + "</table>")
     h.append("<p>Each neuron's vector is decoded through the final norm and the LM-head; "
