@@ -22,10 +22,10 @@ FORMAT_VERSION = 1
 MATRICES = ("up", "gate", "down")
 # Every item of a map as this reader knows it (docs/MAP_FORMAT.md). The writer's list is
 # `flashinterp map-format --json`; tests/python/test_map_format.py holds the two to each other.
-ROOT_ATTRS = ("format", "format_version", "tool_version", "model_dir", "model_type", "hidden_size",
-              "intermediate_size", "num_layers", "vocab_size", "norm", "top_k", "bottom_k",
-              "token_index_m", "backend", "world_size", "command_line", "created_utc", "elapsed_s",
-              "complete", "fingerprint")
+ROOT_ATTRS = ("format", "format_version", "tool_version", "build", "model_dir", "model_type",
+              "hidden_size", "intermediate_size", "num_layers", "vocab_size", "norm", "top_k",
+              "bottom_k", "token_index_m", "backend", "world_size", "command_line", "created_utc",
+              "elapsed_s", "complete", "fingerprint")
 VOCAB_DATASETS = ("text", "bytes", "special")
 GROUP_ATTRS = ("tensor_pattern", "axis", "layers", "chunk_rows")
 GROUP_DATASETS = ("top_ids", "top_logits", "top_probs", "logsumexp", "bottom_ids", "bottom_logits",
@@ -833,6 +833,14 @@ def run_cli(prog, fn, argv):
         print(f"{prog}: error: internal error {type(e).__name__}: {_first_line(e)} "
               "(FLASHINTERP_TRACEBACK=1 shows where)", file=sys.stderr)
         return 1
+
+
+def command(prog, fn):
+    """The main(argv=None) of an analysis command (a console entry point of the package): runs
+    fn(argv or sys.argv[1:]) under run_cli and returns the exit code."""
+    def main(argv=None):
+        return run_cli(prog, fn, sys.argv[1:] if argv is None else argv)
+    return main
 
 
 def short(text, width=16):

@@ -26,7 +26,8 @@ std::function<int()> add_demo_model(CLI::App& app) {
                   "tokens, the ' dog' neuron to ' puppy'; planted.json lists the changes)")
       ->capture_default_str();
   cmd->add_option("--tokenizer", o->tokenizer,
-                  "tokenizer.json to use (default: $FLASHINTERP_TOKENIZER, then the set-up cache)");
+                  "tokenizer.json to use (default: $FLASHINTERP_TOKENIZER, then "
+                  "../share/flashinterp/tokenizer/tokenizer.json beside the binary)");
   cmd->add_flag("--tied", o->tied, "tie the LM-head to the embedding");
   cmd->add_flag("--overwrite", o->overwrite, "replace a model already in --out");
   return [o] {

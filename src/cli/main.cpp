@@ -1,11 +1,12 @@
 // flashinterp: the one binary; subcommands decode, inspect, demo-model, tokenize, clamp,
-// generate and map-format. Every error ends as one line on stderr ("flashinterp: error: ...")
+// generate and map-format; --version. Every error ends as one line on stderr ("flashinterp: error: ...")
 // and a non-zero exit, never a core dump.
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 
 #include "cli/commands.h"
+#include "common/build_info.h"
 #include "parallel/mpi_env.h"
 
 namespace {
@@ -20,6 +21,8 @@ int launcher_rank() {
 int main(int argc, char** argv) {
   CLI::App app{"flashinterp: decode every MLP neuron of a Llama-class model through its LM-head"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", fi::version_text(),
+                       "Print the version, the git revision and the backends built in, and exit");
   auto inspect = fi::add_inspect(app);
   auto demo = fi::add_demo_model(app);
   auto decode = fi::add_decode(app);

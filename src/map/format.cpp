@@ -34,6 +34,7 @@ nlohmann::json format_schema() {
   root_attr(kAttrFormat, "string");
   root_attr(kAttrFormatVersion, "int64");
   root_attr(kAttrToolVersion, "string");
+  root_attr(kAttrBuild, "string");
   root_attr(kAttrModelDir, "string");
   root_attr(kAttrModelType, "string");
   root_attr(kAttrHiddenSize, "int64");

@@ -15,6 +15,7 @@ inline constexpr int64_t kFormatVersion = 1;
 inline constexpr const char* kAttrFormat = "format";
 inline constexpr const char* kAttrFormatVersion = "format_version";
 inline constexpr const char* kAttrToolVersion = "tool_version";
+inline constexpr const char* kAttrBuild = "build";  // common/build_info.h build_line()
 inline constexpr const char* kAttrModelDir = "model_dir";
 inline constexpr const char* kAttrModelType = "model_type";
 inline constexpr const char* kAttrHiddenSize = "hidden_size";

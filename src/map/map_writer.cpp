@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "common/build_info.h"
 #include "common/error.h"
 #include "map/format.h"
 #include "parallel/mpi_env.h"
@@ -70,6 +71,7 @@ void MapWriter::create_file(const MapMeta& meta, const Vocab& vocab) {
   h5::attr_string(f, kAttrFormat, kFormat);
   h5::attr_int(f, kAttrFormatVersion, kFormatVersion);
   h5::attr_string(f, kAttrToolVersion, FI_VERSION);
+  h5::attr_string(f, kAttrBuild, build_line());
   h5::attr_string(f, kAttrModelDir, meta.model_dir);
   h5::attr_string(f, kAttrModelType, meta.model_type);
   h5::attr_int(f, kAttrHiddenSize, meta.hidden_size);

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "common/build_info.h"
 #include "common/error.h"
 #include "common/half.h"
 #include "io/safetensors.h"
@@ -95,8 +96,9 @@ struct Plant {
 
 std::string default_tokenizer_path(const std::string& option) {
   if (!option.empty()) return option;
-  if (const char* e = std::getenv("FLASHINTERP_TOKENIZER")) return e;
-  return FI_DEFAULT_TOKENIZER;
+  if (const char* e = std::getenv("FLASHINTERP_TOKENIZER"); e && *e) return e;
+  const std::string dir = data_dir();
+  return dir.empty() ? "" : dir + "/tokenizer/tokenizer.json";
 }
 
 void write_demo_model(const DemoOptions& o) {
@@ -109,8 +111,15 @@ void write_demo_model(const DemoOptions& o) {
            "demo-model: sizes must be positive, heads must divide hidden and kv heads divide heads");
   FI_CHECK(o.shards >= 1 && o.shards <= 99, "--shards must be 1..99");
   const std::string tok_path = default_tokenizer_path(o.tokenizer);
-  if (!exists(tok_path))
-    FI_FAIL(tok_path + ": tokenizer.json not found (run launch/setup-deps.sh, or pass --tokenizer)");
+  if (!exists(tok_path)) {
+    const char* env = std::getenv("FLASHINTERP_TOKENIZER");
+    if (!o.tokenizer.empty() || (env && *env))
+      FI_FAIL(tok_path + ": tokenizer.json not found (" +
+              (o.tokenizer.empty() ? "$FLASHINTERP_TOKENIZER" : "--tokenizer") + ")");
+    FI_FAIL("no tokenizer.json for the demo model: none at '" + tok_path + "' (beside the binary, "
+            "where cmake --install puts it and a build copies the set-up cache); pass --tokenizer "
+            "FILE or set FLASHINTERP_TOKENIZER (launch/setup-deps.sh fetches it into .cache/tokenizer)");
+  }
   if (exists(o.out + "/config.json") && !o.overwrite)
     FI_FAIL(o.out + ": already holds a model; pass --overwrite to replace it");
   std::error_code ec;

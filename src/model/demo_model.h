@@ -17,7 +17,9 @@ struct DemoOptions {
   std::string variant = "base";  // base | instruct
 };
 
-// The tokenizer.json to use: the option, else $FLASHINTERP_TOKENIZER, else the set-up cache.
+// The tokenizer.json to use: the option, else $FLASHINTERP_TOKENIZER, else the one beside the
+// binary, <exe>/../share/flashinterp/tokenizer/tokenizer.json (installed by cmake --install; in a
+// build tree the build's copy of the set-up cache). The path may not exist.
 std::string default_tokenizer_path(const std::string& option);
 // variant "instruct": the base model of the same seed (every base random draw is made, in the
 // same order), then, from a second generator, (1) every up/gate/down weight gets noise of sd

@@ -41,7 +41,7 @@ CASES = [
          decode=["--matrices", "up,down", "--top-k", "32"], matrices=["up", "down"], top_k=32),
 ]
 
-ROOT_ATTRS = ["format", "format_version", "tool_version", "model_dir", "model_type", "hidden_size",
+ROOT_ATTRS = ["format", "format_version", "tool_version", "build", "model_dir", "model_type", "hidden_size",
               "intermediate_size", "num_layers", "vocab_size", "norm", "top_k", "bottom_k",
               "token_index_m", "backend", "world_size", "command_line", "created_utc", "elapsed_s",
               "complete"]

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "common/error.h"
+#include "model/demo_model.h"
 #include "model/tokenizer.h"
 
 namespace fi {
@@ -101,7 +102,7 @@ class Llama3 : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     const char* dir = std::getenv("FI_TOKENIZER_DIR");
-    std::string path = dir ? std::string(dir) + "/tokenizer.json" : FI_DEFAULT_TOKENIZER;
+    std::string path = dir ? std::string(dir) + "/tokenizer.json" : fi::default_tokenizer_path("");
     if (std::filesystem::exists(path)) tok = new Tokenizer(path);
   }
   static void TearDownTestSuite() {

@@ -1,0 +1,341 @@
+"""report: a static HTML page about one flashinterp map, for a browser with no network: per-layer
+statistics, PNG plots (top-1 probability per layer, entropy per layer, how many neurons have each
+token as top-1), the most specialised neurons (highest top-1 probability) and a table of neurons
+searchable in the page (inline JavaScript, no external resources).
+
+    analysis/report map.h5 --out DIR [--matrix up] [--specialised 50] [--table-max 20000] [--partial]
+Writes DIR/index.html and the PNG files it shows. The entropy is the estimate from the top-k of
+analysis/show (remaining mass spread evenly over the other tokens). With --partial, only neurons
+whose chunk is marked done are reported. A map whose data cannot be right (token ids outside the
+vocabulary, probabilities outside 0..1) is refused with one line.
+"""
+import argparse
+import html
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+import flashinterp_map as fm
+
+TABLE_TOKENS = 5   # top tokens per neuron in the searchable table
+BAR_TOKENS = 30    # tokens in the "neurons per top-1 token" bar chart
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="report", description=__doc__.split("\n\n")[0])
+    p.add_argument("map", help="the HDF5 map written by `flashinterp decode`")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory for index.html and the plots")
+    p.add_argument("--matrix", choices=fm.MATRICES, action="append",
+                   help="matrix to report (repeatable; default: every matrix in the map)")
+    p.add_argument("--specialised", type=int, default=50, metavar="N",
+                   help="most specialised neurons listed per matrix (default 50)")
+    p.add_argument("--table-max", type=int, default=20000, metavar="R",
+                   help="rows of the searchable table per matrix; a larger map keeps its R most "
+                        "specialised neurons (default 20000)")
+    p.add_argument("--partial", action="store_true", help="read a map whose decode did not finish")
+    a = p.parse_args(argv)
+    if a.specialised < 0 or a.table_max < 0:
+        p.error("--specialised and --table-max must be >= 0")
+    return a
+
+
+def _stat(fn, x):
+    """fn(x) as a float, NaN for an empty x (a layer with no written neuron)."""
+    return float(fn(x)) if np.size(x) else float("nan")
+
+
+def matrix_data(m, matrix):
+    """Everything the page shows about one matrix, read a layer at a time. Only written neurons
+    (chunk marked in `done`; all of them in a complete map) enter the statistics, plots and table:
+    an unwritten chunk holds the fill value 0, which is no data."""
+    layers = m.layers(matrix)
+    n, k, V = m.num_neurons(matrix), m.top_k(matrix), m.vocab_size
+    kt = min(k, TABLE_TOKENS)
+    top1_p = np.empty((len(layers), n), np.float32)
+    top_ids = np.empty((len(layers), n, kt), np.int32)
+    top_p = np.empty((len(layers), n, kt), np.float32)
+    ent = np.empty((len(layers), n), np.float64)
+    lse = np.empty((len(layers), n), np.float32)
+    done = m.done(matrix).all(axis=1)
+    written = m.written_mask(matrix)
+    for li, layer in enumerate(layers):
+        ids, probs = m.layer_top(matrix, layer)   # checked: ids in -1..V-1, probabilities in 0..1
+        top1_p[li], top_ids[li], top_p[li] = probs[:, 0], ids[:, :kt], probs[:, :kt]
+        ent[li] = fm.entropy_from_topk(probs, V)[0]
+        lse[li] = m.logsumexp(matrix, layer)
+    top1 = top_ids[:, :, 0]
+    stats = []
+    for li, layer in enumerate(layers):
+        w = written[li]
+        p = top1_p[li][w].astype(np.float64)
+        t1 = top1[li][w]
+        stats.append(dict(layer=int(layer), neurons=int(w.sum()), complete=bool(done[li]),
+                          top1_prob_mean=_stat(np.mean, p), top1_prob_median=_stat(np.median, p),
+                          top1_prob_p90=_stat(lambda x: np.percentile(x, 90), p), top1_prob_max=_stat(np.max, p),
+                          distinct_top1=int(np.unique(t1[t1 >= 0]).size),
+                          entropy_mean=_stat(np.mean, ent[li][w]),
+                          logsumexp_mean=_stat(np.mean, lse[li][w].astype(np.float64))))
+    valid = top1[written & (top1 >= 0) & (top1 < V)]
+    counts = np.bincount(valid, minlength=V)[:V]   # [V]: bounded by the vocabulary, whatever the ids
+    return dict(matrix=matrix, layers=layers, n=n, k=k, top1_p=top1_p, top_ids=top_ids, top_p=top_p,
+                ent=ent, stats=stats, counts=counts, written=written)
+
+
+def specialised_order(d):
+    """Flat neuron indices (layer index * N + neuron) of the written neurons, highest top-1
+    probability first, ties to the lower (layer, neuron)."""
+    flat = d["top1_p"].reshape(-1).astype(np.float64)
+    order = np.lexsort((np.arange(flat.size), -flat))
+    return order[d["written"].reshape(-1)[order]]
+
+
+def plots(d, out, plt):
+    m, layers = d["matrix"], d["layers"]
+    files = []
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers) + 2), 4))
+    data = [np.maximum(d["top1_p"][li][d["written"][li]].astype(np.float64), 1e-12) for li in range(len(layers))]
+    ax.boxplot(data, positions=list(range(len(layers))), whis=(5, 95), showfliers=False)
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels([str(x) for x in layers], fontsize=7 if len(layers) > 20 else 9)
+    ax.set_yscale("log")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("top-1 probability (box: 25-75%, whiskers: 5-95%)")
+    ax.set_title(f"/{m}: top-1 probability of each neuron, per layer")
+    fig.tight_layout()
+    files.append(f"{m}_top1_prob_per_layer.png")
+    fig.savefig(os.path.join(out, files[-1]), dpi=90)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers) + 2), 3.5))
+    ax.plot(layers, [s["entropy_mean"] for s in d["stats"]], "o-")
+    ax.set_xlabel("layer")
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.set_ylabel("mean entropy estimate (nats)")
+    ax.set_title(f"/{m}: entropy of the decoded distribution, mean per layer")
+    fig.tight_layout()
+    files.append(f"{m}_entropy_per_layer.png")
+    fig.savefig(os.path.join(out, files[-1]), dpi=90)
+    plt.close(fig)
+
+    counts = d["counts"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw=dict(width_ratios=[3, 2]))
+    top = np.lexsort((np.arange(counts.size), -counts))[:BAR_TOKENS]
+    top = top[counts[top] > 0]
+    a1.barh(range(len(top))[::-1], counts[top], color="#4878a8")
+    a1.set_yticks(range(len(top))[::-1])
+    a1.set_yticklabels([fm.short(t, 20) for t in d["text"](top)], fontsize=7)
+    a1.set_xlabel("neurons with this token as top-1")
+    a1.set_ylabel("token")
+    a1.set_title(f"/{m}: the {len(top)} most frequent top-1 tokens")
+    used = counts[counts > 0]
+    if used.size:
+        per = np.bincount(used)              # per[c]: tokens that are top-1 of exactly c neurons
+        c = np.nonzero(per)[0]
+        a2.bar(c, per[c], width=0.8 if used.max() <= 30 else c * 0.1, color="#55a868")
+        a2.set_yscale("log")
+        if used.max() > 30:
+            a2.set_xscale("log")
+    a2.set_xlabel("c = neurons that have the token as top-1")
+    a2.set_ylabel("tokens that are top-1 of exactly c neurons")
+    a2.set_title(f"{used.size} distinct top-1 tokens")
+    fig.tight_layout()
+    files.append(f"{m}_neurons_per_token.png")
+    fig.savefig(os.path.join(out, files[-1]), dpi=90)
+    plt.close(fig)
+    return files
+
+
+def table_rows(d, order, limit, text):
+    """[[layer, neuron, top-1 prob, entropy, [[token, prob], ...]], ...] for the page's table."""
+    sel = order[:limit]
+    li, nn = np.divmod(sel, d["n"])
+    ids, ps = d["top_ids"][li, nn], d["top_p"][li, nn]
+    ent = d["ent"][li, nn]
+    words = text(np.where(ids >= 0, ids, 0).reshape(-1))
+    rows = []
+    for r in range(sel.size):
+        toks = [[words[r * ids.shape[1] + j], round(float(ps[r, j]), 6)] for j in range(ids.shape[1])
+                if ids[r, j] >= 0]
+        rows.append([int(d["layers"][li[r]]), int(nn[r]), round(float(d["top1_p"][li[r], nn[r]]), 6),
+                     round(float(ent[r]), 4), toks])
+    return rows
+
+
+def esc(x):
+    return html.escape(str(x), quote=True)
+
+
+def script_json(obj):
+    """JSON safe inside <script type="application/json">: every '<' escaped."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
+
+
+PAGE_JS = r"""
+(function () {
+  var data = JSON.parse(document.getElementById('fi-table').textContent);
+  var box = document.getElementById('q'), sel = document.getElementById('qm');
+  var body = document.getElementById('tbody'), info = document.getElementById('qinfo');
+  var LIMIT = 300;
+  function matches(row, terms) {
+    for (var i = 0; i < terms.length; i++) {
+      var t = terms[i], m;
+      if ((m = /^l(\d+)$/i.exec(t))) { if (row[1] !== +m[1]) return false; continue; }
+      if ((m = /^n(\d+)$/i.exec(t))) { if (row[2] !== +m[1]) return false; continue; }
+      var hit = false;
+      for (var j = 0; j < row[5].length; j++)
+        if (row[5][j][0].toLowerCase().indexOf(t) >= 0) { hit = true; break; }
+      if (!hit) return false;
+    }
+    return true;
+  }
+  function render() {
+    var raw = box.value.toLowerCase(), mat = sel.value;
+    var terms = raw.split(/\s+/).filter(function (s) { return s.length; });
+    if (raw.charAt(0) === ' ' || raw.charAt(0) === '"') terms = [raw.replace(/^"|"$/g, '')];
+    var out = [], n = 0;
+    for (var i = 0; i < data.length; i++) {
+      var row = data[i];
+      if (mat && row[0] !== mat) continue;
+      if (!matches(row, terms)) continue;
+      n++;
+      if (out.length < LIMIT) out.push(row);
+    }
+    body.textContent = '';
+    out.forEach(function (row) {
+      var tr = document.createElement('tr');
+      [row[0], row[1], row[2], row[3].toPrecision(4), row[4].toFixed(3)].forEach(function (v) {
+        var td = document.createElement('td'); td.textContent = v; tr.appendChild(td);
+      });
+      var td = document.createElement('td');
+      td.textContent = row[5].map(function (t) {
+        return JSON.stringify(t[0]) + ' ' + t[1].toPrecision(3);
+      }).join(',  ');
+      tr.appendChild(td);
+      body.appendChild(tr);
+    });
+    info.textContent = n + ' matching neurons' + (n > LIMIT ? ' (first ' + LIMIT + ' shown)' : '');
+  }
+  box.addEventListener('input', render);
+  sel.addEventListener('change', render);
+  render();
+})();
+"""
+
+PAGE_CSS = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; padding: 0 1em; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 13px; }
+td, th { border: 1px solid #ccc; padding: 2px 6px; text-align: right; vertical-align: top; }
+td:last-child, th:last-child { text-align: left; }
+th { background: #f0f0f0; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.3em 0; }
+code, .tok { font-family: ui-monospace, monospace; }
+#q { width: 30em; font-size: 14px; padding: 3px; }
+.meta td:first-child { font-weight: bold; text-align: left; }
+"""
+
+
+def page(m_path, attrs, complete, mats, files, specialised, table, table_note):
+    h = []
+    h.append("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>")
+    h.append(f"<title>flashinterp map: {esc(os.path.basename(m_path))}</title>")
+    h.append(f"<style>{PAGE_CSS}</style></head><body>")
+    h.append(f"<h1>flashinterp map <code>{esc(m_path)}</code></h1>")
+    if not complete:
+        h.append("<p><b>Partial map</b> (complete = 0): neurons in chunks not marked done hold no valid values "
+                 "and are left out of the statistics, plots and table.</p>")
+    keys = ["model_dir", "model_type", "hidden_size", "intermediate_size", "num_layers", "vocab_size", "norm",
+            "top_k", "bottom_k", "token_index_m", "backend", "world_size", "tool_version", "build",
+            "created_utc", "elapsed_s", "command_line"]
+    h.append("<table class='meta'>" + "".join(
+        f"<tr><td>{esc(k)}</td><td>{esc(attrs[k])}</td></tr>" for k in keys if k in attrs) + "</table>")
+    h.append("<p>Each neuron's vector is decoded through the final norm and the LM-head; "
+             "<i>top-1 probability</i> is the softmax probability of its best token over the whole vocabulary; "
+             "the entropy is estimated from the stored top-k (the remaining mass spread evenly over the other "
+             "tokens, an upper bound). <i>Most specialised</i> = highest top-1 probability.</p>")
+    for d in mats:
+        mat = d["matrix"]
+        h.append(f"<h2>/{esc(mat)}: {len(d['layers'])} layers &times; {d['n']} neurons, top-{d['k']}</h2>")
+        h.append("<h3>Per layer</h3><table><tr><th>layer</th><th>neurons</th><th>top-1 prob mean</th>"
+                 "<th>median</th><th>90th pct</th><th>max</th><th>distinct top-1 tokens</th>"
+                 "<th>entropy mean (nats)</th><th>logsumexp mean</th><th>done</th></tr>")
+        for s in d["stats"]:
+            h.append(f"<tr><td>{s['layer']}</td><td>{s['neurons']}</td><td>{s['top1_prob_mean']:.4g}</td>"
+                     f"<td>{s['top1_prob_median']:.4g}</td><td>{s['top1_prob_p90']:.4g}</td>"
+                     f"<td>{s['top1_prob_max']:.4g}</td><td>{s['distinct_top1']}</td>"
+                     f"<td>{s['entropy_mean']:.4f}</td><td>{s['logsumexp_mean']:.4f}</td>"
+                     f"<td>{'yes' if s['complete'] else 'no'}</td></tr>")
+        h.append("</table>")
+        for f in files[mat]:
+            h.append(f"<p><img src='{esc(f)}' alt='{esc(f)}'></p>")
+        h.append("<h3>Most specialised neurons (highest top-1 probability)</h3><table><tr><th>rank</th>"
+                 "<th>layer</th><th>neuron</th><th>top-1 prob</th><th>entropy (nats)</th><th>top tokens</th></tr>")
+        for r, row in enumerate(specialised[mat], 1):
+            toks = ", ".join(f"{repr(t)} {p:.3g}" for t, p in row[4])
+            h.append(f"<tr><td>{r}</td><td>{row[0]}</td><td>{row[1]}</td><td>{row[2]:.4g}</td>"
+                     f"<td>{row[3]:.3f}</td><td class='tok'>{esc(toks)}</td></tr>")
+        h.append("</table>")
+    h.append("<h2>Search the neurons</h2>")
+    h.append("<p>Type part of a token (all words must match one of a neuron's top tokens; start with a space "
+             "or a quote to match the text exactly as typed, spaces included), <code>L12</code> for a layer, "
+             f"<code>N345</code> for a neuron. {esc(table_note)}</p>")
+    opts = "".join(f"<option value='{esc(d['matrix'])}'>{esc(d['matrix'])}</option>" for d in mats)
+    h.append(f"<p><input id='q' placeholder='e.g.  dog   or  L1 N18' autocomplete='off'> "
+             f"<select id='qm'><option value=''>all matrices</option>{opts}</select> <span id='qinfo'></span></p>")
+    h.append("<table><thead><tr><th>matrix</th><th>layer</th><th>neuron</th><th>top-1 prob</th>"
+             "<th>entropy</th><th>top tokens</th></tr></thead><tbody id='tbody'></tbody></table>")
+    h.append(f"<script type='application/json' id='fi-table'>{script_json(table)}</script>")
+    stats = {d["matrix"]: d["stats"] for d in mats}
+    h.append(f"<script type='application/json' id='fi-stats'>{script_json(stats)}</script>")
+    h.append(f"<script>{PAGE_JS}</script>")
+    h.append(f"<p><small>written by analysis/report on {esc(time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime()))}"
+             "</small></p></body></html>")
+    return "\n".join(h)
+
+
+def run(argv):
+    a = parse_args(argv)
+    import warnings
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    # Token labels in scripts the default font lacks draw as boxes; that is not worth a warning.
+    warnings.filterwarnings("ignore", message="Glyph .* missing from")
+    warnings.filterwarnings("ignore", message="Matplotlib currently does not support")
+    with fm.open_map(a.map, partial=a.partial) as m:
+        mats_present = m.matrices()
+        want = a.matrix or mats_present
+        for mat in want:
+            m.group(mat)
+        attrs, complete = m.attrs, m.complete
+        os.makedirs(a.out, exist_ok=True)
+        mats, files, specialised, table, notes = [], {}, {}, [], []
+        for mat in dict.fromkeys(want):
+            d = matrix_data(m, mat)
+            d["text"] = m.token_text
+            order = specialised_order(d)
+            files[mat] = plots(d, a.out, plt)
+            specialised[mat] = table_rows(d, order, a.specialised, m.token_text)
+            rows = table_rows(d, order, a.table_max, m.token_text)
+            table += [[mat, *r] for r in rows]
+            total = int(d["written"].sum())
+            unwritten = len(d["layers"]) * d["n"] - total
+            notes.append((f"/{mat}: all {total} neurons" if len(rows) == total else
+                          f"/{mat}: the {len(rows)} most specialised of {total} neurons (--table-max)")
+                         + (f" ({unwritten} more in chunks not marked done are left out)" if unwritten else ""))
+            mats.append(d)
+    path = os.path.join(a.out, "index.html")
+    with open(path, "w", encoding="utf-8") as f:
+        note = "The table holds " + "; ".join(notes) + "."
+        f.write(page(a.map, attrs, complete, mats, files, specialised, table, note))
+    print(f"report: {path} ({sum(len(v) for v in files.values())} plots, {len(table)} table rows)")
+    return 0
+
+
+main = fm.command("report", run)  # flashinterp-report, analysis/report
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""show: print what one neuron of a flashinterp map stands for (its top tokens by LM-head decoding),
+its log-sum-exp and an entropy estimate from the top-k.
+
+    analysis/show map.h5 --layer 20 --neuron 1234 [--matrix up] [--top 20] [--json] [--partial]
+Runs with Debian's /usr/bin/python3 (numpy + h5py); the reader is flashinterp_map.
+"""
+import argparse
+import sys
+
+import flashinterp_map as fm
+
+ENTROPY_HELP = ("entropy (nats) of the neuron's next-token distribution, estimated from the stored "
+                "top-k: the top-k terms are exact; the remaining mass 1 - sum(top-k) is taken as spread "
+                "evenly over the other V - k tokens (the estimate, an upper bound); the lower bound packs "
+                "it into as few tokens as the k-th probability allows")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="show", description="Print a neuron's top tokens (probability, logit) from a flashinterp map, "
+        "with its log-sum-exp and " + ENTROPY_HELP + ".")
+    p.add_argument("map", help="the HDF5 map written by `flashinterp decode`")
+    p.add_argument("--layer", type=int, required=True, help="model layer id (as in the checkpoint)")
+    p.add_argument("--neuron", type=int, required=True, help="neuron index in the layer")
+    p.add_argument("--matrix", default="up", choices=fm.MATRICES, help="which MLP matrix (default up)")
+    p.add_argument("--top", type=int, default=None, metavar="K", help="show only the first K tokens")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    p.add_argument("--partial", action="store_true", help="read a map whose decode did not finish")
+    return p.parse_args(argv)
+
+
+def print_tokens(title, t):
+    print(title)
+    print(f"  {'rank':>4}  {'id':>7}  {'prob':>10}  {'logit':>10}  token")
+    for r, (i, p, lg, txt) in enumerate(zip(t.ids, t.probs, t.logits, t.text), 1):
+        print(f"  {r:>4}  {int(i):>7}  {float(p):>10.6f}  {float(lg):>10.4f}  {txt!r}")
+
+
+def run(argv):
+    a = parse_args(argv)
+    with fm.open_map(a.map, partial=a.partial) as m:
+        top = m.top(a.matrix, a.layer, a.neuron, a.top)
+        full = m.top(a.matrix, a.layer, a.neuron)   # the entropy uses every stored token
+        bottom = m.bottom(a.matrix, a.layer, a.neuron, a.top)
+        attrs = m.attrs
+        vocab = m.vocab_size
+        complete = m.complete
+        written = None if complete else m.written(a.matrix, a.layer, a.neuron)
+    est, low, mass = (float(x) for x in fm.entropy_from_topk(full.probs, vocab))
+    warning = None
+    if written is False:
+        warning = "this neuron's chunk is not marked done in this partial map; values are not valid"
+    elif written is None and not complete:
+        warning = "partial map; whether this neuron was written is not recorded"
+    if a.json:
+        fm.print_json(dict(
+            map=a.map, matrix=a.matrix, layer=a.layer, neuron=a.neuron, model_dir=attrs.get("model_dir"),
+            norm=attrs.get("norm"), logsumexp=top.lse, complete=complete, warning=warning,
+            entropy=dict(estimate_nats=est, lower_bound_nats=low, upper_bound_nats=est, topk_mass=mass,
+                         k=int(len(full.ids)), vocab_size=vocab, method=ENTROPY_HELP),
+            top=fm.tokens_json(top), bottom=fm.tokens_json(bottom) if bottom is not None else []))
+        return 0
+    print(f"{a.map}: /{a.matrix} layer {a.layer} neuron {a.neuron}  "
+          f"(model {attrs.get('model_dir', '?')}, norm {attrs.get('norm', '?')}, "
+          f"logsumexp {top.lse:.6f})")
+    print(f"entropy ~ {est:.4f} nats (lower bound {low:.4f}; max ln V = {fm.np.log(vocab):.4f}); "
+          f"top-{len(full.ids)} mass {mass:.6f}; the rest taken as spread evenly over the other tokens")
+    if warning:
+        print("warning: " + warning)
+    print_tokens("top tokens:", top)
+    if bottom is not None and len(bottom.ids):
+        print_tokens("bottom tokens (lowest logit first):", bottom)
+    return 0
+
+
+main = fm.command("show", run)  # flashinterp-show, analysis/show
+
+
+if __name__ == "__main__":
+    sys.exit(main())
