@@ -5,6 +5,20 @@
 #include "job/decode_job.h"
 
 namespace fi {
+namespace {
+
+// An argument as a POSIX shell reads it back: as it is when plain, else in single quotes.
+std::string shell_quoted(const std::string& a) {
+  if (!a.empty() && a.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                                         "@%_+=:,./-") == std::string::npos)
+    return a;
+  std::string q = "'";
+  for (char ch : a) q += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
+  return q + "'";
+}
+
+}  // namespace
+
 
 std::function<int(int*, char***)> add_decode(CLI::App& app) {
   auto opt = std::make_shared<DecodeOptions>();
@@ -45,7 +59,7 @@ std::function<int(int*, char***)> add_decode(CLI::App& app) {
   cmd->add_flag("--quiet", opt->quiet, "no progress or summary on stderr");
   return [opt, matrices](int* argc, char*** argv) {
     std::ostringstream cl;
-    for (int i = 0; i < *argc; ++i) cl << (i ? " " : "") << (*argv)[i];
+    for (int i = 0; i < *argc; ++i) cl << (i ? " " : "") << shell_quoted((*argv)[i]);
     opt->command_line = cl.str();
     opt->matrices.clear();
     std::stringstream ss(*matrices);

@@ -12,6 +12,9 @@ namespace fi {
 std::string read_text_file(const std::string& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) FI_FAIL(path + ": cannot open (a directory)");
+  // A FIFO or device would block the read or never end it.
+  if (std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec))
+    FI_FAIL(path + ": not a regular file");
   std::ifstream in(path, std::ios::binary);
   if (!in) FI_FAIL(path + ": cannot open");
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

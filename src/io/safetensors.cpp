@@ -168,12 +168,14 @@ uint64_t TensorInfo::numel() const {
 }
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
-  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: a FIFO in the model's place must not block the open (it is refused below).
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd_ < 0) FI_FAIL(path + ": cannot open: " + std::strerror(errno));
   try {
     struct stat st;
     if (::fstat(fd_, &st) != 0) FI_FAIL(path + ": cannot stat: " + std::strerror(errno));
     if (!S_ISREG(st.st_mode)) FI_FAIL(path + ": not a regular file");
+    ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) & ~O_NONBLOCK);
     file_size_ = uint64_t(st.st_size);
     if (file_size_ < 8)
       FI_FAIL(path + ": file is " + std::to_string(file_size_) + " bytes, shorter than the 8-byte header length");

@@ -13,7 +13,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <memory>
 
@@ -524,7 +526,7 @@ void finish(const Job& j, MapWriter& writer, int64_t rows_done, double elapsed, 
   collective(c.world, [&] {
     if (c.rank == 0) test_kill_point("rename");
     if (c.rank == 0 && std::rename(j.partial.c_str(), j.opt.out.c_str()) != 0)
-      FI_FAIL(j.opt.out + ": cannot rename " + j.partial + " into place");
+      FI_FAIL(j.opt.out + ": cannot rename " + j.partial + " into place (" + std::strerror(errno) + ")");
   });
   long rss = peak_rss_kb();
   std::vector<long> all_rss(c.size);

@@ -6,8 +6,11 @@ cannot hold the decode is refused up front, one that can is a normal run; an opt
 is one line, not one per rank."""
 import os
 import resource
+import shlex
+import shutil
 import subprocess
-import tempfile
+
+import h5py
 
 import fi_testlib as t
 
@@ -67,6 +70,25 @@ def test():
                    "--prompt", "x", "--watch", " dog", "--backend", "cpu"], check=False)
         t.check(t.one_line_error(p, "--values", "1e39"), f"clamp --values 1e39: {p.stderr}")
         print("  --chunk-rows 0, --threads -2, clamp --values 1e39: one error line each")
+
+        # A FIFO where a shard should be: refused, not a hang in open().
+        fifo_model = f"{tmp}/fifo"
+        os.mkdir(fifo_model)
+        for f in ("config.json", "tokenizer.json"):
+            shutil.copy(os.path.join(model, f), fifo_model)
+        os.mkfifo(os.path.join(fifo_model, "model.safetensors"))
+        p, errors = decode(["--model", fifo_model, "--out", f"{tmp}/f.h5", "--quiet"], timeout=60)
+        t.check(p.returncode != 0 and len(errors) == 1 and "not a regular file" in errors[0],
+                f"a FIFO shard: {p.stderr}")
+        # The map's command_line reads back as the same words.
+        out = f"{tmp}/with space's.h5"
+        p, errors = decode([*base, "--out", out, "--token-index", "0", "--layers", "0-1"])
+        t.check(p.returncode == 0, f"decode to a name with a space: {p.stderr}")
+        with h5py.File(out, "r") as f:
+            words = shlex.split(f.attrs["command_line"].decode())
+        t.check(words[1:] == ["decode", *base, "--out", out, "--token-index", "0", "--layers", "0-1"],
+                f"command_line does not read back: {words}")
+        print("  a FIFO as the shard: one line; command_line is shell-quoted")
 
 
 t.main(test)
