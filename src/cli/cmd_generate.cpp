@@ -39,6 +39,11 @@ int run_generate(GenerateArgs& a, const Comms& comms) {
              "--temperature must be a finite number >= 0");
     tok = std::make_unique<Tokenizer>(a.model + "/tokenizer.json");
     ids = prompt_tokens(*tok, a.prompt, model->cfg.vocab_size);
+    const int64_t most = model->cfg.max_position_embeddings;
+    if (most > 0 && int64_t(ids.size()) + a.opt.max_new_tokens > most)
+      FI_FAIL("the prompt's " + std::to_string(ids.size()) + " tokens and --max-new-tokens " +
+              std::to_string(a.opt.max_new_tokens) + " pass the model's max_position_embeddings (" +
+              std::to_string(most) + ")");
     a.opt.stop_ids = default_stop_ids(model->cfg.path, tok->eos_id(), tok->vocab().text);
   });
   const bool root = comms.rank == 0;

@@ -80,11 +80,12 @@ void Forward::reset() {
   stage_->reset();
 }
 
-void Forward::check_tokens(const std::vector<int32_t>& tokens) const {
+// logit_rows: the positions whose logits are sent (the last only, unless all are asked for).
+void Forward::check_tokens(const std::vector<int32_t>& tokens, int64_t logit_rows) const {
   const int64_t T = int64_t(tokens.size()), H = config().hidden_size, V = config().vocab_size;
   FI_CHECK(T > 0, "forward: no tokens");
   check_token_ids(config(), tokens);
-  FI_CHECK(T * H < (int64_t(1) << 31) && T * V < (int64_t(1) << 31),
+  FI_CHECK(T * H < (int64_t(1) << 31) && logit_rows * V < (int64_t(1) << 31),
            "forward: " + std::to_string(T) + " tokens at once are too many for one message");
 }
 
@@ -112,7 +113,7 @@ void Forward::stage_step(const std::vector<int32_t>& tokens, int64_t first, floa
 }
 
 std::vector<float> Forward::forward(const std::vector<int32_t>& tokens, bool all_positions) {
-  check_tokens(tokens);
+  check_tokens(tokens, all_positions ? int64_t(tokens.size()) : 1);
   const int64_t T = int64_t(tokens.size()), V = config().vocab_size;
   const int64_t first = all_positions ? 0 : T - 1;
   std::vector<float> logits(size_t((T - first) * V));
@@ -126,7 +127,7 @@ std::vector<std::vector<float>> Forward::forward_each(const std::vector<std::vec
                                                       ClampSite site) {
   FI_CHECK(prompts.size() == clamps.size(), "forward_each: one clamp list per prompt");
   for (size_t i = 0; i < prompts.size(); ++i) {
-    check_tokens(prompts[i]);
+    check_tokens(prompts[i], 1);
     check_clamps(config(), clamps[i]);
   }
   const int64_t V = config().vocab_size;

@@ -55,7 +55,7 @@ class Forward {
                                                ClampSite site);
 
  private:
-  void check_tokens(const std::vector<int32_t>& tokens) const;
+  void check_tokens(const std::vector<int32_t>& tokens, int64_t logit_rows) const;
   void stage_step(const std::vector<int32_t>& tokens, int64_t first, float* logits);
 
   const Model& model_;

@@ -2,6 +2,8 @@
 #include "h5/h5.h"
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 
 #include "common/error.h"
 
@@ -33,8 +35,10 @@ void check(herr_t status, const std::string& what) {
 void silence_errors() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
 
 Handle create_file(const std::string& path, hid_t fapl) {
-  return Handle(H5Fcreate(path.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl), H5Fclose,
-                path + ": cannot create HDF5 file");
+  errno = 0;
+  const hid_t id = H5Fcreate(path.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl);
+  const std::string why = errno ? std::string(" (") + std::strerror(errno) + ")" : std::string();
+  return Handle(id, H5Fclose, path + ": cannot create HDF5 file" + why);
 }
 
 Handle open_file(const std::string& path, bool write, hid_t fapl) {

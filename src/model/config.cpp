@@ -117,6 +117,8 @@ ModelConfig load_config(const std::string& path) {
                                       ") does not divide num_attention_heads (" +
                                       std::to_string(c.num_heads) + ")");
   c.vocab_size = f.positive_int("vocab_size");
+  const int64_t no_limit = 0;
+  c.max_position_embeddings = f.positive_int("max_position_embeddings", &no_limit);
   c.rms_norm_eps = f.positive_double(j, "rms_norm_eps", "rms_norm_eps");
   double theta = 10000;
   c.rope_theta = f.positive_double(j, "rope_theta", "rope_theta", &theta);

@@ -18,6 +18,7 @@ struct ModelConfig {
   std::string model_type;  // llama | mistral | qwen2 | gemma
   int64_t hidden_size = 0, intermediate_size = 0, num_layers = 0;
   int64_t num_heads = 0, num_kv_heads = 0, head_dim = 0, vocab_size = 0;
+  int64_t max_position_embeddings = 0;  // the longest sequence the model was made for (0: not given)
   double rms_norm_eps = 1e-5, rope_theta = 10000;
   RopeScaling rope_scaling;
   bool tie_word_embeddings = false;

@@ -90,5 +90,17 @@ def test():
                 f"command_line does not read back: {words}")
         print("  a FIFO as the shard: one line; command_line is shell-quoted")
 
+        # generate: past max_position_embeddings is one line; a prompt of more tokens than
+        # T x vocab fits in one message (17000 x 128256 > 2^31) runs, since only the last
+        # position's logits are sent.
+        p = t.run(["generate", "--model", model, "--prompt", "hi", "--max-new-tokens", "200000",
+                   "--backend", "cpu"], check=False)
+        t.check(t.one_line_error(p, "max_position_embeddings"), f"--max-new-tokens 200000: {p.stderr}")
+        small = t.demo_model(f"{tmp}/small", "--hidden", "64", "--intermediate", "128", "--layers", "1")
+        p = t.run(["generate", "--model", small, "--prompt", " ".join(["the"] * 17000), "--max-new-tokens", "1",
+                   "--backend", "cpu", "--print-ids"], timeout=600)
+        t.check(len(p.stdout.split()) == 1, f"a 17000-token prompt: {p.stdout!r} {p.stderr}")
+        print("  generate: past max_position_embeddings refused; a 17000-token prompt runs")
+
 
 t.main(test)
