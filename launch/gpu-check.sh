@@ -62,7 +62,7 @@ say "cmake $(cmake --version | head -1 | awk '{print $3}'), nvcc $(nvcc --versio
 
 step configure 120 configure.log \
   cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DFLASHINTERP_SERIAL_HDF5=ON \
-  -DFLASHINTERP_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DFI_PYTHON="$(command -v python3)" || FAILED=1
+  -DFLASHINTERP_CUDA=ON -DFLASHINTERP_CUDA_LINEINFO=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DFI_PYTHON="$(command -v python3)" || FAILED=1
 
 if ((FAILED == 0)); then
   step build 300 build.log \
