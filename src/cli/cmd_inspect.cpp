@@ -7,6 +7,7 @@
 #include "cli/commands.h"
 #include "parallel/partition.h"
 #include "forward/forward.h"
+#include "map/format.h"
 #include "model/config.h"
 #include "model/layer_tensors.h"
 
@@ -114,12 +115,13 @@ int run_inspect(const InspectOptions& o) {
   const double L = double(c.num_layers), N = double(c.intermediate_size), V = double(c.vocab_size),
                H = double(c.hidden_size);
   const double rows = L * N, flops = 2 * rows * V * H;
-  const double map_bytes = rows * (o.top_k * 12.0 + o.bottom_k * 8.0 + 4.0) + L * (N / o.chunk_rows + 1) +
-                           V * o.token_index * 20.0;
+  const double map_bytes = map::matrix_group_bytes(c.num_layers, c.intermediate_size, o.chunk_rows, o.top_k,
+                                                    o.bottom_k, c.vocab_size, o.token_index);
   std::printf("decode     per matrix: %.0f rows, %.3g GFLOP of GEMM, map ~%s\n", rows, flops / 1e9,
               human(map_bytes).c_str());
-  std::printf("           all of %s: %.3g PFLOP, map ~%s + vocab\n", o.matrices.c_str(),
-              flops * mats.size() / 1e15, human(map_bytes * mats.size()).c_str());
+  std::printf("           all of %s: %.3g PFLOP, map ~%s + vocab ~%s\n", o.matrices.c_str(),
+              flops * mats.size() / 1e15, human(map_bytes * mats.size()).c_str(),
+              human(map::vocab_bytes(c.vocab_size)).c_str());
   std::printf("           LM-head replica: %s fp32 per node on CPU (shared by its ranks), %s per GPU\n",
               human(V * H * 4).c_str(), human(V * H * dtype_size(m.ckpt.info(m.lm_head_name()).dtype)).c_str());
   // Per rank: its share of the plan, its memory and a time estimate from stated throughputs.

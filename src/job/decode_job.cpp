@@ -157,6 +157,7 @@ Job validate(const DecodeOptions& opt, const Comms& c) {
     }
     FI_CHECK(!j.mats.empty(), "--matrices is empty");
     j.backend = choose_backend(opt.backend);
+    j.p.chunk_rows = opt.chunk_rows > 0 ? opt.chunk_rows : (j.backend == BackendKind::Cuda ? 4096 : 512);
     if (opt.resume && opt.overwrite) FI_FAIL("--resume and --overwrite exclude each other");
     if (c.rank == 0) {
       check_output_path(opt.out, opt.model_dir, opt.overwrite || opt.resume);
@@ -171,8 +172,7 @@ Job validate(const DecodeOptions& opt, const Comms& c) {
     j.layers = parse_layers(opt.layers, j.model->cfg.num_layers);
     if (c.rank == 0 && !(opt.resume && file_exists(j.partial))) {  // a partial has its space already
       const ModelConfig& m = j.model->cfg;
-      const int64_t rows = opt.chunk_rows > 0 ? opt.chunk_rows : 512;  // the CPU default is the smaller
-      const double per = map::matrix_group_bytes(int64_t(j.layers.size()), m.intermediate_size, rows, opt.top_k,
+      const double per = map::matrix_group_bytes(int64_t(j.layers.size()), m.intermediate_size, j.p.chunk_rows, opt.top_k,
                                                  opt.bottom_k, m.vocab_size, opt.token_index);
       check_free_space(opt.out, double(j.mats.size()) * per + map::vocab_bytes(m.vocab_size) + (1 << 20));
     }
@@ -193,7 +193,6 @@ Job validate(const DecodeOptions& opt, const Comms& c) {
   j.p.norm_plus_one = cfg.norm_plus_one;
   j.p.eps = cfg.rms_norm_eps;
   j.p.allow_tf32 = opt.allow_tf32;
-  j.p.chunk_rows = opt.chunk_rows > 0 ? opt.chunk_rows : (cuda ? 4096 : 512);
   if (j.p.top_k > cfg.vocab_size || j.p.bottom_k > cfg.vocab_size)
     collective(c.world, [&] { FI_FAIL("--top-k/--bottom-k larger than the vocabulary"); });
   j.M = opt.token_index;

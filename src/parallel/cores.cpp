@@ -1,4 +1,4 @@
-// affinity_cores / rank_workers: the rank's affinity mask, compared over the node.
+// affinity_cores / rank_workers: the rank's affinity mask, compared with those of its node.
 #include "parallel/cores.h"
 
 #include <sched.h>
@@ -10,14 +10,6 @@
 
 namespace fi {
 namespace {
-
-// FNV-1a of the mask's bytes: ranks with equal masks share its cores.
-uint64_t mask_hash(const cpu_set_t& set) {
-  uint64_t h = 1469598103934665603ull;
-  const auto* p = reinterpret_cast<const unsigned char*>(&set);
-  for (size_t i = 0; i < sizeof set; ++i) h = (h ^ p[i]) * 1099511628211ull;
-  return h;
-}
 
 bool own_mask(cpu_set_t& set) {
   CPU_ZERO(&set);
@@ -35,13 +27,13 @@ int affinity_cores() {
 int machine_cores() { return int(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN))); }
 
 int rank_workers(const Comms& c) {
-  cpu_set_t set;
-  const bool have = own_mask(set);
-  const uint64_t mine = have ? mask_hash(set) : 0;
-  std::vector<uint64_t> all(size_t(std::max(1, c.local_size)), mine);
+  cpu_set_t mine;
+  if (!own_mask(mine)) CPU_ZERO(&mine);
+  std::vector<cpu_set_t> all(size_t(std::max(1, c.local_size)), mine);
   if (c.node != MPI_COMM_NULL)
-    MPI_Allgather(&mine, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, c.node);
-  const int sharing = int(std::count(all.begin(), all.end(), mine));
+    MPI_Allgather(&mine, int(sizeof mine), MPI_BYTE, all.data(), int(sizeof mine), MPI_BYTE, c.node);
+  int sharing = 0;
+  for (const cpu_set_t& s : all) sharing += CPU_EQUAL(&s, &mine) ? 1 : 0;
   return std::max(1, affinity_cores() / std::max(1, sharing));
 }
 
