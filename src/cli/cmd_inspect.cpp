@@ -89,15 +89,18 @@ int run_inspect(const InspectOptions& o) {
 
   // Inventory: tensors per dtype and bytes per matrix kind.
   std::map<std::string, std::pair<int64_t, uint64_t>> by_dtype, by_kind;
+  std::map<std::string, std::string> kind_of;  // the MLP matrices' tensors (Phi-3: gate_up)
+  for (int64_t l = 0; l < c.num_layers; ++l)
+    for (Matrix mx : {Matrix::Up, Matrix::Gate, Matrix::Down})
+      kind_of[m.names.matrix(mx, l)] = c.fused_gate_up && mx != Matrix::Down ? "gate_up" : matrix_name(mx);
+  kind_of[m.lm_head_name()] = "lm_head";
   for (const std::string& n : m.ckpt.tensor_names()) {
     const TensorInfo& t = m.ckpt.info(n);
     auto& d = by_dtype[dtype_name(t.dtype)];
     d.first++;
     d.second += t.end - t.begin;
-    std::string kind = "other";
-    for (Matrix mx : {Matrix::Up, Matrix::Gate, Matrix::Down})
-      if (n.find(std::string(".mlp.") + matrix_name(mx) + "_proj.") != std::string::npos) kind = matrix_name(mx);
-    if (n == m.lm_head_name()) kind = "lm_head";
+    auto it = kind_of.find(n);
+    const std::string kind = it == kind_of.end() ? "other" : it->second;
     auto& k = by_kind[kind];
     k.first++;
     k.second += t.end - t.begin;

@@ -56,11 +56,11 @@ std::string utc_now() {
 
 // Reads a work item's neuron vectors: rows of up/gate, columns of down. x: [rows, hidden]
 void read_item(const Model& m, Matrix mat, int64_t layer, const WorkItem& it, std::vector<float>& x) {
-  const std::string name = m.names.matrix(mat, layer);
-  const TensorInfo& t = m.ckpt.info(name);
+  const MatrixSource src = m.names.matrix_source(mat, layer);
+  const TensorInfo& t = m.ckpt.info(src.tensor);
   x.resize(size_t(it.rows * m.cfg.hidden_size));
-  if (mat == Matrix::Down) m.ckpt.file_of(name).read_cols_f32(t, it.row0, it.rows, x.data());
-  else m.ckpt.file_of(name).read_rows_f32(t, it.row0, it.rows, x.data());
+  if (mat == Matrix::Down) m.ckpt.file_of(src.tensor).read_cols_f32(t, it.row0, it.rows, x.data());
+  else m.ckpt.file_of(src.tensor).read_rows_f32(t, src.row0 + it.row0, it.rows, x.data());
 }
 
 // Stop signals: the first asks for a clean stop at the next round (the round in flight is
@@ -176,12 +176,8 @@ Job validate(const DecodeOptions& opt, const Comms& c) {
                                                  opt.bottom_k, m.vocab_size, opt.token_index);
       check_free_space(opt.out, double(j.mats.size()) * per + map::vocab_bytes(m.vocab_size) + (1 << 20));
     }
-    const auto I = j.model->cfg.intermediate_size, H = j.model->cfg.hidden_size;
     for (Matrix m : j.mats)
-      for (int64_t l : j.layers) {
-        if (m == Matrix::Down) j.model->expect(j.model->names.matrix(m, l), {H, I}, "hidden_size,intermediate_size");
-        else j.model->expect(j.model->names.matrix(m, l), {I, H}, "intermediate_size,hidden_size");
-      }
+      for (int64_t l : j.layers) j.model->expect_matrix(m, l);
   });
   const bool cuda = j.backend == BackendKind::Cuda;
   if (opt.backend == "auto" && j.talk)

@@ -1,7 +1,10 @@
-// config.json of the Llama family parsed strictly (every fault names the file and the field),
-// the MLP matrix names, and Model: a checkpoint whose decode tensors are checked against its config.
+// config.json of the dense Llama-class families parsed strictly where the decode needs a field
+// (every fault names the file and the field) and leniently where only the forward pass does (its
+// problems are kept in ModelConfig::forward_problem), the MLP matrix names, and Model: a
+// checkpoint whose decode tensors are checked against its config.
 #include "model/config.h"
 
+#include <algorithm>
 #include <sstream>
 
 #include "common/error.h"
@@ -17,9 +20,11 @@ using nlohmann::json;
 struct Fields {
   const json& j;
   const std::string& path;
+  std::string scope = "";  // "text_config." for Gemma 3's nested config
 
+  // field: a key of j, or a path that already starts with the scope.
   [[noreturn]] void fail(const std::string& field, const std::string& what) const {
-    FI_FAIL(path + ": field '" + field + "' " + what);
+    FI_FAIL(path + ": field '" + (field.rfind(scope, 0) == 0 ? field : scope + field) + "' " + what);
   }
   const json* get(const json& obj, const std::string& key) const {
     auto it = obj.find(key);
@@ -60,27 +65,194 @@ struct Fields {
   }
 };
 
-RopeScaling parse_rope_scaling(const Fields& f) {
-  RopeScaling r;
-  const json* v = f.get(f.j, "rope_scaling");
-  if (!v) return r;
-  if (!v->is_object()) f.fail("rope_scaling", "must be an object or null, got " + std::string(v->type_name()));
-  // Newer configs spell the type "rope_type", older ones "type".
-  std::string key = v->contains("rope_type") ? "rope_type" : "type";
-  std::string field = "rope_scaling." + key;
-  std::string type = f.as_string(f.need(*v, key, field), field);
-  if (type == "default") return r;  // HF's name for plain RoPE
-  if (type != "llama3") f.fail(field, "is '" + type + "'; only 'llama3' is supported");
-  r.type = type;
-  r.factor = f.positive_double(*v, "factor", "rope_scaling.factor");
-  r.low_freq_factor = f.positive_double(*v, "low_freq_factor", "rope_scaling.low_freq_factor");
-  r.high_freq_factor = f.positive_double(*v, "high_freq_factor", "rope_scaling.high_freq_factor");
-  r.original_max_position_embeddings =
-      f.positive_double(*v, "original_max_position_embeddings",
-                        "rope_scaling.original_max_position_embeddings");
-  if (r.high_freq_factor <= r.low_freq_factor)
-    f.fail("rope_scaling.high_freq_factor", "must be greater than low_freq_factor");
-  return r;
+
+// The HF config class's defaults of the families whose public configs leave fields out (Gemma 3's
+// text_config gives only a few): a field absent from the file takes the value the class would.
+json family_defaults(const std::string& model_type) {
+  if (model_type == "gemma2")
+    return {{"head_dim", 256}, {"rms_norm_eps", 1e-6}, {"rope_theta", 10000.0},
+            {"query_pre_attn_scalar", 256}, {"sliding_window", 4096},
+            {"final_logit_softcapping", 30.0}, {"attn_logit_softcapping", 50.0},
+            {"max_position_embeddings", 8192}};
+  if (model_type == "gemma3" || model_type == "gemma3_text")
+    return {{"vocab_size", 262208}, {"hidden_size", 2304}, {"intermediate_size", 9216},
+            {"num_hidden_layers", 26}, {"num_attention_heads", 8}, {"num_key_value_heads", 4},
+            {"head_dim", 256}, {"max_position_embeddings", 131072}, {"rms_norm_eps", 1e-6},
+            {"rope_theta", 1000000.0}, {"query_pre_attn_scalar", 256}, {"sliding_window", 4096},
+            {"rope_local_base_freq", 10000.0}, {"sliding_window_pattern", 6}};
+  return json::object();
+}
+
+// What the forward pass finds wrong in the config: collected, never thrown at load.
+struct Problems {
+  std::string first;
+  void add(const std::string& why) {
+    if (first.empty()) first = why;
+  }
+};
+
+// Reads one RoPE description (rope_scaling, rope_parameters or one of its per-layer-type parts)
+// into r, and its rope_theta into *theta when it has one. `where` is its field path.
+void parse_rope(const Fields& f, const json& v, const std::string& where, RopeScaling& r, double* theta,
+                Problems& p) {
+  const std::string file = f.path + ": field '";
+  auto num = [&](const char* key, double& out, bool required) {
+    const json* x = f.get(v, key);
+    if (!x) {
+      if (required) p.add(file + where + "." + key + "' is missing (rope type " + r.type + ")");
+      return;
+    }
+    if (!x->is_number() || !(x->get<double>() > 0)) p.add(file + where + "." + key + "' must be a positive number");
+    else out = x->get<double>();
+  };
+  auto list = [&](const char* key, std::vector<double>& out) {
+    const json* x = f.get(v, key);
+    if (!x || !x->is_array()) return p.add(file + where + "." + key + "' must be a list of numbers");
+    for (const json& e : *x) {
+      if (!e.is_number()) return p.add(file + where + "." + key + "' must be a list of numbers");
+      out.push_back(e.get<double>());
+    }
+  };
+  if (theta) {
+    if (const json* t = f.get(v, "rope_theta")) {
+      if (!t->is_number() || !(t->get<double>() > 0)) p.add(file + where + ".rope_theta' must be a positive number");
+      else *theta = t->get<double>();
+    }
+  }
+  const char* key = v.contains("rope_type") ? "rope_type" : "type";
+  const json* tv = f.get(v, key);
+  if (!tv) {
+    if (theta && v.contains("rope_theta")) return;  // v5: rope_parameters with only rope_theta
+    return p.add(file + where + ".type' is missing");
+  }
+  if (!tv->is_string()) return p.add(file + where + "." + key + "' must be a string");
+  r.type = tv->get<std::string>();
+  if (r.type == "default") r.type.clear();  // HF's name for plain RoPE
+  if (r.type == "su") r.type = "longrope";  // its first name (Phi-3 128k)
+  if (r.type.empty()) return;
+  if (r.type == "linear" || r.type == "dynamic") {
+    num("factor", r.factor, true);
+  } else if (r.type == "llama3") {
+    num("factor", r.factor, true);
+    num("low_freq_factor", r.low_freq_factor, true);
+    num("high_freq_factor", r.high_freq_factor, true);
+    num("original_max_position_embeddings", r.original_max_position_embeddings, true);
+    if (r.high_freq_factor <= r.low_freq_factor)
+      p.add(file + where + ".high_freq_factor' must be greater than low_freq_factor");
+  } else if (r.type == "yarn") {
+    num("factor", r.factor, true);
+    num("original_max_position_embeddings", r.original_max_position_embeddings, false);
+    num("beta_fast", r.beta_fast, false);
+    num("beta_slow", r.beta_slow, false);
+    num("attention_factor", r.attention_factor, false);
+    num("mscale", r.mscale, false);
+    num("mscale_all_dim", r.mscale_all_dim, false);
+    if (const json* t = f.get(v, "truncate")) r.truncate = !t->is_boolean() || t->get<bool>();
+  } else if (r.type == "longrope") {
+    list("short_factor", r.short_factor);
+    list("long_factor", r.long_factor);
+    num("factor", r.factor, false);
+    num("attention_factor", r.attention_factor, false);
+    num("original_max_position_embeddings", r.original_max_position_embeddings, false);
+  } else {
+    p.add(file + where + "." + key + "' is '" + r.type +
+          "', a RoPE type the forward pass does not know (known: default, linear, dynamic, llama3, "
+          "yarn, longrope)");
+  }
+}
+
+// rope_scaling (v4) or rope_parameters (v5; per layer type for Gemma 3: full_attention and
+// sliding_attention), with rope_theta and Gemma 3's rope_local_base_freq.
+void parse_rope_fields(const Fields& f, ModelConfig& c, Problems& p) {
+  const json& j = f.j;
+  const double theta = 10000;
+  c.rope_theta = f.positive_double(j, "rope_theta", f.scope + "rope_theta", &theta);
+  if (f.get(j, "rope_local_base_freq"))
+    c.rope_local_theta = f.positive_double(j, "rope_local_base_freq", f.scope + "rope_local_base_freq");
+  for (const std::string key : {"rope_parameters", "rope_scaling"}) {
+    const json* v = f.get(j, key);
+    if (!v) continue;
+    const std::string where = f.scope + key;
+    if (!v->is_object()) {
+      p.add(f.path + ": field '" + where + "' must be an object or null, got " + std::string(v->type_name()));
+      return;
+    }
+    const bool v5 = key == "rope_parameters";
+    if (!v->contains("full_attention") && !v->contains("sliding_attention")) {
+      parse_rope(f, *v, where, c.rope_scaling, v5 ? &c.rope_theta : nullptr, p);
+      return;
+    }
+    for (const auto& [layer_type, part] : v->items()) {
+      const std::string at = where + "." + layer_type;
+      if (!part.is_object()) {
+        p.add(f.path + ": field '" + at + "' must be an object");
+      } else if (layer_type == "full_attention") {
+        parse_rope(f, part, at, c.rope_scaling, &c.rope_theta, p);
+      } else if (layer_type == "sliding_attention") {
+        RopeScaling local;
+        double local_theta = c.rope_local_theta > 0 ? c.rope_local_theta : c.rope_theta;
+        parse_rope(f, part, at, local, &local_theta, p);
+        if (!local.type.empty())
+          p.add(f.path + ": field '" + at + ".rope_type' is '" + local.type +
+                "'; the forward pass scales only the full-attention layers' RoPE");
+        c.rope_local_theta = local_theta;
+      } else {
+        p.add(f.path + ": field '" + at + "' is a layer type the forward pass does not know");
+      }
+    }
+    return;
+  }
+}
+
+// Which layers attend in a sliding window: layer_types where the config lists them, else the
+// family's rule (Gemma 2 every other layer from 0, Gemma 3 all but every sliding_window_pattern-th,
+// Mistral and Phi-3 all layers, Qwen with use_sliding_window from max_window_layers on).
+void parse_sliding(const Fields& f, ModelConfig& c, Problems& p) {
+  const json& j = f.j;
+  const std::string& t = c.model_type;
+  c.sliding_layers.assign(size_t(c.num_layers), 0);
+  int64_t window = 0;
+  if (const json* w = f.get(j, "sliding_window")) {
+    if (!w->is_number_integer() || w->get<int64_t>() <= 0) {
+      p.add(f.path + ": field '" + f.scope + "sliding_window' must be a positive integer or null");
+      return;
+    }
+    window = w->get<int64_t>();
+  }
+  if (const json* lt = f.get(j, "layer_types")) {
+    if (!lt->is_array() || int64_t(lt->size()) != c.num_layers) {
+      p.add(f.path + ": field '" + f.scope + "layer_types' must list one type per layer");
+      return;
+    }
+    for (size_t i = 0; i < lt->size(); ++i) {
+      const json& e = (*lt)[i];
+      const std::string s = e.is_string() ? e.get<std::string>() : "";
+      if (s == "sliding_attention") c.sliding_layers[i] = 1;
+      else if (s != "full_attention")
+        p.add(f.path + ": field '" + f.scope + "layer_types[" + std::to_string(i) +
+              "]' is not full_attention or sliding_attention");
+    }
+  } else if (t == "gemma2") {
+    for (int64_t i = 0; i < c.num_layers; i += 2) c.sliding_layers[size_t(i)] = 1;
+  } else if (t == "gemma3" || t == "gemma3_text") {
+    const int64_t six = 6;
+    const int64_t pattern = f.positive_int("sliding_window_pattern", &six);
+    for (int64_t i = 0; i < c.num_layers; ++i) c.sliding_layers[size_t(i)] = (i + 1) % pattern != 0;
+  } else if (t == "mistral" || t == "phi3") {
+    c.sliding_layers.assign(size_t(c.num_layers), 1);
+  } else if (t == "qwen2" || t == "qwen3") {
+    const json* use = f.get(j, "use_sliding_window");
+    if (use && use->is_boolean() && use->get<bool>()) {
+      const int64_t zero = 0;
+      const json* from_v = f.get(j, "max_window_layers");
+      const int64_t from = from_v && from_v->is_number_integer() ? from_v->get<int64_t>() : zero;
+      for (int64_t i = std::max<int64_t>(from, 0); i < c.num_layers; ++i) c.sliding_layers[size_t(i)] = 1;
+    }
+  }
+  if (window == 0) c.sliding_layers.assign(size_t(c.num_layers), 0);
+  bool any = false;
+  for (uint8_t s : c.sliding_layers) any |= s != 0;
+  c.sliding_window = any ? window : 0;
 }
 
 std::string join_shape(const std::vector<int64_t>& s) {
@@ -92,15 +264,36 @@ std::string join_shape(const std::vector<int64_t>& s) {
 }  // namespace
 
 ModelConfig load_config(const std::string& path) {
-  json j = read_json_file(path);
-  if (!j.is_object()) FI_FAIL(path + ": expected a JSON object at the top level");
-  Fields f{j, path};
+  const json top = read_json_file(path);
+  if (!top.is_object()) FI_FAIL(path + ": expected a JSON object at the top level");
   ModelConfig c;
   c.path = path;
-  c.model_type = f.as_string(f.need(j, "model_type", "model_type"), "model_type");
+  {
+    Fields t{top, path};
+    c.model_type = t.as_string(t.need(top, "model_type", "model_type"), "model_type");
+  }
   family_of(c);  // throws unless model_type is one of the families in model/layer_tensors.h
-  bool gemma = c.model_type == "gemma" || c.model_type == "gemma2";
+  const std::string& t = c.model_type;
+  // Gemma 3 with its vision tower: the language model's fields are in text_config.
+  json j = top;
+  std::string scope;
+  if (t == "gemma3") {
+    auto it = top.find("text_config");
+    if (it == top.end() || !it->is_object())
+      FI_FAIL(path + ": field 'text_config' is missing or not an object (model_type gemma3)");
+    j = *it;
+    scope = "text_config.";
+    for (const char* k : {"torch_dtype", "dtype", "tie_word_embeddings"})
+      if (!j.contains(k) && top.contains(k)) j[k] = top[k];
+  }
+  const json defaults = family_defaults(t);
+  for (const auto& [k, v] : defaults.items())
+    if (!j.contains(k)) j[k] = v;
+  const Fields f{j, path, scope};
+  const bool gemma = t == "gemma" || t == "gemma2" || t == "gemma3" || t == "gemma3_text";
   c.norm_plus_one = gemma;
+  c.fused_gate_up = t == "phi3";
+  Problems problems;
 
   c.hidden_size = f.positive_int("hidden_size");
   c.intermediate_size = f.positive_int("intermediate_size");
@@ -119,20 +312,50 @@ ModelConfig load_config(const std::string& path) {
   c.vocab_size = f.positive_int("vocab_size");
   const int64_t no_limit = 0;
   c.max_position_embeddings = f.positive_int("max_position_embeddings", &no_limit);
-  c.rms_norm_eps = f.positive_double(j, "rms_norm_eps", "rms_norm_eps");
-  double theta = 10000;
-  c.rope_theta = f.positive_double(j, "rope_theta", "rope_theta", &theta);
-  c.rope_scaling = parse_rope_scaling(f);
+  c.rms_norm_eps = f.positive_double(j, "rms_norm_eps", scope + "rms_norm_eps");
+  parse_rope_fields(f, c, problems);
+  RopeScaling& rs = c.rope_scaling;
+  if (const json* v = f.get(j, "original_max_position_embeddings"))  // Phi-3.5 keeps it at the top
+    if (rs.original_max_position_embeddings == 0 && v->is_number() && v->get<double>() > 0)
+      rs.original_max_position_embeddings = v->get<double>();
+  if (rs.type == "longrope") {
+    const size_t half = size_t(c.head_dim / 2);
+    if (rs.short_factor.size() != half || rs.long_factor.size() != half)
+      problems.add(path + ": field '" + scope + "rope_scaling.short_factor' and long_factor must have head_dim/2 (" +
+                   std::to_string(half) + ") entries");
+    if (rs.original_max_position_embeddings == 0)
+      problems.add(path + ": field '" + scope + "original_max_position_embeddings' is missing (rope type longrope)");
+  }
+  if (const json* v = f.get(j, "partial_rotary_factor")) {
+    c.partial_rotary_factor = f.as_double(*v, scope + "partial_rotary_factor");
+    if (c.partial_rotary_factor != 1)
+      problems.add(path + ": field '" + scope + "partial_rotary_factor' is not 1; the forward pass rotates whole heads only");
+  }
+  for (const std::string bias : {"mlp_bias", "attention_bias"}) {
+    const json* v = f.get(j, bias);
+    if (v && v->is_boolean() && v->get<bool>() && !(bias == "attention_bias" && t == "qwen2"))
+      problems.add(path + ": field '" + scope + bias + "' is true; the forward pass has no such biases");
+  }
 
   c.tie_word_embeddings = gemma;  // Gemma ties the LM-head unless told otherwise
   if (const json* v = f.get(j, "tie_word_embeddings")) {
     if (!v->is_boolean()) f.fail("tie_word_embeddings", "must be a boolean, got " + std::string(v->type_name()));
     c.tie_word_embeddings = v->get<bool>();
   }
+  for (const std::string key : {"dtype", "torch_dtype"})  // v5 writes dtype, v4 torch_dtype
+    if (const json* v = f.get(j, key); v && v->is_string() && c.dtype.empty()) c.dtype = v->get<std::string>();
   // Gemma's modelling code reads hidden_activation (tanh-GELU when absent) and ignores hidden_act.
   std::string act_field = gemma || !f.get(j, "hidden_act") ? "hidden_activation" : "hidden_act";
   const json* act = f.get(j, act_field);
-  c.hidden_act = act ? f.as_string(*act, act_field) : gemma ? "gelu_pytorch_tanh" : "silu";
+  c.hidden_act = act ? f.as_string(*act, scope + act_field) : gemma ? "gelu_pytorch_tanh" : "silu";
+  if (gemma && t != "gemma") {  // Gemma 2 and 3 (Gemma 1 has none of these)
+    const double none = 0;
+    c.final_logit_softcapping = f.positive_double(j, "final_logit_softcapping", scope + "final_logit_softcapping", &none);
+    c.attn_logit_softcapping = f.positive_double(j, "attn_logit_softcapping", scope + "attn_logit_softcapping", &none);
+    c.query_pre_attn_scalar = f.positive_double(j, "query_pre_attn_scalar", scope + "query_pre_attn_scalar", &none);
+  }
+  parse_sliding(f, c, problems);
+  c.forward_problem = problems.first;
   return c;
 }
 
@@ -152,28 +375,51 @@ Matrix parse_matrix(const std::string& s) {
   FI_FAIL("unknown matrix '" + s + "' (valid: up, gate, down)");
 }
 
-std::string TensorNames::matrix_pattern(Matrix m) const {
-  return std::string("model.layers.{}.mlp.") + matrix_name(m) + "_proj.weight";
+void TensorNames::set_prefix(const std::string& p) {
+  prefix = p;
+  embed = p + "embed_tokens.weight";
+  final_norm = p + "norm.weight";
+  lm_head = p == "language_model.model." ? "language_model.lm_head.weight" : "lm_head.weight";
 }
 
-std::string TensorNames::matrix(Matrix m, int64_t layer) const {
-  std::string p = matrix_pattern(m);
-  return p.replace(p.find("{}"), 2, std::to_string(layer));
+std::string TensorNames::matrix_pattern(Matrix m) const {
+  if (fused_gate_up && m != Matrix::Down) {
+    const int64_t I = intermediate_size, r0 = m == Matrix::Gate ? 0 : I;
+    return prefix + "layers.{}.mlp.gate_up_proj.weight[" + std::to_string(r0) + ":" + std::to_string(r0 + I) + "]";
+  }
+  return prefix + "layers.{}.mlp." + matrix_name(m) + "_proj.weight";
+}
+
+MatrixSource TensorNames::matrix_source(Matrix m, int64_t l) const {
+  if (fused_gate_up && m != Matrix::Down)
+    return {layer(l, "mlp.gate_up_proj.weight"), m == Matrix::Gate ? 0 : intermediate_size};
+  return {layer(l, std::string("mlp.") + matrix_name(m) + "_proj.weight"), 0};
 }
 
 std::string TensorNames::layer(int64_t layer, const std::string& suffix) const {
-  return "model.layers." + std::to_string(layer) + "." + suffix;
+  return prefix + "layers." + std::to_string(layer) + "." + suffix;
 }
 
 Model::Model(const std::string& d) : dir(d), cfg(load_config(d + "/config.json")), ckpt(d) {
+  names.fused_gate_up = cfg.fused_gate_up;
+  names.intermediate_size = cfg.intermediate_size;
+  for (const char* p : {"model.", "language_model.model.", "model.language_model."})
+    if (ckpt.has(std::string(p) + "embed_tokens.weight")) {
+      names.set_prefix(p);
+      break;
+    }
+  expect(lm_head_name(), {cfg.vocab_size, cfg.hidden_size}, "vocab_size,hidden_size");
+  expect(names.final_norm, {cfg.hidden_size}, "hidden_size");
+  for (int64_t l = 0; l < cfg.num_layers; ++l)
+    for (Matrix m : {Matrix::Up, Matrix::Gate, Matrix::Down}) expect_matrix(m, l);
+}
+
+const TensorInfo& Model::expect_matrix(Matrix m, int64_t l) const {
   const int64_t H = cfg.hidden_size, I = cfg.intermediate_size;
-  expect(lm_head_name(), {cfg.vocab_size, H}, "vocab_size,hidden_size");
-  expect(names.final_norm, {H}, "hidden_size");
-  for (int64_t l = 0; l < cfg.num_layers; ++l) {
-    expect(names.matrix(Matrix::Up, l), {I, H}, "intermediate_size,hidden_size");
-    expect(names.matrix(Matrix::Gate, l), {I, H}, "intermediate_size,hidden_size");
-    expect(names.matrix(Matrix::Down, l), {H, I}, "hidden_size,intermediate_size");
-  }
+  const std::string name = names.matrix(m, l);
+  if (m == Matrix::Down) return expect(name, {H, I}, "hidden_size,intermediate_size");
+  if (cfg.fused_gate_up) return expect(name, {2 * I, H}, "2*intermediate_size,hidden_size");
+  return expect(name, {I, H}, "intermediate_size,hidden_size");
 }
 
 // field: the config fields behind each dimension, comma-separated ("vocab_size,hidden_size").

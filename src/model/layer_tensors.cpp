@@ -26,6 +26,81 @@ const std::vector<TensorRow> kLlamaLayer = {
     {Role::Down, "mlp.down_proj.weight", {D::Hidden, D::Intermediate}},
 };
 
+// Qwen 3: Llama's layer with an RMSNorm over each head of q and of k (before RoPE).
+const std::vector<TensorRow> kQwen3Layer = {
+    {Role::AttnNorm, "input_layernorm.weight", {D::Hidden}},
+    {Role::Q, "self_attn.q_proj.weight", {D::QHeads, D::Hidden}},
+    {Role::K, "self_attn.k_proj.weight", {D::KvHeads, D::Hidden}},
+    {Role::V, "self_attn.v_proj.weight", {D::KvHeads, D::Hidden}},
+    {Role::QNorm, "self_attn.q_norm.weight", {D::HeadDim}},
+    {Role::KNorm, "self_attn.k_norm.weight", {D::HeadDim}},
+    {Role::O, "self_attn.o_proj.weight", {D::Hidden, D::QHeads}},
+    {Role::MlpNorm, "post_attention_layernorm.weight", {D::Hidden}},
+    {Role::Gate, "mlp.gate_proj.weight", {D::Intermediate, D::Hidden}},
+    {Role::Up, "mlp.up_proj.weight", {D::Intermediate, D::Hidden}},
+    {Role::Down, "mlp.down_proj.weight", {D::Hidden, D::Intermediate}},
+};
+
+// Gemma 2: four norms a layer, around attention and around the MLP (post_attention_layernorm
+// normalises the attention's output here, not the MLP's input as in Llama).
+const std::vector<TensorRow> kGemma2Layer = {
+    {Role::AttnNorm, "input_layernorm.weight", {D::Hidden}},
+    {Role::Q, "self_attn.q_proj.weight", {D::QHeads, D::Hidden}},
+    {Role::K, "self_attn.k_proj.weight", {D::KvHeads, D::Hidden}},
+    {Role::V, "self_attn.v_proj.weight", {D::KvHeads, D::Hidden}},
+    {Role::O, "self_attn.o_proj.weight", {D::Hidden, D::QHeads}},
+    {Role::PostAttnNorm, "post_attention_layernorm.weight", {D::Hidden}},
+    {Role::MlpNorm, "pre_feedforward_layernorm.weight", {D::Hidden}},
+    {Role::Gate, "mlp.gate_proj.weight", {D::Intermediate, D::Hidden}},
+    {Role::Up, "mlp.up_proj.weight", {D::Intermediate, D::Hidden}},
+    {Role::Down, "mlp.down_proj.weight", {D::Hidden, D::Intermediate}},
+    {Role::PostMlpNorm, "post_feedforward_layernorm.weight", {D::Hidden}},
+};
+
+// Gemma 3: Gemma 2's layer with Qwen 3's per-head q/k norms.
+const std::vector<TensorRow> kGemma3Layer = {
+    {Role::AttnNorm, "input_layernorm.weight", {D::Hidden}},
+    {Role::Q, "self_attn.q_proj.weight", {D::QHeads, D::Hidden}},
+    {Role::K, "self_attn.k_proj.weight", {D::KvHeads, D::Hidden}},
+    {Role::V, "self_attn.v_proj.weight", {D::KvHeads, D::Hidden}},
+    {Role::QNorm, "self_attn.q_norm.weight", {D::HeadDim}},
+    {Role::KNorm, "self_attn.k_norm.weight", {D::HeadDim}},
+    {Role::O, "self_attn.o_proj.weight", {D::Hidden, D::QHeads}},
+    {Role::PostAttnNorm, "post_attention_layernorm.weight", {D::Hidden}},
+    {Role::MlpNorm, "pre_feedforward_layernorm.weight", {D::Hidden}},
+    {Role::Gate, "mlp.gate_proj.weight", {D::Intermediate, D::Hidden}},
+    {Role::Up, "mlp.up_proj.weight", {D::Intermediate, D::Hidden}},
+    {Role::Down, "mlp.down_proj.weight", {D::Hidden, D::Intermediate}},
+    {Role::PostMlpNorm, "post_feedforward_layernorm.weight", {D::Hidden}},
+};
+
+// OLMo 2: no norm before attention or the MLP, a norm after each; q and k normed over their
+// whole width (all heads at once).
+const std::vector<TensorRow> kOlmo2Layer = {
+    {Role::Q, "self_attn.q_proj.weight", {D::QHeads, D::Hidden}},
+    {Role::K, "self_attn.k_proj.weight", {D::KvHeads, D::Hidden}},
+    {Role::V, "self_attn.v_proj.weight", {D::KvHeads, D::Hidden}},
+    {Role::QNorm, "self_attn.q_norm.weight", {D::QHeads}},
+    {Role::KNorm, "self_attn.k_norm.weight", {D::KvHeads}},
+    {Role::O, "self_attn.o_proj.weight", {D::Hidden, D::QHeads}},
+    {Role::PostAttnNorm, "post_attention_layernorm.weight", {D::Hidden}},
+    {Role::Gate, "mlp.gate_proj.weight", {D::Intermediate, D::Hidden}},
+    {Role::Up, "mlp.up_proj.weight", {D::Intermediate, D::Hidden}},
+    {Role::Down, "mlp.down_proj.weight", {D::Hidden, D::Intermediate}},
+    {Role::PostMlpNorm, "post_feedforward_layernorm.weight", {D::Hidden}},
+};
+
+// Phi-3: q, k and v fused in qkv_proj (rows q, then k, then v), gate and up in gate_up_proj
+// (rows gate, then up).
+const std::vector<TensorRow> kPhi3Layer = {
+    {Role::AttnNorm, "input_layernorm.weight", {D::Hidden}},
+    {Role::QKV, "self_attn.qkv_proj.weight", {D::QkvHeads, D::Hidden}},
+    {Role::O, "self_attn.o_proj.weight", {D::Hidden, D::QHeads}},
+    {Role::MlpNorm, "post_attention_layernorm.weight", {D::Hidden}},
+    {Role::GateUp, "mlp.gate_up_proj.weight", {D::Intermediate2, D::Hidden}},
+    {Role::Down, "mlp.down_proj.weight", {D::Hidden, D::Intermediate}},
+};
+
 // The tensors outside the layers; their names are TensorNames' (Model::names).
 struct ModelRow {
   Role role;
@@ -69,6 +144,9 @@ int64_t dim_size(const ModelConfig& c, Dim d) {
     case Dim::QHeads: return c.num_heads * c.head_dim;
     case Dim::KvHeads: return c.num_kv_heads * c.head_dim;
     case Dim::Vocab: return c.vocab_size;
+    case Dim::HeadDim: return c.head_dim;
+    case Dim::QkvHeads: return (c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
+    case Dim::Intermediate2: return 2 * c.intermediate_size;
   }
   return 0;
 }
@@ -80,6 +158,9 @@ const char* dim_fields(Dim d) {
     case Dim::QHeads: return "num_heads*head_dim";
     case Dim::KvHeads: return "num_kv_heads*head_dim";
     case Dim::Vocab: return "vocab_size";
+    case Dim::HeadDim: return "head_dim";
+    case Dim::QkvHeads: return "(num_heads+2*num_kv_heads)*head_dim";
+    case Dim::Intermediate2: return "2*intermediate_size";
   }
   return "?";
 }
@@ -89,8 +170,13 @@ const std::vector<ModelFamily>& model_families() {
       {"llama", kLlamaLayer},
       {"mistral", kLlamaLayer},
       {"qwen2", kLlamaLayer},
+      {"qwen3", kQwen3Layer, "per-head q/k norms"},
       {"gemma", kLlamaLayer},
-      {"gemma2", kLlamaLayer, "extra MLP norms, soft-capping"},
+      {"gemma2", kGemma2Layer, "post-norms, soft-capping, sliding-window layers"},
+      {"gemma3_text", kGemma3Layer, "post-norms, q/k norms, sliding-window layers"},
+      {"gemma3", kGemma3Layer, "post-norms, q/k norms, sliding-window layers"},
+      {"olmo2", kOlmo2Layer, "post-norms, q/k norms"},
+      {"phi3", kPhi3Layer, "fused qkv_proj"},
   };
   return families;
 }
@@ -119,6 +205,12 @@ const char* role_name(Role r) {
     case Role::Gate: return "gate";
     case Role::Up: return "up";
     case Role::Down: return "down";
+    case Role::PostAttnNorm: return "post_attn_norm";
+    case Role::PostMlpNorm: return "post_mlp_norm";
+    case Role::QNorm: return "q_norm";
+    case Role::KNorm: return "k_norm";
+    case Role::QKV: return "qkv";
+    case Role::GateUp: return "gate_up";
   }
   return "?";
 }
@@ -185,8 +277,14 @@ ModelTensor model_tensor(const Model& m, Role r) {
 std::string forward_refusal(const ModelConfig& c) {
   const ModelFamily& f = family_of(c);
   if (f.forward_refusal)
-    return c.path + ": the forward pass does not support " + f.model_type + " (" + f.forward_refusal + ")";
+    return c.path + ": the forward pass does not support " + f.model_type + " yet (" + f.forward_refusal + ")";
+  if (!c.forward_problem.empty()) return c.forward_problem;
   if (c.head_dim % 2 != 0) return c.path + ": head_dim must be even for rotary embeddings";
+  if (c.sliding_window > 0)
+    return c.path + ": field 'sliding_window' (" + std::to_string(c.sliding_window) +
+           "): the forward pass has no sliding-window attention yet";
+  if (c.rope_scaling.type != "" && c.rope_scaling.type != "llama3")
+    return c.path + ": field 'rope_scaling' type " + c.rope_scaling.type + ": not implemented in the forward pass yet";
   return "";
 }
 

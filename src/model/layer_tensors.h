@@ -24,6 +24,9 @@ enum class Dim {
   QHeads,        // num_heads*head_dim
   KvHeads,       // num_kv_heads*head_dim
   Vocab,         // vocab_size
+  HeadDim,       // head_dim
+  QkvHeads,      // (num_heads+2*num_kv_heads)*head_dim: Phi-3's fused qkv_proj
+  Intermediate2, // 2*intermediate_size: Phi-3's fused gate_up_proj
 };
 int64_t dim_size(const ModelConfig& cfg, Dim d);
 const char* dim_fields(Dim d);  // "hidden_size", "num_heads*head_dim", ...
@@ -33,6 +36,9 @@ enum class Role {
   Embed, FinalNorm, LmHead,                       // once per model
   AttnNorm, Q, K, V, QBias, KBias, VBias, O,      // per layer: attention
   MlpNorm, Gate, Up, Down,                        // per layer: MLP
+  PostAttnNorm, PostMlpNorm,                      // Gemma 2/3, OLMo 2: norms of each block's output
+  QNorm, KNorm,                                   // Qwen 3, Gemma 3 (per head), OLMo 2 (whole width)
+  QKV, GateUp,                                    // Phi-3's fused projections
 };
 
 // One row of a family's layer table.
@@ -51,9 +57,9 @@ struct ModelFamily {
   const char* forward_refusal = nullptr;   // why the forward pass refuses it; null: it runs it
 };
 
-// llama, mistral, qwen2, gemma, gemma2: the model types load_config accepts.
+// The model types load_config accepts (family_names() lists them).
 const std::vector<ModelFamily>& model_families();
-std::string family_names();  // "llama, mistral, qwen2, gemma, gemma2"
+std::string family_names();  // "llama, mistral, qwen2, ..."
 // cfg.model_type's family; throws naming cfg.path when it is none of them.
 const ModelFamily& family_of(const ModelConfig& cfg);
 const char* role_name(Role r);  // "q", "attn_norm", ...
@@ -90,7 +96,8 @@ ModelTensor model_tensor(const Model& m, Role r);
 std::vector<ModelTensor> layer_tensors_present(const Model& m, int64_t layer);
 
 // Why the forward pass cannot run this config, naming config.json ("" when it can): a family it
-// refuses (gemma2), or an odd head_dim (rotary embeddings rotate pairs).
+// does not implement yet, ModelConfig::forward_problem (a RoPE type or field), an odd head_dim
+// (rotary embeddings rotate pairs), or an attention detail it does not implement.
 std::string forward_refusal(const ModelConfig& cfg);
 void check_forward_supported(const ModelConfig& cfg);  // throws forward_refusal(cfg)
 // Throws unless 0 <= first <= last <= num_layers (a stage's layers [first, last)).

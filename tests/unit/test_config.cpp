@@ -166,39 +166,184 @@ TEST(Config, RopeScaling) {
   fi::ModelConfig c = fi::load_config(write_config(temp_dir(), j.dump()));
   EXPECT_EQ(c.rope_scaling.type, "llama3");  // the older "type" spelling
   EXPECT_DOUBLE_EQ(c.rope_scaling.factor, 32);
+  EXPECT_EQ(c.forward_problem, "");
 
   j["rope_scaling"] = {{"rope_type", "default"}};
   EXPECT_EQ(fi::load_config(write_config(temp_dir(), j.dump())).rope_scaling.type, "");
 
+  // Every type is read; a fault in one is the forward pass's problem, never load_config's.
   std::string p = write_config(temp_dir(), "");
-  j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4}};
-  write_config(fs::path(p).parent_path(), j.dump());
-  std::string e = error_of([&] { fi::load_config(p); });
-  EXPECT_TRUE(contains(e, p + ": field 'rope_scaling.rope_type'")) << e;
-  EXPECT_TRUE(contains(e, "yarn")) << e;
+  auto load = [&](const json& rs) {
+    j["rope_scaling"] = rs;
+    write_config(fs::path(p).parent_path(), j.dump());
+    return fi::load_config(p);
+  };
+  c = load({{"rope_type", "yarn"}, {"factor", 4}, {"original_max_position_embeddings", 32768}});
+  EXPECT_EQ(c.rope_scaling.type, "yarn");
+  EXPECT_DOUBLE_EQ(c.rope_scaling.factor, 4);
+  EXPECT_DOUBLE_EQ(c.rope_scaling.beta_fast, 32);
+  EXPECT_DOUBLE_EQ(c.rope_scaling.original_max_position_embeddings, 32768);
+  EXPECT_EQ(c.forward_problem, "");
+  c = load({{"type", "yarn"}, {"factor", 40}, {"beta_fast", 32}, {"beta_slow", 1}, {"mscale", 1},
+            {"mscale_all_dim", 1}, {"original_max_position_embeddings", 4096}});  // DeepSeek-V3's
+  EXPECT_DOUBLE_EQ(c.rope_scaling.mscale_all_dim, 1);
+  c = load({{"type", "linear"}, {"factor", 2}});
+  EXPECT_EQ(c.rope_scaling.type, "linear");
+  EXPECT_DOUBLE_EQ(c.rope_scaling.factor, 2);
+  c = load({{"type", "dynamic"}, {"factor", 2}});
+  EXPECT_EQ(c.rope_scaling.type, "dynamic");
+  // longrope needs head_dim/2 (= 2 here) factors each and the original length.
+  j["original_max_position_embeddings"] = 4096;
+  c = load({{"type", "longrope"}, {"short_factor", {1.0, 1.5}}, {"long_factor", {2.0, 3.0}}});
+  EXPECT_EQ(c.rope_scaling.type, "longrope");
+  EXPECT_EQ(c.rope_scaling.long_factor, (std::vector<double>{2.0, 3.0}));
+  EXPECT_DOUBLE_EQ(c.rope_scaling.original_max_position_embeddings, 4096);
+  EXPECT_EQ(c.forward_problem, "");
+  c = load({{"type", "su"}, {"short_factor", {1.0}}, {"long_factor", {2.0, 3.0}}});
+  EXPECT_EQ(c.rope_scaling.type, "longrope");
+  EXPECT_TRUE(contains(c.forward_problem, "short_factor' and long_factor must have head_dim/2 (2)")) << c.forward_problem;
+  j.erase("original_max_position_embeddings");
 
-  j["rope_scaling"] = {{"type", "linear"}, {"factor", 2}};
-  write_config(fs::path(p).parent_path(), j.dump());
-  e = error_of([&] { fi::load_config(p); });
-  EXPECT_TRUE(contains(e, "field 'rope_scaling.type'")) << e;
+  c = load({{"rope_type", "llama3"}, {"low_freq_factor", 1}, {"high_freq_factor", 4},
+            {"original_max_position_embeddings", 8192}});
+  EXPECT_EQ(c.forward_problem, p + ": field 'rope_scaling.factor' is missing (rope type llama3)");
+  c = load({{"rope_type", "llama3"}, {"factor", 8}, {"low_freq_factor", 4}, {"high_freq_factor", 4},
+            {"original_max_position_embeddings", 8192}});  // would divide by zero
+  EXPECT_TRUE(contains(c.forward_problem, "field 'rope_scaling.high_freq_factor'")) << c.forward_problem;
+  c = load({{"factor", 8}});
+  EXPECT_EQ(c.forward_problem, p + ": field 'rope_scaling.type' is missing");
+  c = load({{"rope_type", "ntk-by-parts"}, {"factor", 8}});
+  EXPECT_TRUE(contains(c.forward_problem, "field 'rope_scaling.rope_type' is 'ntk-by-parts'")) << c.forward_problem;
+  c = load("llama3");
+  EXPECT_TRUE(contains(c.forward_problem, "field 'rope_scaling' must be an object")) << c.forward_problem;
+  // The forward pass refuses with that reason; the decode's fields are all there.
+  EXPECT_EQ(fi::forward_refusal(c), c.forward_problem);
+  EXPECT_EQ(c.hidden_size, 8);
+}
 
-  j["rope_scaling"] = {{"rope_type", "llama3"}, {"low_freq_factor", 1}, {"high_freq_factor", 4},
-                       {"original_max_position_embeddings", 8192}};
-  write_config(fs::path(p).parent_path(), j.dump());
-  EXPECT_EQ(error_of([&] { fi::load_config(p); }), p + ": field 'rope_scaling.factor' is missing");
+// transformers v5 writes rope_parameters (with rope_theta inside) and dtype.
+TEST(Config, TransformersV5) {
+  json j = tiny();
+  j["rope_parameters"] = {{"rope_type", "llama3"}, {"rope_theta", 500000.0}, {"factor", 8.0},
+                          {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+                          {"original_max_position_embeddings", 8192}};
+  j["dtype"] = "bfloat16";
+  fi::ModelConfig c = fi::load_config(write_config(temp_dir(), j.dump()));
+  EXPECT_DOUBLE_EQ(c.rope_theta, 500000);
+  EXPECT_EQ(c.rope_scaling.type, "llama3");
+  EXPECT_DOUBLE_EQ(c.rope_scaling.factor, 8);
+  EXPECT_EQ(c.dtype, "bfloat16");
+  EXPECT_EQ(c.forward_problem, "");
+  j["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 1000000.0}};
+  j.erase("dtype");
+  j["torch_dtype"] = "float16";
+  c = fi::load_config(write_config(temp_dir(), j.dump()));
+  EXPECT_DOUBLE_EQ(c.rope_theta, 1000000);
+  EXPECT_EQ(c.rope_scaling.type, "");
+  EXPECT_EQ(c.dtype, "float16");
+}
 
-  j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8}, {"low_freq_factor", 4}, {"high_freq_factor", 4},
-                       {"original_max_position_embeddings", 8192}};  // would divide by zero
-  write_config(fs::path(p).parent_path(), j.dump());
-  EXPECT_TRUE(contains(error_of([&] { fi::load_config(p); }), "field 'rope_scaling.high_freq_factor'"));
+// google/gemma-3-4b-it's config.json as published (text_config gives only a few fields; the rest
+// are Gemma3TextConfig's defaults), and the same model saved by transformers v5.
+TEST(Config, Gemma3Nested) {
+  const char* kGemma3_4B = R"({
+    "architectures": ["Gemma3ForConditionalGeneration"], "boi_token_index": 255999,
+    "eoi_token_index": 256000, "eos_token_id": [1, 106], "image_token_index": 262144,
+    "initializer_range": 0.02, "mm_tokens_per_image": 256, "model_type": "gemma3",
+    "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
+      "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+      "sliding_window": 1024},
+    "torch_dtype": "bfloat16", "transformers_version": "4.50.0.dev0",
+    "vision_config": {"hidden_size": 1152, "image_size": 896, "intermediate_size": 4304,
+      "model_type": "siglip_vision_model", "num_attention_heads": 16, "num_hidden_layers": 27,
+      "patch_size": 14, "vision_use_head": false}})";
+  const std::string p = write_config(temp_dir(), kGemma3_4B);
+  fi::ModelConfig c = fi::load_config(p);
+  EXPECT_EQ(c.model_type, "gemma3");
+  EXPECT_EQ(c.hidden_size, 2560);
+  EXPECT_EQ(c.intermediate_size, 10240);
+  EXPECT_EQ(c.num_layers, 34);
+  EXPECT_EQ(c.num_heads, 8);
+  EXPECT_EQ(c.num_kv_heads, 4);
+  EXPECT_EQ(c.head_dim, 256);
+  EXPECT_EQ(c.vocab_size, 262208);
+  EXPECT_DOUBLE_EQ(c.rms_norm_eps, 1e-6);
+  EXPECT_DOUBLE_EQ(c.rope_theta, 1e6);
+  EXPECT_DOUBLE_EQ(c.rope_local_theta, 1e4);
+  EXPECT_EQ(c.rope_scaling.type, "linear");
+  EXPECT_DOUBLE_EQ(c.rope_scaling.factor, 8);
+  EXPECT_DOUBLE_EQ(c.query_pre_attn_scalar, 256);
+  EXPECT_DOUBLE_EQ(c.final_logit_softcapping, 0);
+  EXPECT_TRUE(c.tie_word_embeddings);
+  EXPECT_TRUE(c.norm_plus_one);
+  EXPECT_EQ(c.hidden_act, "gelu_pytorch_tanh");
+  EXPECT_EQ(c.dtype, "bfloat16");
+  EXPECT_EQ(c.sliding_window, 1024);
+  ASSERT_EQ(c.sliding_layers.size(), 34u);
+  for (int i = 0; i < 34; ++i) EXPECT_EQ(c.sliding_layers[size_t(i)], (i + 1) % 6 != 0) << i;
 
-  j["rope_scaling"] = {{"factor", 8}};
-  write_config(fs::path(p).parent_path(), j.dump());
-  EXPECT_EQ(error_of([&] { fi::load_config(p); }), p + ": field 'rope_scaling.type' is missing");
+  json v5 = json::parse(kGemma3_4B);
+  v5["text_config"].erase("rope_scaling");
+  v5["text_config"]["rope_parameters"] = {
+      {"full_attention", {{"rope_type", "linear"}, {"factor", 8.0}, {"rope_theta", 1000000.0}}},
+      {"sliding_attention", {{"rope_type", "default"}, {"rope_theta", 10000.0}}}};
+  json types = json::array();
+  for (int i = 0; i < 34; ++i) types.push_back((i + 1) % 6 ? "sliding_attention" : "full_attention");
+  v5["text_config"]["layer_types"] = types;
+  c = fi::load_config(write_config(temp_dir(), v5.dump()));
+  EXPECT_EQ(c.rope_scaling.type, "linear");
+  EXPECT_DOUBLE_EQ(c.rope_theta, 1e6);
+  EXPECT_DOUBLE_EQ(c.rope_local_theta, 1e4);
+  for (int i = 0; i < 34; ++i) EXPECT_EQ(c.sliding_layers[size_t(i)], (i + 1) % 6 != 0) << i;
+  EXPECT_EQ(c.forward_problem, "");
 
-  j["rope_scaling"] = "llama3";
-  write_config(fs::path(p).parent_path(), j.dump());
-  EXPECT_TRUE(contains(error_of([&] { fi::load_config(p); }), "field 'rope_scaling' must be an object"));
+  json bad = json::parse(kGemma3_4B);
+  bad["text_config"]["hidden_size"] = -1;
+  const std::string bp = write_config(temp_dir(), bad.dump());
+  EXPECT_EQ(error_of([&] { fi::load_config(bp); }), bp + ": field 'text_config.hidden_size' must be positive, got -1");
+  bad.erase("text_config");
+  write_config(fs::path(bp).parent_path(), bad.dump());
+  EXPECT_TRUE(contains(error_of([&] { fi::load_config(bp); }), "field 'text_config' is missing"));
+}
+
+// Gemma 2's soft-caps and alternating sliding layers; Mistral's and Qwen's windows.
+TEST(Config, SoftCapsAndWindows) {
+  json j = tiny();
+  j["model_type"] = "gemma2";
+  j["num_hidden_layers"] = 4;
+  fi::ModelConfig c = fi::load_config(write_config(temp_dir(), j.dump()));
+  EXPECT_DOUBLE_EQ(c.final_logit_softcapping, 30);  // Gemma2Config's defaults
+  EXPECT_DOUBLE_EQ(c.attn_logit_softcapping, 50);
+  EXPECT_EQ(c.sliding_window, 4096);
+  EXPECT_EQ(c.sliding_layers, (std::vector<uint8_t>{1, 0, 1, 0}));
+  j["final_logit_softcapping"] = nullptr;
+  j["sliding_window"] = 8;
+  c = fi::load_config(write_config(temp_dir(), j.dump()));
+  EXPECT_DOUBLE_EQ(c.final_logit_softcapping, 0);
+  EXPECT_EQ(c.sliding_window, 8);
+
+  j = tiny();
+  j["model_type"] = "mistral";
+  j["sliding_window"] = 4096;
+  c = fi::load_config(write_config(temp_dir(), j.dump()));
+  EXPECT_EQ(c.sliding_layers, (std::vector<uint8_t>{1, 1}));
+  j["sliding_window"] = nullptr;  // Mistral 7B v0.2 and later
+  c = fi::load_config(write_config(temp_dir(), j.dump()));
+  EXPECT_EQ(c.sliding_window, 0);
+  EXPECT_EQ(c.sliding_layers, (std::vector<uint8_t>{0, 0}));
+  EXPECT_DOUBLE_EQ(c.final_logit_softcapping, 0);  // only Gemma 2/3 have soft-caps
+
+  j = tiny();
+  j["model_type"] = "qwen2";
+  j["sliding_window"] = 131072;  // present in Qwen configs, off unless use_sliding_window
+  j["use_sliding_window"] = false;
+  j["max_window_layers"] = 1;
+  c = fi::load_config(write_config(temp_dir(), j.dump()));
+  EXPECT_EQ(c.sliding_window, 0);
+  j["use_sliding_window"] = true;
+  c = fi::load_config(write_config(temp_dir(), j.dump()));
+  EXPECT_EQ(c.sliding_layers, (std::vector<uint8_t>{0, 1}));
+  EXPECT_EQ(c.sliding_window, 131072);
 }
 
 TEST(Config, MissingRequiredField) {
@@ -516,7 +661,7 @@ TEST(LayerTensors, WrongShapeNamesTheFields) {
 }
 
 TEST(LayerTensors, ForwardChecks) {
-  EXPECT_EQ(fi::family_names(), "llama, mistral, qwen2, gemma, gemma2");
+  EXPECT_EQ(fi::family_names(), "llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, gemma3, olmo2, phi3");
   json j = tiny();
   std::string p = write_config(temp_dir(), j.dump());
   fi::ModelConfig c = fi::load_config(p);
@@ -528,10 +673,11 @@ TEST(LayerTensors, ForwardChecks) {
             "forward: layer span [1, 3) is outside the model's 2 layers");
   EXPECT_EQ(error_of([&] { fi::check_token_ids(c, {3, 16, -1}); }),
             "token id 16 is outside the vocabulary (0..15)");
-  j["model_type"] = "gemma2";
+  j["partial_rotary_factor"] = 0.5;  // Phi-4-mini's: a detail the forward pass refuses by name
   p = write_config(temp_dir(), j.dump());
   EXPECT_EQ(error_of([&] { fi::check_forward_supported(fi::load_config(p)); }),
-            p + ": the forward pass does not support gemma2 (extra MLP norms, soft-capping)");
+            p + ": field 'partial_rotary_factor' is not 1; the forward pass rotates whole heads only");
+  j.erase("partial_rotary_factor");
   j["model_type"] = "qwen2";
   j["head_dim"] = 3;
   p = write_config(temp_dir(), j.dump());

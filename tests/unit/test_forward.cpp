@@ -29,7 +29,11 @@ ModelConfig llama31_8b() {
   ModelConfig c;
   c.head_dim = 128;
   c.rope_theta = 500000;
-  c.rope_scaling = {"llama3", 8, 1, 4, 8192};
+  c.rope_scaling.type = "llama3";
+  c.rope_scaling.factor = 8;
+  c.rope_scaling.low_freq_factor = 1;
+  c.rope_scaling.high_freq_factor = 4;
+  c.rope_scaling.original_max_position_embeddings = 8192;
   return c;
 }
 
