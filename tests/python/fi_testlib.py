@@ -250,25 +250,48 @@ def tokenizer_vocab(model_dir):
 
 # ---- the float64 reference decode ----------------------------------------------------------
 class Reference:
-    """The decode of docs/ARCHITECTURE.md in float64 numpy, straight from the checkpoint bytes."""
+    """The decode of docs/ARCHITECTURE.md in float64 numpy, straight from the checkpoint bytes.
+    Families as their modelling code has them: Gemma 3's language model under
+    language_model.model. with its fields in text_config, Phi-3's gate_up_proj (gate rows first),
+    Gemma's (1 + w) norms, Gemma 2's final logit soft-cap."""
 
     def __init__(self, model_dir):
         self.st = SafeTensors(model_dir)
         self.cfg = load_config(model_dir)
-        tied = bool(self.cfg.get("tie_word_embeddings", False))
-        self.lm_head_name = "model.embed_tokens.weight" if tied else "lm_head.weight"
+        top = self.cfg
+        kind = top.get("model_type", "")
+        text = dict(top.get("text_config") or {}) if kind == "gemma3" else top
+        self.gemma = kind.startswith("gemma")
+        tied = bool(text.get("tie_word_embeddings", top.get("tie_word_embeddings", self.gemma)))
+        self.prefix = "model."
+        for p in ("model.", "language_model.model.", "model.language_model."):
+            if p + "embed_tokens.weight" in self.st.where:
+                self.prefix = p
+                break
+        untied = "language_model.lm_head.weight" if self.prefix == "language_model.model." else "lm_head.weight"
+        self.lm_head_name = self.prefix + "embed_tokens.weight" if tied else untied
         self.wu = self.st.get(self.lm_head_name)  # [V, H]
-        self.gamma = self.st.get("model.norm.weight")  # [H]
-        if self.cfg.get("model_type") == "gemma":
+        self.gamma = self.st.get(self.prefix + "norm.weight")  # [H]
+        if self.gemma:
             self.gamma = 1.0 + self.gamma
-        self.eps = float(self.cfg.get("rms_norm_eps", 1e-6))
+        default_eps = 1e-6 if kind in ("gemma2", "gemma3", "gemma3_text") else None
+        self.eps = float(text.get("rms_norm_eps") or default_eps or 1e-6)
+        cap = text.get("final_logit_softcapping", 30.0 if kind == "gemma2" else None)
+        self.softcap = float(cap) if cap else None
+        self.fused = kind == "phi3"
+        self.n = int(text["intermediate_size"])
         self._mats = {}
 
     def matrix(self, matrix, layer):
         """Neuron vectors of one layer: [N, H] (rows of up/gate, columns of down)."""
         key = (matrix, layer)
         if key not in self._mats:
-            w = self.st.get(f"model.layers.{layer}.mlp.{matrix}_proj.weight")
+            p = f"{self.prefix}layers.{layer}.mlp."
+            if self.fused and matrix != "down":
+                w = self.st.get(p + "gate_up_proj.weight")
+                w = w[:self.n] if matrix == "gate" else w[self.n:]
+            else:
+                w = self.st.get(f"{p}{matrix}_proj.weight")
             self._mats[key] = w.T.copy() if matrix == "down" else w
         return self._mats[key]
 
@@ -281,8 +304,9 @@ class Reference:
         return x
 
     def logits(self, matrix, layer, neurons, mode):
-        """[len(neurons), V] float64."""
-        return self.norm(self.matrix(matrix, layer)[np.asarray(neurons)], mode) @ self.wu.T
+        """[len(neurons), V] float64 (soft-capped where the model caps its final logits)."""
+        x = self.norm(self.matrix(matrix, layer)[np.asarray(neurons)], mode) @ self.wu.T
+        return self.softcap * np.tanh(x / self.softcap) if self.softcap else x
 
 
 def logsumexp(logits):

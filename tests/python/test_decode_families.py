@@ -1,0 +1,111 @@
+"""Every dense family decodes as it ships (tests/python/family_models.py: each family's real
+tensor names, config fields, shards and tokenizer): `flashinterp inspect` reads it, and
+`mpirun -np 2 flashinterp decode --matrices up,gate,down` gives a map that agrees with an
+independent float64 numpy decode over the safetensors bytes (fi_testlib.Reference: Gemma 3 under
+language_model.model., Phi-3's gate_up_proj split gate-first, Gemma's (1 + w) final norm, Gemma 2's
+final soft-cap): top-k and bottom-k ids up to exact ties, logits and log-sum-exp within 1e-4 of
+the row's scale, probabilities within 1e-4 relative; /vocab/bytes equal, for every id, to the bytes
+computed here from tokenizer.json (sentencepiece `▁` -> space and `<0xNN>` -> that byte, GPT-2
+byte-level, added tokens as UTF-8, padding ids empty; tokenizer ids beyond vocab_size left out).
+Run by ctest as /usr/bin/python3 tests/python/test_decode_families.py.
+"""
+import json
+import os
+import sys
+
+import h5py
+import numpy as np
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+import family_models as fm  # noqa: E402
+import fi_testlib as t  # noqa: E402
+from test_decode_reference import check_ranking  # noqa: E402
+
+TOP_K, BOTTOM_K = 10, 4
+PROB_REL, LSE_REL = 1e-4, 1e-4
+
+
+def expected_vocab(model_dir, vocab_size):
+    """[vocab_size] bytes per id from tokenizer.json, written from the format, not the C++ code."""
+    with open(os.path.join(model_dir, "tokenizer.json"), encoding="utf-8") as f:
+        tok = json.load(f)
+    model = tok["model"]
+    byte_level = "Ġ" in model["vocab"] or any(
+        d.get("type") == "ByteLevel" for d in [tok.get("decoder") or {}] + list((tok.get("decoder") or {}).get("decoders", [])))
+    dec = t._byte_decoder()
+    out = [b""] * vocab_size
+    for s, i in model["vocab"].items():
+        if i >= vocab_size:
+            continue
+        if byte_level:
+            try:
+                out[i] = bytes(dec[c] for c in s)
+                continue
+            except KeyError:  # a special token kept raw in model.vocab (DeepSeek's)
+                pass
+        if model.get("byte_fallback") and len(s) == 6 and s.startswith("<0x") and s.endswith(">"):
+            out[i] = bytes([int(s[3:5], 16)])
+        else:
+            out[i] = s.replace("▁", " ").encode("utf-8") if not byte_level else s.encode("utf-8")
+    for a in tok.get("added_tokens", []):
+        if a["id"] < vocab_size:
+            out[a["id"]] = a["content"].encode("utf-8")
+    return out
+
+
+def check_family(name, tmp):
+    model = fm.cached(name)
+    ref = t.Reference(model)
+    text = fm.text_config(ref.cfg)
+    L, V = text["num_hidden_layers"], text["vocab_size"]
+    p = t.run(["inspect", "--model", model])
+    t.check(f"vocab {V}" in p.stdout, f"{name}: inspect does not show vocab {V}:\n{p.stdout}")
+    out = os.path.join(tmp, name + ".h5")
+    layers = "0-1" if L > 2 else "0-%d" % (L - 1)
+    t.decode(model, out, "--matrices", "up,gate,down", "--top-k", TOP_K, "--bottom-k", BOTTOM_K,
+             "--chunk-rows", 32, "--layers", layers, np_=2)
+    worst = dict(logit=0.0, lse=0.0, prob=0.0, ties=0)
+    with h5py.File(out, "r") as f:
+        t.check(int(f.attrs["vocab_size"]) == V, f"{name}: map vocab_size {f.attrs['vocab_size']}")
+        for matrix in ("up", "gate", "down"):
+            g = f[matrix]
+            for li, layer in enumerate(range(2 if L > 2 else L)):
+                n = g["top_ids"].shape[1]
+                rows = np.arange(n)
+                logits = ref.logits(matrix, layer, rows, "rms")
+                lse = t.logsumexp(logits)
+                where = f"{name} /{matrix} layer {layer}"
+                ids = g["top_ids"][li][rows]
+                lerr, ties = check_ranking(where + " top", ids, g["top_logits"][li][rows].astype(np.float64),
+                                           logits, TOP_K)
+                _, bties = check_ranking(where + " bottom", g["bottom_ids"][li][rows],
+                                         g["bottom_logits"][li][rows].astype(np.float64), logits, BOTTOM_K,
+                                         lowest=True)
+                scale = np.maximum(1.0, np.abs(logits).max(axis=1))
+                lse_err = float((np.abs(g["logsumexp"][li][rows] - lse) / scale).max())
+                t.check(lse_err <= LSE_REL, f"{where}: logsumexp off by {lse_err:.3g} of the row's scale")
+                pref = np.exp(logits[rows[:, None], ids] - lse[:, None])
+                prel = float((np.abs(g["top_probs"][li][rows] - pref) / np.maximum(pref, 1e-30)).max())
+                t.check(prel <= PROB_REL, f"{where}: top probability off by {prel:.3g} relative")
+                worst = dict(logit=max(worst["logit"], lerr), lse=max(worst["lse"], lse_err),
+                             prob=max(worst["prob"], prel), ties=worst["ties"] + ties + bties)
+        want = expected_vocab(model, V)
+        got = f["vocab/bytes"][...]
+        t.check(len(got) == V, f"{name}: /vocab/bytes has {len(got)} entries, want {V}")
+        bad = [i for i in range(V) if bytes(got[i]) != want[i]]
+        if bad:
+            i = bad[0]
+            t.fail(f"{name}: /vocab/bytes wrong for {len(bad)} ids, first id {i}: {bytes(got[i])!r}, want {want[i]!r}")
+    print(f"  {name:12s} V {V:6d}: logit err {worst['logit']:.1e} (of row scale), lse {worst['lse']:.1e}, "
+          f"prob rel {worst['prob']:.1e}, tie swaps {worst['ties']}; vocab bytes exact", flush=True)
+
+
+def main():
+    only = [a for a in sys.argv[1:] if a in fm.FAMILIES]
+    with t.tempdir() as tmp:
+        for name in only or fm.FAMILIES:
+            check_family(name, tmp)
+
+
+if __name__ == "__main__":
+    t.main(main)
