@@ -4,6 +4,7 @@
 #include <sys/resource.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <new>
 
@@ -28,6 +29,16 @@ Comms::Comms() {
   MPI_Comm_size(world, &size);
   MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
   MPI_Comm_rank(node, &local_rank);
+  // Test only: FLASHINTERP_TEST_NODE_SIZE=k groups each machine's ranks into nodes of k (in rank
+  // order), so one machine runs the per-node parts (the LM-head window, NCCL's groups, device
+  // choice) as several nodes would.
+  if (const char* k = std::getenv("FLASHINTERP_TEST_NODE_SIZE"); k && std::atoi(k) > 0) {
+    MPI_Comm virtual_node = MPI_COMM_NULL;
+    MPI_Comm_split(node, local_rank / std::atoi(k), rank, &virtual_node);
+    MPI_Comm_free(&node);
+    node = virtual_node;
+    MPI_Comm_rank(node, &local_rank);
+  }
   MPI_Comm_size(node, &local_size);
   int leader = local_rank == 0 ? 1 : 0;
   MPI_Allreduce(&leader, &num_nodes, 1, MPI_INT, MPI_SUM, world);

@@ -21,7 +21,7 @@ struct Comms {
   MPI_Comm world = MPI_COMM_WORLD;
   MPI_Comm node = MPI_COMM_NULL;
   int rank = 0, size = 1, local_rank = 0, local_size = 1, num_nodes = 1;
-  Comms();  // splits MPI_COMM_WORLD by shared memory
+  Comms();  // splits MPI_COMM_WORLD by shared memory (FLASHINTERP_TEST_NODE_SIZE: see mpi_env.cpp)
   ~Comms();
   Comms(const Comms&) = delete;
   Comms& operator=(const Comms&) = delete;
