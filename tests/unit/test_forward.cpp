@@ -157,6 +157,25 @@ TEST(Softcap, TanhTimesCap) {
   EXPECT_NEAR(softcap(-1e6f, 50), -50, 1e-4);
 }
 
+// The CUDA stage names the tensor it does not implement; Llama-style layers it runs.
+TEST(CudaStageRefusal, NamesTheTensorAndFamily) {
+  ModelConfig c;
+  c.path = "m/config.json";
+  for (const char* t : {"llama", "mistral", "qwen2", "gemma", "phi3"}) {
+    c.model_type = t;
+    EXPECT_EQ(cuda_stage_refusal(c), "") << t;
+  }
+  c.model_type = "qwen3";
+  EXPECT_EQ(cuda_stage_refusal(c), "m/config.json: the CUDA forward does not implement q/k norms (tensor "
+                                   "model.layers.L.self_attn.q_norm.weight of model_type qwen3); use --backend cpu");
+  for (const char* t : {"gemma2", "gemma3", "gemma3_text", "olmo2"}) {
+    c.model_type = t;
+    EXPECT_NE(cuda_stage_refusal(c).find("does not implement"), std::string::npos) << t;
+  }
+  c.model_type = "gemma2";
+  EXPECT_NE(cuda_stage_refusal(c).find("post_attention_layernorm.weight"), std::string::npos);
+}
+
 TEST(Rope, RotateHalfIsAComplexRotationOfPairs) {
   // Pair (x[i], x[i+d/2]) as a complex number, rotated by angle a_i.
   float x[6] = {1, 2, 3, -4, 5, 0.5f};
