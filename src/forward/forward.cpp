@@ -20,8 +20,9 @@ std::unique_ptr<Stage> make_stage(const Model& model, const StageSpan& span, con
   std::string b = opt.backend;
   if (b != "auto" && b != "cpu" && b != "cuda")
     FI_FAIL("--backend must be cpu, cuda or auto (got '" + b + "')");
-  if (b == "auto") b = cuda_available() ? "cuda" : "cpu";
+  if (b == "auto") b = cuda_available() && cuda_stage_refusal(model.cfg).empty() ? "cuda" : "cpu";
   if (b == "cpu") return make_cpu_stage(model, span);
+  if (const std::string why = cuda_stage_refusal(model.cfg); !why.empty()) FI_FAIL(why);
   if (!cuda_available())
     FI_FAIL("--backend cuda: no usable CUDA device (or flashinterp was built without CUDA)");
   gpu::select_device(opt.node);
@@ -42,6 +43,19 @@ void run_or_abort(MPI_Comm comm, int size, F&& f) {
 }
 
 }  // namespace
+
+std::string cuda_stage_refusal(const ModelConfig& c) {
+  for (const TensorRow& r : family_of(c).layer) {
+    const char* what = r.role == Role::QNorm || r.role == Role::KNorm ? "q/k norms"
+                       : r.role == Role::PostAttnNorm || r.role == Role::PostMlpNorm
+                           ? "norms of the attention and MLP outputs"
+                           : nullptr;
+    if (what)
+      return c.path + ": the CUDA forward does not implement " + what + " (tensor model.layers.L." +
+             r.suffix + " of model_type " + c.model_type + "); use --backend cpu";
+  }
+  return "";
+}
 
 double embedding_layer_equivalents(const ModelConfig& c) {
   const double H = double(c.hidden_size), kv = double(c.num_kv_heads * c.head_dim),

@@ -1,7 +1,14 @@
-// The CPU stage of the forward pass (see stage.h), computing in fp32. Per layer:
-// x += o(attn(rope(q), rope(k), v)) of norm(x); x += down(act(gate(n)) * up(n)) of n = norm(x);
-// the last stage adds the final norm and the LM-head. Matrices stay in the checkpoint's dtype
-// (forward/weight.h: 2 bytes per parameter for bf16) and are widened exactly as they are used.
+// The CPU stage of the forward pass (see stage.h), computing in fp32. Per layer, for every
+// dense family (the tensors each has are model/layer_tensors.cpp's tables):
+//   a = o(attn(rope(qn(q)), rope(kn(k)), v)) of pre(x);   x += post_attn(a)
+//   m = down(act(gate(n)) * up(n)) of n = pre_mlp(x);     x += post_mlp(m)
+// where a norm the family lacks is the identity: Llama-style layers have the pre-norms only,
+// OLMo 2 the post-norms only, Gemma 2/3 all four; qn/kn are Qwen 3's and Gemma 3's per-head or
+// OLMo 2's whole-width q/k RMSNorms. Attention is causal, over a window on sliding layers, scaled
+// by 1/sqrt(query_pre_attn_scalar or head_dim), soft-capped where the config says (Gemma 2); the
+// last stage adds the final norm, the LM-head and the final soft-cap. Matrices stay in the
+// checkpoint's dtype (forward/weight.h: 2 bytes per parameter for bf16) and are widened exactly
+// as they are used.
 #include <algorithm>
 #include <cmath>
 
@@ -14,6 +21,12 @@
 
 namespace fi {
 namespace {
+
+std::vector<float> read_if(const LayerTensors& t, Role r) {
+  const ModelTensor* m = t.find(r);
+  return m ? m->read_f32() : std::vector<float>();
+}
+
 class CpuStage final : public Stage {
  public:
   CpuStage(const Model& model, const StageSpan& span);
@@ -33,13 +46,19 @@ class CpuStage final : public Stage {
   void head(const float* x, int64_t n, float* logits) override;
 
  private:
+  // Norm gammas are empty where the family has no such norm.
   struct Layer {
-    std::vector<float> attn_norm, mlp_norm, q_bias, k_bias, v_bias;
-    Weight q, k, v, o;       // q: [nh*hd, H], k, v: [nkv*hd, H], o: [H, nh*hd]
-    Weight gate, up, down;   // gate, up: [I, H]; down: [H, I]
-    std::vector<float> k_cache, v_cache;          // [positions, nkv*hd]
+    std::vector<float> attn_norm, mlp_norm, post_attn_norm, post_mlp_norm;  // [H]
+    std::vector<float> q_norm, k_norm;  // [hd] per head, or [nh*hd], [nkv*hd] over the width
+    std::vector<float> q_bias, k_bias, v_bias;
+    Weight q, k, v, qkv, o;  // q: [nh*hd, H], k, v: [nkv*hd, H] or qkv: all three by rows; o: [H, nh*hd]
+    Weight gate, up, gate_up, down;  // gate, up: [I, H] or gate_up: [2I, H]; down: [H, I]
+    bool sliding = false;            // attends to the last sliding_window positions only
+    std::vector<float> k_cache, v_cache;  // [positions, nkv*hd]
   };
   const ModelConfig& config() const { return model_.cfg; }
+  void norm_rows(const float* x, const std::vector<float>& w, int64_t rows, int64_t n, float* out) const;
+  void project_qkv(Layer& w, const float* xn, int64_t T, int64_t pos, float* q);
   void attention(Layer& w, const float* xn, int64_t T, int64_t pos, float* out);  // xn, out: [T, H]
   void mlp(int64_t l, const float* xn, int64_t T, float* out);                   // xn, out: [T, H]
 
@@ -50,7 +69,6 @@ class CpuStage final : public Stage {
   std::vector<float> final_norm_;
   Weight lm_head_;    // [V, H] (the embedding when tied)
   Weight embedding_;  // [V, H]: tied model, embed stage without the head (untied: read per token)
-  std::vector<double> inv_freq_;             // [hd/2]
   std::vector<Clamp> clamps_;
   ClampSite site_ = ClampSite::Act;
 };
@@ -65,20 +83,33 @@ CpuStage::CpuStage(const Model& model, const StageSpan& span)
   for (int64_t l = span.first; l < span.last; ++l) {
     Layer& w = layers_[size_t(l - span.first)];
     const LayerTensors t = layer_tensors(model, l);
-    w.attn_norm = t[Role::AttnNorm].read_f32();
-    w.q = Weight::load(t[Role::Q]);
-    w.k = Weight::load(t[Role::K]);
-    w.v = Weight::load(t[Role::V]);
+    w.attn_norm = read_if(t, Role::AttnNorm);
+    w.mlp_norm = read_if(t, Role::MlpNorm);
+    w.post_attn_norm = read_if(t, Role::PostAttnNorm);
+    w.post_mlp_norm = read_if(t, Role::PostMlpNorm);
+    w.q_norm = read_if(t, Role::QNorm);
+    w.k_norm = read_if(t, Role::KNorm);
+    if (t.find(Role::QKV)) {  // Phi-3: q, k, v rows of one matrix
+      w.qkv = Weight::load(t[Role::QKV]);
+    } else {
+      w.q = Weight::load(t[Role::Q]);
+      w.k = Weight::load(t[Role::K]);
+      w.v = Weight::load(t[Role::V]);
+    }
     w.o = Weight::load(t[Role::O]);
     if (t.find(Role::QBias)) {  // Qwen2's q/k/v biases (the three together)
       w.q_bias = t[Role::QBias].read_f32();
       w.k_bias = t[Role::KBias].read_f32();
       w.v_bias = t[Role::VBias].read_f32();
     }
-    w.mlp_norm = t[Role::MlpNorm].read_f32();
-    w.gate = Weight::load(t[Role::Gate]);
-    w.up = Weight::load(t[Role::Up]);
+    if (t.find(Role::GateUp)) {  // Phi-3: gate rows, then up rows
+      w.gate_up = Weight::load(t[Role::GateUp]);
+    } else {
+      w.gate = Weight::load(t[Role::Gate]);
+      w.up = Weight::load(t[Role::Up]);
+    }
     w.down = Weight::load(t[Role::Down]);
+    w.sliding = c.sliding_window > 0 && c.sliding_layers.at(size_t(l)) != 0;
   }
   if (span.head) {
     final_norm_ = model_tensor(model, Role::FinalNorm).read_f32();
@@ -89,7 +120,6 @@ CpuStage::CpuStage(const Model& model, const StageSpan& span)
   if (span.embed && c.tie_word_embeddings && !span.head)
     embedding_ = Weight::load(model_tensor(model, Role::Embed));
   if (span.embed && !c.tie_word_embeddings) model_tensor(model, Role::Embed);
-  inv_freq_ = rope_inv_freq(c);
 }
 
 void CpuStage::embed(const std::vector<int32_t>& tokens, float* x) {
@@ -106,7 +136,6 @@ void CpuStage::embed(const std::vector<int32_t>& tokens, float* x) {
       file->read_rows_f32(model_.ckpt.info(model_.names.embed), id, 1, row);
     } else {
       table.row(id, row);
-
     }
     // Gemma scales the embedding by sqrt(hidden_size) (rounded to the activation dtype, fp32 here).
     if (c.norm_plus_one) {
@@ -116,7 +145,63 @@ void CpuStage::embed(const std::vector<int32_t>& tokens, float* x) {
   }
 }
 
-// Grouped-query causal attention over the cached positions plus the T new ones.
+// out [rows, n] = RMSNorm of each row of x [rows, n] by w [n]; a copy when w is empty (no norm).
+void CpuStage::norm_rows(const float* x, const std::vector<float>& w, int64_t rows, int64_t n,
+                         float* out) const {
+  const ModelConfig& c = config();
+  if (w.empty()) {
+    if (out != x) std::copy(x, x + rows * n, out);
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r) rms_norm(&x[r * n], w.data(), n, c.rms_norm_eps, c.norm_plus_one, &out[r * n]);
+}
+
+// q [T, nh*hd] and the cache rows pos.. of k and v: the projections, q/k norms and RoPE.
+void CpuStage::project_qkv(Layer& w, const float* xn, int64_t T, int64_t pos, float* q) {
+  const ModelConfig& c = config();
+  const int64_t hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
+  const int64_t qd = nh * hd, kvd = nkv * hd;
+  float* k = w.k_cache.data() + pos * kvd;
+  float* v = w.v_cache.data() + pos * kvd;
+  if (!w.qkv.empty()) {
+    std::vector<float> all(size_t(T * (qd + 2 * kvd)));
+    linear(xn, T, w.qkv, {}, all.data());
+    for (int64_t t = 0; t < T; ++t) {
+      const float* r = &all[size_t(t * (qd + 2 * kvd))];
+      std::copy(r, r + qd, q + t * qd);
+      std::copy(r + qd, r + qd + kvd, k + t * kvd);
+      std::copy(r + qd + kvd, r + qd + 2 * kvd, v + t * kvd);
+    }
+  } else {
+    linear(xn, T, w.q, w.q_bias, q);
+    linear(xn, T, w.k, w.k_bias, k);
+    linear(xn, T, w.v, w.v_bias, v);
+  }
+  // q/k norms before RoPE: per head ([hd] gamma) or over the whole width (OLMo 2).
+  if (!w.q_norm.empty()) {
+    const int64_t n = int64_t(w.q_norm.size());
+    norm_rows(q, w.q_norm, T * qd / n, n, q);
+  }
+  if (!w.k_norm.empty()) {
+    const int64_t n = int64_t(w.k_norm.size());
+    norm_rows(k, w.k_norm, T * kvd / n, n, k);
+  }
+  const RopeFreqs rf = rope_freqs(c, pos + T, w.sliding);
+  std::vector<float> cs(size_t(hd / 2)), sn(size_t(hd / 2));
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t i = 0; i < hd / 2; ++i) {
+      const double a = double(pos + t) * rf.inv_freq[size_t(i)];
+      cs[size_t(i)] = float(std::cos(a) * rf.attention_factor);
+      sn[size_t(i)] = float(std::sin(a) * rf.attention_factor);
+    }
+    for (int64_t h = 0; h < nh; ++h) rope_rotate(&q[t * qd + h * hd], hd, cs.data(), sn.data());
+    for (int64_t h = 0; h < nkv; ++h) rope_rotate(&k[t * kvd + h * hd], hd, cs.data(), sn.data());
+  }
+}
+
+// Grouped-query causal attention over the cached positions plus the T new ones: query position
+// i sees keys j with i - window < j <= i on a sliding layer (transformers' sliding mask), all
+// j <= i otherwise.
 void CpuStage::attention(Layer& w, const float* xn, int64_t T, int64_t pos, float* out) {
   const ModelConfig& c = config();
   const int64_t hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
@@ -124,42 +209,30 @@ void CpuStage::attention(Layer& w, const float* xn, int64_t T, int64_t pos, floa
   std::vector<float> q(size_t(T * qd));
   w.k_cache.resize(size_t(P * kvd));
   w.v_cache.resize(size_t(P * kvd));
-  linear(xn, T, w.q, w.q_bias, q.data());
-  linear(xn, T, w.k, w.k_bias, w.k_cache.data() + pos * kvd);
-  linear(xn, T, w.v, w.v_bias, w.v_cache.data() + pos * kvd);
-
-  std::vector<float> cs(size_t(hd / 2)), sn(size_t(hd / 2));
-  for (int64_t t = 0; t < T; ++t) {
-    for (int64_t i = 0; i < hd / 2; ++i) {
-      const double a = double(pos + t) * inv_freq_[i];
-      cs[i] = float(std::cos(a));
-      sn[i] = float(std::sin(a));
-    }
-    for (int64_t h = 0; h < nh; ++h) rope_rotate(&q[t * qd + h * hd], hd, cs.data(), sn.data());
-    for (int64_t h = 0; h < nkv; ++h)
-      rope_rotate(&w.k_cache[(pos + t) * kvd + h * hd], hd, cs.data(), sn.data());
-  }
+  project_qkv(w, xn, T, pos, q.data());
 
   std::vector<float> ctx(static_cast<size_t>(T * qd), 0.f), score(static_cast<size_t>(P));
-  const float scale = float(1.0 / std::sqrt(double(hd)));
+  const double scalar = c.query_pre_attn_scalar > 0 ? c.query_pre_attn_scalar : double(hd);
+  const float scale = float(1.0 / std::sqrt(scalar));
   const int64_t group = nh / nkv;
   for (int64_t t = 0; t < T; ++t) {
-    const int64_t last = pos + t;  // causal: keys 0..last
+    const int64_t last = pos + t;
+    const int64_t first = w.sliding ? std::max<int64_t>(0, last - c.sliding_window + 1) : 0;
     for (int64_t h = 0; h < nh; ++h) {
       const float* qh = &q[t * qd + h * hd];
       const int64_t kh = h / group;
       float mx = -INFINITY;
-      for (int64_t j = 0; j <= last; ++j) {
+      for (int64_t j = first; j <= last; ++j) {
         const float* kj = &w.k_cache[j * kvd + kh * hd];
         float s = 0;
         for (int64_t i = 0; i < hd; ++i) s += qh[i] * kj[i];
-        score[j] = s * scale;
+        score[j] = softcap(s * scale, c.attn_logit_softcapping);
         mx = std::max(mx, score[j]);
       }
       double sum = 0;
-      for (int64_t j = 0; j <= last; ++j) sum += (score[j] = std::exp(score[j] - mx));
+      for (int64_t j = first; j <= last; ++j) sum += (score[j] = std::exp(score[j] - mx));
       float* o = &ctx[t * qd + h * hd];
-      for (int64_t j = 0; j <= last; ++j) {
+      for (int64_t j = first; j <= last; ++j) {
         const float p = float(score[j] / sum);
         const float* vj = &w.v_cache[j * kvd + kh * hd];
         for (int64_t i = 0; i < hd; ++i) o[i] += p * vj[i];
@@ -169,13 +242,22 @@ void CpuStage::attention(Layer& w, const float* xn, int64_t T, int64_t pos, floa
   linear(ctx.data(), T, w.o, {}, out);
 }
 
-// SwiGLU MLP with the clamp hooks: h = act(gate·x) * (up·x), out = down·h.
+// The gated MLP with the clamp hooks: h = act(gate·x) * (up·x), out = down·h.
 void CpuStage::mlp(int64_t l, const float* xn, int64_t T, float* out) {
   const int64_t I = config().intermediate_size;
   Layer& w = layers_[size_t(l - span_.first)];
   std::vector<float> g(size_t(T * I)), u(size_t(T * I));
-  linear(xn, T, w.gate, {}, g.data());
-  linear(xn, T, w.up, {}, u.data());
+  if (!w.gate_up.empty()) {
+    std::vector<float> gu(size_t(T * 2 * I));
+    linear(xn, T, w.gate_up, {}, gu.data());
+    for (int64_t t = 0; t < T; ++t) {
+      std::copy(&gu[size_t(t * 2 * I)], &gu[size_t(t * 2 * I + I)], &g[size_t(t * I)]);
+      std::copy(&gu[size_t(t * 2 * I + I)], &gu[size_t(t * 2 * I + 2 * I)], &u[size_t(t * I)]);
+    }
+  } else {
+    linear(xn, T, w.gate, {}, g.data());
+    linear(xn, T, w.up, {}, u.data());
+  }
   // Site up: the up_proj output is replaced before the multiply (still gated by act(gate)).
   for (const Clamp& k : clamps_)
     if (k.layer == l && site_ == ClampSite::Up)
@@ -196,13 +278,13 @@ void CpuStage::layers(float* x, int64_t T, int64_t pos) {
     Layer& w = layers_[size_t(l - span_.first)];
     FI_CHECK(int64_t(w.k_cache.size()) == pos * c.num_kv_heads * c.head_dim,
              "forward: the KV cache does not hold the positions before this call");
-    for (int64_t t = 0; t < T; ++t)
-      rms_norm(&x[t * H], w.attn_norm.data(), H, c.rms_norm_eps, c.norm_plus_one, &xn[t * H]);
+    norm_rows(x, w.attn_norm, T, H, xn.data());
     attention(w, xn.data(), T, pos, y.data());
+    norm_rows(y.data(), w.post_attn_norm, T, H, y.data());
     for (int64_t i = 0; i < T * H; ++i) x[i] += y[i];
-    for (int64_t t = 0; t < T; ++t)
-      rms_norm(&x[t * H], w.mlp_norm.data(), H, c.rms_norm_eps, c.norm_plus_one, &xn[t * H]);
+    norm_rows(x, w.mlp_norm, T, H, xn.data());
     mlp(l, xn.data(), T, y.data());
+    norm_rows(y.data(), w.post_mlp_norm, T, H, y.data());
     for (int64_t i = 0; i < T * H; ++i) x[i] += y[i];
   }
 }
@@ -212,9 +294,10 @@ void CpuStage::head(const float* x, int64_t n, float* logits) {
   const int64_t H = c.hidden_size;
   FI_CHECK(span_.head, "forward: head() on a stage without the LM-head");
   std::vector<float> xn(size_t(n * H));
-  for (int64_t t = 0; t < n; ++t)
-    rms_norm(&x[t * H], final_norm_.data(), H, c.rms_norm_eps, c.norm_plus_one, &xn[t * H]);
+  norm_rows(x, final_norm_, n, H, xn.data());
   linear(xn.data(), n, lm_head_, {}, logits);
+  if (c.final_logit_softcapping > 0)
+    for (int64_t i = 0; i < n * c.vocab_size; ++i) logits[i] = softcap(logits[i], c.final_logit_softcapping);
 }
 
 }  // namespace

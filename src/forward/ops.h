@@ -1,6 +1,6 @@
-// The small numeric pieces of the Llama forward pass, as plain functions so the unit tests can
-// check each against its formula: RoPE frequencies (llama3 scaling) and rotation, MLP gates.
-// RMSNorm is model/rms_norm.h (shared with the decode).
+// The small numeric pieces of the forward pass, as plain functions so the unit tests can check
+// each against its formula: RoPE frequencies (every rope_scaling type) and rotation, MLP gates,
+// the tanh soft-cap. RMSNorm is model/rms_norm.h (shared with the decode).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -10,9 +10,32 @@
 
 namespace fi {
 
-// RoPE inverse frequencies for one head, [head_dim / 2]: theta^(-2i/head_dim), then the llama3
-// rope_scaling when cfg.rope_scaling.type == "llama3" (FACTS.md: long wavelengths / factor, short
-// ones kept, a linear blend in between).
+// The rotary embedding of one layer for one forward call: angle(pos, i) = pos · inv_freq[i], and
+// cos, sin of it multiplied by attention_factor (yarn, longrope; 1 for the others), so q·k scales
+// by its square, as transformers' rotary classes do.
+struct RopeFreqs {
+  std::vector<double> inv_freq;  // [head_dim / 2]
+  double attention_factor = 1;
+};
+
+// The RoPE of a layer for a call after which the sequence holds seq_len positions (pos + T).
+// theta^(-2i/head_dim), then cfg.rope_scaling as transformers' modeling_rope_utils computes it:
+//   llama3    long wavelengths / factor, short ones kept, a linear blend in between;
+//   linear    all / factor;
+//   dynamic   plain RoPE of base theta · (factor · s / max_pos - (factor - 1))^(d / (d - 2)),
+//             s = max(seq_len, max_position_embeddings): unchanged until the sequence is longer;
+//   yarn      interpolation (/ factor) and extrapolation blended by the linear ramp between the
+//             dimensions that turn beta_fast and beta_slow times in original_max_position_embeddings
+//             (ends rounded out unless truncate is false); attention_factor given, or
+//             mscale-based (DeepSeek), or 0.1 ln(factor) + 1;
+//   longrope  theta^(-2i/d) / short_factor[i], or / long_factor[i] once seq_len exceeds
+//             original_max_position_embeddings; attention_factor given, or
+//             sqrt(1 + ln(f) / ln(original)) with f = max_position_embeddings / original (1 if f <= 1).
+// The config passed forward_refusal (model/layer_tensors.h), which checks the fields each type needs.
+// local: a sliding layer of a model with rope_local_theta (Gemma 3), plain RoPE of that theta.
+RopeFreqs rope_freqs(const ModelConfig& cfg, int64_t seq_len, bool local);
+
+// rope_freqs(cfg, 0, false).inv_freq: the frequencies of a short sequence on a global layer.
 std::vector<double> rope_inv_freq(const ModelConfig& cfg);
 
 // Rotates one head vector x [head_dim] in place at position pos, rotate-half convention (HF):
@@ -24,5 +47,8 @@ void rope_rotate(float* x, int64_t head_dim, const float* cos, const float* sin)
 enum class Act { Silu, GeluTanh, GeluErf };
 Act parse_act(const std::string& hidden_act);  // throws naming the unsupported activation
 float apply_act(Act a, float x);
+
+// Gemma 2's soft-cap: tanh(x / cap) · cap in fp32; x itself when cap is 0 (none).
+float softcap(float x, double cap);
 
 }  // namespace fi

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "forward/clamp.h"
@@ -41,7 +42,13 @@ class Stage {
 std::unique_ptr<Stage> make_cpu_stage(const Model& model, const StageSpan& span);
 
 // The CUDA stage (forward/cuda/): weights in their checkpoint dtype on the current device,
-// cuBLAS GEMMs with fp32 accumulation. Throws when built without CUDA.
+// cuBLAS GEMMs with fp32 accumulation. Throws when built without CUDA, or with
+// cuda_stage_refusal's reason.
 std::unique_ptr<Stage> make_cuda_stage(const Model& model, const StageSpan& span);
+
+// Why the CUDA stage cannot run this config ("" when it can): a layer tensor of the family's
+// table it does not implement (q/k norms, post-norms), naming it and the model_type. Checked
+// before any device is touched; `--backend auto` then picks the CPU stage.
+std::string cuda_stage_refusal(const ModelConfig& cfg);
 
 }  // namespace fi

@@ -170,13 +170,13 @@ const std::vector<ModelFamily>& model_families() {
       {"llama", kLlamaLayer},
       {"mistral", kLlamaLayer},
       {"qwen2", kLlamaLayer},
-      {"qwen3", kQwen3Layer, "per-head q/k norms"},
+      {"qwen3", kQwen3Layer},
       {"gemma", kLlamaLayer},
-      {"gemma2", kGemma2Layer, "post-norms, soft-capping, sliding-window layers"},
-      {"gemma3_text", kGemma3Layer, "post-norms, q/k norms, sliding-window layers"},
-      {"gemma3", kGemma3Layer, "post-norms, q/k norms, sliding-window layers"},
-      {"olmo2", kOlmo2Layer, "post-norms, q/k norms"},
-      {"phi3", kPhi3Layer, "fused qkv_proj"},
+      {"gemma2", kGemma2Layer},
+      {"gemma3_text", kGemma3Layer},
+      {"gemma3", kGemma3Layer},
+      {"olmo2", kOlmo2Layer},
+      {"phi3", kPhi3Layer},
   };
   return families;
 }
@@ -274,18 +274,35 @@ ModelTensor model_tensor(const Model& m, Role r) {
   FI_FAIL(std::string("model_tensor: ") + role_name(r) + " is a layer's tensor");
 }
 
+// The fields each RoPE type needs beyond what load_config checks (forward/ops.h rope_freqs).
+static std::string rope_refusal(const ModelConfig& c) {
+  const RopeScaling& s = c.rope_scaling;
+  const std::string& t = s.type;
+  if (t != "" && t != "llama3" && t != "linear" && t != "dynamic" && t != "yarn" && t != "longrope")
+    return c.path + ": field 'rope_scaling' type " + t + ": not implemented in the forward pass";
+  if (t == "dynamic" && c.max_position_embeddings <= 0)
+    return c.path + ": field 'max_position_embeddings' is missing (rope type dynamic needs it)";
+  if (t == "dynamic" && c.head_dim <= 2)
+    return c.path + ": field 'head_dim' must be above 2 for rope type dynamic";
+  if (t == "yarn" && s.original_max_position_embeddings <= 0 && c.max_position_embeddings <= 0)
+    return c.path + ": field 'rope_scaling.original_max_position_embeddings' is missing and so is "
+                    "'max_position_embeddings' (rope type yarn needs one)";
+  const size_t half = size_t(c.head_dim / 2);
+  if (t == "longrope" && (s.short_factor.size() != half || s.long_factor.size() != half))
+    return c.path + ": field 'rope_scaling.short_factor' and long_factor must have head_dim/2 entries";
+  for (const std::vector<double>* v : {&s.short_factor, &s.long_factor})
+    for (double x : *v)
+      if (!(x > 0)) return c.path + ": field 'rope_scaling.short_factor' and long_factor must be positive";
+  return "";
+}
+
 std::string forward_refusal(const ModelConfig& c) {
   const ModelFamily& f = family_of(c);
   if (f.forward_refusal)
     return c.path + ": the forward pass does not support " + f.model_type + " yet (" + f.forward_refusal + ")";
   if (!c.forward_problem.empty()) return c.forward_problem;
   if (c.head_dim % 2 != 0) return c.path + ": head_dim must be even for rotary embeddings";
-  if (c.sliding_window > 0)
-    return c.path + ": field 'sliding_window' (" + std::to_string(c.sliding_window) +
-           "): the forward pass has no sliding-window attention yet";
-  if (c.rope_scaling.type != "" && c.rope_scaling.type != "llama3")
-    return c.path + ": field 'rope_scaling' type " + c.rope_scaling.type + ": not implemented in the forward pass yet";
-  return "";
+  return rope_refusal(c);
 }
 
 void check_forward_supported(const ModelConfig& c) {

@@ -97,7 +97,7 @@ std::vector<ModelTensor> layer_tensors_present(const Model& m, int64_t layer);
 
 // Why the forward pass cannot run this config, naming config.json ("" when it can): a family it
 // does not implement yet, ModelConfig::forward_problem (a RoPE type or field), an odd head_dim
-// (rotary embeddings rotate pairs), or an attention detail it does not implement.
+// (rotary embeddings rotate pairs), or a RoPE type or the field it needs that it does not implement.
 std::string forward_refusal(const ModelConfig& cfg);
 void check_forward_supported(const ModelConfig& cfg);  // throws forward_refusal(cfg)
 // Throws unless 0 <= first <= last <= num_layers (a stage's layers [first, last)).

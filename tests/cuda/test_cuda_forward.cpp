@@ -293,40 +293,48 @@ TEST(CudaForwardModels, RunOnTheCpuStage) {
 }
 
 // The attention kernel's own source on CPU threads against the CPU stage's loop (which keeps
-// every score, then one softmax), including more keys than one tile and head_dim > 128.
+// every score, then one softmax), including more keys than one tile and head_dim > 128, a
+// sliding window (keys j with i - window < j <= i), another scale and Gemma 2's soft-cap.
 TEST(CudaForwardEmulated, AttentionKernelMatchesLoop) {
   struct Case {
-    int64_t T, nh, nkv, hd, pos;
+    int64_t T, nh, nkv, hd, pos, window;
+    double cap;
   };
-  for (Case k : {Case{3, 4, 2, 16, 0}, Case{1, 3, 3, 8, 5}, Case{2, 2, 1, 160, 200},
-                 Case{2, 2, 2, 64, 127}}) {
+  for (Case k : {Case{3, 4, 2, 16, 0, 0, 0}, Case{1, 3, 3, 8, 5, 0, 0}, Case{2, 2, 1, 160, 200, 0, 0},
+                 Case{2, 2, 2, 64, 127, 0, 0}, Case{6, 2, 1, 16, 3, 4, 0}, Case{2, 2, 2, 32, 150, 130, 0},
+                 Case{3, 4, 2, 16, 2, 0, 2.5}, Case{5, 2, 1, 16, 0, 2, 1.0}}) {
     const int64_t ldq = k.nh * k.hd + 5, kvd = k.nkv * k.hd, P = k.pos + k.T;
     const std::vector<float> q = fi::test::normal(size_t(k.T * ldq), 1.f, 1);
     const std::vector<float> kc = fi::test::normal(size_t(P * kvd), 1.f, 2);
     const std::vector<float> vc = fi::test::normal(size_t(P * kvd), 1.f, 3);
     std::vector<float> got(size_t(k.T * k.nh * k.hd));
+    const float scale = float(k.cap > 0 ? 1.0 : 1.0 / std::sqrt(double(k.hd)));
     fi::test::attention_emulated(q.data(), ldq, kc.data(), vc.data(), k.T, k.nh, k.nkv, k.hd,
-                                 k.pos, got.data());
-    const float scale = float(1.0 / std::sqrt(double(k.hd)));
+                                 k.pos, scale, k.window, float(k.cap), got.data());
     for (int64_t t = 0; t < k.T; ++t)
       for (int64_t h = 0; h < k.nh; ++h) {
-        const int64_t kh = h / (k.nh / k.nkv), n = k.pos + t + 1;
-        std::vector<double> sc(static_cast<size_t>(n));
+        const int64_t kh = h / (k.nh / k.nkv), i_pos = k.pos + t;
+        std::vector<double> sc(static_cast<size_t>(i_pos + 1), 0.0);
         double mx = -INFINITY, sum = 0;
-        for (int64_t j = 0; j < n; ++j) {
+        auto visible = [&](int64_t j) { return j <= i_pos && (k.window == 0 || i_pos - k.window < j); };
+        for (int64_t j = 0; j <= i_pos; ++j) {
+          if (!visible(j)) continue;
           double d = 0;
           for (int64_t i = 0; i < k.hd; ++i)
             d += double(q[size_t(t * ldq + h * k.hd + i)]) * kc[size_t(j * kvd + kh * k.hd + i)];
-          sc[size_t(j)] = d * scale;
-          mx = std::max(mx, sc[size_t(j)]);
+          d *= scale;
+          if (k.cap > 0) d = std::tanh(d / k.cap) * k.cap;
+          sc[size_t(j)] = d;
+          mx = std::max(mx, d);
         }
-        for (double& x : sc) sum += (x = std::exp(x - mx));
+        for (int64_t j = 0; j <= i_pos; ++j)
+          sum += (sc[size_t(j)] = visible(j) ? std::exp(sc[size_t(j)] - mx) : 0.0);
         for (int64_t i = 0; i < k.hd; ++i) {
           double o = 0;
-          for (int64_t j = 0; j < n; ++j) o += sc[size_t(j)] / sum * vc[size_t(j * kvd + kh * k.hd + i)];
+          for (int64_t j = 0; j <= i_pos; ++j) o += sc[size_t(j)] / sum * vc[size_t(j * kvd + kh * k.hd + i)];
           EXPECT_NEAR(got[size_t(t * k.nh * k.hd + h * k.hd + i)], o, 2e-5)
-              << "T " << k.T << " pos " << k.pos << " hd " << k.hd << " at t " << t << " h " << h
-              << " i " << i;
+              << "T " << k.T << " pos " << k.pos << " hd " << k.hd << " window " << k.window
+              << " cap " << k.cap << " at t " << t << " h " << h << " i " << i;
         }
       }
   }

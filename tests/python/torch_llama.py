@@ -1,53 +1,40 @@
-"""An independent PyTorch (float64) Llama-family forward for the forward-pass checks, written
-from the architecture (HF LlamaForCausalLM, Qwen2 biases, Gemma norms), sharing no code with the
-C++ binary; weights come through fi_testlib's own numpy safetensors reader.
+"""An independent PyTorch (float64) forward of every dense family for the forward-pass checks,
+written from the architectures as transformers describes them (Llama, Mistral's sliding window,
+Qwen2's biases, Qwen 3's per-head q/k norms, Gemma's (1 + w) norms and sqrt(H) embedding scale,
+Gemma 2/3's four norms, soft-caps, query_pre_attn_scalar and local/global layers, Phi-3's fused
+projections, OLMo 2's post-norms and whole-width q/k norms) and every RoPE type of
+modeling_rope_utils (llama3, linear, dynamic, yarn, longrope). It shares no code with the C++
+binary; weights come through fi_testlib's own numpy safetensors reader, Gemma 3's text_config
+with its class defaults through family_models.text_config.
 """
 import math
 
 import torch
 
 import fi_testlib as fl
+from family_models import text_config
+
+SANDWICH = ("gemma2", "gemma3", "gemma3_text", "olmo2")  # post_attention_layernorm norms the attention output
 
 
-class TorchLlama:
-    def __init__(self, model_dir):
-        st = fl.SafeTensors(model_dir)
-        cfg = fl.load_config(model_dir)
-        t = lambda name: torch.from_numpy(st.get(name))  # float64, exact widening
-        self.gemma = cfg["model_type"] == "gemma"
-        self.H = cfg["hidden_size"]
-        self.nh = cfg["num_attention_heads"]
-        self.nkv = cfg.get("num_key_value_heads") or self.nh
-        self.hd = cfg.get("head_dim") or self.H // self.nh
-        self.eps = cfg["rms_norm_eps"]
-        act = cfg.get("hidden_activation", "gelu_pytorch_tanh") if self.gemma else cfg.get("hidden_act", "silu")
-        self.act = {"silu": torch.nn.functional.silu,
-                    "gelu_pytorch_tanh": lambda x: torch.nn.functional.gelu(x, approximate="tanh")}[act]
-        tied = cfg.get("tie_word_embeddings", self.gemma)
-        self.embed = t("model.embed_tokens.weight")
-        self.head = self.embed if tied else t("lm_head.weight")
-        self.final_norm = t("model.norm.weight")
-        self.layers = []
-        for i in range(cfg["num_hidden_layers"]):
-            p = f"model.layers.{i}."
-            w = {k: t(p + n) for k, n in [
-                ("in_norm", "input_layernorm.weight"), ("post_norm", "post_attention_layernorm.weight"),
-                ("q", "self_attn.q_proj.weight"), ("k", "self_attn.k_proj.weight"),
-                ("v", "self_attn.v_proj.weight"), ("o", "self_attn.o_proj.weight"),
-                ("gate", "mlp.gate_proj.weight"), ("up", "mlp.up_proj.weight"),
-                ("down", "mlp.down_proj.weight")]}
-            for b in "qkv":
-                name = p + f"self_attn.{b}_proj.bias"
-                w[b + "_bias"] = t(name) if name in st.where else None
-            self.layers.append(w)
-        self.inv_freq = self._inv_freq(cfg)
-
-    def _inv_freq(self, cfg):
-        """HF's default RoPE frequencies, then the llama3 rope_scaling rule."""
-        inv = 1.0 / (cfg.get("rope_theta", 10000.0) ** (torch.arange(0, self.hd, 2, dtype=torch.float64) / self.hd))
-        rs = cfg.get("rope_scaling") or {}
-        if rs.get("rope_type", rs.get("type")) != "llama3":
-            return inv
+def rope_inv_freq(cfg, hd, seq_len, local):
+    """(inv_freq [hd/2], attention_factor) of a layer for a sequence of seq_len positions."""
+    if local and cfg.get("rope_local_base_freq"):
+        return 1.0 / cfg["rope_local_base_freq"] ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd), 1.0
+    rs = cfg.get("rope_scaling") or {}
+    kind = rs.get("rope_type", rs.get("type", "default"))
+    base = cfg.get("rope_theta", 10000.0)
+    max_pos = cfg.get("max_position_embeddings")
+    exps = torch.arange(0, hd, 2, dtype=torch.float64) / hd
+    if kind == "dynamic":  # NTK: the base grows once the sequence outgrows max_position_embeddings
+        s = max(seq_len, max_pos)
+        base = base * ((rs["factor"] * s / max_pos) - (rs["factor"] - 1)) ** (hd / (hd - 2))
+    inv = 1.0 / base ** exps
+    if kind in ("default", "dynamic"):
+        return inv, 1.0
+    if kind == "linear":
+        return inv / rs["factor"], 1.0
+    if kind == "llama3":
         factor, low, high = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
         old = rs["original_max_position_embeddings"]
         wavelen = 2 * math.pi / inv
@@ -55,18 +42,154 @@ class TorchLlama:
         smooth = (old / wavelen - low) / (high - low)
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         medium = ~(wavelen < old / high) & ~(wavelen > old / low)
-        return torch.where(medium, smoothed, scaled)
+        return torch.where(medium, smoothed, scaled), 1.0
+    if kind == "yarn":
+        factor = rs["factor"]
+        orig = rs.get("original_max_position_embeddings") or max_pos
+        fast, slow = rs.get("beta_fast") or 32, rs.get("beta_slow") or 1
+
+        def dim_of(rot):  # the dimension whose frequency turns `rot` times in orig positions
+            return hd * math.log(orig / (rot * 2 * math.pi)) / (2 * math.log(base))
+        lo, hi = dim_of(fast), dim_of(slow)
+        if rs.get("truncate", True):
+            lo, hi = math.floor(lo), math.ceil(hi)
+        lo, hi = max(lo, 0), min(hi, hd - 1)
+        if lo == hi:
+            hi += 0.001
+        ramp = ((torch.arange(hd // 2, dtype=torch.float64) - lo) / (hi - lo)).clamp(0, 1)
+        inv = inv / factor * ramp + inv * (1 - ramp)
+
+        def mscale(s, m=1.0):
+            return 1.0 if s <= 1 else 0.1 * m * math.log(s) + 1.0
+        att = rs.get("attention_factor")
+        if att is None:
+            att = (mscale(factor, rs["mscale"]) / mscale(factor, rs["mscale_all_dim"])
+                   if rs.get("mscale") and rs.get("mscale_all_dim") else mscale(factor))
+        return inv, att
+    if kind == "longrope":
+        orig = rs.get("original_max_position_embeddings") or cfg["original_max_position_embeddings"]
+        ext = torch.tensor(rs["long_factor"] if seq_len > orig else rs["short_factor"], dtype=torch.float64)
+        factor = max_pos / orig
+        att = rs.get("attention_factor")
+        if att is None:
+            att = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(orig))
+        return inv / ext, att
+    raise ValueError(f"rope type {kind}")
+
+
+def sliding_layers(cfg, n):
+    """Which layers attend in a window of cfg['sliding_window'] keys (their own included)."""
+    w, t = cfg.get("sliding_window"), cfg["model_type"]
+    if not w:
+        return [False] * n
+    if cfg.get("layer_types"):
+        return [x == "sliding_attention" for x in cfg["layer_types"]]
+    if t == "gemma2":
+        return [i % 2 == 0 for i in range(n)]
+    if t in ("gemma3", "gemma3_text"):
+        return [(i + 1) % cfg.get("sliding_window_pattern", 6) != 0 for i in range(n)]
+    if t in ("mistral", "phi3"):
+        return [True] * n
+    if t in ("qwen2", "qwen3") and cfg.get("use_sliding_window"):
+        return [i >= cfg.get("max_window_layers", 0) for i in range(n)]
+    return [False] * n
+
+
+class TorchLlama:
+    def __init__(self, model_dir):
+        st = fl.SafeTensors(model_dir)
+        top = fl.load_config(model_dir)
+        cfg = self.cfg = text_config(top)
+        self.model_type = top["model_type"]
+        t = lambda name: torch.from_numpy(st.get(name))  # float64, exact widening
+        opt = lambda name: t(name) if name in st.where else None
+        self.gemma = self.model_type.startswith("gemma")
+        self.sandwich = self.model_type in SANDWICH
+        self.H = cfg["hidden_size"]
+        self.nh = cfg["num_attention_heads"]
+        self.nkv = cfg.get("num_key_value_heads") or self.nh
+        self.hd = cfg.get("head_dim") or self.H // self.nh
+        self.I = cfg["intermediate_size"]
+        self.eps = cfg["rms_norm_eps"]
+        act = (cfg.get("hidden_activation") or "gelu_pytorch_tanh") if self.gemma else cfg.get("hidden_act", "silu")
+        self.act = {"silu": torch.nn.functional.silu, "gelu": torch.nn.functional.gelu,
+                    "gelu_pytorch_tanh": lambda x: torch.nn.functional.gelu(x, approximate="tanh")}[act]
+        gemma23 = self.gemma and self.model_type != "gemma"
+        self.scale = ((cfg.get("query_pre_attn_scalar") if gemma23 else None) or self.hd) ** -0.5
+        self.attn_cap = cfg.get("attn_logit_softcapping") if gemma23 else None
+        self.final_cap = cfg.get("final_logit_softcapping") if gemma23 else None
+        pre = next(p for p in ("model.", "language_model.model.", "model.language_model.")
+                   if p + "embed_tokens.weight" in st.where)
+        tied = cfg.get("tie_word_embeddings", self.gemma)
+        self.embed = t(pre + "embed_tokens.weight")
+        head = "language_model.lm_head.weight" if pre == "language_model.model." else "lm_head.weight"
+        self.head = self.embed if tied else t(head)
+        self.final_norm = t(pre + "norm.weight")
+        self.layers = []
+        n = cfg["num_hidden_layers"]
+        self.sliding = sliding_layers(cfg, n)
+        self.window = cfg.get("sliding_window")
+        qd, kvd = self.nh * self.hd, self.nkv * self.hd
+        for i in range(n):
+            p = f"{pre}layers.{i}."
+            w = {"in_norm": opt(p + "input_layernorm.weight"), "o": t(p + "self_attn.o_proj.weight"),
+                 "down": t(p + "mlp.down_proj.weight"),
+                 "q_norm": opt(p + "self_attn.q_norm.weight"), "k_norm": opt(p + "self_attn.k_norm.weight"),
+                 "post_ff": opt(p + "post_feedforward_layernorm.weight")}
+            pal = t(p + "post_attention_layernorm.weight")
+            if self.sandwich:
+                w["post_attn"], w["pre_ff"] = pal, opt(p + "pre_feedforward_layernorm.weight")
+            else:
+                w["post_attn"], w["pre_ff"] = None, pal
+            if p + "self_attn.qkv_proj.weight" in st.where:  # Phi-3: rows q, k, v
+                qkv = t(p + "self_attn.qkv_proj.weight")
+                w["q"], w["k"], w["v"] = qkv[:qd], qkv[qd:qd + kvd], qkv[qd + kvd:]
+            else:
+                for b in "qkv":
+                    w[b] = t(p + f"self_attn.{b}_proj.weight")
+            if p + "mlp.gate_up_proj.weight" in st.where:  # Phi-3: rows gate, up
+                gu = t(p + "mlp.gate_up_proj.weight")
+                w["gate"], w["up"] = gu[:self.I], gu[self.I:]
+            else:
+                w["gate"], w["up"] = t(p + "mlp.gate_proj.weight"), t(p + "mlp.up_proj.weight")
+            for b in "qkv":
+                w[b + "_bias"] = opt(p + f"self_attn.{b}_proj.bias")
+            self.layers.append(w)
 
     def norm(self, x, w):
+        if w is None:
+            return x
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return x * (1 + w) if self.gemma else x * w
 
-    def rope(self, x, pos):  # x: [heads, T, hd]
-        freqs = pos[:, None] * self.inv_freq[None, :]
+    def rope(self, x, pos, inv, att):  # x: [heads, T, hd]
+        freqs = pos[:, None] * inv[None, :]
         emb = torch.cat([freqs, freqs], dim=-1)
         half = self.hd // 2
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * emb.cos() + rotated * emb.sin()
+        return x * (emb.cos() * att) + rotated * (emb.sin() * att)
+
+    def attention(self, li, w, h, pos):
+        T = h.shape[0]
+        q, k, v = (h @ w[n].T + (w[n + "_bias"] if w[n + "_bias"] is not None else 0) for n in "qkv")
+        if w["q_norm"] is not None and w["q_norm"].shape[0] != self.hd:  # OLMo 2: the whole width
+            q, k = self.norm(q, w["q_norm"]), self.norm(k, w["k_norm"])
+        q, k = q.view(T, self.nh, self.hd), k.view(T, self.nkv, self.hd)
+        if w["q_norm"] is not None and w["q_norm"].shape[0] == self.hd:  # per head
+            q, k = self.norm(q, w["q_norm"]), self.norm(k, w["k_norm"])
+        inv, att = rope_inv_freq(self.cfg, self.hd, T, self.sliding[li])
+        q = self.rope(q.transpose(0, 1), pos, inv, att)
+        k = self.rope(k.transpose(0, 1), pos, inv, att)
+        v = v.view(T, self.nkv, self.hd).transpose(0, 1)
+        k = k.repeat_interleave(self.nh // self.nkv, dim=0)  # query head h reads kv head h // group
+        v = v.repeat_interleave(self.nh // self.nkv, dim=0)
+        i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+        visible = (j <= i) & ((i - j < self.window) if self.sliding[li] else True)
+        s = q @ k.transpose(-1, -2) * self.scale
+        if self.attn_cap:
+            s = torch.tanh(s / self.attn_cap) * self.attn_cap
+        s = s.masked_fill(~visible, float("-inf"))
+        return (torch.softmax(s, dim=-1) @ v).transpose(0, 1).reshape(T, self.nh * self.hd) @ w["o"].T
 
     def logits(self, ids, clamps=(), site="act"):
         """[T, V] float64 logits of every position; clamps: (layer, neuron, value) triples."""
@@ -75,18 +198,9 @@ class TorchLlama:
         if self.gemma:
             x = x * math.sqrt(self.H)
         pos = torch.arange(T, dtype=torch.float64)
-        mask = torch.full((T, T), float("-inf"), dtype=torch.float64).triu(1)
         for li, w in enumerate(self.layers):
-            h = self.norm(x, w["in_norm"])
-            q, k, v = (h @ w[n].T + (w[n + "_bias"] if w[n + "_bias"] is not None else 0) for n in "qkv")
-            q = self.rope(q.view(T, self.nh, self.hd).transpose(0, 1), pos)
-            k = self.rope(k.view(T, self.nkv, self.hd).transpose(0, 1), pos)
-            v = v.view(T, self.nkv, self.hd).transpose(0, 1)
-            k = k.repeat_interleave(self.nh // self.nkv, dim=0)  # query head h reads kv head h // group
-            v = v.repeat_interleave(self.nh // self.nkv, dim=0)
-            att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(self.hd) + mask, dim=-1)
-            x = x + (att @ v).transpose(0, 1).reshape(T, self.nh * self.hd) @ w["o"].T
-            h = self.norm(x, w["post_norm"])
+            x = x + self.norm(self.attention(li, w, self.norm(x, w["in_norm"]), pos), w["post_attn"])
+            h = self.norm(x, w["pre_ff"])
             g, u = h @ w["gate"].T, h @ w["up"].T
             for cl, n, val in clamps:
                 if cl == li and site == "up":
@@ -95,8 +209,11 @@ class TorchLlama:
             for cl, n, val in clamps:
                 if cl == li and site == "act":
                     a[:, n] = val
-            x = x + a @ w["down"].T
-        return self.norm(x, self.final_norm) @ self.head.T
+            x = x + self.norm(a @ w["down"].T, w["post_ff"])
+        out = self.norm(x, self.final_norm) @ self.head.T
+        if self.final_cap:
+            out = torch.tanh(out / self.final_cap) * self.final_cap
+        return out
 
     def greedy(self, ids, steps, clamps=(), site="act"):
         """New ids of a greedy continuation, recomputing the whole sequence each step (no cache)."""

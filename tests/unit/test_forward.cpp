@@ -75,6 +75,107 @@ TEST(Rope, PlainWithoutScaling) {
   for (int i = 0; i < 4; ++i) EXPECT_NEAR(f[i], std::pow(10000.0, -i / 4.0), 1e-15);
 }
 
+// Each rope_scaling type against its formula in transformers' modeling_rope_utils, worked by hand.
+ModelConfig small_rope(const std::string& type) {
+  ModelConfig c;
+  c.path = "config.json";
+  c.head_dim = 8;
+  c.rope_theta = 10000;
+  c.max_position_embeddings = 64;
+  c.rope_scaling.type = type;
+  c.rope_scaling.factor = 4;
+  return c;
+}
+double plain(int i) { return std::pow(10000.0, -i / 4.0); }
+
+TEST(Rope, LinearDividesEveryFrequency) {
+  const RopeFreqs r = rope_freqs(small_rope("linear"), 1000, false);
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(r.inv_freq[i], plain(i) / 4, 1e-15);
+  EXPECT_EQ(r.attention_factor, 1);
+}
+
+TEST(Rope, DynamicChangesTheBaseOnlyPastMaxPositions) {
+  const ModelConfig c = small_rope("dynamic");
+  for (int64_t len : {1, 64}) {
+    const RopeFreqs r = rope_freqs(c, len, false);
+    for (int i = 0; i < 4; ++i) EXPECT_NEAR(r.inv_freq[i], plain(i), 1e-15) << len;
+  }
+  // 128 positions: base 10000 · (4 · 128/64 - 3)^(8/6) = 10000 · 5^(4/3)
+  const RopeFreqs r = rope_freqs(c, 128, false);
+  const double base = 10000 * std::pow(5.0, 4.0 / 3.0);
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(r.inv_freq[i], std::pow(base, -i / 4.0), 1e-14);
+}
+
+TEST(Rope, YarnBlendsByTheRampAndScalesAttention) {
+  // original 64 positions: beta_fast 32 -> dimension -0.50 (floor -1, clamped to 0), beta_slow 1
+  // -> 1.008 (ceil 2); the ramp over pairs 0..3 is 0, 0.5, 1, 1.
+  ModelConfig c = small_rope("yarn");
+  c.rope_scaling.original_max_position_embeddings = 64;
+  RopeFreqs r = rope_freqs(c, 10, false);
+  const double ramp[4] = {0, 0.5, 1, 1};
+  for (int i = 0; i < 4; ++i)
+    EXPECT_NEAR(r.inv_freq[i], plain(i) * (1 - ramp[i]) + plain(i) / 4 * ramp[i], 1e-15) << i;
+  EXPECT_NEAR(r.attention_factor, 0.1 * std::log(4.0) + 1, 1e-15);
+  c.rope_scaling.original_max_position_embeddings = 0;  // falls back to max_position_embeddings
+  EXPECT_EQ(rope_freqs(c, 10, false).inv_freq, r.inv_freq);
+  c.rope_scaling.mscale = 2;  // DeepSeek: (0.1 · 2 ln 4 + 1) / (0.1 · 1 ln 4 + 1)
+  c.rope_scaling.mscale_all_dim = 1;
+  EXPECT_NEAR(rope_freqs(c, 10, false).attention_factor,
+              (0.2 * std::log(4.0) + 1) / (0.1 * std::log(4.0) + 1), 1e-15);
+  c.rope_scaling.attention_factor = 0.7;  // given: used as is
+  EXPECT_EQ(rope_freqs(c, 10, false).attention_factor, 0.7);
+}
+
+TEST(Rope, LongropeShortThenLongFactors) {
+  ModelConfig c = small_rope("longrope");
+  c.rope_scaling.short_factor = {1, 2, 3, 4};
+  c.rope_scaling.long_factor = {5, 6, 7, 8};
+  c.rope_scaling.original_max_position_embeddings = 16;  // max 64: factor 4
+  const double att = std::sqrt(1 + std::log(4.0) / std::log(16.0));
+  for (int64_t len : {1, 16, 17}) {
+    const RopeFreqs r = rope_freqs(c, len, false);
+    for (int i = 0; i < 4; ++i) EXPECT_NEAR(r.inv_freq[i], plain(i) / (len > 16 ? 5 + i : 1 + i), 1e-15);
+    EXPECT_NEAR(r.attention_factor, att, 1e-15);
+  }
+}
+
+TEST(Rope, Gemma3LocalLayersUsePlainLocalTheta) {
+  ModelConfig c = small_rope("linear");
+  c.rope_local_theta = 100;
+  const RopeFreqs local = rope_freqs(c, 5, true), global = rope_freqs(c, 5, false);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_NEAR(local.inv_freq[i], std::pow(100.0, -i / 4.0), 1e-15);
+    EXPECT_NEAR(global.inv_freq[i], plain(i) / 4, 1e-15);
+  }
+  c.rope_local_theta = 0;  // no local theta: every layer the same
+  EXPECT_EQ(rope_freqs(c, 5, true).inv_freq, global.inv_freq);
+}
+
+TEST(Softcap, TanhTimesCap) {
+  EXPECT_EQ(softcap(3.f, 0), 3.f);
+  EXPECT_NEAR(softcap(45.f, 30), std::tanh(1.5) * 30, 1e-5);
+  EXPECT_NEAR(softcap(-1e6f, 50), -50, 1e-4);
+}
+
+// The CUDA stage names the tensor it does not implement; Llama-style layers it runs.
+TEST(CudaStageRefusal, NamesTheTensorAndFamily) {
+  ModelConfig c;
+  c.path = "m/config.json";
+  for (const char* t : {"llama", "mistral", "qwen2", "gemma", "phi3"}) {
+    c.model_type = t;
+    EXPECT_EQ(cuda_stage_refusal(c), "") << t;
+  }
+  c.model_type = "qwen3";
+  EXPECT_EQ(cuda_stage_refusal(c), "m/config.json: the CUDA forward does not implement q/k norms (tensor "
+                                   "model.layers.L.self_attn.q_norm.weight of model_type qwen3); use --backend cpu");
+  for (const char* t : {"gemma2", "gemma3", "gemma3_text", "olmo2"}) {
+    c.model_type = t;
+    EXPECT_NE(cuda_stage_refusal(c).find("does not implement"), std::string::npos) << t;
+  }
+  c.model_type = "gemma2";
+  EXPECT_NE(cuda_stage_refusal(c).find("post_attention_layernorm.weight"), std::string::npos);
+}
+
 TEST(Rope, RotateHalfIsAComplexRotationOfPairs) {
   // Pair (x[i], x[i+d/2]) as a complex number, rotated by angle a_i.
   float x[6] = {1, 2, 3, -4, 5, 0.5f};

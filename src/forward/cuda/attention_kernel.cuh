@@ -2,8 +2,9 @@
 // compile it with g++ against tests/cuda/cuda_emulation.h and run it on CPU threads. It uses
 // only __syncthreads, __shfl_xor_sync, expf, fmaxf, INFINITY and one extern __shared__ array.
 //
-// One block per (query t, head h), kThreads threads. The keys 0..pos+t go by in tiles of
-// kThreads, one key per thread: its score q·k · scale, then the tile's maximum and a running
+// One block per (query t, head h), kThreads threads. The keys first..pos+t (first = 0, or
+// pos+t-window+1 on a sliding layer) go by in tiles of kThreads, one key per thread: its score
+// q·k · scale (soft-capped to tanh(s / cap) · cap when cap > 0), then the tile's maximum and a running
 // (online) softmax: the running sum (double) and the output accumulators are rescaled by
 // exp(old max - new max) whenever the maximum grows, so nothing of size P is stored.
 // Output dims: thread tid accumulates dims tid, tid + kThreads, ... (at most kPerThread).
@@ -47,15 +48,18 @@ __device__ __forceinline__ double block_sum(double v, AttnShared& s) {
 
 // Shape: grid = T · nh blocks (block b: t = b / nh, h = b % nh), block = kThreads,
 // dynamic shared memory sizeof(AttnShared). q: [T, ldq]; k, v: [>= pos + T, nkv · hd];
-// out: [T, nh · hd]. hd <= kHeadDimMax; nh % nkv == 0.
+// out: [T, nh · hd]. hd <= kHeadDimMax; nh % nkv == 0; window: keys a query sees, itself
+// included (0: all before it); cap: the score soft-cap (0: none).
 __global__ void __launch_bounds__(kThreads)
     attention_kernel(const float* __restrict__ q, long long ldq, const float* __restrict__ k,
                      const float* __restrict__ v, float* __restrict__ out, long long nh,
-                     long long nkv, long long hd, long long pos, float scale) {
+                     long long nkv, long long hd, long long pos, float scale, long long window,
+                     float cap) {
   extern __shared__ __align__(16) unsigned char fi_attn_smem[];
   AttnShared& s = *reinterpret_cast<AttnShared*>(fi_attn_smem);
   const long long b = blockIdx.x, t = b / nh, h = b % nh, kh = h / (nh / nkv);
-  const long long kvd = nkv * hd, n = pos + t + 1;  // keys 0..pos+t
+  const long long kvd = nkv * hd, n = pos + t + 1;  // keys first..pos+t
+  const long long first = window > 0 && n > window ? n - window : 0;
   const int tid = int(threadIdx.x);
   for (long long i = tid; i < hd; i += kThreads) s.q[i] = q[t * ldq + h * hd + i];
   __syncthreads();
@@ -64,7 +68,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int r = 0; r < kPerThread; ++r) acc[r] = 0.f;
   float m = -INFINITY;  // the running maximum (the same in every thread)
   double sum = 0;       // the running sum of exp(score - m)
-  for (long long j0 = 0; j0 < n; j0 += kThreads) {
+  for (long long j0 = first; j0 < n; j0 += kThreads) {
     const long long j = j0 + tid;
     float sc = -INFINITY;
     if (j < n) {
@@ -72,6 +76,7 @@ __global__ void __launch_bounds__(kThreads)
       float d = 0.f;
       for (long long i = 0; i < hd; ++i) d += s.q[i] * kj[i];
       sc = d * scale;
+      if (cap > 0.f) sc = tanhf(sc / cap) * cap;
     }
     const float m_new = fmaxf(m, block_max(sc, s));  // finite: the tile has a key (j0 < n)
     const float c = expf(m - m_new);                  // 0 on the first tile (m = -inf)

@@ -182,18 +182,17 @@ void launch_rope_cache(float* qkv, int64_t T, int64_t nh, int64_t nkv, int64_t h
 }
 
 void launch_attention(const float* q, int64_t ldq, const float* k_cache, const float* v_cache,
-                      int64_t T, int64_t nh, int64_t nkv, int64_t hd, int64_t pos, float* out,
-                      cudaStream_t stream) {
+                      int64_t T, int64_t nh, int64_t nkv, int64_t hd, int64_t pos, float scale,
+                      int64_t window, float cap, float* out, cudaStream_t stream) {
   static_assert(attn_detail::kHeadDimMax == kMaxHeadDim, "one head_dim limit");
   if (T <= 0) return;
   if (hd > kMaxHeadDim || nkv <= 0 || nh % nkv != 0)
     FI_FAIL("CUDA forward: attention needs head_dim <= " + std::to_string(kMaxHeadDim) +
             " and num_heads a multiple of num_kv_heads");
   if (T * nh > int64_t(INT32_MAX)) FI_FAIL("CUDA forward: too many query heads in one call");
-  const float scale = float(1.0 / std::sqrt(double(hd)));
   attn_detail::attention_kernel<<<unsigned(T * nh), attn_detail::kThreads,
                                  sizeof(attn_detail::AttnShared), stream>>>(
-      q, ldq, k_cache, v_cache, out, nh, nkv, hd, pos, scale);
+      q, ldq, k_cache, v_cache, out, nh, nkv, hd, pos, scale, window, cap);
   FI_CUDA_CHECK(cudaGetLastError());
 }
 

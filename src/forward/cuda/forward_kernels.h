@@ -38,11 +38,13 @@ void launch_rope_cache(float* qkv, int64_t T, int64_t nh, int64_t nkv, int64_t h
                        int64_t pos, cudaStream_t stream);
 
 // Causal grouped-query attention of the T new queries: query t (position pos + t) sees cache
-// rows 0..pos+t. q: [T, ldq] fp32 (head h at columns h hd..), k_cache, v_cache: [>= pos + T,
-// nkv hd]; out: [T, nh hd] fp32. hd <= kMaxHeadDim, nh a multiple of nkv.
+// rows pos+t-window+1..pos+t (window > 0: a sliding layer) or 0..pos+t (window 0); scores
+// q·k · scale, soft-capped to tanh(s / cap) · cap when cap > 0 (Gemma 2). q: [T, ldq] fp32
+// (head h at columns h hd..), k_cache, v_cache: [>= pos + T, nkv hd]; out: [T, nh hd] fp32.
+// hd <= kMaxHeadDim, nh a multiple of nkv.
 void launch_attention(const float* q, int64_t ldq, const float* k_cache, const float* v_cache,
-                      int64_t T, int64_t nh, int64_t nkv, int64_t hd, int64_t pos, float* out,
-                      cudaStream_t stream);
+                      int64_t T, int64_t nh, int64_t nkv, int64_t hd, int64_t pos, float scale,
+                      int64_t window, float cap, float* out, cudaStream_t stream);
 
 // SwiGLU of the gate_up GEMM's output into the down GEMM's input: h = act(gate) * up, where
 // y: [rows, 2I] fp32 (gate columns 0..I, up columns I..2I), or [2 rows, 2I] when split_in.

@@ -1,9 +1,15 @@
-// The CUDA stage of the Llama forward pass (forward/stage.h): weights in their checkpoint dtype
-// on the current device, activations fp32, the same arithmetic as the CPU stage. Per layer,
-// for the T new positions (in pieces of kRows rows for the GEMMs):
-//   qkv = [q; k; v](norm(x)) + bias      one GEMM with the three matrices stacked by rows
-//   rope(q, k), k and v appended to the KV cache (fp32, capacity doubled when full)
-//   x  += o(attention(q, cache))          one GEMM
+// The CUDA stage of the forward pass (forward/stage.h): weights in their checkpoint dtype
+// on the current device, activations fp32, the same arithmetic as the CPU stage. It runs the
+// families whose layers are Llama's (llama, mistral, qwen2, gemma, phi3), with every RoPE type,
+// sliding-window layers, query_pre_attn_scalar and both soft-caps; what it lacks (q/k norms,
+// post-norms) is cuda_stage_refusal's (forward/forward.cpp), checked before any device work.
+// Per layer, for the T new positions (in pieces of kRows rows for the GEMMs):
+//   qkv = [q; k; v](norm(x)) + bias      one GEMM with the three matrices stacked by rows (Phi-3's
+//                                        qkv_proj is that matrix already)
+//   rope(q, k), k and v appended to the KV cache (fp32, capacity doubled when full); cos and sin
+//                                        of the layer's RoPE (local or global), times its
+//                                        attention factor
+//   x  += o(attention(q, cache))          one GEMM; the window of a sliding layer
 //   h   = act(gate(n)) * up(n), n = norm(x), clamps applied to h     one GEMM (gate; up stacked)
 //   x  += down(h)                         one GEMM
 // so a generated token costs 4 GEMMs per layer plus the LM-head's one.
@@ -112,8 +118,10 @@ class CudaStage final : public Stage {
     Weight qkv;                        // [qd + 2 kvd, H]: q, k, v stacked
     DeviceBuffer qkv_bias;             // [qd + 2 kvd] fp32 (Qwen2) or empty
     Weight o;                          // [H, qd]
-    Weight gate_up;                    // [2I, H]: gate, up stacked
+    Weight gate_up;                    // [2I, H]: gate, up stacked (Phi-3's gate_up_proj)
     Weight down;                       // [H, I]
+    bool sliding = false;              // attends to the last sliding_window positions
+    bool local_rope = false;           // RoPE of rope_local_theta (Gemma 3's sliding layers)
     DeviceBuffer k_cache, v_cache;     // [cap_, kvd] fp32
   };
   void use_device() const { FI_CUDA_CHECK(cudaSetDevice(device_)); }
@@ -136,7 +144,6 @@ class CudaStage final : public Stage {
   Weight embed_, lm_head_own_;
   const Weight* lm_head_ = nullptr;  // &embed_ when tied
   DeviceBuffer final_norm_;          // [H] fp32
-  std::vector<double> inv_freq_;     // [hd / 2]
   // Clamps: [n] int32 neurons then [n] fp32 values, grouped by layer;
   // clamp_at_[li] = (first, count) of layer li's.
   DeviceBuffer clamp_buf_;
@@ -144,8 +151,8 @@ class CudaStage final : public Stage {
   std::vector<std::pair<int64_t, int64_t>> clamp_at_;
   ClampSite site_ = ClampSite::Act;
   int64_t cap_ = 0, len_ = 0;  // KV cache capacity and positions held
-  // Scratch, grown on demand: x [T, H], qkv [T, qd + 2 kvd], ctx [T, qd], rope [2, T, hd/2]
-  // (cos, sin), ids [T], xs (GEMM input) and y2 (GEMM output) of one piece.
+  // Scratch, grown on demand: x [T, H], qkv [T, qd + 2 kvd], ctx [T, qd], rope [2, 2, T, hd/2]
+  // (global then local RoPE, each cos then sin), ids [T], xs (GEMM input) and y2 (GEMM output) of one piece.
   DeviceBuffer x_, qkv_, ctx_, rope_, ids_, xs_, y2_;
 };
 
@@ -153,6 +160,7 @@ CudaStage::CudaStage(const Model& model, const StageSpan& span)
     : cfg_(model.cfg), span_(span), act_(parse_act(model.cfg.hidden_act)) {
   const ModelConfig& c = cfg_;
   check_forward_supported(c);
+  if (const std::string why = cuda_stage_refusal(c); !why.empty()) FI_FAIL(why);
   FI_CHECK(c.head_dim <= kMaxHeadDim,
            c.path + ": the CUDA forward takes head_dim up to " + std::to_string(kMaxHeadDim));
   FI_CHECK(c.num_kv_heads > 0 && c.num_heads % c.num_kv_heads == 0,
@@ -168,7 +176,11 @@ CudaStage::CudaStage(const Model& model, const StageSpan& span)
     Layer& w = layers_[size_t(l - span.first)];
     const LayerTensors t = layer_tensors(model, l);
     w.attn_norm = upload(t[Role::AttnNorm].read_f32(), "input_layernorm", st);
-    w.qkv = load_weight(model, {&t[Role::Q], &t[Role::K], &t[Role::V]}, staging, st);
+    if (t.find(Role::QKV)) {
+      w.qkv = load_weight(model, {&t[Role::QKV]}, staging, st);
+    } else {
+      w.qkv = load_weight(model, {&t[Role::Q], &t[Role::K], &t[Role::V]}, staging, st);
+    }
     if (t.find(Role::QBias)) {  // Qwen2's q/k/v biases (the three together)
       std::vector<float> b = t[Role::QBias].read_f32();
       for (Role r : {Role::KBias, Role::VBias}) {
@@ -179,7 +191,13 @@ CudaStage::CudaStage(const Model& model, const StageSpan& span)
     }
     w.o = load_weight(model, {&t[Role::O]}, staging, st);
     w.mlp_norm = upload(t[Role::MlpNorm].read_f32(), "post_attention_layernorm", st);
-    w.gate_up = load_weight(model, {&t[Role::Gate], &t[Role::Up]}, staging, st);
+    if (t.find(Role::GateUp)) {
+      w.gate_up = load_weight(model, {&t[Role::GateUp]}, staging, st);
+    } else {
+      w.gate_up = load_weight(model, {&t[Role::Gate], &t[Role::Up]}, staging, st);
+    }
+    w.sliding = c.sliding_window > 0 && c.sliding_layers.at(size_t(l)) != 0;
+    w.local_rope = w.sliding && c.rope_local_theta > 0;
     w.down = load_weight(model, {&t[Role::Down]}, staging, st);
   }
   // The embedding: on the first stage, and as the LM-head of a tied model's last stage.
@@ -197,7 +215,6 @@ CudaStage::CudaStage(const Model& model, const StageSpan& span)
       lm_head_ = &lm_head_own_;
     }
   }
-  inv_freq_ = rope_inv_freq(c);
   clamp_at_.assign(layers_.size(), {0, 0});
 }
 
@@ -341,18 +358,25 @@ void CudaStage::layers(float* x, int64_t T, int64_t pos) {
   ensure(x_, size_t(T * H) * 4, "hidden states");
   ensure(qkv_, size_t(T * nq) * 4, "q, k, v");
   ensure(ctx_, size_t(T * qd) * 4, "attention output");
-  ensure(rope_, size_t(2 * T * half) * 4, "rotary cos/sin");
+  ensure(rope_, size_t(4 * T * half) * 4, "rotary cos/sin");
   // GEMM input: rows · k values of 4 bytes (fp32) or 2 · rows · k of 2 bytes (hi + lo).
   ensure(xs_, size_t(piece * std::max({H, qd, I})) * 4, "GEMM input");
   ensure(y2_, size_t(2 * piece * std::max({nq, H, 2 * I})) * 4, "GEMM output");
-  // cos, sin of the angles (pos + t) · inv_freq[i], computed in double as on the CPU.
-  std::vector<float> cs(size_t(2 * T * half));
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t i = 0; i < half; ++i) {
-      const double a = double(pos + t) * inv_freq_[size_t(i)];
-      cs[size_t(t * half + i)] = float(std::cos(a));
-      cs[size_t((T + t) * half + i)] = float(std::sin(a));
-    }
+  // cos, sin of the angles (pos + t) · inv_freq[i] times the attention factor, computed in
+  // double as on the CPU: [global, local][cos, sin][T, half].
+  std::vector<float> cs(size_t(4 * T * half));
+  for (int local = 0; local < 2; ++local) {
+    const RopeFreqs rf = rope_freqs(c, pos + T, local != 0);
+    float* out = &cs[size_t(local * 2 * T * half)];
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t i = 0; i < half; ++i) {
+        const double a = double(pos + t) * rf.inv_freq[size_t(i)];
+        out[size_t(t * half + i)] = float(std::cos(a) * rf.attention_factor);
+        out[size_t((T + t) * half + i)] = float(std::sin(a) * rf.attention_factor);
+      }
+  }
+  const double scalar = c.query_pre_attn_scalar > 0 ? c.query_pre_attn_scalar : double(hd);
+  const float scale = float(1.0 / std::sqrt(scalar));
   FI_CUDA_CHECK(
       cudaMemcpyAsync(rope_.get(), cs.data(), cs.size() * 4, cudaMemcpyHostToDevice, stream_.s));
   FI_CUDA_CHECK(cudaMemcpyAsync(x_.get(), x, size_t(T * H) * 4, cudaMemcpyHostToDevice, stream_.s));
@@ -362,9 +386,12 @@ void CudaStage::layers(float* x, int64_t T, int64_t pos) {
     for (int64_t r0 = 0; r0 < T; r0 += kRows)
       linear(w.qkv, xd + r0 * H, std::min(kRows, T - r0), f32(w.attn_norm),
              w.qkv_bias.get() ? f32(w.qkv_bias) : nullptr, qkv + r0 * nq, nq, false);
-    launch_rope_cache(qkv, T, nh, nkv, hd, f32(rope_), f32(rope_) + T * half, f32(w.k_cache),
-                      f32(w.v_cache), pos, stream_.s);
-    launch_attention(qkv, nq, f32(w.k_cache), f32(w.v_cache), T, nh, nkv, hd, pos, ctx, stream_.s);
+    const float* rope = f32(rope_) + (w.local_rope ? 2 * T * half : 0);
+    launch_rope_cache(qkv, T, nh, nkv, hd, rope, rope + T * half, f32(w.k_cache), f32(w.v_cache),
+                      pos, stream_.s);
+    launch_attention(qkv, nq, f32(w.k_cache), f32(w.v_cache), T, nh, nkv, hd, pos, scale,
+                     w.sliding ? c.sliding_window : 0, float(c.attn_logit_softcapping), ctx,
+                     stream_.s);
     for (int64_t r0 = 0; r0 < T; r0 += kRows)
       linear(w.o, ctx + r0 * qd, std::min(kRows, T - r0), nullptr, nullptr, xd + r0 * H, H, true);
     for (int64_t r0 = 0; r0 < T; r0 += kRows) mlp(li, xd + r0 * H, std::min(kRows, T - r0));
@@ -394,6 +421,8 @@ void CudaStage::head(const float* x, int64_t n, float* logits) {
                                   cudaMemcpyDeviceToHost, stream_.s));
   }
   FI_CUDA_CHECK(cudaStreamSynchronize(stream_.s));
+  if (cfg_.final_logit_softcapping > 0)  // Gemma 2, on the host as the CPU stage does it
+    for (int64_t i = 0; i < n * V; ++i) logits[i] = softcap(logits[i], cfg_.final_logit_softcapping);
 }
 
 }  // namespace

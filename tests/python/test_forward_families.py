@@ -1,0 +1,108 @@
+"""The C++ forward pass of every dense family (family_models.py: each family's real tensor layout,
+config fields and vocabulary size) against the independent float64 PyTorch forward of
+torch_llama.py: logits through the hidden --dump-logits option of clamp and generate, prompts of
+12 ids (--prompt-ids, so no tokenizer is involved) beyond the sliding window of 4, unclamped and
+clamped at both sites, and generate's KV-cached steps with clamps in two layers. Logits within
+1e-4 of max(1, |logit|); the worst error of each family is printed.
+clamp and generate load tokenizer.json even with --prompt-ids, so each family runs from a view of
+its checkpoint (the same weights and config.json, linked) whose tokenizer.json is Llama 3's: the
+forward pass is under test here, not the tokenizers (test_tokenizer_js has those).
+"""
+import os
+import sys
+
+import numpy as np
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+import family_models  # noqa: E402
+import fi_testlib as t  # noqa: E402
+
+try:
+    import torch
+    from torch_llama import TorchLlama
+except ImportError:
+    torch = None
+
+TOL = 1e-4
+STEPS = 3
+
+
+def read_dump(path, rows, vocab):
+    a = np.fromfile(path, dtype="<f4")
+    t.check(a.size == rows * vocab, f"{path}: {a.size} floats, expected {rows} x {vocab}")
+    return a.reshape(rows, vocab).astype(np.float64)
+
+
+def err(ours, ref):
+    return float(np.max(np.abs(ours - ref) / np.maximum(1.0, np.abs(ref))))
+
+
+def view(src, tmp, name):
+    """src's files linked into tmp/name, with Llama 3's tokenizer.json."""
+    d = os.path.join(tmp, name)
+    os.makedirs(d)
+    for f in os.listdir(src):
+        if f not in ("tokenizer.json", "tokenizer_config.json"):
+            os.symlink(os.path.join(src, f), os.path.join(d, f))
+    os.symlink(os.path.join(family_models.tokenizer_dir("llama3_1"), "tokenizer.json"), os.path.join(d, "tokenizer.json"))
+    return d
+
+
+def check_family(name, tmp):
+    ref = TorchLlama(family_models.cached(name))
+    model = view(family_models.cached(name), tmp, name)
+    V, L, I = ref.head.shape[0], len(ref.layers), ref.I
+    ids = [int(x) for x in np.random.default_rng(len(name)).integers(10, 30000, 12)]
+    worst = 0.0
+
+    def compare(what, ours, ref_logits):
+        nonlocal worst
+        d = err(ours, ref_logits)
+        worst = max(worst, d)
+        t.check(d < TOL, f"{name}: {what}: logits differ from torch by {d:.3g} (> {TOL})")
+
+    # clamp: row 0 unclamped, then one row per value; site act in the last layer, up in the first.
+    for site, layer, neuron, values in (("act", L - 1, 5, [0.0, 3.0]), ("up", 0, 7, [-4.0])):
+        dump = os.path.join(tmp, f"{name}.{site}.f32")
+        t.run(["clamp", "--model", model, "--layer", layer, "--neuron", neuron, "--values",
+               ",".join(map(str, values)), "--clamp-site", site, "--prompt-ids", ",".join(map(str, ids)),
+               "--dump-logits", dump, "--backend", "cpu"])
+        ours = read_dump(dump, len(values) + 1, V)
+        for r, value in enumerate([None, *values]):
+            clamps = [] if value is None else [(layer, neuron, value)]
+            compare(f"clamp site {site} value {value}", ours[r], ref.logits(ids, clamps, site)[-1].numpy())
+
+    # generate: the prompt, then STEPS tokens through the KV cache, clamped in two layers.
+    clamps = [(0, 3, 2.0), (L - 1, I - 1, -3.0)]
+    dump = os.path.join(tmp, f"{name}.gen.f32")
+    args = ["generate", "--model", model, "--prompt-ids", ",".join(map(str, ids)), "--print-ids",
+            "--max-new-tokens", STEPS, "--dump-logits", dump, "--backend", "cpu"]
+    for layer, neuron, value in clamps:
+        args += ["--clamp", f"{layer}:{neuron}={value}"]
+    new = [int(x) for x in t.run(args).stdout.split()]
+    t.check(len(new) == STEPS, f"{name}: generated {len(new)} tokens, expected {STEPS}")
+    ours = read_dump(dump, STEPS, V)
+    seq = list(ids)
+    for s in range(STEPS):  # torch recomputes the whole sequence each step, no cache
+        ref_logits = ref.logits(seq, clamps, "act")[-1].numpy()
+        compare(f"generate step {s} ({len(seq)} tokens)", ours[s], ref_logits)
+        t.check(new[s] == int(np.argmax(ref_logits)) or ref_logits.max() - ref_logits[new[s]] < TOL,
+                f"{name}: greedy step {s} chose {new[s]}, torch {int(np.argmax(ref_logits))}")
+        seq.append(new[s])
+    return worst
+
+
+def test():
+    if torch is None:
+        print("SKIPPED test_forward_families: PyTorch is not installed (apt-get install python3-torch)")
+        return
+    torch.set_num_threads(2)
+    names = sys.argv[1:] or list(family_models.FAMILIES)
+    with t.tempdir() as tmp:
+        for name in names:
+            worst = check_family(name, tmp)
+            print(f"  {name:12s} worst logit error {worst:.2e}", flush=True)
+
+
+if __name__ == "__main__":
+    t.main(test)
