@@ -65,6 +65,9 @@ if command -v nvidia-smi >/dev/null; then
 else
   say "no nvidia-smi: the CUDA tests will skip and the benchmarks print SKIPPED"
 fi
+DEVICE=0
+nvidia-smi -L 2>/dev/null | grep -q "^GPU " && DEVICE=1
+[ "$DEVICE" = 1 ] || say "no GPU: the CUDA tests and benchmarks print SKIPPED, the device-only steps are skipped"
 ARCH="${FI_GPU_ARCH:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')}"
 [[ "$ARCH" =~ ^[0-9]+$ ]] || ARCH=90
 GEN=()
@@ -93,6 +96,9 @@ say "$([ "$PYOK" = 1 ] && echo 'have    ' || echo 'missing ') python3 with numpy
 [ -s "$ROOT/.cache/tokenizer/tokenizer.json" ] && say "have     .cache/tokenizer" || say "missing  .cache/tokenizer (generate and e2e steps skip)"
 BUNDLE="$ROOT/.cache/gpu-bundle"
 [ -x "$BUNDLE/bin/flashinterp" ] && say "have     bundle: $(head -1 "$BUNDLE/BUNDLE.txt" 2>/dev/null)" || say "missing  .cache/gpu-bundle (launch/gpu-pack.sh)"
+DEVICE=0
+nvidia-smi -L 2>/dev/null | grep -q "^GPU " && DEVICE=1
+[ "$DEVICE" = 1 ] || say "no GPU: the CUDA tests and benchmarks print SKIPPED, the device-only steps are skipped"
 ARCH="${FI_GPU_ARCH:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')}"
 [[ "$ARCH" =~ ^[0-9]+$ ]] || ARCH=90
 
@@ -108,6 +114,7 @@ if [ "${#MISSING[@]}" -eq 0 ] && [ "${FI_GPU_BUNDLE:-0}" != 1 ]; then
     BUILT=1
   fi
 fi
+BENV=()  # what runs a bundled program: its libraries first (never set for python3 or torch)
 prog() {  # prog NAME: the path of a program, built or bundled
   if [ "$BUILT" = 1 ]; then find "$BUILD" -type f -name "$1" -perm -u+x | head -1
   else echo "$BUNDLE/bin/$1"; fi
@@ -115,8 +122,10 @@ prog() {  # prog NAME: the path of a program, built or bundled
 if [ "$BUILT" = 1 ]; then
   :
 elif [ -x "$BUNDLE/bin/flashinterp" ]; then
-  say "using the bundle ($BUNDLE): ${MISSING[*]:-configure or build failed}"
-  export LD_LIBRARY_PATH="$BUNDLE/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  why="${MISSING[*]:-}"
+  [ "${FI_GPU_BUNDLE:-0}" = 1 ] && why="FI_GPU_BUNDLE=1"
+  say "using the bundle ($BUNDLE): ${why:-configure or build failed}"
+  BENV=(env "LD_LIBRARY_PATH=$BUNDLE/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
 else
   say "no build and no bundle: nothing CUDA can run (run launch/gpu-pack.sh and carry .cache/gpu-bundle)"
   FAILED=1
@@ -125,23 +134,25 @@ B="$(prog gpu_decode_bench)"
 
 if ((FAILED == 0)); then
   # ---- 2. the decode benchmarks (the 8B up map: V 128256, H 4096, 32 x 14336 rows) ---------
-  step "bench chunk 14336 fast (1 GEMM)" 45 bench.log "$B" --chunk-rows 14336
-  step "bench chunk 14336 split (hi + lo)" 45 bench.log "$B" --chunk-rows 14336 --split-input
-  step "bench chunk 2048 fast" 40 bench.log "$B" --chunk-rows 2048
-  step "bench chunk 14336 split, token index 32" 45 bench.log "$B" --chunk-rows 14336 --split-input --token-index 32
-  step "bench k 256 + bottom-k 256, split" 45 bench.log "$B" --chunk-rows 14336 --split-input --top-k 256 --bottom-k 256
-  step "bench 70B width (H 8192, 4 layers x 28672)" 60 bench.log "$B" --hidden 8192 --neurons 28672 --layers 4 --chunk-rows 14336 --split-input
+  step "bench chunk 14336 fast (1 GEMM)" 45 bench.log "${BENV[@]}" "$B" --chunk-rows 14336
+  step "bench chunk 14336 split (hi + lo)" 45 bench.log "${BENV[@]}" "$B" --chunk-rows 14336 --split-input
+  step "bench chunk 2048 fast" 40 bench.log "${BENV[@]}" "$B" --chunk-rows 2048
+  step "bench chunk 14336 split, token index 32" 45 bench.log "${BENV[@]}" "$B" --chunk-rows 14336 --split-input --token-index 32
+  step "bench k 256 + bottom-k 256, split" 45 bench.log "${BENV[@]}" "$B" --chunk-rows 14336 --split-input --top-k 256 --bottom-k 256
+  step "bench 70B width (H 8192, 4 layers x 28672)" 60 bench.log "${BENV[@]}" "$B" --hidden 8192 --neurons 28672 --layers 4 --chunk-rows 14336 --split-input
 
   # ---- 3. CUDA unit tests, synchronous launches, then the sanitizers ------------------------
   for t in test_cuda_reduce test_cuda_decoder test_cuda_forward; do
-    step "$t (CUDA_LAUNCH_BLOCKING=1)" 60 ctest.log env CUDA_LAUNCH_BLOCKING=1 "$(prog $t)" || FAILED=1
+    step "$t (CUDA_LAUNCH_BLOCKING=1)" 60 ctest.log env CUDA_LAUNCH_BLOCKING=1 "${BENV[@]}" "$(prog $t)" || FAILED=1
   done
-  step "test_cuda_mpi -np 2" 60 ctest.log mpirun -np 2 "$(prog test_cuda_mpi)" || FAILED=1
+  step "test_cuda_mpi -np 2" 60 ctest.log mpirun -np 2 "${BENV[@]}" "$(prog test_cuda_mpi)" || FAILED=1
   grep -hE "^\[  (PASSED|FAILED|SKIPPED) |tests? from .* ran" "$LOGS/ctest.log" | tail -12 >>"$SUMMARY"
-  if have compute-sanitizer; then
+  if [ "$DEVICE" = 0 ]; then
+    say "SKIP  compute-sanitizer: no GPU"
+  elif have compute-sanitizer; then
     for tool in memcheck racecheck; do
       step "compute-sanitizer $tool test_cuda_reduce" 60 sanitizer.log \
-        env CUDA_LAUNCH_BLOCKING=1 compute-sanitizer --tool "$tool" --error-exitcode 9 \
+        env CUDA_LAUNCH_BLOCKING=1 "${BENV[@]}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
         "$(prog test_cuda_reduce)" || FAILED=1
     done
     grep -hE "ERROR SUMMARY|RACECHECK SUMMARY" "$LOGS/sanitizer.log" >>"$SUMMARY"
@@ -163,11 +174,13 @@ if ((FAILED == 0)); then
   fi
 
   # ---- 5. end to end on a real-layout checkpoint --------------------------------------------
-  if [ "$PYOK" = 1 ] && [ -s "$ROOT/.cache/tokenizer/tokenizer.json" ]; then
+  if [ "$DEVICE" = 0 ]; then
+    say "SKIP  e2e decode --backend cuda: no GPU"
+  elif [ "$PYOK" = 1 ] && [ -s "$ROOT/.cache/tokenizer/tokenizer.json" ]; then
     E2E=/tmp/fi-gpu-e2e
     step "e2e: make a Llama 3 layout checkpoint" 30 e2e.log env FI_BUILD_DIR="$E2E" FI_SOURCE_DIR="$ROOT" \
       "$PY" "$ROOT/tests/python/family_models.py" "$E2E" llama3
-    step "e2e: decode --backend cuda (3 matrices, mpirun -np 1)" 60 e2e.log mpirun -np 1 "$(prog flashinterp)" \
+    step "e2e: decode --backend cuda (3 matrices, mpirun -np 1)" 60 e2e.log mpirun -np 1 "${BENV[@]}" "$(prog flashinterp)" \
       decode --model "$E2E/llama3" --out "$E2E/map.h5" --overwrite --backend cuda --matrices up,gate,down || FAILED=1
     step "e2e: the map against float64 numpy" 60 e2e.log env FI_SOURCE_DIR="$ROOT" "$PY" - "$E2E" <<'PYEOF'
 import os, sys, h5py, numpy as np

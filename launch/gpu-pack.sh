@@ -5,8 +5,8 @@
 # with the shared libraries they need that such a machine may lack (HDF5, PCRE2, CLI-free: the
 # binary links no CLI11), under .cache/gpu-bundle/ (git-ignored; carry it with the run). The
 # libraries a GPU machine has by definition are left out: glibc, libstdc++/libgcc, the CUDA
-# driver and toolkit libraries (cudart, cuBLAS, cuBLASLt, NCCL) and MPI (the machine's own
-# mpirun must start the ranks). bin/run.sh sets LD_LIBRARY_PATH to lib/. Keeps the bundle under
+# driver and toolkit libraries (cudart, cuBLAS, cuBLASLt, NCCL), MPI (the machine's own mpirun
+# must start the ranks) and OpenBLAS (35 MiB; the GPU machines as probed have 0.3.26). bin/run.sh sets LD_LIBRARY_PATH to lib/. Keeps the bundle under
 # 64 MiB (the device tool's carry limit) or fails saying by how much.
 # usage: launch/gpu-pack.sh [ARCH]   (default 90)   Env: FI_PACK_BUILD (default /tmp/fi-pack-build)
 set -euo pipefail
@@ -28,7 +28,7 @@ for t in "${TARGETS[@]}"; do
   strip -o "$OUT/bin/$t" "$f"
 done
 # The non-system libraries: what ldd resolves, less what a CUDA + MPI machine provides.
-SKIP='^(linux-vdso|ld-linux|libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas|libcublasLt|libnccl|libmpi|libopen-(pal|rte)|libevent|libhwloc|libpmix|libz|libgomp|libnvidia)\.'
+SKIP='^(linux-vdso|ld-linux|libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas|libcublasLt|libnccl|libmpi|libopen-(pal|rte)|libevent|libhwloc|libpmix|libz|libgomp|libnvidia|libopenblas)\.'
 for b in "$OUT"/bin/*; do
   ldd "$b" | awk '$3 ~ /^\// {print $1, $3}'
 done | sort -u | while read -r name path; do
