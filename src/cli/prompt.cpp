@@ -12,8 +12,8 @@ namespace fi {
 
 void add_prompt_options(CLI::App* cmd, PromptArgs& p) {
   cmd->add_option("--prompt", p.text, "prompt text (UTF-8); BOS is put first unless --no-bos");
-  cmd->add_flag("--chat", p.chat, "wrap the prompt in the Llama 3.1 Instruct chat format");
-  cmd->add_flag("--no-bos", p.no_bos, "do not put <|begin_of_text|> before a plain prompt");
+  cmd->add_flag("--chat", p.chat, "render the prompt as one user message of the model's chat template (tokenizer_config.json)");
+  cmd->add_flag("--no-bos", p.no_bos, "do not put the BOS token (e.g. <|begin_of_text|>) before a plain prompt");
   cmd->add_option("--prompt-ids", p.ids, "the prompt as comma-separated token ids instead of text");
 }
 
