@@ -138,7 +138,7 @@ Pattern::Pattern(const std::string& path, const std::string& field, const json& 
   PCRE2_SIZE offset = 0;
   code_ = std::make_unique<Code>();
   code_->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(),
-                              PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0), &err, &offset, nullptr);
+                              PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP), &err, &offset, nullptr);
   if (!code_->code) {
     PCRE2_UCHAR msg[256];
     pcre2_get_error_message(err, msg, sizeof msg);
@@ -186,7 +186,7 @@ Normalizer::Normalizer(const std::string& path, const json& spec) {
 void Normalizer::add(const std::string& path, const std::string& field, const json& spec) {
   if (!spec.is_object()) FI_FAIL(path + ": " + field + " must be an object");
   const std::string type = str_field(spec, "type");
-  Step s{Step::kUnicode};
+  Step s;
   if (type == "Sequence") {
     auto it = spec.find("normalizers");
     if (it == spec.end() || !it->is_array()) FI_FAIL(path + ": " + field + ".normalizers must be a list");
@@ -265,7 +265,7 @@ void PreTokenizer::add(const std::string& path, const std::string& field, const 
     if (b == "Contiguous") return Behavior::kContiguous;
     FI_FAIL(path + ": " + field + ".behavior '" + b + "' is not a split behaviour");
   };
-  Step s{Step::kSplit};
+  Step s;
   if (type == "Sequence") {
     auto it = spec.find("pretokenizers");
     if (it == spec.end() || !it->is_array()) FI_FAIL(path + ": " + field + ".pretokenizers must be a list");

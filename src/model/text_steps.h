@@ -36,7 +36,7 @@ class Normalizer {
 
  private:
   struct Step {
-    enum Kind { kUnicode, kPrepend, kReplace } kind;
+    enum Kind { kUnicode, kPrepend, kReplace } kind = kUnicode;
     int utf8proc_options = 0;           // kUnicode
     std::string text;                   // kPrepend: the prefix; kReplace: the content
     std::shared_ptr<Pattern> pattern;   // kReplace
@@ -58,7 +58,7 @@ class PreTokenizer {
  private:
   enum class Behavior { kRemoved, kIsolated, kMergedWithPrevious, kMergedWithNext, kContiguous };
   struct Step {
-    enum Kind { kSplit, kByteLevel, kDigits, kPunctuation, kMetaspace } kind;
+    enum Kind { kSplit, kByteLevel, kDigits, kPunctuation, kMetaspace } kind = kSplit;
     std::shared_ptr<Pattern> pattern;  // kSplit; kByteLevel with use_regex
     Behavior behavior = Behavior::kIsolated;
     bool invert = false, individual_digits = false, add_prefix_space = false, split = true;
