@@ -53,19 +53,20 @@ Tokenizer::Tokenizer(const std::string& path) : path_(path) {
             "byte-level but the decoder is " + (decoding_.byte_level ? "" : "not") + " (not supported)");
   if (j.contains("added_tokens") && j["added_tokens"].is_array()) load_added(j["added_tokens"]);
 
-  // BOS/EOS: the family's own tokens, unless tokenizer_config.json beside the file names them.
+  // BOS/EOS: the family's own added tokens (a plain vocabulary entry "<s>", as Qwen has, is no
+  // BOS), unless tokenizer_config.json beside the file names them.
   for (const char* t : {"<|begin_of_text|>", "<s>", "<bos>", "<\xEF\xBD\x9C" "begin\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>"})
-    if (bos_id_ < 0) bos_id_ = find_token(t);
+    if (bos_id_ < 0) bos_id_ = find_token(t, true);
   for (const char* t : {"<|eot_id|>", "<|im_end|>", "<end_of_turn>", "</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>",
                         "<\xEF\xBD\x9C" "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>"})
-    if (eos_id_ < 0) eos_id_ = find_token(t);
+    if (eos_id_ < 0) eos_id_ = find_token(t, true);
   const std::string config = (std::filesystem::path(path).parent_path() / "tokenizer_config.json").string();
   if (std::filesystem::exists(config)) {
     load_config(config);
   } else {
     bool llama3 = true;
     for (const char* t : {"<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"})
-      llama3 = llama3 && find_token(t) >= 0;
+      llama3 = llama3 && find_token(t, true) >= 0;
     if (llama3) chat_ = std::make_unique<ChatFormat>(llama3_chat_format("<|begin_of_text|>"));
     else chat_error_ = path + ": no tokenizer_config.json beside it, so no chat template for --chat";
   }
@@ -154,6 +155,7 @@ void Tokenizer::load_config(const std::string& config_path) {
   json c = read_json_file(config_path);
   if (!c.is_object()) FI_FAIL(config_path + ": expected a JSON object at the top level");
   const std::string bos = config_token(c, "bos_token"), eos = config_token(c, "eos_token");
+  if (c.contains("bos_token")) bos_id_ = -1;  // null: the family has none (Qwen)
   if (!bos.empty() && (bos_id_ = find_token(bos)) < 0)
     FI_FAIL(config_path + ": bos_token '" + bos + "' is not a token of " + path_);
   if (!eos.empty() && (eos_id_ = find_token(eos)) < 0)
@@ -172,10 +174,11 @@ void Tokenizer::load_config(const std::string& config_path) {
   }
 }
 
-int32_t Tokenizer::find_token(const std::string& content) const {
+int32_t Tokenizer::find_token(const std::string& content, bool added_only) const {
   for (const auto* tables : {&raw_added_, &normalized_added_})
     for (const Added& a : (*tables)[uint8_t(content.empty() ? 0 : content[0])])
       if (a.content == content) return a.id;
+  if (added_only) return -1;
   auto it = token_id_.find(content);
   return it == token_id_.end() ? -1 : it->second;
 }

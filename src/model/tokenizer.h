@@ -61,7 +61,8 @@ class Tokenizer {
   void load_model(const nlohmann::json& model);
   void load_added(const nlohmann::json& added);
   void load_config(const std::string& config_path);
-  int32_t find_token(const std::string& content) const;  // added or model token; -1 when absent
+  // An added token's id, else (unless added_only) a model.vocab token's; -1 when absent.
+  int32_t find_token(const std::string& content, bool added_only = false) const;
   void split_added(const std::vector<Added> (&table)[256], const std::string& s, bool at_start,
                    std::vector<Section>& out) const;
   void encode_section(const std::string& text, bool at_start, std::vector<int32_t>& out) const;
