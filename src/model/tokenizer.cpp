@@ -42,6 +42,14 @@ std::string config_token(const json& config, const char* key) {
 Tokenizer::~Tokenizer() = default;
 
 Tokenizer::Tokenizer(const std::string& path) : path_(path) {
+  try {
+    load(path);
+  } catch (const json::exception& e) {  // a field of the wrong type somewhere
+    FI_FAIL(path + ": " + e.what());
+  }
+}
+
+void Tokenizer::load(const std::string& path) {
   vocab_ = load_vocab(path);  // checks ids and added tokens, and decodes every token's bytes
   json j = read_json_file(path);
   decoding_ = token_decoding(path, j);

@@ -58,6 +58,7 @@ class Tokenizer {
     int32_t id;     // -1: text to tokenize
     bool at_start;  // the text begins the input
   };
+  void load(const std::string& path);
   void load_model(const nlohmann::json& model);
   void load_added(const nlohmann::json& added);
   void load_config(const std::string& config_path);

@@ -152,7 +152,8 @@ int64_t Vocab::find_bytes(const std::string& b) const {
   return -1;
 }
 
-TokenDecoding token_decoding(const std::string& path, const json& j) {
+namespace {
+TokenDecoding read_decoder(const std::string& path, const json& j) {
   TokenDecoding d;
   auto it = j.find("decoder");
   if (it == j.end() || it->is_null()) return d;
@@ -212,6 +213,15 @@ TokenDecoding token_decoding(const std::string& path, const json& j) {
   if (byte_level) return TokenDecoding{};
   if (d.space_marker.empty()) FI_FAIL(path + ": decoder has neither ByteLevel nor a ▁ -> space step");
   return d;
+}
+}  // namespace
+
+TokenDecoding token_decoding(const std::string& path, const json& j) {
+  try {
+    return read_decoder(path, j);
+  } catch (const json::exception& e) {  // a field of the wrong type
+    FI_FAIL(path + ": decoder: " + e.what());
+  }
 }
 
 Vocab load_vocab(const std::string& path, int64_t vocab_size) {
