@@ -3,7 +3,6 @@
 // (<|im_start|>), Gemma (<start_of_turn>), Mistral/Llama 2 ([INST] ... [/INST]), DeepSeek V3
 // (<｜User｜>). The Jinja template itself is not run; the pieces are read from its text.
 #pragma once
-#include <nlohmann/json_fwd.hpp>
 #include <string>
 
 namespace fi {

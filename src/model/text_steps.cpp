@@ -7,6 +7,8 @@
 #include <pcre2.h>
 #include <utf8proc.h>
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <cstdlib>
 
