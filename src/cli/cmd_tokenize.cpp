@@ -1,5 +1,6 @@
 // `flashinterp tokenize --model DIR [--chat] (TEXT | --file F)`: token ids of DIR/tokenizer.json,
 // space-separated; with --file one output line per input line (raw bytes, newline excluded).
+// --chat: the chat template of DIR/tokenizer_config.json (see model/chat_format.h).
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -62,10 +63,11 @@ int run_tokenize(const TokenizeOptions& o) {
 std::function<int()> add_tokenize(CLI::App& app) {
   auto o = std::make_shared<TokenizeOptions>();
   auto* cmd = app.add_subcommand(
-      "tokenize", "Print the token ids of a text (no BOS; --chat wraps it in the Llama 3.1 Instruct "
-                  "chat format, which starts with <|begin_of_text|>). Invalid UTF-8 becomes U+FFFD.");
-  cmd->add_option("--model", o->model, "model directory (only its tokenizer.json is read)")->required();
-  cmd->add_flag("--chat", o->chat, "wrap each text as one user turn of the Llama 3.1 Instruct chat format");
+      "tokenize", "Print the token ids of a text (no BOS; --chat renders it as one user message of the "
+                  "chat template in tokenizer_config.json, BOS included when the template writes it). "
+                  "Invalid UTF-8 becomes U+FFFD.");
+  cmd->add_option("--model", o->model, "model directory (only its tokenizer.json and tokenizer_config.json are read)")->required();
+  cmd->add_flag("--chat", o->chat, "render each text as one user message of the model's chat template (Llama 3, ChatML/Qwen, Gemma, [INST], DeepSeek)");
   auto* text = cmd->add_option("text", o->text, "the text to tokenize");
   auto* file = cmd->add_option("--file", o->file, "tokenize each line of this file ('-' for stdin)");
   cmd->add_flag("-z,--null-data", o->null_data, "with --file: records end with a NUL byte, not a newline")

@@ -12,8 +12,8 @@ namespace fi {
 
 void add_prompt_options(CLI::App* cmd, PromptArgs& p) {
   cmd->add_option("--prompt", p.text, "prompt text (UTF-8); BOS is put first unless --no-bos");
-  cmd->add_flag("--chat", p.chat, "wrap the prompt in the Llama 3.1 Instruct chat format");
-  cmd->add_flag("--no-bos", p.no_bos, "do not put <|begin_of_text|> before a plain prompt");
+  cmd->add_flag("--chat", p.chat, "render the prompt as one user message of the model's chat template (tokenizer_config.json)");
+  cmd->add_flag("--no-bos", p.no_bos, "do not put the BOS token (e.g. <|begin_of_text|>) before a plain prompt");
   cmd->add_option("--prompt-ids", p.ids, "the prompt as comma-separated token ids instead of text");
 }
 
@@ -40,9 +40,12 @@ std::vector<int32_t> prompt_tokens(const Tokenizer& tok, const PromptArgs& p, in
     return ids;
   }
   if (sanitize_utf8(p.text) != p.text) FI_FAIL("--prompt: the text is not valid UTF-8");
-  if (p.chat) return tok.encode_chat(p.text);
-  ids = tok.encode(p.text, !p.no_bos && tok.bos_id() >= 0);
+  ids = p.chat ? tok.encode_chat(p.text) : tok.encode(p.text, !p.no_bos && tok.bos_id() >= 0);
   FI_CHECK(!ids.empty(), "--prompt: the prompt has no tokens");
+  for (int32_t id : ids)  // a tokenizer id past the LM-head (Gemma 3's <image_soft_token>)
+    if (id >= vocab_size)
+      FI_FAIL("--prompt: token '" + tok.vocab().text[size_t(id)] + "' (id " + std::to_string(id) +
+              ") is past the model's vocab_size " + std::to_string(vocab_size));
   return ids;
 }
 

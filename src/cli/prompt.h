@@ -1,5 +1,5 @@
 // Helpers shared by the `clamp` and `generate` subcommands: --prompt TEXT (tokenized, BOS first
-// unless --no-bos), --chat (Llama 3.1 Instruct format) or --prompt-ids; token text; MPI set-up.
+// unless --no-bos), --chat (the model's chat template) or --prompt-ids; token text; MPI set-up.
 #pragma once
 #include <CLI/CLI.hpp>
 #include <cstdint>

@@ -9,7 +9,8 @@ usage: make_seeds.py MODEL_DIR SHARDED_DIR OUT_DIR
 The real files are too big to be good seeds (the LM-head alone is megabytes), so the safetensors
 seeds keep the demo model's real header (names, dtypes, metadata, order) with every dimension
 clamped small and the offsets recomputed; the tokenizer seeds keep the real Llama 3 structure
-(pre-tokenizer, decoder, added tokens) with the first few hundred ids and the merges among them.
+(pre-tokenizer, decoder, added tokens) with the first few hundred ids and the merges among them,
+and so do the other families' (.cache/tokenizers, when set up: SentencePiece, NFC, Split chains).
 Standard library only: runs with /usr/bin/python3.
 """
 import json
@@ -120,6 +121,31 @@ def tokenizer_seeds(model, out, keep=300, added=8):
     write(out, "restated-added.json", json.dumps(restated))
 
 
+def family_seeds(out, keep=300):
+    """A small file per family in .cache/tokenizers (SentencePiece, NFC, several Splits, ...): the
+    first ids and the byte tokens, renumbered contiguously, with the merges among them."""
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".cache", "tokenizers")
+    for name in ("llama2", "qwen3", "gemma3", "deepseek_v3"):
+        path = os.path.join(root, name, "tokenizer.json")
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            tok = json.load(f)
+        m = tok["model"]
+        kept = sorted((v, k) for k, v in m["vocab"].items() if v < keep or (k.startswith("<0x") and len(k) == 6))
+        new_id = {old: i for i, (old, _) in enumerate(kept)}
+        vocab = {k: new_id[v] for v, k in kept}
+        merges = []
+        for mg in m["merges"]:
+            left, right = mg.split(" ", 1) if isinstance(mg, str) else mg
+            if left in vocab and right in vocab and left + right in vocab:
+                merges.append(mg)
+        small = dict(tok, post_processor=None)
+        small["model"] = dict(m, vocab=vocab, merges=merges[:300])  # under fuzz.sh's 64 KiB max_len
+        small["added_tokens"] = [dict(a, id=new_id[a["id"]]) for a in tok["added_tokens"] if a["id"] in new_id][:40]
+        write(out, "%s-small.json" % name, json.dumps(small, ensure_ascii=False))
+
+
 def main():
     if len(sys.argv) != 4:
         sys.exit(__doc__)
@@ -131,6 +157,7 @@ def main():
     index_seeds(sharded, dirs["index"])
     config_seeds(model, dirs["config"])
     tokenizer_seeds(model, dirs["tokenizer_json"])
+    family_seeds(dirs["tokenizer_json"])
     for k, d in dirs.items():
         files = os.listdir(d)
         print("seeds: %-15s %2d files, %6d bytes" % (k, len(files), sum(os.path.getsize(os.path.join(d, f)) for f in files)))

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "common/error.h"
@@ -251,10 +252,74 @@ TEST(LoadVocab, PaddingRows) {
   EXPECT_EQ(fi::load_vocab(path, 8).size(), 8);
 }
 
-TEST(LoadVocab, IdBeyondVocabSize) {
+// Ids past the LM-head (Gemma 3's image token) are dropped and counted, not fatal.
+TEST(LoadVocab, IdBeyondVocabSizeIsDroppedAndCounted) {
   std::string path = write_file(kSmall);
-  expect_error([&] { fi::load_vocab(path, 7); }, {path, "id 7", "vocab_size 7"});
+  Vocab v = fi::load_vocab(path, 7);
+  ASSERT_EQ(v.size(), 7);
+  EXPECT_EQ(v.beyond, 1);
+  EXPECT_EQ(v.padding, 0);
+  EXPECT_EQ(v.tokenizer_max_id, 7);
+  EXPECT_EQ(v.bytes[6], "<|bos|>");
+  Vocab w = fi::load_vocab(path, 5);
+  EXPECT_EQ(w.beyond, 3);
+  EXPECT_EQ(w.size(), 5);
+  Vocab exact = fi::load_vocab(path);
+  EXPECT_EQ(exact.beyond, 0);
+  EXPECT_EQ(exact.padding, 0);
+  EXPECT_EQ(exact.tokenizer_max_id, 7);
+  EXPECT_EQ(fi::load_vocab(path, 10).padding, 2);
   expect_error([&] { fi::load_vocab(path, -1); }, {path, "negative"});
+}
+
+// SentencePiece style, as Llama 2 / Mistral / Gemma: the decoder says ▁ is a space and <0xNN> a byte.
+TEST(LoadVocab, SentencePieceDecoder) {
+  std::string path = write_file(R"({"added_tokens": [{"id": 0, "content": "<s>"}, {"id": 6, "content": "\u2581raw\u2581"}],
+    "decoder": {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+      {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+    "model": {"type": "BPE", "byte_fallback": true,
+      "vocab": {"<s>": 0, "\u2581the": 1, "<0x0A>": 2, "<0xE9>": 3, "a\u2581\u2581b": 4, "<0x0a>x": 5}, "merges": []}})");
+  Vocab v = fi::load_vocab(path);
+  ASSERT_EQ(v.size(), 7);
+  EXPECT_EQ(v.bytes[0], "<s>");
+  EXPECT_EQ(v.bytes[1], " the");
+  EXPECT_EQ(v.bytes[2], "\n");
+  EXPECT_EQ(v.bytes[3], "\xE9");
+  EXPECT_EQ(v.text[3], R);
+  EXPECT_EQ(v.bytes[4], "a  b");
+  EXPECT_EQ(v.bytes[5], "<0x0a>x");  // not a byte token
+  EXPECT_EQ(v.bytes[6], "\xE2\x96\x81raw\xE2\x96\x81");  // an added token not in model.vocab: raw
+  EXPECT_EQ(v.special[0], 1);
+  EXPECT_EQ(v.special[1], 0);
+  fi::TokenDecoding d = fi::token_decoding(path, nlohmann::json::parse(std::ifstream(path)));
+  EXPECT_FALSE(d.byte_level);
+  EXPECT_TRUE(d.byte_fallback);
+  EXPECT_EQ(d.strip_start, 1);
+  // Metaspace decoder (Mistral-style files), no ByteFallback: <0x0A> stays text.
+  path = write_file(R"({"decoder": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always"},
+    "model": {"vocab": {"\u2581a": 0, "<0x0A>": 1}}})");
+  v = fi::load_vocab(path);
+  EXPECT_EQ(v.bytes[0], " a");
+  EXPECT_EQ(v.bytes[1], "<0x0A>");
+}
+
+TEST(LoadVocab, ByteLevelEntryOutsideTheAlphabetThatIsAnAddedTokenIsRaw) {  // DeepSeek V3's specials
+  std::string path = write_file(R"({"added_tokens": [{"id": 1, "content": "<\uff5cbegin\u2581of\uff5c>"}],
+    "decoder": {"type": "ByteLevel"}, "model": {"vocab": {"\u0120a": 0, "<\uff5cbegin\u2581of\uff5c>": 1}}})");
+  Vocab v = fi::load_vocab(path);
+  EXPECT_EQ(v.bytes[0], " a");
+  EXPECT_EQ(v.bytes[1], "<\xEF\xBD\x9C" "begin\xE2\x96\x81of\xEF\xBD\x9C>");
+  EXPECT_EQ(v.special[1], 1);
+}
+
+TEST(LoadVocab, UnsupportedDecoderNamesTheField) {
+  std::string p = write_file(R"({"decoder": {"type": "WordPiece"}, "model": {"vocab": {"a": 0}}})");
+  expect_error([&] { fi::load_vocab(p); }, {p, "decoder.type", "WordPiece"});
+  p = write_file(R"({"decoder": {"type": "Sequence", "decoders": [{"type": "CTC"}]}, "model": {"vocab": {"a": 0}}})");
+  expect_error([&] { fi::load_vocab(p); }, {p, "decoder.decoders[0].type", "CTC"});
+  p = write_file(R"({"decoder": {"type": "Sequence", "decoders": [{"type": "Fuse"}, {"type": "Strip", "content": " ",
+    "start": 0, "stop": 1}]}, "model": {"vocab": {"a": 0}}})");
+  expect_error([&] { fi::load_vocab(p); }, {p, "decoder.decoders[1]", "start only"});
 }
 
 TEST(LoadVocab, AddedTokenRestatingVocabEntry) {
@@ -403,5 +468,57 @@ TEST(RealLlama31, SizesFromFileAndPadding) {
   EXPECT_EQ(padded.text[128300], "<|unused_128300|>");
   EXPECT_EQ(padded.special[128300], 1);
   EXPECT_EQ(padded.bytes[128000], "<|begin_of_text|>");
-  expect_error([&] { fi::load_vocab(path, 128000); }, {path, "vocab_size 128000"});
+  EXPECT_EQ(padded.padding, 128512 - 128256);
+  EXPECT_EQ(padded.beyond, 0);
+  Vocab cut = fi::load_vocab(path, 128000);  // the 256 special tokens are past this LM-head
+  EXPECT_EQ(cut.size(), 128000);
+  EXPECT_EQ(cut.beyond, 256);
+  EXPECT_EQ(cut.tokenizer_max_id, 128255);
+}
+
+// ---- the other families' real tokenizers (.cache/tokenizers/<name>, from launch/setup-deps.sh) --
+
+std::string family_tokenizer(const std::string& name) {
+  std::vector<std::string> dirs;
+  if (const char* d = std::getenv("FI_TOKENIZERS_DIR")) dirs.push_back(d);
+  if (const char* d = std::getenv("FI_TOKENIZER_DIR")) dirs.push_back(std::string(d) + "/../tokenizers");
+  for (const auto& d : dirs)
+    if (fs::exists(d + "/" + name + "/tokenizer.json")) return d + "/" + name + "/tokenizer.json";
+  return "";
+}
+
+TEST(RealFamilies, SentencePieceBytes) {
+  std::string path = family_tokenizer("llama2");
+  if (path.empty()) GTEST_SKIP() << "no .cache/tokenizers/llama2 (run launch/setup-deps.sh)";
+  Vocab v = fi::load_vocab(path, 32000);
+  EXPECT_EQ(v.padding, 0);
+  EXPECT_EQ(v.beyond, 0);
+  EXPECT_EQ(v.bytes[1], "<s>");
+  EXPECT_EQ(v.bytes[13], "\n");      // <0x0A>
+  EXPECT_EQ(v.bytes[3 + 0xE9], "\xE9");
+  EXPECT_EQ(v.find_bytes(" the"), 272);  // ▁the
+}
+
+TEST(RealFamilies, GemmaImageTokenBeyondTheLmHead) {
+  std::string path = family_tokenizer("gemma3");
+  if (path.empty()) GTEST_SKIP() << "no .cache/tokenizers/gemma3 (run launch/setup-deps.sh)";
+  Vocab v = fi::load_vocab(path, 262144);  // Gemma 3 1B's vocab_size; <image_soft_token> is id 262144
+  EXPECT_EQ(v.size(), 262144);
+  EXPECT_EQ(v.beyond, 1);
+  EXPECT_EQ(v.padding, 0);
+  EXPECT_EQ(v.tokenizer_max_id, 262144);
+  EXPECT_EQ(v.bytes[2], "<bos>");
+  EXPECT_EQ(v.bytes[107], "\n");
+  EXPECT_EQ(v.bytes[138], "  ");  // ▁▁, also an added token
+  EXPECT_EQ(v.special[138], 1);
+}
+
+TEST(RealFamilies, DeepSeekRawSpecials) {
+  std::string path = family_tokenizer("deepseek_v3");
+  if (path.empty()) GTEST_SKIP() << "no .cache/tokenizers/deepseek_v3 (run launch/setup-deps.sh)";
+  Vocab v = fi::load_vocab(path, 129280);  // DeepSeek V3's vocab_size: 818 added ids, then padding
+  EXPECT_EQ(v.bytes[0], "<\xEF\xBD\x9C" "begin\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>");
+  EXPECT_EQ(v.padding, 129280 - 128815);
+  EXPECT_EQ(v.beyond, 0);
+  EXPECT_EQ(v.bytes[223], " ");
 }
