@@ -6,7 +6,8 @@ language_model.model., Phi-3's gate_up_proj split gate-first, Gemma's (1 + w) fi
 final soft-cap): top-k and bottom-k ids up to exact ties, logits and log-sum-exp within 1e-4 of
 the row's scale, probabilities within 1e-4 relative; /vocab/bytes equal, for every id, to the bytes
 computed here from tokenizer.json (sentencepiece `▁` -> space and `<0xNN>` -> that byte, GPT-2
-byte-level, added tokens as UTF-8, padding ids empty; tokenizer ids beyond vocab_size left out).
+byte-level; added tokens through the same decoder, as HF's decode does; padding ids empty; tokenizer
+ids beyond vocab_size left out).
 Run by ctest as /usr/bin/python3 tests/python/test_decode_families.py.
 """
 import json
@@ -30,26 +31,24 @@ def expected_vocab(model_dir, vocab_size):
     with open(os.path.join(model_dir, "tokenizer.json"), encoding="utf-8") as f:
         tok = json.load(f)
     model = tok["model"]
-    byte_level = "Ġ" in model["vocab"] or any(
-        d.get("type") == "ByteLevel" for d in [tok.get("decoder") or {}] + list((tok.get("decoder") or {}).get("decoders", [])))
+    dec_ = tok.get("decoder") or {}
+    byte_level = any(d.get("type") == "ByteLevel" for d in [dec_] + list(dec_.get("decoders", [])))
     dec = t._byte_decoder()
+
+    def token_bytes(s):  # one token through the decoder, as HF decodes it (added tokens too)
+        if byte_level:  # a character outside the byte alphabet stays as its UTF-8 (DeepSeek's specials)
+            return b"".join(bytes([dec[c]]) if c in dec else c.encode("utf-8") for c in s)
+        if model.get("byte_fallback") and len(s) == 6 and s.startswith("<0x") and s.endswith(">"):
+            return bytes([int(s[3:5], 16)])
+        return s.replace("\u2581", " ").encode("utf-8")
+
     out = [b""] * vocab_size
     for s, i in model["vocab"].items():
-        if i >= vocab_size:
-            continue
-        if byte_level:
-            try:
-                out[i] = bytes(dec[c] for c in s)
-                continue
-            except KeyError:  # a special token kept raw in model.vocab (DeepSeek's)
-                pass
-        if model.get("byte_fallback") and len(s) == 6 and s.startswith("<0x") and s.endswith(">"):
-            out[i] = bytes([int(s[3:5], 16)])
-        else:
-            out[i] = s.replace("▁", " ").encode("utf-8") if not byte_level else s.encode("utf-8")
+        if i < vocab_size:
+            out[i] = token_bytes(s)
     for a in tok.get("added_tokens", []):
         if a["id"] < vocab_size:
-            out[a["id"]] = a["content"].encode("utf-8")
+            out[a["id"]] = token_bytes(a["content"])
     return out
 
 
