@@ -10,6 +10,7 @@
 #include "map/format.h"
 #include "model/config.h"
 #include "model/layer_tensors.h"
+#include "model/vocab.h"
 
 namespace fi {
 namespace {
@@ -74,6 +75,28 @@ void print_forward_plan(const Model& m, int ranks) {
               human(gpu).c_str(), human(cpu).c_str());
 }
 
+std::string fmt_g(double x) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", x);
+  return buf;
+}
+
+// The tokenizer against the LM-head: ids without a token (padding rows) and tokenizer ids the
+// LM-head does not have (Gemma 3 1B's image token), which the decode leaves out of the map.
+void print_vocab(const std::string& dir, const ModelConfig& c) {
+  const std::string path = dir + "/tokenizer.json";
+  try {
+    const Vocab v = load_vocab(path, c.vocab_size);
+    std::printf("vocab      tokenizer.json: ids 0..%lld for vocab_size %lld", (long long)v.tokenizer_max_id,
+                (long long)c.vocab_size);
+    if (v.padding == 0 && v.beyond == 0) std::printf(", one token per LM-head row\n");
+    else std::printf("; %lld LM-head row%s without a token (padding)%s%lld tokenizer id%s >= vocab_size (not in the LM-head, left out of the map)\n",
+                     (long long)v.padding, v.padding == 1 ? "" : "s", ", ", (long long)v.beyond, v.beyond == 1 ? "" : "s");
+  } catch (const std::exception& e) {
+    std::printf("vocab      not usable: %s\n", e.what());
+  }
+}
+
 int run_inspect(const InspectOptions& o) {
   Model m(o.model);
   const ModelConfig& c = m.cfg;
@@ -86,6 +109,21 @@ int run_inspect(const InspectOptions& o) {
   std::printf("norm       rms_norm_eps %g, rope_theta %g%s, tied embeddings %s\n", c.rms_norm_eps,
               c.rope_theta, c.rope_scaling.type.empty() ? "" : (", rope_scaling " + c.rope_scaling.type).c_str(),
               c.tie_word_embeddings ? "yes" : "no");
+
+  std::string extras;  // the attention and logit details of the families that have them
+  if (c.rope_local_theta > 0) extras += ", local rope_theta " + fmt_g(c.rope_local_theta);
+  if (c.sliding_window > 0) {
+    int64_t n = 0;
+    for (uint8_t x : c.sliding_layers) n += x;
+    extras += ", sliding window " + std::to_string(c.sliding_window) + " on " + std::to_string(n) + " of " +
+              std::to_string(c.num_layers) + " layers";
+  }
+  if (c.attn_logit_softcapping > 0) extras += ", attention soft-cap " + fmt_g(c.attn_logit_softcapping);
+  if (c.final_logit_softcapping > 0) extras += ", final logit soft-cap " + fmt_g(c.final_logit_softcapping);
+  if (c.fused_gate_up) extras += ", fused gate_up_proj (gate rows first)";
+  if (!c.dtype.empty()) extras += ", dtype " + c.dtype;
+  if (!extras.empty()) std::printf("details    %s\n", extras.substr(2).c_str());
+  print_vocab(o.model, c);
 
   // Inventory: tensors per dtype and bytes per matrix kind.
   std::map<std::string, std::pair<int64_t, uint64_t>> by_dtype, by_kind;
