@@ -42,10 +42,6 @@ void run_or_abort(MPI_Comm comm, int size, F&& f) {
   }
 }
 
-}  // namespace
-
-namespace {
-
 // Whether the CUDA stage (forward/cuda/llama_cuda.cpp) loads and applies a layer tensor of this
 // role: all of them today. A role added to model/layer_tensors.h is refused until it is decided
 // here (the switch has no default, so -Wswitch names the new role).
