@@ -46,9 +46,13 @@ std::unique_ptr<Stage> make_cpu_stage(const Model& model, const StageSpan& span)
 // cuda_stage_refusal's reason.
 std::unique_ptr<Stage> make_cuda_stage(const Model& model, const StageSpan& span);
 
+// Most head_dim the CUDA stage takes (its attention kernel keeps the query head in shared memory).
+constexpr int64_t kCudaMaxHeadDim = 512;
+
 // Why the CUDA stage cannot run this config ("" when it can): a layer tensor of the family's
-// table it does not implement (q/k norms, post-norms), naming it and the model_type. Checked
-// before any device is touched; `--backend auto` then picks the CPU stage.
+// table it does not implement (none of today's families has one), naming it and the model_type,
+// or a head_dim above kCudaMaxHeadDim. Checked before any device is touched; `--backend auto`
+// then picks the CPU stage.
 std::string cuda_stage_refusal(const ModelConfig& cfg);
 
 }  // namespace fi

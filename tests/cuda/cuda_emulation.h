@@ -126,5 +126,8 @@ inline int __popc(unsigned x) { return std::popcount(x); }
 inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
 inline float __ldcs(const float* p) { return *p; }
 inline float __expf(float x) { return std::exp(x); }
+// Round-to-nearest single operations (no FMA contraction: the tests build with -ffp-contract=off).
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
 inline int min(int a, int b) { return std::min(a, b); }
 using std::isnan;

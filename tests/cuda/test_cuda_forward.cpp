@@ -1,17 +1,21 @@
 // The CUDA forward stage (src/forward/cuda/) against the CPU stage on small random checkpoints
 // written here: bf16, f16 and f32 weights; GQA, MHA and one kv head; Qwen2 biases; llama3
 // rope_scaling; Gemma (1 + gamma norms, scaled embedding, tanh-GELU, tied LM-head); erf-GELU;
-// clamps at both sites. Logits within 1e-3 relative for prompts of 1, 7, 40 and 300 tokens
+// Qwen 3's per-head q/k norms; Gemma 2's four norms, soft-caps, query_pre_attn_scalar and
+// alternating sliding layers; Gemma 3's per-head (1 + w) q/k norms, four norms, local RoPE and
+// head_dim 256; OLMo 2's post-norms without pre-norms and whole-width q/k norms; clamps at both
+// sites. Logits within 1e-3 relative for prompts of 1, 7, 40 and 300 tokens
 // (300: more rows than one GEMM piece, more keys than one attention tile) and 5 steps through
 // the KV cache after each; a model split into two CUDA stages equals the one-stage model.
-// Without a device those tests print "SKIPPED (no CUDA device)"; the attention kernel's source
-// still runs on CPU threads (attention_emulated.cpp), and the test checkpoints are checked to
-// load and run on the CPU stage.
+// Without a device those tests print "SKIPPED (no CUDA device)"; the attention and RMSNorm
+// kernels' sources still run on CPU threads (attention_emulated.cpp, norm_emulated.cpp), and the
+// test checkpoints are checked to load and run on the CPU stage.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -21,11 +25,13 @@
 #include <vector>
 
 #include "attention_emulated.h"
+#include "norm_emulated.h"
 #include "common/half.h"
 #include "cuda_test_util.h"
 #include "forward/stage.h"
 #include "io/safetensors.h"
 #include "model/config.h"
+#include "model/rms_norm.h"
 
 namespace fs = std::filesystem;
 
@@ -40,6 +46,11 @@ struct Spec {
   std::string act;  // config's hidden_act ("" = the model type's default)
   int64_t L = 3, H = 64, I = 160, nh = 4, nkv = 2, hd = 16, V = 211;
   bool bias = false, llama3 = false, tied = false;
+  // The layer's norms, as model/layer_tensors.cpp's tables: "llama" (before attention and the
+  // MLP), "gemma2" (four: before and after each) or "olmo2" (after each only).
+  std::string norms = "llama";
+  std::string qk_norm;  // "" none, "head" ([hd], Qwen 3 / Gemma 3) or "width" ([qd], [kvd], OLMo 2)
+  std::string extra;    // more config.json fields: `, "key": value, ...`
 };
 
 std::vector<Spec> specs() {
@@ -61,6 +72,34 @@ std::vector<Spec> specs() {
   s[3].nh = 2;
   s[3].nkv = 1;
   s[3].hd = 160;  // > 128: two output dims per attention thread
+  s.resize(8);
+  s[4].label = "bf16 qwen3, per-head q/k norms, head_dim 32";
+  s[4].model_type = "qwen3";
+  s[4].hd = 32;
+  s[4].qk_norm = "head";
+  s[4].tied = true;
+  s[5].label = "f32 gemma2, four norms, soft-caps, window 5 on layers 0 and 2";
+  s[5].dtype = DType::F32;
+  s[5].model_type = "gemma2";
+  s[5].norms = "gemma2";
+  s[5].tied = true;
+  s[5].extra = R"(, "query_pre_attn_scalar": 24, "sliding_window": 5, "attn_logit_softcapping": 50.0,)"
+               R"( "final_logit_softcapping": 30.0)";
+  s[6].label = "bf16 gemma3_text, (1 + w) q/k norms, four norms, local RoPE, head_dim 256";
+  s[6].model_type = "gemma3_text";
+  s[6].norms = "gemma2";
+  s[6].qk_norm = "head";
+  s[6].tied = true;
+  s[6].nh = 2;
+  s[6].nkv = 1;
+  s[6].hd = 256;
+  s[6].extra = R"(, "query_pre_attn_scalar": 16, "sliding_window": 6, "sliding_window_pattern": 2,)"
+               R"( "rope_local_base_freq": 10000.0, "rope_theta": 1000000.0)";
+  s[7].label = "f16 olmo2, post-norms only, whole-width q/k norms, GQA 4/2";
+  s[7].dtype = DType::F16;
+  s[7].model_type = "olmo2";
+  s[7].norms = "olmo2";
+  s[7].qk_norm = "width";
   return s;
 }
 
@@ -73,7 +112,7 @@ class TestModel {
     fs::create_directories(dir_);
     std::mt19937_64 rng(seed);
     std::vector<fi::TensorData> t;
-    const bool gemma = s.model_type == "gemma";
+    const bool gemma = s.model_type.rfind("gemma", 0) == 0;  // (1 + w) norms
     // sd: the entries' spread; base: added (norm gammas near 1, Gemma's near 0).
     auto add = [&](const std::string& name, std::vector<int64_t> shape, float sd, float base) {
       int64_t n = 1;
@@ -100,20 +139,28 @@ class TestModel {
     add("model.norm.weight", {s.H}, 0.1f, g0);
     for (int64_t l = 0; l < s.L; ++l) {
       const std::string p = "model.layers." + std::to_string(l) + ".";
-      add(p + "input_layernorm.weight", {s.H}, 0.1f, g0);
+      if (s.norms != "olmo2") add(p + "input_layernorm.weight", {s.H}, 0.1f, g0);
       add(p + "self_attn.q_proj.weight", {qd, s.H}, 1.f / std::sqrt(float(s.H)), 0);
       add(p + "self_attn.k_proj.weight", {kvd, s.H}, 1.f / std::sqrt(float(s.H)), 0);
       add(p + "self_attn.v_proj.weight", {kvd, s.H}, 1.f / std::sqrt(float(s.H)), 0);
+      if (!s.qk_norm.empty()) {
+        const bool head = s.qk_norm == "head";
+        add(p + "self_attn.q_norm.weight", {head ? s.hd : qd}, 0.1f, g0);
+        add(p + "self_attn.k_norm.weight", {head ? s.hd : kvd}, 0.1f, g0);
+      }
       if (s.bias) {
         add(p + "self_attn.q_proj.bias", {qd}, 0.3f, 0);
         add(p + "self_attn.k_proj.bias", {kvd}, 0.3f, 0);
         add(p + "self_attn.v_proj.bias", {kvd}, 0.3f, 0);
       }
       add(p + "self_attn.o_proj.weight", {s.H, qd}, 1.f / std::sqrt(float(qd)), 0);
+      // post_attention_layernorm: the MLP's input norm in Llama, the attention output's otherwise.
       add(p + "post_attention_layernorm.weight", {s.H}, 0.1f, g0);
+      if (s.norms == "gemma2") add(p + "pre_feedforward_layernorm.weight", {s.H}, 0.1f, g0);
       add(p + "mlp.gate_proj.weight", {s.I, s.H}, 1.f / std::sqrt(float(s.H)), 0);
       add(p + "mlp.up_proj.weight", {s.I, s.H}, 1.f / std::sqrt(float(s.H)), 0);
       add(p + "mlp.down_proj.weight", {s.H, s.I}, 1.f / std::sqrt(float(s.I)), 0);
+      if (s.norms != "llama") add(p + "post_feedforward_layernorm.weight", {s.H}, 0.1f, g0);
     }
     fi::write_safetensors((dir_ / "model.safetensors").string(), t);
     std::ostringstream c;
@@ -124,6 +171,7 @@ class TestModel {
       << R"(, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": )"
       << (s.tied ? "true" : "false");
     if (!s.act.empty()) c << R"(, "hidden_act": ")" << s.act << '"';
+    c << s.extra;
     // original_max_position_embeddings 64: for head_dim 16 all three llama3 bands occur.
     if (s.llama3)
       c << R"(, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,)"
@@ -233,26 +281,28 @@ TEST(CudaForward, MatchesCpuStage) {
 
 TEST(CudaForward, LongPromptCrossesPiecesAndTiles) {
   FI_SKIP_WITHOUT_CUDA();
-  const Spec s = specs()[0];
-  TestModel m(s, 7);
-  const fi::ModelConfig& c = m.model().cfg;
-  const fi::StageSpan all{0, c.num_layers, true, true};
-  auto cpu = fi::make_cpu_stage(m.model(), all);
-  auto gpu = fi::make_cuda_stage(m.model(), all);
-  const ClampCase k = clamp_cases()[1];
-  cpu->set_clamps(k.clamps, k.site);
-  gpu->set_clamps(k.clamps, k.site);
-  // 300 rows: two GEMM pieces (256 + 44); 300 keys: three attention tiles of 128. The cache
-  // grows past its first capacity (64) by doubling during the prompt.
-  compare_generation(*cpu, *gpu, c, 300, 77, s.label + ", long prompt");
-  // The cache reused after reset(): a short prompt again.
-  compare_generation(*cpu, *gpu, c, 7, 78, s.label + ", after reset");
+  for (const Spec& s : {specs()[0], specs()[6]}) {  // Llama; Gemma 3's q/k norms and post-norms
+    TestModel m(s, 7);
+    const fi::ModelConfig& c = m.model().cfg;
+    const fi::StageSpan all{0, c.num_layers, true, true};
+    auto cpu = fi::make_cpu_stage(m.model(), all);
+    auto gpu = fi::make_cuda_stage(m.model(), all);
+    const ClampCase k = clamp_cases()[1];
+    cpu->set_clamps(k.clamps, k.site);
+    gpu->set_clamps(k.clamps, k.site);
+    // 300 rows: two GEMM pieces (256 + 44); 300 keys: three attention tiles of 128. The cache
+    // grows past its first capacity (64) by doubling during the prompt.
+    compare_generation(*cpu, *gpu, c, 300, 77, s.label + ", long prompt");
+    // The cache reused after reset(): a short prompt again.
+    compare_generation(*cpu, *gpu, c, 7, 78, s.label + ", after reset");
+  }
 }
 
 TEST(CudaForward, TwoStagesEqualOne) {
   FI_SKIP_WITHOUT_CUDA();
   const std::vector<Spec> all_specs = specs();
-  for (const Spec& s : {all_specs[0], all_specs[1]}) {  // untied and tied LM-head
+  // Untied and tied LM-head; OLMo 2's post-norms in both stages.
+  for (const Spec& s : {all_specs[0], all_specs[1], all_specs[7]}) {
     TestModel m(s, 11);
     const fi::ModelConfig& c = m.model().cfg;
     auto one = fi::make_cuda_stage(m.model(), {0, c.num_layers, true, true});
@@ -338,6 +388,92 @@ TEST(CudaForwardEmulated, AttentionKernelMatchesLoop) {
         }
       }
   }
+}
+
+// The RMSNorm kernel's own source on CPU threads against a plain loop in double (and, to the
+// bit, the CPU stage's fi::rms_norm): q/k norms per head (head_dim 16..256, 1..8 heads) and over
+// the whole q or k width (OLMo 2), in place in a [T, q | k | v] row with untouched columns
+// around them; post-norms added to a residual; gamma and (1 + gamma); rows of tiny, ordinary and
+// large values (eps matters for the tiny ones).
+TEST(CudaForwardEmulated, RmsNormKernelMatchesLoop) {
+  struct Case {
+    const char* what;
+    int64_t rows, n, segs, ld_in, ld_out, off;  // segments start at column off of each row
+    bool plus_one, accumulate, in_place;
+  };
+  const std::vector<Case> cases = {
+      {"q per head, hd 16, 4 heads", 3, 16, 4, 16 * 8 + 3, 0, 0, false, false, true},
+      {"k per head, hd 16, 2 heads, 1+w", 3, 16, 2, 16 * 8 + 3, 0, 64, true, false, true},
+      {"q per head, hd 32, 8 heads, 1+w", 2, 32, 8, 32 * 12, 0, 0, true, false, true},
+      {"q per head, hd 64, 1 head", 4, 64, 1, 64 * 3, 0, 0, false, false, true},
+      {"q per head, hd 128, 4 heads", 2, 128, 4, 128 * 8, 0, 0, false, false, true},
+      {"k per head, hd 160, 3 heads, 1+w", 2, 160, 3, 160 * 9 + 1, 0, 160 * 3, true, false, true},
+      {"q per head, hd 256, 2 heads, 1+w", 2, 256, 2, 256 * 4, 0, 0, true, false, true},
+      {"k per head, hd 256, 1 head", 3, 256, 1, 256 * 4, 0, 512, false, false, true},
+      {"q whole width 4 x 16", 3, 64, 1, 64 + 2 * 32, 0, 0, false, false, true},
+      {"k whole width 4 x 16", 3, 64, 1, 64 * 3, 0, 64, false, false, true},
+      {"q whole width 40 x 128", 2, 5120, 1, 5120 + 2 * 1024, 0, 0, false, false, true},
+      {"k whole width 8 x 128, 1+w", 2, 1024, 1, 5120 + 2 * 1024, 0, 5120, true, false, true},
+      {"post-norm H 64, added", 5, 64, 1, 64, 64, 0, false, true, false},
+      {"post-norm H 300, 1+w, added", 3, 300, 1, 300, 300, 0, true, true, false},
+      {"post-norm H 2304, 1+w, added", 2, 2304, 1, 2304, 2304, 0, true, true, false},
+      {"post-norm H 96, written", 2, 96, 1, 100, 97, 0, false, false, false},
+  };
+  const double eps = 1e-6;
+  double worst_rel = 0;
+  for (size_t ci = 0; ci < cases.size(); ++ci) {
+    const Case& k = cases[ci];
+    const int64_t ld_out = k.in_place ? k.ld_in : k.ld_out;
+    std::vector<float> in = fi::test::normal(size_t(k.rows * k.ld_in), 1.f, 10 + ci);
+    // Row 0 tiny (its mean square ~1e-8, near eps), row 1 large, the rest ordinary.
+    for (int64_t i = 0; i < k.ld_in; ++i) in[size_t(i)] *= 1e-4f;
+    if (k.rows > 1)
+      for (int64_t i = 0; i < k.ld_in; ++i) in[size_t(k.ld_in + i)] *= 300.f;
+    const std::vector<float> gamma =
+        k.plus_one ? fi::test::normal(size_t(k.n), 0.3f, 20 + ci) : fi::test::uniform(size_t(k.n), 0.5f, 1.5f, 20 + ci);
+    std::vector<float> out = k.in_place ? in : fi::test::normal(size_t(k.rows * ld_out), 1.f, 30 + ci);
+    const std::vector<float> before = out;
+    // In place (the q/k norms): the kernel reads and writes `out`, a copy of `in`.
+    const float* src = k.in_place ? out.data() : in.data();
+    fi::test::rms_norm_emulated(src + k.off, k.ld_in, out.data() + k.off, ld_out, k.rows,
+                                k.n, k.segs, gamma.data(), k.plus_one, eps, k.accumulate);
+    size_t not_bitwise = 0;
+    for (int64_t r = 0; r < k.rows; ++r) {
+      for (int64_t sg = 0; sg < k.segs; ++sg) {
+        const float* x = &in[size_t(r * k.ld_in + k.off + sg * k.n)];
+        const size_t o0 = size_t(r * ld_out + k.off + sg * k.n);
+        double ss = 0;
+        for (int64_t i = 0; i < k.n; ++i) ss += double(x[i]) * x[i];
+        const double scale = 1.0 / std::sqrt(ss / double(k.n) + eps);
+        std::vector<float> cpu(size_t(k.n));
+        fi::rms_norm(x, gamma.data(), k.n, eps, k.plus_one, cpu.data());
+        for (int64_t i = 0; i < k.n; ++i) {
+          const double g = k.plus_one ? 1.0 + gamma[size_t(i)] : gamma[size_t(i)];
+          const double y = double(x[i]) * scale * g;
+          const double want = k.accumulate ? double(before[o0 + size_t(i)]) + y : y;
+          const double got = out[o0 + size_t(i)];
+          // Three fp32 roundings of y (scale, two products), one more for the sum: within a
+          // few ulp of max(|want|, |y|) (the sum may cancel).
+          const double ref = std::max(std::fabs(want), std::fabs(y));
+          const double rel = ref > 0 ? std::fabs(got - want) / ref : std::fabs(got - want);
+          worst_rel = std::max(worst_rel, rel);
+          EXPECT_LE(rel, 4e-7) << k.what << ": row " << r << " segment " << sg << " dim " << i
+                               << " got " << got << " want " << want;
+          const float cpu_v = k.accumulate ? before[o0 + size_t(i)] + cpu[size_t(i)] : cpu[size_t(i)];
+          not_bitwise += got != double(cpu_v);
+        }
+      }
+    }
+    EXPECT_EQ(not_bitwise, 0u) << k.what << ": values not bit-equal to the CPU stage's rms_norm";
+    // Nothing outside the segments is touched (the v columns, the padding, the other heads' k).
+    std::vector<char> inside(out.size(), 0);
+    for (int64_t r = 0; r < k.rows; ++r)
+      for (int64_t i = 0; i < k.segs * k.n; ++i) inside[size_t(r * ld_out + k.off + i)] = 1;
+    size_t touched = 0;
+    for (size_t i = 0; i < out.size(); ++i) touched += !inside[i] && out[i] != before[i];
+    EXPECT_EQ(touched, 0u) << k.what << ": values outside the segments changed";
+  }
+  std::printf("  RMSNorm kernel, emulated: worst relative error vs the double loop %.3g\n", worst_rel);
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // The CUDA forward pass's kernels (see forward_kernels.h): embedding gather, the halves of a
-// split GEMM summed (with bias and residual), RoPE + KV-cache append, attention
-// (attention_kernel.cuh), SwiGLU with the split conversion for the down GEMM, the clamp hooks.
+// split GEMM summed (with bias and residual), RMSNorm of row segments (rms_norm_kernel.cuh: q/k
+// norms, post-norms), RoPE + KV-cache append, attention (attention_kernel.cuh), SwiGLU with the split conversion for the down GEMM, the clamp hooks.
 // Element-wise kernels are grid-stride loops over int64 indices; the arithmetic follows the CPU
 // stage (forward/llama_cpu.cpp, forward/ops.cpp) operation by operation.
 #include <cuda_bf16.h>
@@ -11,6 +11,7 @@
 
 #include "forward/cuda/attention_kernel.cuh"
 #include "forward/cuda/forward_kernels.h"
+#include "forward/cuda/rms_norm_kernel.cuh"
 #include "gpu/check.h"
 #include "gpu/convert.cuh"
 
@@ -168,6 +169,18 @@ void launch_add_halves(const float* y, int64_t rows, int64_t n, bool split, cons
   if (rows <= 0 || n <= 0) return;
   add_halves_kernel<<<grid_for(rows * n), kThreads, 0, stream>>>(y, rows, n, split ? 1 : 0, bias,
                                                                  out, ldo, accumulate ? 1 : 0);
+  FI_CUDA_CHECK(cudaGetLastError());
+}
+
+void launch_rms_norm(const float* in, int64_t ld_in, float* out, int64_t ld_out, int64_t rows,
+                     int64_t n, int64_t segs, const float* gamma, bool plus_one, double eps,
+                     bool accumulate, cudaStream_t stream) {
+  if (rows <= 0 || segs <= 0 || n <= 0) return;
+  if (!gamma) FI_FAIL("launch_rms_norm: the norm needs gamma on the device");
+  if (rows * segs > int64_t(INT32_MAX)) FI_FAIL("CUDA forward: too many rows to norm in one call");
+  norm_detail::rms_norm_kernel<<<unsigned(rows * segs), norm_detail::kThreads,
+                                 sizeof(norm_detail::NormShared), stream>>>(
+      in, ld_in, out, ld_out, n, segs, gamma, plus_one ? 1 : 0, eps, accumulate ? 1 : 0);
   FI_CUDA_CHECK(cudaGetLastError());
 }
 

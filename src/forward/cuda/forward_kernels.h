@@ -37,6 +37,16 @@ void launch_rope_cache(float* qkv, int64_t T, int64_t nh, int64_t nkv, int64_t h
                        const float* cos, const float* sin, float* k_cache, float* v_cache,
                        int64_t pos, cudaStream_t stream);
 
+// RMSNorm of segments of fp32 rows, as the CPU stage's (model/rms_norm.h; kernel in
+// rms_norm_kernel.cuh): for r < rows and s < segs, the n values at in + r·ld_in + s·n, normed by
+// gamma [n] fp32 (g = 1 + gamma when plus_one), are written to out + r·ld_out + s·n, or added to
+// what is there when accumulate. out may be in (same ld). The q/k norms: in = out = the q (or k)
+// columns of qkv, n = head_dim (per head) or the whole width; the post-norms: in = a block's
+// output [rows, H], out = x, accumulate.
+void launch_rms_norm(const float* in, int64_t ld_in, float* out, int64_t ld_out, int64_t rows,
+                     int64_t n, int64_t segs, const float* gamma, bool plus_one, double eps,
+                     bool accumulate, cudaStream_t stream);
+
 // Causal grouped-query attention of the T new queries: query t (position pos + t) sees cache
 // rows pos+t-window+1..pos+t (window > 0: a sliding layer) or 0..pos+t (window 0); scores
 // q·k · scale, soft-capped to tanh(s / cap) · cap when cap > 0 (Gemma 2). q: [T, ldq] fp32

@@ -1,18 +1,24 @@
 // The CUDA stage of the forward pass (forward/stage.h): weights in their checkpoint dtype
-// on the current device, activations fp32, the same arithmetic as the CPU stage. It runs the
-// families whose layers are Llama's (llama, mistral, qwen2, gemma, phi3), with every RoPE type,
-// sliding-window layers, query_pre_attn_scalar and both soft-caps; what it lacks (q/k norms,
-// post-norms) is cuda_stage_refusal's (forward/forward.cpp), checked before any device work.
-// Per layer, for the T new positions (in pieces of kRows rows for the GEMMs):
-//   qkv = [q; k; v](norm(x)) + bias      one GEMM with the three matrices stacked by rows (Phi-3's
+// on the current device, activations fp32, the same arithmetic as the CPU stage. It runs every
+// dense family of model/layer_tensors.cpp (llama, mistral, qwen2, qwen3, gemma, gemma2,
+// gemma3_text, gemma3, olmo2, phi3), with every RoPE type, sliding-window layers,
+// query_pre_attn_scalar and both soft-caps; a layer tensor it does not implement is
+// cuda_stage_refusal's (forward/forward.cpp), checked before any device work.
+// Per layer, for the T new positions (in pieces of kRows rows for the GEMMs), where a norm the
+// family lacks is the identity (OLMo 2 has no pre-norms, Llama-style layers no post-norms):
+//   qkv = [q; k; v](pre(x)) + bias       one GEMM with the three matrices stacked by rows (Phi-3's
 //                                        qkv_proj is that matrix already)
+//   q, k = qn(q), kn(k)                  RMSNorm per head or over the width (Qwen 3, Gemma 3,
+//                                        OLMo 2), in place in qkv
 //   rope(q, k), k and v appended to the KV cache (fp32, capacity doubled when full); cos and sin
 //                                        of the layer's RoPE (local or global), times its
 //                                        attention factor
-//   x  += o(attention(q, cache))          one GEMM; the window of a sliding layer
-//   h   = act(gate(n)) * up(n), n = norm(x), clamps applied to h     one GEMM (gate; up stacked)
-//   x  += down(h)                         one GEMM
-// so a generated token costs 4 GEMMs per layer plus the LM-head's one.
+//   x  += post_attn(o(attention(q, cache)))   one GEMM; the window of a sliding layer
+//   h   = act(gate(n)) * up(n), n = pre_mlp(x), clamps applied to h  one GEMM (gate; up stacked)
+//   x  += post_mlp(down(h))               one GEMM
+// so a generated token costs 4 GEMMs per layer plus the LM-head's one. Without a post-norm the
+// GEMM's halves are added to x directly; with one they are summed in place in the GEMM output,
+// then normed and added to x (rms_norm_kernel.cuh).
 //
 // Exact inputs: a 16-bit weight multiplies the fp32 input split as hi + lo (both 16-bit; see
 // forward_kernels.h), in ONE GEMM of 2 · rows rows, so the weights are read once per call; an
@@ -43,6 +49,8 @@
 namespace fi {
 namespace gpu {
 namespace {
+
+static_assert(kMaxHeadDim == kCudaMaxHeadDim, "cuda_stage_refusal checks the kernels' limit");
 
 constexpr int64_t kRows = 256;                  // rows per GEMM in layers()
 constexpr size_t kHeadBytes = size_t(64) << 20;  // GEMM output bytes per piece of head()
@@ -102,6 +110,13 @@ DeviceBuffer upload(const std::vector<float>& v, const std::string& what, cudaSt
   return b;
 }
 
+// The layer's tensor of role r as fp32 on the device; an empty buffer (null) when the family has
+// no such tensor.
+DeviceBuffer upload_if(const LayerTensors& t, Role r, cudaStream_t stream) {
+  const ModelTensor* m = t.find(r);
+  return m ? upload(m->read_f32(), m->name, stream) : DeviceBuffer();
+}
+
 class CudaStage final : public Stage {
  public:
   CudaStage(const Model& model, const StageSpan& span);
@@ -113,8 +128,12 @@ class CudaStage final : public Stage {
   void head(const float* x, int64_t n, float* logits) override;
 
  private:
+  // Norm gammas (fp32) are empty buffers, null, where the family has no such norm.
   struct Layer {
-    DeviceBuffer attn_norm, mlp_norm;  // [H] fp32
+    DeviceBuffer attn_norm, mlp_norm;            // [H]: the pre-norms
+    DeviceBuffer post_attn_norm, post_mlp_norm;  // [H]: norms of the blocks' outputs
+    DeviceBuffer q_norm, k_norm;       // [hd] per head, or [qd], [kvd] over the width
+    int64_t q_norm_n = 0, k_norm_n = 0;  // their lengths
     Weight qkv;                        // [qd + 2 kvd, H]: q, k, v stacked
     DeviceBuffer qkv_bias;             // [qd + 2 kvd] fp32 (Qwen2) or empty
     Weight o;                          // [H, qd]
@@ -128,11 +147,18 @@ class CudaStage final : public Stage {
   void ensure(DeviceBuffer& b, size_t bytes, const char* what);
   void grow_cache(int64_t positions);
   RowNorm norm_params(bool rms) const;
-  // out[r, :] (+)= w · norm(in[r, :]) (+ bias) for r < rows; in: [rows, w.cols] fp32 (device);
-  // gamma: the RMSNorm's [w.cols] or null (no norm); out: row stride ldo.
+  // y2_ = w · norm(in[r, :]) for r < rows, the GEMM's output as launch_add_halves takes it
+  // ([2 rows, w.rows] when w.split()); in: [rows, w.cols] fp32 (device); gamma: the RMSNorm's
+  // [w.cols] or null (no norm).
+  void gemm(const Weight& w, const float* in, int64_t rows, const float* gamma);
+  // out[r, :] (+)= w · norm(in[r, :]) (+ bias): gemm, then the halves summed; out: row stride ldo.
   void linear(const Weight& w, const float* in, int64_t rows, const float* gamma,
               const float* bias, float* out, int64_t ldo, bool accumulate);
-  void mlp(size_t li, float* x, int64_t rows);  // x [rows, H] += down(h), with the clamps
+  void mlp(size_t li, float* x, int64_t rows);  // x [rows, H] += post_mlp(down(h)), clamped
+  // x [rows, H] += post(y), y = the GEMM output in y2_ (split: its two halves, summed in place
+  // first); post: the post-norm's gamma, or empty (none: y itself is added).
+  void add_block_output(bool split, const DeviceBuffer& post, int64_t rows, float* x);
+  void qk_norms(const Layer& w, float* qkv, int64_t T);  // in place, before RoPE
 
   ModelConfig cfg_;
   StageSpan span_;
@@ -161,8 +187,6 @@ CudaStage::CudaStage(const Model& model, const StageSpan& span)
   const ModelConfig& c = cfg_;
   check_forward_supported(c);
   if (const std::string why = cuda_stage_refusal(c); !why.empty()) FI_FAIL(why);
-  FI_CHECK(c.head_dim <= kMaxHeadDim,
-           c.path + ": the CUDA forward takes head_dim up to " + std::to_string(kMaxHeadDim));
   FI_CHECK(c.num_kv_heads > 0 && c.num_heads % c.num_kv_heads == 0,
            c.path + ": num_attention_heads must be a multiple of num_key_value_heads");
   check_layer_span(c, span.first, span.last);
@@ -175,7 +199,19 @@ CudaStage::CudaStage(const Model& model, const StageSpan& span)
   for (int64_t l = span.first; l < span.last; ++l) {
     Layer& w = layers_[size_t(l - span.first)];
     const LayerTensors t = layer_tensors(model, l);
-    w.attn_norm = upload(t[Role::AttnNorm].read_f32(), "input_layernorm", st);
+    w.attn_norm = upload_if(t, Role::AttnNorm, st);
+    w.mlp_norm = upload_if(t, Role::MlpNorm, st);
+    w.post_attn_norm = upload_if(t, Role::PostAttnNorm, st);
+    w.post_mlp_norm = upload_if(t, Role::PostMlpNorm, st);
+    w.q_norm = upload_if(t, Role::QNorm, st);
+    w.k_norm = upload_if(t, Role::KNorm, st);
+    if (const ModelTensor* q = t.find(Role::QNorm)) w.q_norm_n = q->shape[0];
+    if (const ModelTensor* k = t.find(Role::KNorm)) w.k_norm_n = k->shape[0];
+    // The norm's segments tile q (k): a head each, or the whole width.
+    FI_CHECK(w.q_norm_n == 0 || (c.num_heads * c.head_dim) % w.q_norm_n == 0,
+             c.path + ": q_norm's length does not tile the q width");
+    FI_CHECK(w.k_norm_n == 0 || (c.num_kv_heads * c.head_dim) % w.k_norm_n == 0,
+             c.path + ": k_norm's length does not tile the k width");
     if (t.find(Role::QKV)) {
       w.qkv = load_weight(model, {&t[Role::QKV]}, staging, st);
     } else {
@@ -190,7 +226,6 @@ CudaStage::CudaStage(const Model& model, const StageSpan& span)
       w.qkv_bias = upload(b, "q/k/v biases", st);
     }
     w.o = load_weight(model, {&t[Role::O]}, staging, st);
-    w.mlp_norm = upload(t[Role::MlpNorm].read_f32(), "post_attention_layernorm", st);
     if (t.find(Role::GateUp)) {
       w.gate_up = load_weight(model, {&t[Role::GateUp]}, staging, st);
     } else {
@@ -304,8 +339,7 @@ void CudaStage::embed(const std::vector<int32_t>& tokens, float* x) {
   FI_CUDA_CHECK(cudaStreamSynchronize(stream_.s));
 }
 
-void CudaStage::linear(const Weight& w, const float* in, int64_t rows, const float* gamma,
-                       const float* bias, float* out, int64_t ldo, bool accumulate) {
+void CudaStage::gemm(const Weight& w, const float* in, int64_t rows, const float* gamma) {
   const size_t es = dtype_size(w.dtype);
   const int64_t grows = w.split() ? 2 * rows : rows;
   void* hi = xs_.get();
@@ -314,7 +348,36 @@ void CudaStage::linear(const Weight& w, const float* in, int64_t rows, const flo
                     norm_params(gamma != nullptr), stream_.s);
   gemm_logits(blas_.h, w.data.get(), w.dtype, w.rows, w.cols, hi, grows, f32(y2_), w.rows, false,
               false);
+}
+
+void CudaStage::linear(const Weight& w, const float* in, int64_t rows, const float* gamma,
+                       const float* bias, float* out, int64_t ldo, bool accumulate) {
+  gemm(w, in, rows, gamma);
   launch_add_halves(f32(y2_), rows, w.rows, w.split(), bias, out, ldo, accumulate, stream_.s);
+}
+
+void CudaStage::add_block_output(bool split, const DeviceBuffer& post, int64_t rows, float* x) {
+  const int64_t H = cfg_.hidden_size;
+  if (!post.get()) {
+    launch_add_halves(f32(y2_), rows, H, split, nullptr, x, H, true, stream_.s);
+    return;
+  }
+  // As the CPU stage: y = the block's output in fp32, then x += norm(y).
+  launch_add_halves(f32(y2_), rows, H, split, nullptr, f32(y2_), H, false, stream_.s);
+  launch_rms_norm(f32(y2_), H, x, H, rows, H, 1, f32(post), cfg_.norm_plus_one, cfg_.rms_norm_eps,
+                  true, stream_.s);
+}
+
+void CudaStage::qk_norms(const Layer& w, float* qkv, int64_t T) {
+  const ModelConfig& c = cfg_;
+  const int64_t qd = c.num_heads * c.head_dim, kvd = c.num_kv_heads * c.head_dim,
+                nq = qd + 2 * kvd;
+  if (w.q_norm.get())
+    launch_rms_norm(qkv, nq, qkv, nq, T, w.q_norm_n, qd / w.q_norm_n, f32(w.q_norm),
+                    c.norm_plus_one, c.rms_norm_eps, false, stream_.s);
+  if (w.k_norm.get())
+    launch_rms_norm(qkv + qd, nq, qkv + qd, nq, T, w.k_norm_n, kvd / w.k_norm_n, f32(w.k_norm),
+                    c.norm_plus_one, c.rms_norm_eps, false, stream_.s);
 }
 
 void CudaStage::mlp(size_t li, float* x, int64_t rows) {
@@ -325,8 +388,8 @@ void CudaStage::mlp(size_t li, float* x, int64_t rows) {
   void* hi = xs_.get();
   void* lo =
       gu.split() ? static_cast<char*>(hi) + size_t(rows * H) * dtype_size(gu.dtype) : nullptr;
-  launch_norm_split(x, DType::F32, hi, lo, gu.dtype, rows, H, f32(w.mlp_norm), norm_params(true),
-                    stream_.s);
+  launch_norm_split(x, DType::F32, hi, lo, gu.dtype, rows, H, f32(w.mlp_norm),
+                    norm_params(w.mlp_norm.get() != nullptr), stream_.s);
   gemm_logits(blas_.h, gu.data.get(), gu.dtype, 2 * I, H, hi, gu.split() ? 2 * rows : rows,
               f32(y2_), 2 * I, false, false);
   // h = act(gate) * up, then the clamps: the down GEMM's input, written over xs_
@@ -338,7 +401,7 @@ void CudaStage::mlp(size_t li, float* x, int64_t rows) {
                 site_, xs_.get(), dn.dtype, stream_.s);
   gemm_logits(blas_.h, dn.data.get(), dn.dtype, H, I, xs_.get(), dn.split() ? 2 * rows : rows,
               f32(y2_), H, false, false);
-  launch_add_halves(f32(y2_), rows, H, dn.split(), nullptr, x, H, true, stream_.s);
+  add_block_output(dn.split(), w.post_mlp_norm, rows, x);
 }
 
 void CudaStage::layers(float* x, int64_t T, int64_t pos) {
@@ -386,14 +449,18 @@ void CudaStage::layers(float* x, int64_t T, int64_t pos) {
     for (int64_t r0 = 0; r0 < T; r0 += kRows)
       linear(w.qkv, xd + r0 * H, std::min(kRows, T - r0), f32(w.attn_norm),
              w.qkv_bias.get() ? f32(w.qkv_bias) : nullptr, qkv + r0 * nq, nq, false);
+    qk_norms(w, qkv, T);
     const float* rope = f32(rope_) + (w.local_rope ? 2 * T * half : 0);
     launch_rope_cache(qkv, T, nh, nkv, hd, rope, rope + T * half, f32(w.k_cache), f32(w.v_cache),
                       pos, stream_.s);
     launch_attention(qkv, nq, f32(w.k_cache), f32(w.v_cache), T, nh, nkv, hd, pos, scale,
                      w.sliding ? c.sliding_window : 0, float(c.attn_logit_softcapping), ctx,
                      stream_.s);
-    for (int64_t r0 = 0; r0 < T; r0 += kRows)
-      linear(w.o, ctx + r0 * qd, std::min(kRows, T - r0), nullptr, nullptr, xd + r0 * H, H, true);
+    for (int64_t r0 = 0; r0 < T; r0 += kRows) {
+      const int64_t rows = std::min(kRows, T - r0);
+      gemm(w.o, ctx + r0 * qd, rows, nullptr);
+      add_block_output(w.o.split(), w.post_attn_norm, rows, xd + r0 * H);
+    }
     for (int64_t r0 = 0; r0 < T; r0 += kRows) mlp(li, xd + r0 * H, std::min(kRows, T - r0));
   }
   FI_CUDA_CHECK(cudaMemcpyAsync(x, xd, size_t(T * H) * 4, cudaMemcpyDeviceToHost, stream_.s));
