@@ -59,6 +59,16 @@ def check_family(name, tmp):
     L, V = text["num_hidden_layers"], text["vocab_size"]
     p = t.run(["inspect", "--model", model])
     t.check(f"vocab {V}" in p.stdout, f"{name}: inspect does not show vocab {V}:\n{p.stdout}")
+    # inspect's account of the tokenizer against the LM-head, counted here from tokenizer.json.
+    with open(os.path.join(model, "tokenizer.json"), encoding="utf-8") as f:
+        tj = json.load(f)
+    ids = set(tj["model"]["vocab"].values()) | {a["id"] for a in tj.get("added_tokens", [])}
+    padding, beyond = sum(1 for i in range(V) if i not in ids), sum(1 for i in ids if i >= V)
+    line = next((x for x in p.stdout.splitlines() if x.startswith("vocab      tokenizer.json")), "")
+    want = (f"ids 0..{max(ids)} for vocab_size {V}" +
+            (", one token per LM-head row" if not padding and not beyond else
+             f"; {padding} LM-head row{'' if padding == 1 else 's'} without a token (padding), {beyond} tokenizer id"))
+    t.check(want in line, f"{name}: inspect's vocab line {line!r} lacks {want!r}")
     out = os.path.join(tmp, name + ".h5")
     layers = "0-1" if L > 2 else "0-%d" % (L - 1)
     t.decode(model, out, "--matrices", "up,gate,down", "--top-k", TOP_K, "--bottom-k", BOTTOM_K,
