@@ -122,6 +122,9 @@ int run_inspect(const InspectOptions& o) {
   if (c.final_logit_softcapping > 0) extras += ", final logit soft-cap " + fmt_g(c.final_logit_softcapping);
   if (c.fused_gate_up) extras += ", fused gate_up_proj (gate rows first)";
   if (!c.dtype.empty()) extras += ", dtype " + c.dtype;
+  if (!c.quant_method.empty())
+    extras += ", quantised (" + c.quant_method + "; FP8 weights dequantised in fp32 with their scales, " +
+              "block scales in " + std::to_string(c.weight_block_rows) + " x " + std::to_string(c.weight_block_cols) + ")";
   if (!extras.empty()) std::printf("details    %s\n", extras.substr(2).c_str());
   print_vocab(o.model, c);
 

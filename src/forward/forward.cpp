@@ -65,6 +65,9 @@ std::string cuda_stage_refusal(const ModelConfig& c) {
     if (!cuda_stage_implements(r.role))
       return c.path + ": the CUDA forward does not implement tensor model.layers.L." + r.suffix +
              " (" + role_name(r.role) + ") of model_type " + c.model_type + "; use --backend cpu";
+  if (!c.quant_method.empty())
+    return c.path + ": quantization_config (quant_method " + c.quant_method +
+           "): the CUDA forward does not dequantise FP8 weights yet; use --backend cpu";
   if (c.head_dim > kCudaMaxHeadDim)
     return c.path + ": the CUDA forward takes head_dim up to " + std::to_string(kCudaMaxHeadDim) +
            " (this config has " + std::to_string(c.head_dim) + "); use --backend cpu";

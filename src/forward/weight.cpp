@@ -99,6 +99,9 @@ Weight Weight::load(const ModelTensor& mt) {
   w.cols = mt.shape.size() > 1 ? mt.shape[1] : 1;
   if (t.dtype == DType::F32) {
     w.f32 = mt.file->read_f32(t);
+  } else if (is_fp8(t.dtype)) {  // dequantised with its scale, held in fp32
+    w.dtype = DType::F32;
+    w.f32 = mt.read_f32();
   } else {
     w.h16.resize(size_t(w.rows * w.cols));
     mt.file->read_bytes(t, 0, w.h16.size() * 2, w.h16.data());  // little-endian, as the host

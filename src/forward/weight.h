@@ -14,7 +14,7 @@ namespace fi {
 struct Weight {
   DType dtype = DType::F32;
   int64_t rows = 0, cols = 0;
-  std::vector<float> f32;     // [rows, cols] (fp32 checkpoints)
+  std::vector<float> f32;     // [rows, cols] (fp32 checkpoints; FP8 ones dequantised)
   std::vector<uint16_t> h16;  // [rows, cols] raw words (bf16/f16 checkpoints)
 
   // The tensor as stored; t comes checked from model/layer_tensors.h (a 1-D tensor is [n, 1]).

@@ -100,6 +100,87 @@ const SafetensorsFile& Checkpoint::file_of(const std::string& tensor) const {
 
 const TensorInfo& Checkpoint::info(const std::string& tensor) const { return file_of(tensor).info(tensor); }
 
+void Checkpoint::set_weight_block(int64_t rows, int64_t cols) {
+  FI_CHECK(rows > 0 && cols > 0, "weight block size must be positive");
+  block_rows_ = rows;
+  block_cols_ = cols;
+}
+
+Checkpoint::Scale Checkpoint::scale_of(const std::string& tensor) const {
+  const TensorInfo& w = info(tensor);
+  const std::string where = file_of(tensor).path() + ": FP8 tensor " + quote(tensor);
+  FI_CHECK(w.shape.size() == 2, where + " is not 2-D");
+  const int64_t R = w.shape[0], C = w.shape[1];
+  auto shape_of = [](const TensorInfo& t) {
+    std::string out = "[";
+    for (size_t i = 0; i < t.shape.size(); ++i) out += (i ? "," : "") + std::to_string(t.shape[i]);
+    return out + "]";
+  };
+  Scale sc;
+  if (has(tensor + "_scale_inv")) {
+    const std::string name = tensor + "_scale_inv";
+    const TensorInfo& t = info(name);
+    const int64_t nr = (R + block_rows_ - 1) / block_rows_, nc = (C + block_cols_ - 1) / block_cols_;
+    if (t.shape != std::vector<int64_t>{nr, nc})
+      FI_FAIL(where + ": its scale " + quote(name) + " has shape " + shape_of(t) + " but [" + std::to_string(R) +
+              "," + std::to_string(C) + "] in blocks of weight_block_size [" + std::to_string(block_rows_) + "," +
+              std::to_string(block_cols_) + "] needs [" + std::to_string(nr) + "," + std::to_string(nc) + "]");
+    sc.s = file_of(name).read_f32(t);
+    sc.br = block_rows_;
+    sc.bc = block_cols_;
+    sc.sc = nc;
+    return sc;
+  }
+  if (has(tensor + "_scale")) {
+    const std::string name = tensor + "_scale";
+    const TensorInfo& t = info(name);
+    const bool per_row = t.shape == std::vector<int64_t>{R, 1} || t.shape == std::vector<int64_t>{R};
+    const bool per_tensor = t.numel() == 1 && t.shape.size() <= 1;
+    if (!per_row && !per_tensor)
+      FI_FAIL(where + ": its scale " + quote(name) + " has shape " + shape_of(t) + "; a per-row scale is [" +
+              std::to_string(R) + ",1] or [" + std::to_string(R) + "], a per-tensor one [] or [1]");
+    sc.s = file_of(name).read_f32(t);
+    sc.br = per_row ? 1 : R;
+    sc.bc = C;
+    return sc;
+  }
+  FI_FAIL(where + " has no scale: neither " + quote(tensor + "_scale_inv") + " nor " + quote(tensor + "_scale") +
+          " is in the checkpoint");
+}
+
+void Checkpoint::read_rows_f32(const std::string& tensor, int64_t row0, int64_t nrows, float* dst) const {
+  const TensorInfo& t = info(tensor);
+  file_of(tensor).read_rows_f32(t, row0, nrows, dst);
+  if (!is_fp8(t.dtype)) return;
+  const Scale sc = scale_of(tensor);
+  const int64_t C = t.shape[1];
+  for (int64_t r = 0; r < nrows; ++r) {
+    const float* s = sc.s.data() + ((row0 + r) / sc.br) * sc.sc;
+    float* row = dst + r * C;
+    for (int64_t c = 0; c < C; ++c) row[c] *= s[c / sc.bc];
+  }
+}
+
+void Checkpoint::read_cols_f32(const std::string& tensor, int64_t col0, int64_t ncols, float* dst) const {
+  const TensorInfo& t = info(tensor);
+  file_of(tensor).read_cols_f32(t, col0, ncols, dst);
+  if (!is_fp8(t.dtype)) return;
+  const Scale sc = scale_of(tensor);
+  const int64_t R = t.shape[0];
+  for (int64_t c = 0; c < ncols; ++c) {
+    float* col = dst + c * R;  // dst is [ncols, R]
+    for (int64_t r = 0; r < R; ++r) col[r] *= sc.s[size_t((r / sc.br) * sc.sc + (col0 + c) / sc.bc)];
+  }
+}
+
+std::vector<float> Checkpoint::read_f32(const std::string& tensor) const {
+  const TensorInfo& t = info(tensor);
+  if (!is_fp8(t.dtype)) return file_of(tensor).read_f32(t);
+  std::vector<float> out(t.numel());
+  read_rows_f32(tensor, 0, t.shape.size() == 2 ? t.shape[0] : 0, out.data());
+  return out;
+}
+
 std::vector<std::string> Checkpoint::tensor_names() const {
   std::vector<std::string> names;
   for (const auto& kv : where_) names.push_back(kv.first);

@@ -7,7 +7,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -33,6 +35,8 @@ bool parse_dtype(const std::string& s, DType* d) {
   if (s == "BF16") *d = DType::BF16;
   else if (s == "F16") *d = DType::F16;
   else if (s == "F32") *d = DType::F32;
+  else if (s == "F8_E4M3") *d = DType::F8_E4M3;
+  else if (s == "F8_E5M2") *d = DType::F8_E5M2;
   else return false;
   return true;
 }
@@ -150,15 +154,30 @@ void check_range(const std::string& path, const TensorInfo& t, const char* what,
 
 }  // namespace
 
-size_t dtype_size(DType d) { return d == DType::F32 ? 4 : 2; }
+size_t dtype_size(DType d) { return d == DType::F32 ? 4 : is_fp8(d) ? 1 : 2; }
 
 const char* dtype_name(DType d) {
   switch (d) {
     case DType::BF16: return "BF16";
     case DType::F16: return "F16";
     case DType::F32: return "F32";
+    case DType::F8_E4M3: return "F8_E4M3";
+    case DType::F8_E5M2: return "F8_E5M2";
   }
   return "?";
+}
+
+// The 8-bit floats from their bit layout: sign, exponent (E4M3: 4 bits, bias 7; E5M2: 5, bias
+// 15), mantissa. E4M3 has no infinities (S.1111.111 is NaN); E5M2 has IEEE's.
+float fp8_to_f32(DType d, uint8_t code) {
+  const bool e4 = d == DType::F8_E4M3;
+  const int man_bits = e4 ? 3 : 2, bias = e4 ? 7 : 15, top = e4 ? 15 : 31;
+  const int e = (code >> man_bits) & top, m = code & ((1 << man_bits) - 1);
+  const float sign = code & 0x80 ? -1.f : 1.f;
+  if (e4 && e == top && m == 7) return NAN;
+  if (!e4 && e == top) return m == 0 ? sign * INFINITY : NAN;
+  if (e == 0) return sign * std::ldexp(float(m), 1 - bias - man_bits);
+  return sign * std::ldexp(float((1 << man_bits) | m), e - bias - man_bits);
 }
 
 uint64_t TensorInfo::numel() const {
@@ -283,6 +302,19 @@ void widen_to_f32(DType d, const void* src, size_t n, float* dst) {
   const auto* p = static_cast<const uint8_t*>(src);
   if (d == DType::F32) {
     std::memcpy(dst, p, n * 4);
+    return;
+  }
+  if (is_fp8(d)) {
+    static const auto table = [] {  // every code, both formats
+      std::array<std::array<float, 256>, 2> t{};
+      for (int c = 0; c < 256; ++c) {
+        t[0][size_t(c)] = fp8_to_f32(DType::F8_E4M3, uint8_t(c));
+        t[1][size_t(c)] = fp8_to_f32(DType::F8_E5M2, uint8_t(c));
+      }
+      return t;
+    }();
+    const auto& t = table[d == DType::F8_E4M3 ? 0 : 1];
+    for (size_t i = 0; i < n; ++i) dst[i] = t[p[i]];
     return;
   }
   for (size_t i = 0; i < n; ++i) {

@@ -8,9 +8,14 @@
 
 namespace fi {
 
-enum class DType { BF16, F16, F32 };
+// F8_E4M3 (the "fn" variant: no infinities) and F8_E5M2 are FP8 weights; read through
+// Checkpoint, which applies their scale tensors (io/checkpoint.h). Widened alone they are the
+// raw 8-bit values.
+enum class DType { BF16, F16, F32, F8_E4M3, F8_E5M2 };
 size_t dtype_size(DType d);
 const char* dtype_name(DType d);
+inline bool is_fp8(DType d) { return d == DType::F8_E4M3 || d == DType::F8_E5M2; }
+float fp8_to_f32(DType d, uint8_t code);  // exact
 
 struct TensorInfo {
   std::string name;

@@ -54,13 +54,13 @@ std::string utc_now() {
   return buf;
 }
 
-// Reads a work item's neuron vectors: rows of up/gate, columns of down. x: [rows, hidden]
+// Reads a work item's neuron vectors: rows of up/gate, columns of down (FP8: dequantised).
+// x: [rows, hidden]
 void read_item(const Model& m, Matrix mat, int64_t layer, const WorkItem& it, std::vector<float>& x) {
   const MatrixSource src = m.names.matrix_source(mat, layer);
-  const TensorInfo& t = m.ckpt.info(src.tensor);
   x.resize(size_t(it.rows * m.cfg.hidden_size));
-  if (mat == Matrix::Down) m.ckpt.file_of(src.tensor).read_cols_f32(t, it.row0, it.rows, x.data());
-  else m.ckpt.file_of(src.tensor).read_rows_f32(t, src.row0 + it.row0, it.rows, x.data());
+  if (mat == Matrix::Down) m.ckpt.read_cols_f32(src.tensor, it.row0, it.rows, x.data());
+  else m.ckpt.read_rows_f32(src.tensor, src.row0 + it.row0, it.rows, x.data());
 }
 
 // Stop signals: the first asks for a clean stop at the next round (the round in flight is

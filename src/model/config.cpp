@@ -283,7 +283,7 @@ ModelConfig load_config(const std::string& path) {
       FI_FAIL(path + ": field 'text_config' is missing or not an object (model_type gemma3)");
     j = *it;
     scope = "text_config.";
-    for (const char* k : {"torch_dtype", "dtype", "tie_word_embeddings"})
+    for (const char* k : {"torch_dtype", "dtype", "tie_word_embeddings", "quantization_config"})
       if (!j.contains(k) && top.contains(k)) j[k] = top[k];
   }
   const json defaults = family_defaults(t);
@@ -354,6 +354,18 @@ ModelConfig load_config(const std::string& path) {
     c.attn_logit_softcapping = f.positive_double(j, "attn_logit_softcapping", scope + "attn_logit_softcapping", &none);
     c.query_pre_attn_scalar = f.positive_double(j, "query_pre_attn_scalar", scope + "query_pre_attn_scalar", &none);
   }
+  if (const json* q = f.get(j, "quantization_config")) {
+    if (!q->is_object()) f.fail("quantization_config", "must be an object, got " + std::string(q->type_name()));
+    const std::string where = scope + "quantization_config.";
+    if (const json* m = f.get(*q, "quant_method")) c.quant_method = f.as_string(*m, where + "quant_method");
+    if (const json* b = f.get(*q, "weight_block_size")) {
+      if (!b->is_array() || b->size() != 2 || !(*b)[0].is_number_integer() || !(*b)[1].is_number_integer() ||
+          (*b)[0].get<int64_t>() <= 0 || (*b)[1].get<int64_t>() <= 0)
+        f.fail(where + "weight_block_size", "must be [rows, cols] of positive integers");
+      c.weight_block_rows = (*b)[0].get<int64_t>();
+      c.weight_block_cols = (*b)[1].get<int64_t>();
+    }
+  }
   parse_sliding(f, c, problems);
   c.forward_problem = problems.first;
   return c;
@@ -401,6 +413,7 @@ std::string TensorNames::layer(int64_t layer, const std::string& suffix) const {
 }
 
 Model::Model(const std::string& d) : dir(d), cfg(load_config(d + "/config.json")), ckpt(d) {
+  ckpt.set_weight_block(cfg.weight_block_rows, cfg.weight_block_cols);
   names.fused_gate_up = cfg.fused_gate_up;
   names.intermediate_size = cfg.intermediate_size;
   for (const char* p : {"model.", "language_model.model.", "model.language_model."})
@@ -410,6 +423,12 @@ Model::Model(const std::string& d) : dir(d), cfg(load_config(d + "/config.json")
     }
   expect(lm_head_name(), {cfg.vocab_size, cfg.hidden_size}, "vocab_size,hidden_size");
   expect(names.final_norm, {cfg.hidden_size}, "hidden_size");
+  // FP8 checkpoints quantise the layers' linear weights; the LM-head, the embedding and the
+  // norms ship in 16 or 32 bits, and the decode reads them as such.
+  for (const std::string& t : {lm_head_name(), names.embed, names.final_norm})
+    if (ckpt.has(t) && is_fp8(ckpt.info(t).dtype))
+      FI_FAIL(ckpt.file_of(t).path() + ": tensor '" + t + "' is " + dtype_name(ckpt.info(t).dtype) +
+              "; an FP8 LM-head, embedding or final norm is not supported");
   for (int64_t l = 0; l < cfg.num_layers; ++l)
     for (Matrix m : {Matrix::Up, Matrix::Gate, Matrix::Down}) expect_matrix(m, l);
 }

@@ -44,6 +44,10 @@ struct ModelConfig {
   double final_logit_softcapping = 0, attn_logit_softcapping = 0, query_pre_attn_scalar = 0;
   int64_t sliding_window = 0;           // keys a sliding layer sees, itself included (0: none)
   std::vector<uint8_t> sliding_layers;  // [num_layers] 1 where the layer attends in the window
+  // quantization_config of an FP8 checkpoint: its quant_method ("" when none) and, for block
+  // scales (weight_scale_inv), weight_block_size [rows, cols] (128 x 128 when not given).
+  std::string quant_method;
+  int64_t weight_block_rows = 128, weight_block_cols = 128;
   // The first reason the forward pass cannot run this config, naming the config.json field (""
   // when it can): a RoPE type or field it does not implement. Never fatal to inspect or decode.
   std::string forward_problem;

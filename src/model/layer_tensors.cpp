@@ -125,6 +125,7 @@ ModelTensor describe(const Model& m, Role role, std::string name, const std::vec
 void check(const Model& m, ModelTensor& t) {
   t.info = &m.expect(t.name, t.shape, t.fields.c_str());
   t.file = &m.ckpt.file_of(t.name);
+  t.ckpt = &m.ckpt;
 }
 
 // The rows of layer l that it loads: an optional row only when its key tensor is there.
@@ -226,7 +227,10 @@ const TensorInfo& ModelTensor::stored() const {
   return *info;
 }
 
-std::vector<float> ModelTensor::read_f32() const { return file->read_f32(stored()); }
+std::vector<float> ModelTensor::read_f32() const {
+  stored();
+  return ckpt->read_f32(name);
+}
 
 const ModelTensor* LayerTensors::find(Role r) const {
   for (const ModelTensor& t : tensors)
@@ -256,6 +260,7 @@ std::vector<ModelTensor> layer_tensors_present(const Model& m, int64_t l) {
     if (!m.ckpt.has(t.name)) return;
     t.info = &m.ckpt.info(t.name);
     t.file = &m.ckpt.file_of(t.name);
+    t.ckpt = &m.ckpt;
     out.push_back(std::move(t));
   });
   return out;

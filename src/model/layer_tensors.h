@@ -72,9 +72,10 @@ struct ModelTensor {
   std::string fields;          // the row's shape as config fields: "num_heads*head_dim,hidden_size"
   const TensorInfo* info = nullptr;       // the checkpoint's tensor; null: the checkpoint lacks it
   const SafetensorsFile* file = nullptr;  // the shard holding it (with info)
+  const Checkpoint* ckpt = nullptr;       // the checkpoint holding it (with info)
   uint64_t bytes() const { return info ? info->end - info->begin : 0; }
   const TensorInfo& stored() const;     // *info; throws when the checkpoint lacks the tensor
-  std::vector<float> read_f32() const;  // the whole tensor widened to fp32
+  std::vector<float> read_f32() const;  // the whole tensor widened to fp32 (FP8: dequantised)
 };
 
 struct LayerTensors {

@@ -161,6 +161,19 @@ def _families():
     fam["smollm2"] = ("deepseek_v3", _cfg_llama(
         129280, bos_token_id=0, eos_token_id=0, max_position_embeddings=8192, rope_theta=100000,
         tie_word_embeddings=True, transformers_version="4.42.3"), "BF16", 1, {})
+    # FP8: Llama 3.1 405B-Instruct-FP8's fbgemm layout (the MLP in F8_E4M3 with a per-row
+    # weight_scale [out, 1] F32), and Qwen3-8B-FP8's block layout (every linear layer in F8_E4M3 with
+    # weight_scale_inv per weight_block_size block, BF16; 64 x 64 here so that the 96-wide MLP has a
+    # partial block).
+    tok, cfg, _, shards, layout = fam["llama3"]
+    fam["llama3_fp8"] = (tok, dict(cfg, quantization_config={
+        "activation_scale_ub": 1200.0, "quant_method": "fbgemm_fp8",
+        "modules_to_not_convert": ["lm_head"] + [f"model.layers.{i}.self_attn.{m}_proj" for i in range(2) for m in "qkvo"]}),
+        "BF16", shards, dict(layout, fp8="row"))
+    tok, cfg, _, shards, layout = fam["qwen3"]
+    fam["qwen3_fp8"] = (tok, dict(cfg, quantization_config={
+        "activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": [64, 64]}),
+        "BF16", 2, dict(layout, fp8="block"))
     return fam
 
 
@@ -251,6 +264,33 @@ def _values(rng, name, shape, kind, gemma):
     return rng.normal(0, scale, shape)
 
 
+def _fp8_quantize(w, how, block=(64, 64)):
+    """w [R, C] float64 -> (F8_E4M3 codes uint8, scale array): per row (how "row": scale [R, 1]
+    F32) or per block (how "block": scale [ceil(R/br), ceil(C/bc)], BF16-rounded), each scale
+    max|w| / 448 of its row or block, codes = nearest E4M3 of w / scale (fl.fp8_e4m3_encode)."""
+    R, C = w.shape
+    if how == "row":
+        s = (np.abs(w).max(axis=1, keepdims=True) / 448.0).astype(np.float32)
+        return fl.fp8_e4m3_encode(w / s), s
+    br, bc = block
+    nr, nc = -(-R // br), -(-C // bc)
+    s = np.zeros((nr, nc))
+    for i in range(nr):
+        for j in range(nc):
+            s[i, j] = np.abs(w[i * br:(i + 1) * br, j * bc:(j + 1) * bc]).max() / 448.0
+    bits = fl.to_bf16_bits(s.astype(np.float32))
+    s16 = (bits.astype(np.uint32) << 16).view(np.float32)  # the scale as stored
+    full = np.repeat(np.repeat(s16, br, axis=0), bc, axis=1)[:R, :C]
+    return fl.fp8_e4m3_encode(w / full), ("BF16", bits)
+
+
+def _fp8_targets(name, how):
+    """Whether tensor `name` is quantised in that layout."""
+    mlp = any(name.endswith(f"mlp.{m}_proj.weight") for m in ("gate", "up", "down"))
+    attn = any(name.endswith(f"self_attn.{m}_proj.weight") for m in "qkvo")
+    return mlp or (how == "block" and attn)
+
+
 def _encode(arr, dtype):
     if dtype == "BF16":
         return ("BF16", fl.to_bf16_bits(arr.astype(np.float32)))
@@ -267,7 +307,17 @@ def make(name, out_dir, seed=None):
     rng = np.random.default_rng(seed if seed is not None else int(hashlib.sha256(name.encode()).hexdigest()[:8], 16))
     gemma = cfg["model_type"].startswith("gemma")
     table = _tensor_table(cfg, layout)
-    tensors = [(n, _encode(_values(rng, n, s, k, gemma), dtype)) for n, s, k in table]
+    tensors = []
+    how = layout.get("fp8")
+    block = tuple((cfg.get("quantization_config") or {}).get("weight_block_size") or (128, 128))
+    for n, shape, k in table:
+        v = _values(rng, n, shape, k, gemma)
+        if how and _fp8_targets(n, how):
+            codes, scale = _fp8_quantize(v, how, block)
+            tensors.append((n, ("F8_E4M3", codes)))
+            tensors.append((n + ("_scale" if how == "row" else "_scale_inv"), scale))
+        else:
+            tensors.append((n, _encode(v, dtype)))
     # Shards as the real checkpoints split them: consecutive tensors, about equal bytes.
     sizes = [(t[1] if isinstance(t, tuple) else t).nbytes for _, t in tensors]
     total = sum(sizes)

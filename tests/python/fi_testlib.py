@@ -112,7 +112,44 @@ def main(fn):
 
 # ---- safetensors, independently of the C++ reader ------------------------------------------
 _DTYPES = {"F32": (4, np.dtype("<f4")), "F16": (2, np.dtype("<f2")), "BF16": (2, np.dtype("<u2")),
-           "F64": (8, np.dtype("<f8"))}
+           "F64": (8, np.dtype("<f8")),
+           "F8_E4M3": (1, np.dtype("u1")), "F8_E5M2": (1, np.dtype("u1"))}
+
+
+def _fp8_table(exp_bits, man_bits, bias, ieee):
+    """All 256 codes of an 8-bit float as float64, from the bit layout (E4M3: the "fn" variant,
+    no infinities, S.1111.111 is NaN; E5M2: IEEE-style infinities and NaNs)."""
+    out = np.zeros(256)
+    for code in range(256):
+        sign = -1.0 if code & 0x80 else 1.0
+        e = (code >> man_bits) & ((1 << exp_bits) - 1)
+        m = code & ((1 << man_bits) - 1)
+        top = (1 << exp_bits) - 1
+        if ieee and e == top:
+            out[code] = sign * np.inf if m == 0 else np.nan
+        elif not ieee and e == top and m == (1 << man_bits) - 1:
+            out[code] = np.nan
+        elif e == 0:
+            out[code] = sign * m / (1 << man_bits) * 2.0 ** (1 - bias)
+        else:
+            out[code] = sign * (1 + m / (1 << man_bits)) * 2.0 ** (e - bias)
+    return out
+
+
+FP8_E4M3 = _fp8_table(4, 3, 7, ieee=False)
+FP8_E5M2 = _fp8_table(5, 2, 15, ieee=True)
+
+
+def fp8_e4m3_encode(x):
+    """float array -> the nearest F8_E4M3 codes (uint8; ties to the even code), saturating at 448."""
+    pos = np.arange(0x7F)                       # 0x00..0x7E: the non-negative finite values, increasing
+    vals = FP8_E4M3[pos]
+    a = np.minimum(np.abs(np.asarray(x, dtype=np.float64)), 448.0)
+    hi = np.clip(np.searchsorted(vals, a), 1, len(vals) - 1)
+    lo = hi - 1
+    d_lo, d_hi = a - vals[lo], vals[hi] - a
+    pick = np.where((d_hi < d_lo) | ((d_hi == d_lo) & (hi % 2 == 0)), hi, lo)
+    return (pick | np.where(np.asarray(x) < 0, 0x80, 0)).astype(np.uint8)
 
 
 def read_safetensors_header(path, keep_metadata=False):
@@ -181,7 +218,32 @@ class SafeTensors:
         a = np.frombuffer(buf, dtype=npdt)
         if dt == "BF16":
             a = (a.astype(np.uint32) << 16).view(np.float32)
+        if dt.startswith("F8_"):
+            return self._dequantize(name, (FP8_E4M3 if dt == "F8_E4M3" else FP8_E5M2)[a].reshape(shape))
         return a.astype(np.float64).reshape(shape)
+
+    def _dequantize(self, name, q):
+        """An FP8 weight times its scale, in float32 as one rounding (q * s), then float64: the
+        per-block <name>_scale_inv (weight_block_size from config.json's quantization_config,
+        128 x 128 when absent), or <name>_scale per row ([R, 1] or [R]) or per tensor."""
+        if name + "_scale_inv" in self.where:
+            s = self.get(name + "_scale_inv")
+            cfg = {}
+            path = os.path.join(self.dir, "config.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    cfg = json.load(f)
+            qc = cfg.get("quantization_config") or (cfg.get("text_config") or {}).get("quantization_config") or {}
+            br, bc = qc.get("weight_block_size") or (128, 128)
+            R, C = q.shape
+            check(s.shape == (-(-R // br), -(-C // bc)), f"{name}_scale_inv: shape {s.shape} for {q.shape} / {br}x{bc}")
+            s = np.repeat(np.repeat(s, br, axis=0), bc, axis=1)[:R, :C]
+        elif name + "_scale" in self.where:
+            s = self.get(name + "_scale")
+            s = s.reshape(-1, 1) if s.size == q.shape[0] else s.reshape(())
+        else:
+            fail(f"{self.dir}: FP8 tensor {name} has no {name}_scale_inv or {name}_scale")
+        return (q.astype(np.float32) * s.astype(np.float32)).astype(np.float64)
 
 
 def write_safetensors(path, tensors, metadata=None):

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -177,3 +179,83 @@ TEST_F(CheckpointTest, MalformedIndex) {
 }
 
 }  // namespace
+
+// ---- FP8 weights and their scales ------------------------------------------------------------
+
+namespace {
+
+fi::TensorData f32_tensor(const std::string& name, std::vector<int64_t> shape, const std::vector<float>& v) {
+  fi::TensorData t{name, fi::DType::F32, shape, std::vector<uint8_t>(v.size() * 4)};
+  std::memcpy(t.bytes.data(), v.data(), t.bytes.size());
+  return t;
+}
+
+}  // namespace
+
+// The 8-bit formats from values worked out by hand from their bit layouts.
+TEST(Fp8, CodesDecodeExactly) {
+  using fi::DType;
+  EXPECT_EQ(fi::fp8_to_f32(DType::F8_E4M3, 0x00), 0.f);
+  EXPECT_EQ(fi::fp8_to_f32(DType::F8_E4M3, 0x38), 1.f);        // e 7 (bias 7), m 0
+  EXPECT_EQ(fi::fp8_to_f32(DType::F8_E4M3, 0x7E), 448.f);      // the largest: 1.75 * 2^8
+  EXPECT_EQ(fi::fp8_to_f32(DType::F8_E4M3, 0xFE), -448.f);
+  EXPECT_EQ(fi::fp8_to_f32(DType::F8_E4M3, 0x01), 0.001953125f);  // the smallest subnormal, 2^-9
+  EXPECT_EQ(fi::fp8_to_f32(DType::F8_E4M3, 0x08), 0.015625f);     // the smallest normal, 2^-6
+  EXPECT_EQ(fi::fp8_to_f32(DType::F8_E4M3, 0x3A), 1.25f);
+  EXPECT_TRUE(std::isnan(fi::fp8_to_f32(DType::F8_E4M3, 0x7F)));  // no infinities in E4M3 (fn)
+  EXPECT_EQ(fi::fp8_to_f32(DType::F8_E5M2, 0x3C), 1.f);           // e 15 (bias 15)
+  EXPECT_EQ(fi::fp8_to_f32(DType::F8_E5M2, 0x7B), 57344.f);       // 1.75 * 2^15
+  EXPECT_EQ(fi::fp8_to_f32(DType::F8_E5M2, 0x7C), INFINITY);
+  EXPECT_TRUE(std::isnan(fi::fp8_to_f32(DType::F8_E5M2, 0x7D)));
+  EXPECT_EQ(fi::fp8_to_f32(DType::F8_E5M2, 0x01), 1.52587890625e-05f);  // 2^-16
+  std::vector<uint8_t> codes = {0x38, 0xBA, 0x01};
+  std::vector<float> out(3);
+  fi::widen_to_f32(DType::F8_E4M3, codes.data(), 3, out.data());
+  EXPECT_EQ(out, (std::vector<float>{1.f, -1.25f, 0.001953125f}));
+}
+
+// Rows and columns of FP8 weights come out times their scale (per row, per block, per tensor);
+// a missing or misshapen scale names both tensors.
+TEST_F(CheckpointTest, Fp8ScalesPerRowBlockAndTensor) {
+  // w [3, 4] codes: row r, column c holds 1.0 + 0.25 * (c % 2) (codes 0x38, 0x3A).
+  std::vector<uint8_t> q(12);
+  for (int i = 0; i < 12; ++i) q[size_t(i)] = i % 2 ? 0x3A : 0x38;
+  auto w = [&](const std::string& n) { return fi::TensorData{n, fi::DType::F8_E4M3, {3, 4}, q}; };
+  fi::write_safetensors(dir_ + "/model.safetensors",
+                        {w("row"), f32_tensor("row_scale", {3, 1}, {2, 3, 4}),
+                         w("block"), f32_tensor("block_scale_inv", {2, 2}, {1, 2, 3, 4}),
+                         w("whole"), f32_tensor("whole_scale", {}, {0.5f}),
+                         w("bare"), w("bad"), f32_tensor("bad_scale", {2, 1}, {1, 1})});
+  fi::Checkpoint c(dir_);
+  c.set_weight_block(2, 2);  // blocks of 2 x 2: rows {0,1}, {2}; columns {0,1}, {2,3}
+  auto value = [](int c_) { return c_ % 2 ? 1.25f : 1.f; };
+  std::vector<float> got(12);
+  c.read_rows_f32("row", 0, 3, got.data());
+  for (int r = 0; r < 3; ++r)
+    for (int k = 0; k < 4; ++k) EXPECT_EQ(got[size_t(r * 4 + k)], value(k) * float(2 + r)) << r << "," << k;
+  c.read_rows_f32("block", 1, 2, got.data());  // rows 1 and 2
+  for (int r = 1; r < 3; ++r)
+    for (int k = 0; k < 4; ++k)
+      EXPECT_EQ(got[size_t((r - 1) * 4 + k)], value(k) * float(1 + (r / 2) * 2 + k / 2)) << r << "," << k;
+  c.read_cols_f32("block", 1, 2, got.data());  // columns 1 and 2, transposed: [2, 3]
+  for (int k = 1; k < 3; ++k)
+    for (int r = 0; r < 3; ++r)
+      EXPECT_EQ(got[size_t((k - 1) * 3 + r)], value(k) * float(1 + (r / 2) * 2 + k / 2)) << r << "," << k;
+  const std::vector<float> whole = c.read_f32("whole");
+  for (int i = 0; i < 12; ++i) EXPECT_EQ(whole[size_t(i)], value(i % 4) * 0.5f);
+  auto error_of = [&](const char* name) {
+    try {
+      c.read_rows_f32(name, 0, 1, got.data());
+    } catch (const fi::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(error_of("bare").find("FP8 tensor 'bare' has no scale: neither 'bare_scale_inv' nor 'bare_scale'"),
+            std::string::npos) << error_of("bare");
+  EXPECT_NE(error_of("bad").find("its scale 'bad_scale' has shape [2,1]; a per-row scale is [3,1] or [3]"),
+            std::string::npos) << error_of("bad");
+  c.set_weight_block(128, 128);  // one block: the 2 x 2 scale no longer fits
+  EXPECT_NE(error_of("block").find("in blocks of weight_block_size [128,128] needs [1,1]"), std::string::npos)
+      << error_of("block");
+}
