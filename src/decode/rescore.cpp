@@ -15,7 +15,9 @@ namespace fi {
 GemmMode parse_gemm(const std::string& s, bool cuda) {
   if (s == "exact") return GemmMode::Exact;
   if (s == "bf16") return GemmMode::Bf16;
-  if (s == "auto") return cuda ? GemmMode::Bf16 : GemmMode::Exact;
+  // The CUDA decoder has no re-scoring yet (its bf16 is the plain one GEMM), so auto is exact on
+  // both backends for now.
+  if (s == "auto") return cuda ? GemmMode::Exact : GemmMode::Exact;
   FI_FAIL("--gemm: unknown mode '" + s + "' (expected auto, exact or bf16)");
 }
 
@@ -28,14 +30,16 @@ HeadStats head_stats_part(const float* w, const uint16_t* wg, int64_t r0, int64_
   s.mean_gemm.assign(size_t(H), 0.0);
   for (int64_t v = r0; v < r1; ++v) {
     const float* row = w + v * H;
-    double ng = 0, nd = 0;
+    double ng = 0, nd = 0, ne = 0;
     for (int64_t h = 0; h < H; ++h) {
       const double e = row[h], g = wg ? double(bf16_to_f32(wg[v * H + h])) : e;
       s.mean_exact[h] += e;
       s.mean_gemm[h] += g;
       ng += g * g;
       nd += (g - e) * (g - e);
+      ne += e * e;
     }
+    s.spread += ne;  // the sum of |w_v|², until finish_head_stats
     s.max_norm_gemm = std::max(s.max_norm_gemm, std::sqrt(ng));
     s.max_norm_diff = std::max(s.max_norm_diff, std::sqrt(nd));
   }
@@ -51,6 +55,7 @@ void merge_head_stats(HeadStats& into, const HeadStats& p) {
     into.mean_exact[h] += p.mean_exact[h];
     into.mean_gemm[h] += p.mean_gemm[h];
   }
+  into.spread += p.spread;
   into.max_norm_gemm = std::max(into.max_norm_gemm, p.max_norm_gemm);
   into.max_norm_diff = std::max(into.max_norm_diff, p.max_norm_diff);
 }
@@ -58,17 +63,22 @@ void merge_head_stats(HeadStats& into, const HeadStats& p) {
 void finish_head_stats(HeadStats& s, int64_t vocab) {
   for (double& m : s.mean_exact) m /= double(vocab);
   for (double& m : s.mean_gemm) m /= double(vocab);
+  double mean2 = 0;
+  for (double m : s.mean_exact) mean2 += m * m;
+  s.spread = std::max(0.0, s.spread / double(vocab) - mean2) / double(s.hidden);  // tr(C) / H
 }
 
 RowResidual row_residual(const float* x, const float* xg, const HeadStats& s) {
   RowResidual r;
-  double d2 = 0, g2 = 0;
+  double d2 = 0, g2 = 0, gd = 0;
   for (int64_t h = 0; h < s.hidden; ++h) {
     const double e = x[h], g = xg[h];
     d2 += (g - e) * (g - e);
     g2 += g * g;
+    gd += g * (g - e);
     r.shift += s.mean_gemm[h] * g - s.mean_exact[h] * e;
   }
+  r.shift += s.spread * (gd - 0.5 * d2);
   r.delta_norm = std::sqrt(d2);
   r.gemm_norm = std::sqrt(g2);
   return r;

@@ -26,6 +26,7 @@ struct HeadStats {
   std::vector<double> mean_exact, mean_gemm;  // [H] mean over the V rows of W and of W~
   double max_norm_gemm = 0;                   // max_v |w~_v|
   double max_norm_diff = 0;                   // max_v |w~_v - w_v| (0 for bf16 heads)
+  double spread = 0;  // tr(C) / H, C the covariance of the rows of W: their variance per channel
   int64_t hidden = 0;
 };
 // w: [rows, H] fp32 exact; wg: [rows, H] bf16 bits of W~, or nullptr when W~ = W. Rows
@@ -38,8 +39,12 @@ void finish_head_stats(HeadStats& s, int64_t vocab);  // sums -> means
 struct RowResidual {
   double delta_norm = 0;   // |x~ - x|
   double gemm_norm = 0;    // |x~|
-  double shift = 0;        // mean_gemm · x~ - mean_exact · x: the tail's mean y~ - y
+  double shift = 0;        // the tail's mean of y~ - y (row_residual)
 };
+// shift: y~_v - y_v = w~_v·x~ - w_v·x averaged over the tail, which softmax weights by exp(y~):
+// for rows of W spread as N(w̄, C) that weighting moves their mean to w̄ + C x~ (an exponential
+// tilt), so with d = x~ - x and C ≈ spread·I, shift = w̄~·x~ - w̄·x + spread·(x~·d) - spread·|d|²/2
+// (the last term: E exp(-e) = exp(-E e + Var e / 2)).
 RowResidual row_residual(const float* x, const float* xg, const HeadStats& s);
 // A bound on |y~_v - y_v| for every token v (any fp32 summation order of the GEMM).
 double logit_error_bound(const RowResidual& r, const HeadStats& s);
