@@ -400,7 +400,7 @@ MapMeta map_meta(const Job& j, const Decoder& dec, const std::string& fingerprin
   meta.model_dir = j.opt.model_dir;
   meta.model_type = cfg.model_type;
   meta.norm = norm_name(j.p.norm);
-  meta.backend = dec.name();
+  meta.backend = std::string(dec.name()) + (j.p.gemm == GemmMode::Bf16 ? "+bf16" : "");
   meta.command_line = j.opt.command_line;
   meta.created_utc = utc_now();
   meta.hidden_size = cfg.hidden_size;
