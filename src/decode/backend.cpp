@@ -98,6 +98,7 @@ DecodeBackend make_decoder(BackendKind kind, const Model& model, const std::vect
       CudaSetup setup;
       setup.node_comm = c.node;
       setup.split_input = p.gemm == GemmMode::Exact;
+      setup.rescore = p.gemm == GemmMode::Bf16;
       b.dec = make_cuda_decoder(model, gamma, p, setup);
       b.replicate_s = setup.replicate_seconds;
     });

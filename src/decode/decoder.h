@@ -19,8 +19,7 @@ const char* norm_name(NormMode n);
 // fp32 SGEMM for fp32 heads) or bf16 (one 16-bit GEMM on the row rounded to bf16, the top and
 // bottom candidates re-scored exactly, the log-sum-exp corrected).
 enum class GemmMode { Exact, Bf16 };
-// auto | exact | bf16; auto = exact (on cuda too until its decoder re-scores: there bf16 is
-// still one plain 16-bit GEMM, the old --fast-gemm).
+// auto | exact | bf16; auto = bf16 on cuda (16-bit heads; fp32 heads stay exact), exact on cpu.
 GemmMode parse_gemm(const std::string& s, bool cuda);
 const char* gemm_name(GemmMode g);
 
