@@ -27,13 +27,15 @@ BackendKind choose_backend(const std::string& name) {
 // reads and widens its share of the rows, so the node reads the tensor from disk exactly once.
 class SharedLmHead {
  public:
-  // bf16: also the GEMM's copy of the rows rounded to bf16 (--gemm bf16), in a second window.
+  // bf16 (--gemm bf16): the GEMM's copy of the rows rounded to bf16, in a second window; a bf16
+  // checkpoint then has no fp32 window at all (its bf16 rows are exact: the decoder widens them).
   SharedLmHead(const Model& model, const Comms& c, bool bf16) {
     const std::string name = model.lm_head_name();
     const TensorInfo& t = model.ckpt.info(name);
     vocab_ = t.shape[0];
     hidden_ = t.shape[1];
-    MPI_Aint bytes = c.local_rank == 0 ? MPI_Aint(vocab_ * hidden_ * sizeof(float)) : 0;
+    const bool f32 = !(bf16 && t.dtype == DType::BF16);
+    MPI_Aint bytes = c.local_rank == 0 && f32 ? MPI_Aint(vocab_ * hidden_ * sizeof(float)) : 0;
     float* base = nullptr;
     FI_CHECK(MPI_Win_allocate_shared(bytes, sizeof(float), MPI_INFO_NULL, c.node, &base, &win_) ==
                  MPI_SUCCESS,
@@ -41,6 +43,7 @@ class SharedLmHead {
     MPI_Aint size = 0;
     int disp = 0;
     MPI_Win_shared_query(win_, 0, &size, &disp, &data_);
+    if (!f32) data_ = nullptr;
     if (bf16) {
       MPI_Aint b16 = c.local_rank == 0 ? MPI_Aint(vocab_ * hidden_ * 2) : 0;
       uint16_t* base16 = nullptr;
@@ -56,6 +59,10 @@ class SharedLmHead {
       const int64_t step = 4096;
       for (int64_t r = r0; r < r1; r += step) {
         const int64_t n = std::min(step, r1 - r);
+        if (!data_) {  // the checkpoint's own bf16 bytes
+          f.read_bytes(t, uint64_t(r * hidden_) * 2, uint64_t(n * hidden_) * 2, bf16_ + r * hidden_);
+          continue;
+        }
         f.read_rows_f32(t, r, n, data_ + r * hidden_);
         if (bf16_)
           for (int64_t i = r * hidden_; i < (r + n) * hidden_; ++i) bf16_[i] = f32_to_bf16(data_[i]);

@@ -39,7 +39,7 @@ struct LmHead {
   int64_t vocab = 0, hidden = 0;
   const float* f32 = nullptr;  // [vocab, hidden], may be a shared-memory window
   // GemmMode::Bf16: the GEMM's copy W~ of f32 rounded to bf16 (bits; also shared per node), and
-  // whether W~ = W (a bf16 checkpoint).
+  // whether W~ = W (a bf16 checkpoint: then f32 may be null, the decoder widens W~ as it needs).
   const uint16_t* bf16 = nullptr;  // [vocab, hidden]
   bool bf16_exact = false;
 };

@@ -221,7 +221,9 @@ void check_decode_memory(const Job& j, const Comms& c) {
   // The lists per matrix, and at a save: probs, the merge's packed copies and MPI's buffers.
   const double index = M > 0 ? mats * (V * M * 16 + V * 8) + V * M * 68 : 0;
   const double rows = R * H * 8 + (cpu ? T * R * 2048 * 4 + (M > 0 ? R * V * 4 : 0) : R * H * 16);
-  const double lm = cpu ? V * H * (j.p.gemm == GemmMode::Bf16 ? 6 : 4) : 0;  // fp32 (+ bf16 copy)
+  // CPU: fp32; --gemm bf16: a bf16 copy beside it, or only that for a bf16 checkpoint.
+  const bool bf16_head = j.model->ckpt.info(j.model->lm_head_name()).dtype == DType::BF16;
+  const double lm = !cpu ? 0 : j.p.gemm != GemmMode::Bf16 ? V * H * 4 : V * H * (bf16_head ? 2 : 6);
   const double workers = cpu ? T * 72 * MiB : 0;  // 8 MiB stack + 64 MiB OpenBLAS buffer each
   const double resident = rows + index + (c.local_rank == 0 ? lm : 0);
   collective(c.world, [&] {

@@ -87,6 +87,12 @@ void Bf16Gemm::run(const uint16_t* x16, const float* x32, int64_t rows, const ui
     impl_->run(x16, rows, w, n, H, c, ldc);
     return;
   }
+  run_f32(x32, rows, w, n, H, c, ldc);
+}
+
+void Bf16Gemm::run_f32(const float* x32, int64_t rows, const uint16_t* w, int64_t n, int64_t H,
+                       float* c, int64_t ldc) {
+  if (rows <= 0 || n <= 0) return;
   w32_.resize(size_t(n * H));
   for (int64_t i = 0; i < n * H; ++i) w32_[size_t(i)] = bf16_to_f32(w[i]);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(n), int(H), 1.f, x32, int(H),

@@ -21,6 +21,10 @@ class Bf16Gemm {
   // w: [n, H] bf16 bits (row-major); c: [rows, ldc] fp32. Single-threaded.
   void run(const uint16_t* x16, const float* x32, int64_t rows, const uint16_t* w, int64_t n,
            int64_t H, float* c, int64_t ldc);
+  // c = x32 · widen(w)ᵀ by sgemm: every bf16 value is exact in fp32, so with an exact x32 this
+  // is the exact path's arithmetic (the rows --gemm bf16 decodes again). Single-threaded.
+  void run_f32(const float* x32, int64_t rows, const uint16_t* w, int64_t n, int64_t H, float* c,
+               int64_t ldc);
   // Whether run() uses oneDNN on bf16 instructions, and a description for the start line.
   static bool native();
   static std::string engine();

@@ -48,6 +48,29 @@ double dot_exact(const float* x, const float* w, int64_t n) {
   return s;
 }
 
+// The same with w in bf16 bits (widened exactly).
+__attribute__((target_clones("avx512f", "avx2", "default")))
+double dot_exact_bf16(const float* x, const uint16_t* w, int64_t n) {
+  typedef uint32_t vu8 __attribute__((vector_size(32)));
+  typedef uint16_t vh8 __attribute__((vector_size(16)));
+  vd8 acc = vd8{};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    vf8 a;
+    vh8 h;
+    std::memcpy(&a, x + i, sizeof a);
+    std::memcpy(&h, w + i, sizeof h);
+    const vu8 u = __builtin_convertvector(h, vu8) << 16;
+    vf8 b;
+    std::memcpy(&b, &u, sizeof b);
+    acc += __builtin_convertvector(a, vd8) * __builtin_convertvector(b, vd8);
+  }
+  double s = 0;
+  for (int j = 0; j < 8; ++j) s += acc[j];
+  for (; i < n; ++i) s += double(x[i]) * double(bf16_to_f32(w[i]));
+  return s;
+}
+
 // Runs f(0..T-1) on T threads and rethrows the first error.
 template <class F>
 void parallel(int T, F f) {
@@ -75,11 +98,21 @@ class CpuDecoder final : public Decoder {
     openblas_set_num_threads(1);
     if (p_.gemm == GemmMode::Bf16) {
       FI_CHECK(head_.bf16, "--gemm bf16: the CPU decoder needs the LM-head's bf16 copy");
+      FI_CHECK(head_.f32 || head_.bf16_exact, "--gemm bf16: the LM-head's exact rows are missing");
       const int64_t V = head_.vocab, H = head_.hidden;
       std::vector<HeadStats> parts(static_cast<size_t>(threads_));
       parallel(threads_, [&](int t) {
-        parts[t] = head_stats_part(head_.f32, head_.bf16_exact ? nullptr : head_.bf16,
-                                   V * t / threads_, V * (t + 1) / threads_, H);
+        const int64_t r0 = V * t / threads_, r1 = V * (t + 1) / threads_;
+        if (head_.f32) {
+          parts[t] = head_stats_part(head_.f32, head_.bf16_exact ? nullptr : head_.bf16, r0, r1, H);
+          return;
+        }
+        std::vector<float> rows(size_t(256 * H));  // widened 256 rows at a time
+        for (int64_t r = r0; r < r1; r += 256) {
+          const int64_t n = std::min<int64_t>(256, r1 - r);
+          for (int64_t i = 0; i < n * H; ++i) rows[i] = bf16_to_f32(head_.bf16[r * H + i]);
+          merge_head_stats(parts[t], head_stats_part(rows.data(), nullptr, 0, n, H));
+        }
       });
       for (const HeadStats& s : parts) merge_head_stats(hstats_, s);
       finish_head_stats(hstats_, V);
@@ -156,6 +189,8 @@ class CpuDecoder final : public Decoder {
       // block[r, j] = sum_h x[r, h] * W[v0 + j, h]
       if (x16)
         gemms_[t].run(x16, x32, rows, head_.bf16 + v0 * H, vb, H, block, ld);
+      else if (!head_.f32)  // exact rows of a bf16-only head: sgemm on the widened block
+        gemms_[t].run_f32(x32, rows, head_.bf16 + v0 * H, vb, H, block, ld);
       else
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(vb), int(H), 1.f, x32,
                     int(H), head_.f32 + v0 * H, int(H), 0.f, block, int(ld));
@@ -202,7 +237,8 @@ class CpuDecoder final : public Decoder {
         auto rescore = [&](const std::vector<int32_t>& ids, std::vector<double>& ex, int cap) {
           int n = 0;
           while (n < cap && ids[n] >= 0) {
-            ex[n] = dot_exact(xr, head_.f32 + int64_t(ids[n]) * H, H);
+            const int64_t v = ids[n];
+            ex[n] = head_.f32 ? dot_exact(xr, head_.f32 + v * H, H) : dot_exact_bf16(xr, head_.bf16 + v * H, H);
             ++n;
           }
           return n;
