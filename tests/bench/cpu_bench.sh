@@ -5,12 +5,15 @@
 #   flashinterp decode --gemm bf16 (one bf16 GEMM + re-scoring) under `mpirun -np 1`;
 #   the bare OpenBLAS sgemm with the same loading (cpu_decode_bench);
 #   numpy's bare sgemm + load, and numpy's whole pipeline.
-# The token index is off everywhere (numpy has none). Prints each wall time and the ratios to
-# numpy's bare sgemm + load. Not a test. usage: tests/bench/cpu_bench.sh [ROWS]
+# The token index is off everywhere (numpy has none). The checkpoint is read into the page cache
+# first, and each program runs REPS times (default 2), the best wall time kept (a shared machine
+# is noisy). Prints the wall times and the ratios to numpy's bare sgemm + load.
+# Not a test. usage: tests/bench/cpu_bench.sh [ROWS] [REPS]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BUILD="${FI_BUILD_DIR:-$ROOT/build}"
 ROWS="${1:-1536}"
+REPS="${2:-2}"
 MODEL="${FI_BENCH_MODEL:-/tmp/flashinterp-bench-8bwide-$ROWS}"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 if [ ! -f "$MODEL/config.json" ]; then
@@ -19,16 +22,20 @@ if [ ! -f "$MODEL/config.json" ]; then
 fi
 FI="$BUILD/src/flashinterp"
 DEC=(decode --model "$MODEL" --layers 0 --chunk-rows 512 --token-index 0 --overwrite)
+cat "$MODEL"/*.safetensors > /dev/null  # every program reads from the page cache
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2); load: $(cut -d' ' -f1-3 /proc/loadavg)"
 declare -A T
-timed() {  # timed NAME CMD...: runs CMD, keeps its wall time in T[NAME]
+timed() {  # timed NAME CMD...: runs CMD REPS times, keeps the best wall time in T[NAME]
   local name="$1"; shift
-  local t0 t1
-  t0=$(date +%s.%N)
-  "$@"
-  t1=$(date +%s.%N)
-  T[$name]=$(echo "$t1 - $t0" | bc -l)
-  printf '%-28s wall %6.2f s\n' "$name" "${T[$name]}"
+  local t0 t1 dt i
+  for ((i = 0; i < REPS; ++i)); do
+    t0=$(date +%s.%N)
+    "$@"
+    t1=$(date +%s.%N)
+    dt=$(echo "$t1 - $t0" | bc -l)
+    if [ $i = 0 ] || [ "$(echo "$dt < ${T[$name]}" | bc -l)" = 1 ]; then T[$name]=$dt; fi
+  done
+  printf '%-28s wall %6.2f s (best of %d)\n' "$name" "${T[$name]}" "$REPS"
 }
 echo "== flashinterp decode"
 timed "exact, mpirun -np 1" mpirun -np 1 "$FI" "${DEC[@]}" --out /tmp/flashinterp-bench.h5
