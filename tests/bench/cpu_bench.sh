@@ -41,12 +41,16 @@ echo "== flashinterp decode"
 timed "exact, mpirun -np 1" mpirun -np 1 "$FI" "${DEC[@]}" --out /tmp/flashinterp-bench.h5
 timed "exact, mpirun -np 2" mpirun -np 2 "$FI" "${DEC[@]}" --out /tmp/flashinterp-bench2.h5 --quiet
 timed "bf16, mpirun -np 1" mpirun -np 1 "$FI" "${DEC[@]}" --out /tmp/flashinterp-bench3.h5 --gemm bf16
+# mpirun binds each rank to one core when np <= 2: the same with every core, for comparison
+timed "exact, -np 1 --bind-to none" mpirun -np 1 --bind-to none "$FI" "${DEC[@]}" --out /tmp/flashinterp-bench.h5 --quiet
+timed "bf16, -np 1 --bind-to none" mpirun -np 1 --bind-to none "$FI" "${DEC[@]}" --out /tmp/flashinterp-bench3.h5 --gemm bf16 --quiet
 echo "== floors and numpy"
 timed "C++ bare sgemm + load" "$BUILD/tests/bench/cpu_decode_bench" "$MODEL" "$ROWS" 512
 timed "numpy bare sgemm + load" /usr/bin/python3 "$ROOT/tests/bench/numpy_decode_bench.py" "$MODEL" "$ROWS" 512 20 bare
 timed "numpy pipeline" /usr/bin/python3 "$ROOT/tests/bench/numpy_decode_bench.py" "$MODEL" "$ROWS" 512 20
 echo "== ratios to numpy's bare sgemm + load (${T[numpy bare sgemm + load]} s)"
-for n in "exact, mpirun -np 1" "exact, mpirun -np 2" "bf16, mpirun -np 1" "C++ bare sgemm + load" "numpy pipeline"; do
+for n in "exact, mpirun -np 1" "exact, mpirun -np 2" "bf16, mpirun -np 1" "exact, -np 1 --bind-to none" \
+         "bf16, -np 1 --bind-to none" "C++ bare sgemm + load" "numpy pipeline"; do
   printf '%-28s %.2fx\n' "$n" "$(echo "${T[$n]} / ${T[numpy bare sgemm + load]}" | bc -l)"
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

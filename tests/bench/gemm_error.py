@@ -103,6 +103,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small shapes only")
     ap.add_argument("--backend", default="cpu")
     ap.add_argument("--keep", help="directory for the checkpoints (kept)")
+    ap.add_argument("--only", help="only the cases whose name contains this")
     a = ap.parse_args()
     tmp = a.keep or tempfile.mkdtemp(prefix="fi-gemm-err-")
     os.makedirs(tmp, exist_ok=True)
@@ -117,18 +118,24 @@ def main():
             ("test bf16 (H 64)", ["--hidden", "64", "--intermediate", "128", "--layers", "1"], 128, "rms"),
             ("test f16 gamma (H 64)", ["--hidden", "64", "--intermediate", "128", "--layers", "1", "--dtype", "f16"], 128, "gamma"),
             ("test f32 none (H 64)", ["--hidden", "64", "--intermediate", "128", "--layers", "1", "--dtype", "f32"], 128, "none")]:
+        if a.only and a.only not in name:
+            continue
         d = model_dir(name.split()[0] + "-" + args[-1] + norm)
         if not os.path.exists(os.path.join(d, "config.json")):
             t.demo_model(d, *args, "--overwrite")
         table.append((name, case(name, d, rows, a.backend, tmp, norm)))
-    shapes = [("synthetic V 32000 H 2048", 32000, 2048, 512, 1.0),
-              ("synthetic V 32000 H 2048, no common direction", 32000, 2048, 512, 0.0)]
+    shapes = [("synthetic V 32000 H 2048", 32000, 2048, 512, 1.0, 0.02),
+              ("synthetic V 32000 H 2048, no common direction", 32000, 2048, 512, 0.0, 0.02),
+              ("synthetic V 32000 H 2048, flatter (std 0.006)", 32000, 2048, 512, 1.0, 0.006)]
     if not a.quick:
-        shapes += [("synthetic V 128256 H 4096", 128256, 4096, 384, 1.0)]
-    for name, V, H, R, common in shapes:
-        d = model_dir(f"syn-{V}-{H}-{common}")
+        shapes += [("synthetic V 128256 H 4096", 128256, 4096, 384, 1.0, 0.02),
+                   ("synthetic V 128256 H 4096, flatter (std 0.006)", 128256, 4096, 384, 1.0, 0.006)]
+    for name, V, H, R, common, std in shapes:
+        if a.only and a.only not in name:
+            continue
+        d = model_dir(f"syn-{V}-{H}-{common}-{std}")
         if not os.path.exists(os.path.join(d, "config.json")):
-            rh.write_checkpoint(d, V, H, R, common=common)
+            rh.write_checkpoint(d, V, H, R, common=common, std=std)
         table.append((name, case(name, d, R, a.backend, tmp)))
     print("\n| checkpoint | exact: prob / lse | bf16 + re-scoring: prob / lse / wrong ids / redone | one plain bf16 GEMM: prob / lse / wrong ids |")
     print("|---|---|---|---|")

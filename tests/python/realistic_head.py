@@ -14,9 +14,8 @@ import numpy as np
 import fi_testlib as t
 
 
-def lm_head(V, H, rng, common=1.0):
-    """[V, H] float32 with entries of std ~0.02 (|row| ~ 0.02 sqrt(H)), as in Llama 3 8B."""
-    s = 0.02
+def lm_head(V, H, rng, common=1.0, s=0.02):
+    """[V, H] float32 with entries of std ~s (0.02: |row| ~ 0.02 sqrt(H), as in Llama 3 8B)."""
     u = rng.standard_normal(H)
     u /= np.linalg.norm(u)
     norms = np.exp(rng.normal(0.0, 0.45, V))                       # heavy-tailed row norms
@@ -91,11 +90,12 @@ def tokenizer(V):
     return {"version": "1.0", "added_tokens": [], "model": {"type": "BPE", "vocab": vocab, "merges": []}}
 
 
-def write_checkpoint(out_dir, V, H, R, seed=7, common=1.0):
-    """Writes a one-layer tied bf16 checkpoint; returns out_dir."""
+def write_checkpoint(out_dir, V, H, R, seed=7, common=1.0, std=0.02):
+    """Writes a one-layer tied bf16 checkpoint; returns out_dir. std: the LM-head's entries
+    (smaller: smaller logits, flatter distributions)."""
     rng = np.random.default_rng(seed)
     os.makedirs(out_dir, exist_ok=True)
-    w, u = lm_head(V, H, rng, common)
+    w, u = lm_head(V, H, rng, common, std)
     up = neuron_rows(R, w, u, rng)
     small = rng.standard_normal((R, H)).astype(np.float32) * 0.02
     cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": H,
