@@ -194,6 +194,9 @@ Job validate(const DecodeOptions& opt, const Comms& c) {
       }
   });
   const bool cuda = j.backend == BackendKind::Cuda;
+  if (opt.fast_gemm && j.talk)
+    std::fprintf(stderr, "flashinterp: --fast-gemm is now --gemm bf16: one 16-bit GEMM with the top and "
+                 "bottom candidates re-scored exactly (README, Numerics)\n");
   if (opt.backend == "auto" && j.talk)
     std::fprintf(stderr, "flashinterp: backend auto: %s\n",
                  cuda ? "CUDA device found, using cuda" : "no CUDA device, using cpu");
