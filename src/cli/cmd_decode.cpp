@@ -52,9 +52,12 @@ std::function<int(int*, char***)> add_decode(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--resume", opt->resume, "continue OUT.partial (same model and options); without one, start fresh");
-  cmd->add_flag("--fast-gemm", opt->fast_gemm,
-                "cuda, bf16/f16 heads: one 16-bit GEMM on rounded rows (about 2x faster; probabilities "
-                "within ~1e-2 instead of ~1e-5 relative of the exact path)");
+  cmd->add_option("--gemm", opt->gemm,
+                  "exact (cpu: fp32 sgemm; cuda: hi + lo 16-bit split) | bf16 (one 16-bit GEMM on the "
+                  "row rounded to bf16, top/bottom candidates re-scored exactly, lse corrected; "
+                  "README: Numerics) | auto (cuda: bf16 for 16-bit heads; cpu: exact)")
+      ->capture_default_str();
+  cmd->add_flag("--fast-gemm", opt->fast_gemm, "the same as --gemm bf16 (kept for old scripts)");
   cmd->add_flag("--allow-tf32", opt->allow_tf32, "allow TF32 GEMMs for fp32 checkpoints (cuda)");
   cmd->add_flag("--quiet", opt->quiet, "no progress or summary on stderr");
   return [opt, matrices](int* argc, char*** argv) {

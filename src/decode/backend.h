@@ -30,7 +30,6 @@ struct DecodeBackend {
 };
 
 struct BackendOptions {
-  bool split_input = true;  // cuda: hi + lo GEMM input (decode without --fast-gemm)
   int threads = 0;          // cpu: worker threads; 0 = the cores of the rank's affinity mask
                             // (shared with the node's ranks of the same mask; parallel/cores.h)
 };

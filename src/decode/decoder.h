@@ -15,6 +15,14 @@ enum class NormMode { Rms, Gamma, None };
 NormMode parse_norm(const std::string& s);  // rms | gamma | none
 const char* norm_name(NormMode n);
 
+// The decode's GEMM (decode/rescore.h): exact (CPU fp32 sgemm; CUDA the hi + lo 16-bit split,
+// fp32 SGEMM for fp32 heads) or bf16 (one 16-bit GEMM on the row rounded to bf16, the top and
+// bottom candidates re-scored exactly, the log-sum-exp corrected).
+enum class GemmMode { Exact, Bf16 };
+// auto | exact | bf16; auto = bf16 on cuda (16-bit heads; fp32 heads stay exact), exact on cpu.
+GemmMode parse_gemm(const std::string& s, bool cuda);
+const char* gemm_name(GemmMode g);
+
 struct DecodeParams {
   int top_k = 20, bottom_k = 0;
   NormMode norm = NormMode::Rms;
@@ -22,6 +30,7 @@ struct DecodeParams {
   double eps = 1e-5;
   int64_t chunk_rows = 256;
   bool allow_tf32 = false;
+  GemmMode gemm = GemmMode::Exact;
 };
 
 // The LM-head as the CPU backend sees it: [vocab, hidden] fp32 on the host. (The CUDA backend
@@ -29,6 +38,10 @@ struct DecodeParams {
 struct LmHead {
   int64_t vocab = 0, hidden = 0;
   const float* f32 = nullptr;  // [vocab, hidden], may be a shared-memory window
+  // GemmMode::Bf16: the GEMM's copy W~ of f32 rounded to bf16 (bits; also shared per node), and
+  // whether W~ = W (a bf16 checkpoint: then f32 may be null, the decoder widens W~ as it needs).
+  const uint16_t* bf16 = nullptr;  // [vocab, hidden]
+  bool bf16_exact = false;
 };
 
 struct TokenIndex;
@@ -47,6 +60,11 @@ class Decoder {
   // x: [rows, hidden] fp32, the raw neuron vectors (widened exactly). The backend applies its
   // norm (DecodeParams::norm, with the final norm's gamma given when it was made) and the LM-head.
   virtual void decode(const float* x, int64_t rows, ChunkResult& out) = 0;
+  // How the logits are computed, for the start line (e.g. "bf16 GEMM: oneDNN ... + re-scoring").
+  virtual std::string gemm_info() const { return ""; }
+  // GemmMode::Bf16: rows so far whose ids the error bound could not certify, decoded again
+  // exactly (decode/rescore.h).
+  virtual int64_t redecoded_rows() const { return 0; }
 };
 
 // norm: applies the chosen norm in place. x: [rows, hidden]

@@ -157,6 +157,9 @@ Job validate(const DecodeOptions& opt, const Comms& c) {
     }
     FI_CHECK(!j.mats.empty(), "--matrices is empty");
     j.backend = choose_backend(opt.backend);
+    if (opt.fast_gemm && opt.gemm != "auto" && opt.gemm != "bf16")
+      FI_FAIL("--fast-gemm (= --gemm bf16) contradicts --gemm " + opt.gemm);
+    j.p.gemm = parse_gemm(opt.fast_gemm ? "bf16" : opt.gemm, j.backend == BackendKind::Cuda);
     j.p.chunk_rows = opt.chunk_rows > 0 ? opt.chunk_rows : (j.backend == BackendKind::Cuda ? 4096 : 512);
     if (opt.resume && opt.overwrite) FI_FAIL("--resume and --overwrite exclude each other");
     if (c.rank == 0) {
@@ -170,6 +173,13 @@ Job validate(const DecodeOptions& opt, const Comms& c) {
     }
     j.model = std::make_unique<Model>(opt.model_dir);
     j.layers = parse_layers(opt.layers, j.model->cfg.num_layers);
+    // CUDA multiplies an fp32 LM-head in fp32 (SGEMM): nothing to round, nothing to re-score.
+    if (j.backend == BackendKind::Cuda && j.p.gemm == GemmMode::Bf16 &&
+        j.model->ckpt.info(j.model->lm_head_name()).dtype == DType::F32) {
+      if (opt.gemm == "bf16" || opt.fast_gemm)
+        FI_FAIL("--gemm bf16 on cuda needs a bf16 or f16 LM-head; this one is fp32 (use --gemm exact)");
+      j.p.gemm = GemmMode::Exact;
+    }
     if (c.rank == 0 && !(opt.resume && file_exists(j.partial))) {  // a partial has its space already
       const ModelConfig& m = j.model->cfg;
       const double per = map::matrix_group_bytes(int64_t(j.layers.size()), m.intermediate_size, j.p.chunk_rows, opt.top_k,
@@ -180,6 +190,9 @@ Job validate(const DecodeOptions& opt, const Comms& c) {
       for (int64_t l : j.layers) j.model->expect_matrix(m, l);
   });
   const bool cuda = j.backend == BackendKind::Cuda;
+  if (opt.fast_gemm && j.talk)
+    std::fprintf(stderr, "flashinterp: --fast-gemm is now --gemm bf16: one 16-bit GEMM with the top and "
+                 "bottom candidates re-scored exactly (README, Numerics)\n");
   if (opt.backend == "auto" && j.talk)
     std::fprintf(stderr, "flashinterp: backend auto: %s\n",
                  cuda ? "CUDA device found, using cuda" : "no CUDA device, using cpu");
@@ -207,7 +220,9 @@ void check_decode_memory(const Job& j, const Comms& c) {
   // The lists per matrix, and at a save: probs, the merge's packed copies and MPI's buffers.
   const double index = M > 0 ? mats * (V * M * 16 + V * 8) + V * M * 68 : 0;
   const double rows = R * H * 8 + (cpu ? T * R * 2048 * 4 + (M > 0 ? R * V * 4 : 0) : R * H * 16);
-  const double lm = cpu ? V * H * 4 : 0;
+  // CPU: fp32; --gemm bf16: a bf16 copy beside it, or only that for a bf16 checkpoint.
+  const bool bf16_head = j.model->ckpt.info(j.model->lm_head_name()).dtype == DType::BF16;
+  const double lm = !cpu ? 0 : j.p.gemm != GemmMode::Bf16 ? V * H * 4 : V * H * (bf16_head ? 2 : 6);
   const double workers = cpu ? T * 72 * MiB : 0;  // 8 MiB stack + 64 MiB OpenBLAS buffer each
   const double resident = rows + index + (c.local_rank == 0 ? lm : 0);
   collective(c.world, [&] {
@@ -219,8 +234,9 @@ void check_decode_memory(const Job& j, const Comms& c) {
 
 // The numerics every chunk of one map shares: the backend and its GEMM options.
 std::string backend_mode(const Job& j) {
-  if (j.backend == BackendKind::Cpu) return "cpu";
-  return std::string("cuda") + (j.opt.fast_gemm ? "+fast_gemm" : "") + (j.opt.allow_tf32 ? "+tf32" : "");
+  const std::string gemm = j.p.gemm == GemmMode::Bf16 ? "+bf16" : "";
+  if (j.backend == BackendKind::Cpu) return "cpu" + gemm;
+  return "cuda" + gemm + (j.opt.allow_tf32 ? "+tf32" : "");
 }
 
 // ---- phase 2: the model's inputs and this rank's backend ----------------------------------
@@ -241,17 +257,18 @@ Inputs load_inputs(const Job& j, const Comms& c) {
     m.expect(m.lm_head_name(), {cfg.vocab_size, cfg.hidden_size}, "vocab_size,hidden_size");
     if (c.rank == 0) in.vocab = load_vocab(j.opt.model_dir + "/tokenizer.json", cfg.vocab_size);
   });
-  in.backend = make_decoder(j.backend, m, in.gamma, j.p, {!j.opt.fast_gemm, j.opt.threads}, c);
+  in.backend = make_decoder(j.backend, m, in.gamma, j.p, {j.opt.threads}, c);
   std::string workers;
   if (j.backend == BackendKind::Cpu)
     workers = ", " + std::to_string(in.backend.threads) + " worker thread" +
               (in.backend.threads > 1 ? "s" : "") + " per rank on " + std::to_string(affinity_cores()) +
               " of " + std::to_string(machine_cores()) + " cores";
   if (j.talk)
-    std::fprintf(stderr, "flashinterp: LM-head [%lld x %lld] ready in %.2f s (%s, %d rank%s, %d node%s%s)\n",
+    std::fprintf(stderr, "flashinterp: LM-head [%lld x %lld] ready in %.2f s (%s, %d rank%s, %d node%s%s; "
+                 "GEMM %s)\n",
                  (long long)cfg.vocab_size, (long long)cfg.hidden_size, in.backend.replicate_s,
                  in.backend.dec->name(), c.size, c.size > 1 ? "s" : "", c.num_nodes,
-                 c.num_nodes > 1 ? "s" : "", workers.c_str());
+                 c.num_nodes > 1 ? "s" : "", workers.c_str(), in.backend.dec->gemm_info().c_str());
   // A rank bound to a small part of its node (mpirun binds each rank to one core when np <= 2).
   if (j.talk && j.backend == BackendKind::Cpu && j.opt.threads == 0 &&
       2 * in.backend.threads * c.local_size <= machine_cores())
@@ -384,7 +401,7 @@ MapMeta map_meta(const Job& j, const Decoder& dec, const std::string& fingerprin
   meta.model_dir = j.opt.model_dir;
   meta.model_type = cfg.model_type;
   meta.norm = norm_name(j.p.norm);
-  meta.backend = dec.name();
+  meta.backend = std::string(dec.name()) + (j.p.gemm == GemmMode::Bf16 ? "+bf16" : "");
   meta.command_line = j.opt.command_line;
   meta.created_utc = utc_now();
   meta.hidden_size = cfg.hidden_size;
@@ -516,7 +533,8 @@ int64_t run_rounds(const Job& j, Plan& plan, Decoder& dec, MapWriter& writer, co
 
 // ---- phase 5: the map into place, and the report -------------------------------------------
 
-void finish(const Job& j, MapWriter& writer, int64_t rows_done, double elapsed, const Comms& c) {
+void finish(const Job& j, MapWriter& writer, const Decoder& dec, int64_t rows_done, double elapsed,
+            const Comms& c) {
   writer.finish(elapsed);
   collective(c.world, [&] {
     if (c.rank == 0) test_kill_point("rename");
@@ -526,11 +544,16 @@ void finish(const Job& j, MapWriter& writer, int64_t rows_done, double elapsed, 
   long rss = peak_rss_kb();
   std::vector<long> all_rss(c.size);
   MPI_Gather(&rss, 1, MPI_LONG, all_rss.data(), 1, MPI_LONG, 0, c.world);
+  long long redone = dec.redecoded_rows(), redone_all = 0;
+  MPI_Reduce(&redone, &redone_all, 1, MPI_LONG_LONG, MPI_SUM, 0, c.world);
   if (!j.talk) return;
   const ModelConfig& cfg = j.model->cfg;
   double flops = 2.0 * double(rows_done) * double(cfg.vocab_size) * double(cfg.hidden_size);
   std::fprintf(stderr, "flashinterp: done: %lld rows in %.2f s (%.0f rows/s, %.1f GFLOP/s) -> %s\n",
                (long long)rows_done, elapsed, rows_done / elapsed, flops / elapsed / 1e9, j.opt.out.c_str());
+  if (j.p.gemm == GemmMode::Bf16)
+    std::fprintf(stderr, "flashinterp: gemm bf16: %lld of %lld rows not certified by the error bound, "
+                 "decoded again exactly\n", redone_all, (long long)rows_done);
   std::string r = "flashinterp: peak RSS per rank (MiB):";
   for (long kb : all_rss) r += " " + std::to_string(kb / 1024);
   std::fprintf(stderr, "%s\n", r.c_str());
@@ -558,7 +581,7 @@ int run_decode(const DecodeOptions& opt, const Comms& c) {
                    default_writer_kind(), plan.start == Start::Resume);
   const int64_t rows_done = run_rounds(job, plan, dec, writer, c);
   if (rows_done < 0) return kExitStopped;
-  finish(job, writer, rows_done, seconds_since(t0), c);
+  finish(job, writer, dec, rows_done, seconds_since(t0), c);
   return 0;
 }
 

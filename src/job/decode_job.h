@@ -17,7 +17,8 @@ struct DecodeOptions {
   int64_t chunk_rows = 0;  // 0: the backend's default
   std::string backend = "auto";
   bool overwrite = false, resume = false, quiet = false, allow_tf32 = false;
-  bool fast_gemm = false;  // cuda, 16-bit heads: one GEMM on bf16-rounded rows (see CudaSetup)
+  std::string gemm = "auto";  // auto | exact | bf16 (decode/rescore.h)
+  bool fast_gemm = false;     // the old --fast-gemm: now --gemm bf16
   int threads = 0;  // CPU worker threads per rank; 0: cores per node / ranks per node
   // The token index is merged and saved into OUT.partial at least this often (minutes), so a
   // run killed outright (no signal) redoes at most this much of the index's work; 0: only at the

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """The obvious alternative to `flashinterp decode` on CPU: numpy doing the same work on layer 0
 of up_proj (rms norm, chunked fp32 matmul against the LM-head, logsumexp, argpartition top-k).
-usage: numpy_decode_bench.py MODEL_DIR [rows] [chunk_rows] [top_k]"""
+With "bare" last: only the load and the chunked fp32 matmul (numpy's bare sgemm + load).
+usage: numpy_decode_bench.py MODEL_DIR [rows] [chunk_rows] [top_k] [bare]"""
 import json, struct, sys, time
 import numpy as np
 
@@ -32,6 +33,7 @@ def main():
     rows = int(sys.argv[2]) if len(sys.argv) > 2 else 2048
     chunk = int(sys.argv[3]) if len(sys.argv) > 3 else 512
     k = int(sys.argv[4]) if len(sys.argv) > 4 else 20
+    bare = len(sys.argv) > 5 and sys.argv[5] == "bare"
     t0 = time.time()
     cfg = json.load(open(d + "/config.json"))
     head = "model.embed_tokens.weight" if cfg.get("tie_word_embeddings") else "lm_head.weight"
@@ -46,6 +48,8 @@ def main():
         xc = x[r0:r0 + chunk]
         xn = xc / np.sqrt((xc.astype(np.float64) ** 2).mean(axis=1, keepdims=True) + eps).astype(np.float32) * gamma
         logits = xn @ wu.T
+        if bare:
+            continue
         m = logits.max(axis=1, keepdims=True)
         lse = m[:, 0] + np.log(np.exp(logits - m).sum(axis=1))
         top = np.argpartition(-logits, k, axis=1)[:, :k]
@@ -53,7 +57,7 @@ def main():
         ids[r0:r0 + chunk] = np.take_along_axis(top, order, 1)
         lses[r0:r0 + chunk] = lse
     t1 = time.time()
-    print(f"numpy: rows {rows}, load {t_load - t0:.2f} s, compute {t1 - t_load:.2f} s, total {t1 - t0:.2f} s "
+    print(f"numpy{' bare sgemm' if bare else ''}: rows {rows}, load {t_load - t0:.2f} s, compute {t1 - t_load:.2f} s, total {t1 - t0:.2f} s "
           f"(numpy {np.__version__}, {2 * rows * wu.shape[0] * wu.shape[1] / (t1 - t_load) / 1e9:.1f} GFLOP/s)")
 
 main()

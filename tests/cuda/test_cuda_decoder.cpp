@@ -3,7 +3,8 @@
 // 1e-3 relative. Scales: with one 16-bit GEMM the normed rows are rounded to bf16/f16, which
 // moves logits by ~1.1e-3 × |x|·|w|/sqrt(H); those cases use small weights (nearly flat
 // distributions) where that stays inside the contract. fp32 heads and split_input (hi + lo)
-// are tested at realistic scales.
+// are tested at realistic scales, and so is rescore (--gemm bf16: one GEMM, the candidates
+// re-scored exactly, the lse corrected; decode/rescore.h), which must meet the same 1e-3.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -27,7 +28,7 @@ struct Case {
   int64_t vocab = 3001, hidden = 256, rows = 300;
   float w_sigma = 0.1f, x_sigma = 1.f;
   NormMode norm = NormMode::Rms;
-  bool plus_one = false, split = false;
+  bool plus_one = false, split = false, rescore = false;
   int k = 20, b = 5;
   int64_t sub_rows = 64;  // 300 rows in 5 pieces: both buffers reused, the pipeline exercised
   fi::test::Tolerance tol;
@@ -68,6 +69,7 @@ std::unique_ptr<fi::gpu::CudaDecoder> make_gpu(const Case& s, const Data& d) {
   fi::gpu::select_device(MPI_COMM_NULL);
   fi::gpu::CudaDecoderOptions o;
   o.split_input = s.split;
+  o.rescore = s.rescore;
   o.sub_rows = s.sub_rows;
   return std::make_unique<fi::gpu::CudaDecoder>(
       fi::gpu::upload_lm_head(host, s.dtype, s.vocab, s.hidden), d.gamma, params(s), o);
@@ -111,6 +113,24 @@ TEST(CudaDecoder, F16SplitInputGemmaNorm) {
   s.split = true;
   s.plus_one = true;
   EXPECT_EQ("", run_case(s, 13));
+}
+
+TEST(CudaDecoder, Bf16RescoreRealisticScale) {
+  FI_SKIP_WITHOUT_CUDA();
+  Case s;
+  s.rescore = true;
+  EXPECT_EQ("", run_case(s, 15));
+}
+
+TEST(CudaDecoder, F16RescoreGemmaNormDeviceInputPieces) {
+  FI_SKIP_WITHOUT_CUDA();
+  Case s;
+  s.dtype = DType::F16;
+  s.rescore = true;
+  s.plus_one = true;
+  s.b = 0;
+  s.sub_rows = 37;
+  EXPECT_EQ("", run_case(s, 16));
 }
 
 TEST(CudaDecoder, Bf16OneGemmSmallWeights) {

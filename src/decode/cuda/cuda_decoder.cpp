@@ -16,6 +16,10 @@
 // (σ 0.02, g 2) and 4.5e-2 (σ 0.05, g 2). split_input feeds the GEMM hi + lo (lo = the
 // rounding remainder, itself 16-bit): two GEMMs, and the same cases stay under 5e-5.
 // fp32 LM-heads: fp32 SGEMM, TF32 only with allow_tf32.
+// rescore (--gemm bf16, decode/rescore.h): one 16-bit GEMM, the reduction keeps k + 64 and b + 64
+// candidates, the re-scoring kernel (rescore_kernel.cuh) computes their exact logits from the fp32
+// normed rows and corrects the lse on the device; the host picks the final top-k / bottom-k and
+// checks the error bound; the rows it cannot certify go through the hi + lo path again.
 #include "decode/cuda/cuda_decoder.h"
 
 #include <algorithm>
@@ -26,7 +30,9 @@
 #include "decode/cuda/cuda_decoder_impl.h"
 #include "decode/cuda/kernels.h"
 #include "decode/cuda/token_index_kernel.cuh"
+#include "decode/rescore.h"
 #include "decode/token_index.h"
+#include "common/half.h"
 #include "gpu/check.h"
 #include "gpu/device.h"
 #include "gpu/gemm.h"
@@ -69,12 +75,18 @@ struct CudaDecoder::Impl {
   int device = 0;
   int64_t H = 0, V = 0, ld = 0, max_sub = 0;
   bool split = false;
+  bool rescore = false;  // --gemm bf16 with a 16-bit head
+  int kc = 0, bc = 0;    // rescore: candidates per row kept by the reduction
+  HeadStats hstats;      // rescore: the LM-head's mean row, spread and largest row norm
+  DeviceBuffer mean;     // rescore: [H] double, hstats.mean_exact
+  int64_t redecoded = 0;
   DeviceBuffer gamma;  // [H] fp32
   Stream gemm_stream, reduce_stream, copy_stream;
   Blas blas;
   struct Slot {
     DeviceBuffer x;        // [max_sub, H] fp32: uploaded host rows
-    DeviceBuffer hi, lo;   // [max_sub, H] head dtype: normed rows (lo only with split)
+    DeviceBuffer hi, lo;   // [max_sub, H] head dtype: normed rows (lo with split or rescore)
+    DeviceBuffer xn;       // [max_sub, H] fp32: the exact normed rows (rescore only)
     DeviceBuffer logits;   // [max_sub, ld] fp32
     PinnedBuffer staging;  // [max_sub, H] fp32 host staging (host input; made on first use)
     Event h2d_done, norm_done, gemm_done, reduce_done;
@@ -82,6 +94,9 @@ struct CudaDecoder::Impl {
   Slot slot[2];
   DeviceBuffer results;  // packed per-row results of one call (device)
   PinnedBuffer results_host;
+  // rescore: per call, exact [rows, kc + bc] and stats [rows, 4] double, the corrected lse [rows].
+  DeviceBuffer exact, stats, lse_fixed;
+  PinnedBuffer exact_host, stats_host;
   // The token index: a device copy of each target TokenIndex (made from the host one on first
   // use, brought back by sync_token_index), and the target of the next run().
   struct DeviceIndex {
@@ -107,6 +122,17 @@ struct CudaDecoder::Impl {
     FI_CUDA_CHECK(cudaGetDevice(&device));
     ld = (V + 31) / 32 * 32;  // 128-byte aligned rows for the GEMM's stores and the kernel's loads
     split = o.split_input && head.dtype != DType::F32;
+    rescore = o.rescore && head.dtype != DType::F32;
+    if (rescore) {
+      split = false;
+      kc = int(std::min<int64_t>(p.top_k + kRescoreMargin, V));
+      bc = p.bottom_k > 0 ? int(std::min<int64_t>(p.bottom_k + kRescoreMargin, V)) : 0;
+      if (kc > kMaxK || bc > kMaxK)
+        FI_FAIL("--gemm bf16 on cuda: --top-k and --bottom-k must be at most " +
+                std::to_string(kMaxK - kRescoreMargin) + " (" + std::to_string(kRescoreMargin) +
+                " more candidates are re-scored)");
+      compute_head_stats();
+    }
     if (p.norm != NormMode::None) {
       if (int64_t(g.size()) != H)
         FI_FAIL("CUDA decode: gamma has " + std::to_string(g.size()) + " values, hidden is " +
@@ -126,6 +152,24 @@ struct CudaDecoder::Impl {
     cudaSetDevice(device);
     cudaDeviceSynchronize();
     cudaGetLastError();
+  }
+
+  // The LM-head's statistics for the re-scoring, on the host from the device copy (once).
+  void compute_head_stats() {
+    const int64_t step = 4096;
+    std::vector<uint16_t> bits(size_t(step * H));
+    std::vector<float> rows(size_t(step * H));
+    for (int64_t r0 = 0; r0 < V; r0 += step) {
+      const int64_t n = std::min(step, V - r0);
+      FI_CUDA_CHECK(cudaMemcpy(bits.data(), static_cast<const uint16_t*>(head.data.get()) + r0 * H,
+                               size_t(n * H) * 2, cudaMemcpyDeviceToHost));
+      for (int64_t i = 0; i < n * H; ++i)
+        rows[i] = head.dtype == DType::BF16 ? bf16_to_f32(bits[i]) : f16_to_f32(bits[i]);
+      merge_head_stats(hstats, head_stats_part(rows.data(), nullptr, 0, n, H));
+    }
+    finish_head_stats(hstats, V);
+    mean = DeviceBuffer(size_t(H) * 8, "the LM-head's mean row");
+    FI_CUDA_CHECK(cudaMemcpy(mean.get(), hstats.mean_exact.data(), size_t(H) * 8, cudaMemcpyHostToDevice));
   }
 
   DeviceIndex& device_index(TokenIndex* t) {
@@ -165,7 +209,8 @@ struct CudaDecoder::Impl {
   // fit next to a reserve for cuBLAS's workspace and the context.
   void plan_and_allocate() {
     const size_t es = dtype_size(head.dtype);
-    const size_t per_row = size_t(H) * 4 + size_t(H) * es * (split ? 2 : 1) + size_t(ld) * 4;
+    const size_t per_row = size_t(H) * 4 + size_t(H) * es * (split || rescore ? 2 : 1) +
+                           (rescore ? size_t(H) * 4 : 0) + size_t(ld) * 4;
     const size_t reserve = size_t(512) << 20;
     const size_t free = free_device_bytes();
     int64_t sub = std::max<int64_t>(1, o.sub_rows > 0 ? o.sub_rows : o.max_sub_rows);
@@ -180,7 +225,8 @@ struct CudaDecoder::Impl {
     for (Slot& s : slot) {
       s.x = DeviceBuffer(size_t(sub) * H * 4, "the input rows");
       s.hi = DeviceBuffer(size_t(sub) * H * es, "the normed rows");
-      if (split) s.lo = DeviceBuffer(size_t(sub) * H * es, "the normed rows' remainder");
+      if (split || rescore) s.lo = DeviceBuffer(size_t(sub) * H * es, "the normed rows' remainder");
+      if (rescore) s.xn = DeviceBuffer(size_t(sub) * H * 4, "the exact normed rows");
       s.logits = DeviceBuffer(size_t(sub) * ld * 4, "a logits buffer");
     }
   }
@@ -199,16 +245,91 @@ struct CudaDecoder::Impl {
     results_host = PinnedBuffer(cap, "the per-row results");
   }
 
-  void run(const void* x, bool host_input, DType x_dtype, int64_t rows, ChunkResult& out) {
+  void ensure_rescore(int64_t rows) {
+    const size_t eb = size_t(rows) * size_t(kc + bc) * 8, sb = size_t(rows) * 4 * 8;
+    if (eb > exact.bytes()) {
+      exact = DeviceBuffer(eb, "the candidates' exact logits");
+      exact_host = PinnedBuffer(eb, "the candidates' exact logits");
+    }
+    if (sb > stats.bytes()) {
+      stats = DeviceBuffer(sb, "the re-scoring's row statistics");
+      stats_host = PinnedBuffer(sb, "the re-scoring's row statistics");
+      lse_fixed = DeviceBuffer(size_t(rows) * 4, "the corrected lse");
+    }
+  }
+
+  // rescore: the final rows from the candidates (exact logits, corrected lse, error bound);
+  // returns the rows the bound could not certify.
+  std::vector<int64_t> finish_rescored(int64_t rows, ChunkResult& out) {
+    const int k = p.top_k, b = p.bottom_k, nc = kc + bc;
+    const RowOutputs h = packed_results(results_host.get(), rows, kc, bc);
+    const double* ex = static_cast<const double*>(exact_host.get());
+    const double* st = static_cast<const double*>(stats_host.get());
+    out.resize(rows, k, b);
+    std::vector<int64_t> redo;
+    for (int64_t r = 0; r < rows; ++r) {
+      int nt = 0, nb = 0;
+      while (nt < kc && h.top_ids[r * kc + nt] >= 0) ++nt;
+      while (nb < bc && h.bottom_ids[r * bc + nb] >= 0) ++nb;
+      const Candidates top{h.top_ids + r * kc, h.top_logits + r * kc, ex + r * nc, nt, k + kRescoreMargin};
+      const Candidates bot{h.bottom_ids + r * bc, h.bottom_logits + r * bc, ex + r * nc + kc, nb,
+                           b > 0 ? b + kRescoreMargin : 0};
+      RowResidual res;
+      res.delta_norm = st[r * 4 + 1];
+      res.gemm_norm = st[r * 4 + 2];
+      res.shift = st[r * 4 + 3];
+      if (!finish_rescored_row(top, bot, st[r * 4], logit_error_bound(res, hstats), k, b,
+                               out.top_ids.data() + r * k, out.top_logits.data() + r * k,
+                               out.top_probs.data() + r * k, out.lse.data() + r,
+                               out.bottom_ids.data() + r * b, out.bottom_logits.data() + r * b))
+        redo.push_back(r);
+    }
+    return redo;
+  }
+
+  // The rows `redo` of x again through the hi + lo path, into their rows of out.
+  void redecode(const void* x, bool host_input, DType x_dtype, const std::vector<int64_t>& redo,
+                ChunkResult& out) {
+    const int64_t n = int64_t(redo.size());
+    const size_t row_bytes = size_t(H) * (host_input ? 4 : dtype_size(x_dtype));
+    ChunkResult sub;
+    if (host_input) {
+      std::vector<float> xs(size_t(n * H));
+      for (int64_t i = 0; i < n; ++i)
+        std::memcpy(xs.data() + i * H, static_cast<const float*>(x) + redo[i] * H, row_bytes);
+      run(xs.data(), true, DType::F32, n, sub, true);
+    } else {
+      DeviceBuffer xs(size_t(n) * row_bytes, "the rows decoded again");
+      for (int64_t i = 0; i < n; ++i)
+        FI_CUDA_CHECK(cudaMemcpy(static_cast<char*>(xs.get()) + size_t(i) * row_bytes,
+                                 static_cast<const char*>(x) + size_t(redo[i]) * row_bytes, row_bytes,
+                                 cudaMemcpyDeviceToDevice));
+      run(xs.get(), false, x_dtype, n, sub, true);
+    }
+    for (int64_t i = 0; i < n; ++i)
+      for (int f = 0; f < kNumChunkFields; ++f) {
+        const int64_t w = out.width(f);
+        std::memcpy(static_cast<char*>(out.data(f)) + size_t(redo[i] * w) * 4,
+                    static_cast<const char*>(sub.data(f)) + size_t(i * w) * 4, size_t(w) * 4);
+      }
+    redecoded += n;
+  }
+
+  // force_split: this call uses the hi + lo path whatever the mode (the rows re-decoded).
+  void run(const void* x, bool host_input, DType x_dtype, int64_t rows, ChunkResult& out,
+           bool force_split = false) {
     const int k = p.top_k, b = p.bottom_k;
     if (rows <= 0) {
       out.resize(0, k, b);
       return;
     }
     FI_CUDA_CHECK(cudaSetDevice(device));
-    const size_t rbytes = packed_result_bytes(rows, k, b);
+    const bool rs = rescore && !force_split, sp = split || (force_split && rescore);
+    const int kr = rs ? kc : k, br = rs ? bc : b;  // what the reduction keeps per row
+    if (rs) ensure_rescore(rows);
+    const size_t rbytes = packed_result_bytes(rows, kr, br);
     ensure_results(rbytes);
-    const RowOutputs all = packed_results(results.get(), rows, k, b);
+    const RowOutputs all = packed_results(results.get(), rows, kr, br);
     const cudaStream_t sg = gemm_stream.s, sr = reduce_stream.s;
     const int64_t sub = sub_rows(rows);
     const float* gamma_d = static_cast<const float*>(gamma.get());
@@ -240,30 +361,53 @@ struct CudaDecoder::Impl {
       }
       // This slot's logits buffer is free once the reduction of two pieces ago is done.
       FI_CUDA_CHECK(cudaStreamWaitEvent(sg, s.reduce_done.e, 0));
-      launch_norm_convert(xin, xin_dtype, s.hi.get(), split ? s.lo.get() : nullptr, head.dtype,
+      if (rs)  // the exact normed rows for the re-scoring, then the same rounded for the GEMM
+        launch_norm_convert(xin, xin_dtype, s.xn.get(), nullptr, DType::F32, n, H, gamma_d, p, sg);
+      launch_norm_convert(xin, xin_dtype, s.hi.get(), sp ? s.lo.get() : nullptr, head.dtype,
                           n, H, gamma_d, p, sg);
       FI_CUDA_CHECK(cudaEventRecord(s.norm_done.e, sg));
       float* logits = static_cast<float*>(s.logits.get());
       gemm_logits(blas.h, head.data.get(), head.dtype, V, H, s.hi.get(), n, logits, ld,
                   p.allow_tf32, false);
-      if (split)
+      if (sp)
         gemm_logits(blas.h, head.data.get(), head.dtype, V, H, s.lo.get(), n, logits, ld,
                     p.allow_tf32, true);
       FI_CUDA_CHECK(cudaEventRecord(s.gemm_done.e, sg));
       FI_CUDA_CHECK(cudaStreamWaitEvent(sr, s.gemm_done.e, 0));
-      const RowOutputs piece_out = all.from_row(r0, k, b);
-      launch_row_reduce(logits, n, V, ld, k, b, piece_out, sr);
+      const RowOutputs piece_out = all.from_row(r0, kr, br);
+      launch_row_reduce(logits, n, V, ld, kr, br, piece_out, sr);
+      const float* lse_piece = piece_out.lse;
+      if (rs) {  // exact candidates, corrected lse, and the exact values into the logits
+        float* fixed = static_cast<float*>(lse_fixed.get()) + r0;
+        launch_rescore(static_cast<const float*>(s.xn.get()), s.hi.get(), head.data.get(),
+                       head.dtype == DType::BF16, n, H, static_cast<const double*>(mean.get()),
+                       hstats.spread, piece_out, kc, bc,
+                       static_cast<double*>(exact.get()) + r0 * (kc + bc),
+                       static_cast<double*>(stats.get()) + r0 * 4, fixed, logits, ld, sr);
+        lse_piece = fixed;
+      }
       if (lists)  // after the reduction on the same stream: it needs the rows' lse
-        launch_token_index(logits, ld, n, V, piece_out.lse, ti_layer, ti_row0 + r0, *lists, sr);
+        launch_token_index(logits, ld, n, V, lse_piece, ti_layer, ti_row0 + r0, *lists, sr);
       FI_CUDA_CHECK(cudaEventRecord(s.reduce_done.e, sr));
     }
     // Every upload precedes a norm on the GEMM stream, and every GEMM-stream operation precedes
     // a gemm_done that the reduction stream waited on: syncing sr and sg covers all three.
     FI_CUDA_CHECK(cudaMemcpyAsync(results_host.get(), results.get(), rbytes,
                                   cudaMemcpyDeviceToHost, sr));
+    if (rs) {
+      FI_CUDA_CHECK(cudaMemcpyAsync(exact_host.get(), exact.get(), size_t(rows) * (kc + bc) * 8,
+                                    cudaMemcpyDeviceToHost, sr));
+      FI_CUDA_CHECK(cudaMemcpyAsync(stats_host.get(), stats.get(), size_t(rows) * 4 * 8,
+                                    cudaMemcpyDeviceToHost, sr));
+    }
     FI_CUDA_CHECK(cudaStreamSynchronize(sr));
     FI_CUDA_CHECK(cudaStreamSynchronize(sg));
-    unpack_results(results_host.get(), rows, k, b, out);
+    if (!rs) {
+      unpack_results(results_host.get(), rows, k, b, out);
+      return;
+    }
+    const std::vector<int64_t> redo = finish_rescored(rows, out);
+    if (!redo.empty()) redecode(x, host_input, x_dtype, redo, out);
   }
 };
 
@@ -291,6 +435,12 @@ void CudaDecoder::sync_token_index() { impl_->sync_token_index(); }
 
 int64_t CudaDecoder::sub_rows(int64_t rows) const { return impl_->sub_rows(rows); }
 int64_t CudaDecoder::max_sub_rows() const { return impl_->max_sub; }
+int64_t CudaDecoder::redecoded_rows() const { return impl_->redecoded; }
+std::string CudaDecoder::gemm_info() const {
+  if (impl_->rescore)
+    return "bf16: one 16-bit cuBLAS GEMM, candidates re-scored exactly";
+  return impl_->split ? "exact: hi + lo 16-bit cuBLAS GEMMs" : "one cuBLAS GEMM in the head's dtype";
+}
 int CudaDecoder::device() const { return impl_->device; }
 int64_t CudaDecoder::logits_ld() const { return impl_->ld; }
 const DeviceLmHead& CudaDecoder::head() const { return impl_->head; }
@@ -325,6 +475,7 @@ std::unique_ptr<Decoder> make_cuda_decoder(const Model& model, const std::vector
       gpu::replicate_lm_head(model, setup.node_comm, gpu::ReplicaOptions{}, &setup.replicate_seconds);
   gpu::CudaDecoderOptions o;
   o.split_input = setup.split_input;
+  o.rescore = setup.rescore;
   return std::make_unique<gpu::CudaDecoder>(std::move(head), gamma, p, o);
 }
 

@@ -20,6 +20,9 @@ struct CudaSetup {
   // false (decode --fast-gemm): the normed rows are rounded to the LM-head's dtype for one
   // 16-bit GEMM, which moves probabilities by up to ~1e-2 relative at real model scales.
   bool split_input = true;
+  // --gemm bf16 (decode/rescore.h): one 16-bit GEMM, the candidates re-scored exactly, the lse
+  // corrected; rows the error bound cannot certify go through the hi + lo path again.
+  bool rescore = false;
   double replicate_seconds = 0;  // out: time to build the LM-head replica (max over the node)
   int device = -1;               // out: the CUDA device this rank uses
 };

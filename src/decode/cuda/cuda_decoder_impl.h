@@ -39,6 +39,7 @@ DeviceLmHead replicate_lm_head(const Model& model, MPI_Comm node_comm, const Rep
 
 struct CudaDecoderOptions {
   bool split_input = false;     // see CudaSetup::split_input
+  bool rescore = false;         // see CudaSetup::rescore (takes precedence over split_input)
   int64_t max_sub_rows = 2048;  // rows per GEMM at most; halved until the buffers fit
   int64_t sub_rows = 0;         // rows per GEMM; 0 = automatic (see CudaDecoder::sub_rows)
 };
@@ -61,6 +62,8 @@ class CudaDecoder final : public Decoder {
   // Rows per GEMM for a call of `rows` rows (the call is pipelined in pieces of this size).
   int64_t sub_rows(int64_t rows) const;
   int64_t max_sub_rows() const;
+  int64_t redecoded_rows() const override;
+  std::string gemm_info() const override;
   int device() const;
   int64_t logits_ld() const;  // the row stride of the logits buffers (vocab rounded up)
   const DeviceLmHead& head() const;

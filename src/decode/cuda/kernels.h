@@ -94,6 +94,17 @@ void launch_norm_convert(const void* x, DType x_dtype, void* hi, void* lo, DType
                          int64_t rows, int64_t hidden, const float* gamma, const DecodeParams& p,
                          cudaStream_t stream);
 
+// The re-scoring of --gemm bf16 (rescore_kernel.cuh) for one piece of rows. xn: [rows, hidden]
+// fp32 exact normed rows; xg: [rows, hidden] the GEMM's 16-bit input; w: [vocab, hidden] the
+// 16-bit LM-head (bf16: bf16, else f16); mean: [hidden] double, its mean row; spread: tr(C)/H.
+// cand: the reduction's outputs with kc / bc candidates per row. Out: exact [rows, kc + bc]
+// double, stats [rows, 4] double (corrected lse, |x~ - x|, |x~|, shift), lse_out [rows] float;
+// logits[r, id] (row stride ld) overwritten with the exact value of every candidate.
+void launch_rescore(const float* xn, const void* xg, const void* w, bool bf16, int64_t rows,
+                    int64_t hidden, const double* mean, double spread, const RowOutputs& cand,
+                    int kc, int bc, double* exact, double* stats, float* lse_out, float* logits,
+                    int64_t ld, cudaStream_t stream);
+
 // Fills n values of dtype at dst with uniform random numbers in [-scale, scale) from a
 // counter-based hash of (seed, index): reproducible, no state. For tests and the benchmark.
 void launch_fill_uniform(void* dst, DType dtype, int64_t n, float scale, uint64_t seed,

@@ -3,8 +3,10 @@
 // against cuBLAS GEMM alone on the same pieces. Reports total time, GEMM-alone time, their ratio,
 // the reduction and norm kernels alone, rows/s, and the LM-head upload (host -> device).
 // Usage: gpu_decode_bench [--layers L] [--neurons N] [--hidden H] [--vocab V] [--top-k K]
-//        [--bottom-k B] [--chunk-rows R] [--sub-rows S] [--split-input] [--reps N]
+//        [--bottom-k B] [--chunk-rows R] [--sub-rows S] [--split-input | --rescore] [--reps N]
 //        [--token-index M] (the decode also keeps the token -> neuron index, as the job does)
+// --rescore: --gemm bf16, one GEMM with the candidates re-scored exactly (decode/rescore.h); its
+// goal is <= 1.15x the cuBLAS GEMM alone.
 // Prints "SKIPPED (no CUDA device)" and exits 0 without a device.
 #include <cuda_runtime_api.h>
 
@@ -34,7 +36,7 @@ struct Args {
   int64_t layers = 32, neurons = 14336, hidden = 4096, vocab = 128256;
   int top_k = 20, bottom_k = 0;
   int64_t chunk_rows = 2048, sub_rows = 0;
-  bool split = false;
+  bool split = false, rescore = false;
   int reps = 1;
   int token_index = 0;
 };
@@ -59,6 +61,7 @@ Args parse(int argc, char** argv) {
     else if (s == "--chunk-rows") a.chunk_rows = next();
     else if (s == "--sub-rows") a.sub_rows = next();
     else if (s == "--split-input") a.split = true;
+    else if (s == "--rescore") a.rescore = true;
     else if (s == "--reps") a.reps = int(next());
     else if (s == "--token-index") a.token_index = int(next());
     else {
@@ -97,7 +100,8 @@ int run(const Args& a) {
               "top-%d bottom-%d, chunk %lld rows%s\n",
               dev, prop.name, prop.multiProcessorCount, double(prop.totalGlobalMem) / (1ull << 30),
               (long long)a.layers, (long long)a.neurons, (long long)H, (long long)V, a.top_k,
-              a.bottom_k, (long long)a.chunk_rows, a.split ? ", split input (2 GEMMs)" : "");
+              a.bottom_k, (long long)a.chunk_rows,
+              a.split ? ", split input (2 GEMMs)" : a.rescore ? ", one GEMM + re-scoring" : "");
 
   // Random bf16 weights and rows on the device (uniform ±0.035: std 0.02 like a real LM-head).
   DeviceBuffer w(size_t(V) * H * 2, "bench LM-head");
@@ -122,6 +126,7 @@ int run(const Args& a) {
   p.bottom_k = a.bottom_k;
   CudaDecoderOptions o;
   o.split_input = a.split;
+  o.rescore = a.rescore;
   o.sub_rows = a.sub_rows;
   CudaDecoder dec(std::move(head), gamma, p, o);
   const DeviceLmHead& h = dec.head();
@@ -213,10 +218,10 @@ int run(const Args& a) {
   std::printf("LM-head upload    %8.3f s   (%.2f GB from pageable host memory; no disk)\n", upload_s,
               double(size_t(V) * H * 2) / 1e9);
   std::printf("RESULT {\"device\": \"%s\", \"chunk_rows\": %lld, \"sub_rows\": %lld, \"split\": %s, "
-              "\"total_s\": %.4f, \"gemm_s\": %.4f, \"reduce_s\": %.4f, \"norm_s\": %.4f, "
+              "\"rescore\": %s, \"redecoded_rows\": %lld, \"total_s\": %.4f, \"gemm_s\": %.4f, \"reduce_s\": %.4f, \"norm_s\": %.4f, "
               "\"rows_per_s\": %.0f, \"upload_s\": %.4f, \"checksum\": %lld}\n",
               prop.name, (long long)a.chunk_rows, (long long)dec.sub_rows(a.chunk_rows),
-              a.split ? "true" : "false", total_s, gemm_s, reduce_s, norm_s,
+              a.split ? "true" : "false", a.rescore ? "true" : "false", (long long)dec.redecoded_rows(), total_s, gemm_s, reduce_s, norm_s,
               double(total_rows) / total_s, upload_s, checksum);
   return 0;
 }
