@@ -31,6 +31,10 @@ struct DecodeParams {
   int64_t chunk_rows = 256;
   bool allow_tf32 = false;
   GemmMode gemm = GemmMode::Exact;
+  // Gemma 2's final_logit_softcapping c: every logit becomes c·tanh(x/c) before the softmax, as
+  // the model's own output does (0: none). Exact GEMM only (the re-scoring's lse correction
+  // assumes plain logits).
+  float softcap = 0;
 };
 
 // The LM-head as the CPU backend sees it: [vocab, hidden] fp32 on the host. (The CUDA backend

@@ -67,6 +67,8 @@ void launch_out(const void* x, void* hi, void* lo, DType out_dtype, int64_t rows
   switch (out_dtype) {
     case DType::BF16:
       return launch_typed<Tin, __nv_bfloat16>(x, hi, lo, rows, hidden, gamma, mode, n, stream);
+    case DType::F8_E4M3: case DType::F8_E5M2:  // dequantised on the host (io/checkpoint.h)
+      FI_FAIL("CUDA: FP8 is never a kernel's dtype");
     case DType::F16:
       return launch_typed<Tin, __half>(x, hi, lo, rows, hidden, gamma, mode, n, stream);
     case DType::F32:
@@ -89,6 +91,8 @@ void launch_norm_split(const void* x, DType x_dtype, void* hi, void* lo, DType o
     case DType::BF16:
       launch_out<__nv_bfloat16>(x, hi, lo, out_dtype, rows, hidden, gamma, mode, norm, stream);
       break;
+    case DType::F8_E4M3: case DType::F8_E5M2:  // dequantised on the host (io/checkpoint.h)
+      FI_FAIL("CUDA: FP8 is never a kernel's dtype");
     case DType::F16:
       launch_out<__half>(x, hi, lo, out_dtype, rows, hidden, gamma, mode, norm, stream);
       break;

@@ -180,6 +180,15 @@ Job validate(const DecodeOptions& opt, const Comms& c) {
         FI_FAIL("--gemm bf16 on cuda needs a bf16 or f16 LM-head; this one is fp32 (use --gemm exact)");
       j.p.gemm = GemmMode::Exact;
     }
+    // Gemma 2's final soft-cap bends every logit; the re-scoring's lse correction assumes plain
+    // ones, so a soft-capped model decodes with the exact GEMM.
+    j.p.softcap = float(j.model->cfg.final_logit_softcapping);
+    if (j.p.softcap > 0 && j.p.gemm == GemmMode::Bf16) {
+      if (opt.gemm == "bf16" || opt.fast_gemm)
+        FI_FAIL(j.model->cfg.path + ": final_logit_softcapping " + std::to_string(j.model->cfg.final_logit_softcapping) +
+                ": --gemm bf16 cannot re-score soft-capped logits (use --gemm exact)");
+      j.p.gemm = GemmMode::Exact;
+    }
     if (c.rank == 0 && !(opt.resume && file_exists(j.partial))) {  // a partial has its space already
       const ModelConfig& m = j.model->cfg;
       const double per = map::matrix_group_bytes(int64_t(j.layers.size()), m.intermediate_size, j.p.chunk_rows, opt.top_k,

@@ -29,6 +29,7 @@ struct Case {
   float w_sigma = 0.1f, x_sigma = 1.f;
   NormMode norm = NormMode::Rms;
   bool plus_one = false, split = false, rescore = false;
+  float softcap = 0;  // Gemma 2's final_logit_softcapping
   int k = 20, b = 5;
   int64_t sub_rows = 64;  // 300 rows in 5 pieces: both buffers reused, the pipeline exercised
   fi::test::Tolerance tol;
@@ -60,6 +61,7 @@ fi::DecodeParams params(const Case& s) {
   p.norm = s.norm;
   p.norm_plus_one = s.plus_one;
   p.eps = 1e-5;
+  p.softcap = s.softcap;
   return p;
 }
 
@@ -113,6 +115,16 @@ TEST(CudaDecoder, F16SplitInputGemmaNorm) {
   s.split = true;
   s.plus_one = true;
   EXPECT_EQ("", run_case(s, 13));
+}
+
+// Gemma 2: the final soft-cap bends every logit before the reduction, on both backends.
+TEST(CudaDecoder, Bf16SplitInputSoftcap) {
+  FI_SKIP_WITHOUT_CUDA();
+  Case s;
+  s.split = true;
+  s.plus_one = true;
+  s.softcap = 3.f;  // small enough that the cap shapes the top logits at this scale
+  EXPECT_EQ("", run_case(s, 19));
 }
 
 TEST(CudaDecoder, Bf16RescoreRealisticScale) {

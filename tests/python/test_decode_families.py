@@ -73,6 +73,9 @@ def check_family(name, tmp):
     layers = "0-1" if L > 2 else "0-%d" % (L - 1)
     t.decode(model, out, "--matrices", "up,gate,down", "--top-k", TOP_K, "--bottom-k", BOTTOM_K,
              "--chunk-rows", 32, "--layers", layers, np_=2)
+    if ref.softcap:  # the re-scoring's lse correction assumes plain logits: refused by name
+        p = t.run(["decode", "--model", model, "--out", out + ".bf16", "--gemm", "bf16"], check=False)
+        t.check(t.one_line_error(p, "final_logit_softcapping", "--gemm exact"), f"{name}: --gemm bf16: {p.stderr}")
     worst = dict(logit=0.0, lse=0.0, prob=0.0, ties=0)
     with h5py.File(out, "r") as f:
         t.check(int(f.attrs["vocab_size"]) == V, f"{name}: map vocab_size {f.attrs['vocab_size']}")

@@ -10,6 +10,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <cstring>
 #include <exception>
@@ -194,6 +195,11 @@ class CpuDecoder final : public Decoder {
       else
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(vb), int(H), 1.f, x32,
                     int(H), head_.f32 + v0 * H, int(H), 0.f, block, int(ld));
+      if (p_.softcap > 0) {  // the model's own final soft-cap, before anything reads the logits
+        const float c = p_.softcap;
+        for (int64_t r = 0; r < rows; ++r)
+          for (float* q = block + r * ld; q < block + r * ld + vb; ++q) *q = c * std::tanh(*q / c);
+      }
       for (int64_t r = 0; r < rows; ++r) {
         stats_[r * nb + b] = RowReducer::block_stats(block + r * ld, vb);
         red[r].add_candidates(block + r * ld, v0, vb);

@@ -372,6 +372,7 @@ struct CudaDecoder::Impl {
       if (sp)
         gemm_logits(blas.h, head.data.get(), head.dtype, V, H, s.lo.get(), n, logits, ld,
                     p.allow_tf32, true);
+      if (p.softcap > 0) launch_softcap(logits, n, V, ld, p.softcap, sg);  // Gemma 2: before any reader
       FI_CUDA_CHECK(cudaEventRecord(s.gemm_done.e, sg));
       FI_CUDA_CHECK(cudaStreamWaitEvent(sr, s.gemm_done.e, 0));
       const RowOutputs piece_out = all.from_row(r0, kr, br);

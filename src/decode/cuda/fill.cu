@@ -47,6 +47,8 @@ void launch_fill_uniform(void* dst, DType dtype, int64_t n, float scale, uint64_
       fill_uniform_kernel<<<blocks, threads, 0, stream>>>(static_cast<__nv_bfloat16*>(dst), n,
                                                           scale, seed);
       break;
+    case DType::F8_E4M3: case DType::F8_E5M2:  // dequantised on the host (io/checkpoint.h)
+      FI_FAIL("CUDA: FP8 is never a kernel's dtype");
     case DType::F16:
       fill_uniform_kernel<<<blocks, threads, 0, stream>>>(static_cast<__half*>(dst), n, scale, seed);
       break;

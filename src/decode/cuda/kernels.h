@@ -74,6 +74,9 @@ inline RowOutputs host_results(ChunkResult& r) {
 }
 
 // logits: [rows, ld] fp32 on the device, tokens [0, vocab) of each row. k, b in [0, kMaxK].
+// Gemma 2's final soft-cap in place: logits[r, v] = cap·tanh(logits[r, v] / cap) (softcap.cu).
+void launch_softcap(float* logits, int64_t rows, int64_t vocab, int64_t ld, float cap, cudaStream_t stream);
+
 void launch_row_reduce(const float* logits, int64_t rows, int64_t vocab, int64_t ld, int k, int b,
                        const RowOutputs& out, cudaStream_t stream);
 

@@ -156,6 +156,8 @@ void launch_embed(const void* table, DType dtype, const int32_t* ids, int64_t T,
       embed_kernel<<<g, kThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(table), ids, T,
                                                H, scale, apply, x);
       break;
+    case DType::F8_E4M3: case DType::F8_E5M2:  // dequantised on the host (io/checkpoint.h)
+      FI_FAIL("CUDA: FP8 is never a kernel's dtype");
     case DType::F16:
       embed_kernel<<<g, kThreads, 0, stream>>>(static_cast<const __half*>(table), ids, T, H,
                                                scale, apply, x);
@@ -223,6 +225,8 @@ void launch_swiglu(const float* y, int64_t rows, int64_t I, bool split_in, Act a
       swiglu_kernel<<<g, kThreads, 0, stream>>>(y, rows, I, s, a, static_cast<__nv_bfloat16*>(h),
                                                 lo_part<__nv_bfloat16>(h, rows * I));
       break;
+    case DType::F8_E4M3: case DType::F8_E5M2:  // dequantised on the host (io/checkpoint.h)
+      FI_FAIL("CUDA: FP8 is never a kernel's dtype");
     case DType::F16:
       swiglu_kernel<<<g, kThreads, 0, stream>>>(y, rows, I, s, a, static_cast<__half*>(h),
                                                 lo_part<__half>(h, rows * I));
@@ -248,6 +252,8 @@ void launch_clamps(const float* y, int64_t rows, int64_t I, bool split_in, Act a
                                                static_cast<__nv_bfloat16*>(h),
                                                lo_part<__nv_bfloat16>(h, rows * I));
       break;
+    case DType::F8_E4M3: case DType::F8_E5M2:  // dequantised on the host (io/checkpoint.h)
+      FI_FAIL("CUDA: FP8 is never a kernel's dtype");
     case DType::F16:
       clamp_kernel<<<g, kThreads, 0, stream>>>(y, rows, I, s, a, neurons, values, n, up,
                                                static_cast<__half*>(h),
