@@ -296,18 +296,40 @@ def _byte_decoder():
     return {chr(c): b for b, c in zip(bs, cs)}
 
 
-def tokenizer_vocab(model_dir):
-    """{id: (bytes, special)} from tokenizer.json: byte-level decoding of model.vocab, added tokens
-    as their UTF-8 content."""
-    with open(os.path.join(model_dir, "tokenizer.json"), encoding="utf-8") as f:
-        tok = json.load(f)
-    dec = _byte_decoder()
+def token_bytes(tokenizer_json_path):
+    """(kind, {id: bytes}) from tokenizer.json, following HF tokenizers' decoders, written
+    independently of the C++: kind "byte_level" (no decoder, or a ByteLevel one) maps each
+    character back through GPT-2's alphabet (a token with a character outside it keeps its raw
+    UTF-8, as HF's decoder does: DeepSeek's specials); "sentencepiece" replaces U+2581 with a space
+    and reads <0xNN> as the byte NN where the decoder has ByteFallback. Added tokens not in
+    model.vocab are their raw UTF-8 content."""
+    with open(tokenizer_json_path, encoding="utf-8") as f:
+        j = json.load(f)
+    dec = j.get("decoder") or {}
+    steps = dec.get("decoders", []) if dec.get("type") == "Sequence" else [dec]
+    types = [st.get("type") for st in steps]
+    kind = "byte_level" if not dec or "ByteLevel" in types else "sentencepiece"
+    byte_fallback = "ByteFallback" in types
+    inverse = _byte_decoder()
     out = {}
-    for s, i in tok["model"]["vocab"].items():
-        out[int(i)] = (bytes(dec[c] for c in s), False)
-    for a in tok.get("added_tokens", []):
-        out[int(a["id"])] = (a["content"].encode("utf-8"), True)
-    return out
+    for tok, i in j["model"]["vocab"].items():
+        if kind == "byte_level":
+            out[i] = bytes(inverse[c] for c in tok) if all(c in inverse for c in tok) else tok.encode()
+        elif byte_fallback and len(tok) == 6 and tok.startswith("<0x") and tok.endswith(">"):
+            out[i] = bytes([int(tok[3:5], 16)])
+        else:
+            out[i] = tok.replace("\u2581", " ").encode()
+    for a in j.get("added_tokens", []):
+        out.setdefault(a["id"], a["content"].encode())
+    return kind, out
+
+
+def tokenizer_vocab(model_dir):
+    """{id: (bytes, special)} from tokenizer.json (token_bytes; special: an added token)."""
+    path = os.path.join(model_dir, "tokenizer.json")
+    with open(path, encoding="utf-8") as f:
+        added = {a["id"] for a in json.load(f).get("added_tokens", [])}
+    return {i: (b, i in added) for i, b in token_bytes(path)[1].items()}
 
 
 # ---- the float64 reference decode ----------------------------------------------------------

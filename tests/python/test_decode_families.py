@@ -5,9 +5,8 @@ independent float64 numpy decode over the safetensors bytes (fi_testlib.Referenc
 language_model.model., Phi-3's gate_up_proj split gate-first, Gemma's (1 + w) final norm, Gemma 2's
 final soft-cap): top-k and bottom-k ids up to exact ties, logits and log-sum-exp within 1e-4 of
 the row's scale, probabilities within 1e-4 relative; /vocab/bytes equal, for every id, to the bytes
-computed here from tokenizer.json (sentencepiece `▁` -> space and `<0xNN>` -> that byte, GPT-2
-byte-level; added tokens through the same decoder, as HF's decode does; padding ids empty; tokenizer
-ids beyond vocab_size left out).
+computed from tokenizer.json by fi_testlib.token_bytes (sentencepiece `▁` -> space and `<0xNN>` ->
+that byte, GPT-2 byte-level; padding ids empty; tokenizer ids beyond vocab_size left out).
 Run by ctest as /usr/bin/python3 tests/python/test_decode_families.py.
 """
 import json
@@ -27,29 +26,10 @@ PROB_REL, LSE_REL = 1e-4, 1e-4
 
 
 def expected_vocab(model_dir, vocab_size):
-    """[vocab_size] bytes per id from tokenizer.json, written from the format, not the C++ code."""
-    with open(os.path.join(model_dir, "tokenizer.json"), encoding="utf-8") as f:
-        tok = json.load(f)
-    model = tok["model"]
-    dec_ = tok.get("decoder") or {}
-    byte_level = any(d.get("type") == "ByteLevel" for d in [dec_] + list(dec_.get("decoders", [])))
-    dec = t._byte_decoder()
-
-    def token_bytes(s):  # one token through the decoder, as HF decodes it (added tokens too)
-        if byte_level:  # a character outside the byte alphabet stays as its UTF-8 (DeepSeek's specials)
-            return b"".join(bytes([dec[c]]) if c in dec else c.encode("utf-8") for c in s)
-        if model.get("byte_fallback") and len(s) == 6 and s.startswith("<0x") and s.endswith(">"):
-            return bytes([int(s[3:5], 16)])
-        return s.replace("\u2581", " ").encode("utf-8")
-
-    out = [b""] * vocab_size
-    for s, i in model["vocab"].items():
-        if i < vocab_size:
-            out[i] = token_bytes(s)
-    for a in tok.get("added_tokens", []):
-        if a["id"] < vocab_size:
-            out[a["id"]] = token_bytes(a["content"])
-    return out
+    """[vocab_size] bytes per id (fi_testlib.token_bytes): padding ids empty, ids past
+    vocab_size left out."""
+    got = t.token_bytes(os.path.join(model_dir, "tokenizer.json"))[1]
+    return [got.get(i, b"") for i in range(vocab_size)]
 
 
 def check_family(name, tmp):
