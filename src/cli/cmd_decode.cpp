@@ -55,7 +55,8 @@ std::function<int(int*, char***)> add_decode(CLI::App& app) {
   cmd->add_option("--gemm", opt->gemm,
                   "exact (cpu: fp32 sgemm; cuda: hi + lo 16-bit split) | bf16 (one 16-bit GEMM on the "
                   "row rounded to bf16, top/bottom candidates re-scored exactly, lse corrected; "
-                  "README: Numerics) | auto (cuda: bf16 for 16-bit heads; cpu: exact)")
+                  "README: Numerics) | auto (cuda: bf16 for 16-bit heads; cpu, and soft-capped models "
+                  "such as Gemma 2: exact)")
       ->capture_default_str();
   cmd->add_flag("--fast-gemm", opt->fast_gemm, "the same as --gemm bf16 (kept for old scripts)");
   cmd->add_flag("--allow-tf32", opt->allow_tf32, "allow TF32 GEMMs for fp32 checkpoints (cuda)");
