@@ -18,8 +18,8 @@ VARIANT_KINDS = ("case", "plural", "inflect", "script")
 VARIANTS_HELP = (
     "comma-separated extra spellings: case (lower, UPPER, Capitalised), plural (English: +s, +es, "
     "y -> ies, and the singular of a word ending in s), inflect (English: +ed, +ing, +er, with a final "
-    "e dropped and y -> i), script (Unicode NFC, NFD and NFKC forms and the form with accents removed, "
-    "e.g. Zurich for Zürich; no transliteration between scripts), or all. Every form is tried as typed, "
+    "e dropped, y -> i, and a short consonant-vowel-consonant ending doubled: dogging), script (Unicode "
+    "NFC, NFD and NFKC forms and the form with accents removed, e.g. Zurich for Zürich; no transliteration between scripts), or all. Every form is tried as typed, "
     "with a leading space and without")
 
 
@@ -63,6 +63,9 @@ def _inflect(w):
         return [w + sfx("d"), stem + sfx("ing"), w + sfx("r")]
     if low.endswith("y") and low[-2:-1] not in "aeiou":
         return [w[:-1] + sfx("ied"), w + sfx("ing"), w[:-1] + sfx("ier")]
+    vowels = "aeiou"
+    if len(low) >= 3 and low[-1] not in vowels + "wxy" and low[-2] in vowels and low[-3] not in vowels:
+        w = w + w[-1]            # a short consonant-vowel-consonant word doubles: dog -> dogging
     return [w + sfx("ed"), w + sfx("ing"), w + sfx("er")]
 
 

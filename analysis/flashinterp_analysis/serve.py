@@ -313,7 +313,7 @@ def make_handler(site):
             self.wfile.write(data)
 
         def error_page(self, code, msg):
-            self.send(code, pg.frame(f"{code}", f"<h1>{code}</h1><p class='err' id='error'>{pg.esc(msg)}</p>", link))
+            self.send(code, pg.frame(f"{code}", f'<h1>{code}</h1><p class="err" id="error">{pg.esc(msg)}</p>', link))
 
         def do_GET(self):
             url = urllib.parse.urlsplit(self.path)
