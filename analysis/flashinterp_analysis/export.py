@@ -78,21 +78,27 @@ def run(argv):
                 "logsumexp"] + [f"top{j}_{f}" for j in range(1, k + 1) for f in ("id", "token", "prob")]
         count = 0
         jpath, cpath = os.path.join(a.out, "neurons.jsonl"), os.path.join(a.out, "neurons.csv")
-        with open(jpath + ".tmp", "w", encoding="utf-8") as jf, \
-                open(cpath + ".tmp", "w", encoding="utf-8", newline="") as cf:
-            w = csv.writer(cf)
-            w.writerow(cols)
-            for mat in mats:
-                written = m.written_mask(mat)
-                for li, layer in enumerate(m.layers(mat)):
-                    for rec in layer_records(m, mat, layer, k, text, written[li]):
-                        jf.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
-                        row = [rec[c] for c in cols[:9]]
-                        row = ["" if x is None else int(x) if isinstance(x, bool) else x for x in row]
-                        for t in rec["top"]:
-                            row += [t["id"], t["token"], t["prob"]]
-                        w.writerow(row + [""] * (len(cols) - len(row)))
-                        count += 1
+        try:     # written as .tmp and renamed: a refused (corrupt) map leaves nothing behind
+            with open(jpath + ".tmp", "w", encoding="utf-8") as jf, \
+                    open(cpath + ".tmp", "w", encoding="utf-8", newline="") as cf:
+                w = csv.writer(cf)
+                w.writerow(cols)
+                for mat in mats:
+                    written = m.written_mask(mat)
+                    for li, layer in enumerate(m.layers(mat)):
+                        for rec in layer_records(m, mat, layer, k, text, written[li]):
+                            jf.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
+                            row = [rec[c] for c in cols[:9]]
+                            row = ["" if x is None else int(x) if isinstance(x, bool) else x for x in row]
+                            for t in rec["top"]:
+                                row += [t["id"], t["token"], t["prob"]]
+                            w.writerow(row + [""] * (len(cols) - len(row)))
+                            count += 1
+        except BaseException:
+            for tmp in (jpath + ".tmp", cpath + ".tmp"):
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+            raise
         os.replace(jpath + ".tmp", jpath)
         os.replace(cpath + ".tmp", cpath)
     print(f"{a.map}: {count} neurons of {', '.join('/' + x for x in mats)} -> {jpath}, {cpath}")

@@ -89,8 +89,8 @@ def token_table(tokens, cls, title):
 
 def neuron_body(d, label=None):
     ent = (f'{num(d["entropy"])} nats (exact)' if d["entropy_exact"] else
-           f'~ {num(d["entropy"])} nats (estimate from the top-k, the rest spread evenly: an upper bound; '
-           f'lower bound {num(d["entropy_lower"])})')
+           f'~ {num(d["entropy"])} nats (estimate; lower bound {num(d["entropy_lower"])})'
+           '<br><span class="note">from the top-k, the rest of the mass spread evenly: an upper bound</span>')
     meta = [("map", esc(d["map"])), ("entropy", f'<span id="entropy" data-value="{d["entropy"]!r}">{ent}</span>'
                                      f' <span class="note">(max ln V = {d["max_entropy"]:.3f})</span>'),
             ("margin", f'<span id="margin" data-value="{d["margin"]!r}">{num(d["margin"])}</span> '

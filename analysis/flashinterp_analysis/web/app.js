@@ -10,7 +10,11 @@
     if (parent) parent.appendChild(e);
     return e;
   }
-  function fmt(v) { return v === null ? 'n/a' : (Math.abs(v) >= 100 ? v.toFixed(1) : v.toPrecision(4)); }
+  function fmt(v) {
+    if (v === null) return 'n/a';
+    var a = Math.abs(v);
+    return a >= 100 ? v.toFixed(1) : (a > 0 && a < 0.01) ? v.toExponential(2) : v.toPrecision(4);
+  }
   function chart(div) {
     var d = JSON.parse(div.getAttribute('data-chart'));
     var W = 640, H = 240, L = 60, R = 10, T = 10, B = 40;
