@@ -217,6 +217,7 @@ def multi_token_hits(m, matrix, splits, top=20):
     top: highest sum first; bottom: lowest first (the neurons that most suppress the word); ties to
     the lower (layer, neuron). One pass over the layers for all splits, two reads per layer."""
     splits = [[int(i) for i in s] for s in splits]
+    every = np.unique(np.concatenate([np.asarray(s, np.int64) for s in splits])) if splits else np.zeros(0, np.int64)
     g = m.group(matrix)
     written = m.written_mask(matrix)
     lists = ("top", "bottom") if "bottom_ids" in g else ("top",)
@@ -224,15 +225,18 @@ def multi_token_hits(m, matrix, splits, top=20):
     for li, layer in enumerate(m.layers(matrix)):
         for which in lists:
             b = m._block(matrix, li, slice(None), (f"{which}_ids", f"{which}_logits"))
-            tid, lg, lse = b[f"{which}_ids"], b[f"{which}_logits"].astype(np.float64), b["lse"].astype(np.float64)
+            tid = b[f"{which}_ids"]
+            rows = np.nonzero(np.isin(tid, every).any(axis=1) & written[li])[0]   # any token of any split
+            tid, lg = tid[rows], b[f"{which}_logits"][rows].astype(np.float64)
+            lse = b["lse"][rows].astype(np.float64)
             for si, ids in enumerate(splits):
-                have = written[li].copy()
-                score = np.zeros(tid.shape[0])
+                have = np.ones(rows.size, bool)
+                score = np.zeros(rows.size)
                 for t in ids:
                     hit = tid == t
                     have &= hit.any(axis=1)
-                    score += np.where(hit, lg, -np.inf).max(axis=1) - lse
-                cand[si][which] += [(float(score[r]), int(layer), int(r)) for r in np.nonzero(have)[0]]
+                    score += np.where(hit, lg, -np.inf).max(axis=1, initial=-np.inf) - lse
+                cand[si][which] += [(float(score[r]), int(layer), int(rows[r])) for r in np.nonzero(have)[0]]
     out = []
     for c in cand:
         res = {"bottom": None}

@@ -70,21 +70,20 @@ def _neurons(m, matrix, pairs, k):
     return [(t, st[(int(lay), int(n))]) for t, (lay, n) in zip(tops, pairs)]
 
 
-def _rows(m, matrix, hits, k, text):
-    """Result rows from a hit array of flashinterp_map.search."""
-    pairs = list(zip(hits["layer"].tolist(), hits["neuron"].tolist()))
+def _rows(hits, text, neurons):
+    """Result rows from a hit array of flashinterp_map.search; neurons: {(layer, neuron): (tokens, stats)}."""
     rows = []
-    for r, (h, (t, st)) in enumerate(zip(hits, _neurons(m, matrix, pairs, k)), 1):
+    for r, h in enumerate(hits, 1):
+        t, st = neurons[(int(h["layer"]), int(h["neuron"]))]
         rows.append(dict(rank=r, layer=int(h["layer"]), neuron=int(h["neuron"]), prob=float(h["prob"]),
                          token_id=int(h["token"]), token=text[int(h["token"])], **st,
                          neuron_top=fm.tokens_json(t)))
     return rows
 
 
-def _multi_rows(m, matrix, cand, k):
-    pairs = [(lay, n) for _, lay, n in cand]
-    return [dict(rank=r, layer=lay, neuron=n, sum_logp=s, **st, neuron_top=fm.tokens_json(t))
-            for r, ((s, lay, n), (t, st)) in enumerate(zip(cand, _neurons(m, matrix, pairs, k)), 1)]
+def _multi_rows(cand, neurons):
+    return [dict(rank=r, layer=lay, neuron=n, sum_logp=s, **neurons[(lay, n)][1],
+                 neuron_top=fm.tokens_json(neurons[(lay, n)][0])) for r, (s, lay, n) in enumerate(cand, 1)]
 
 
 def search(m, lex, matrix, word=None, kinds=(), regex=None, set_name=None, concepts_file=None, top=20,
@@ -119,20 +118,30 @@ def search(m, lex, matrix, word=None, kinds=(), regex=None, set_name=None, conce
     else:
         hits, res["source"] = np.zeros(0, fm.HIT_DTYPE), None
     res["note"] = info.get("note")
-    res["results"] = _rows(m, matrix, hits, tokens, text)
     multi, seen = [], set()
     for v in res["variants"]:
         if v["split"] and len(v["split"]) >= 2 and tuple(v["split"]) not in seen:
             seen.add(tuple(v["split"]))
             multi.append(v)
     scored = cc.multi_token_hits(m, matrix, [v["split"] for v in multi], top) if multi else []
+    first = {}                      # first token -> (hits, source), each searched once
+    for v in multi:
+        if v["split"][0] not in first:
+            first[v["split"][0]] = m.search(matrix, v["split"][:1], top)
+    # Every neuron listed anywhere, read once (one read per layer).
+    pairs = {(int(h["layer"]), int(h["neuron"])) for h in hits}
+    pairs |= {(int(h["layer"]), int(h["neuron"])) for f, _ in first.values() for h in f}
+    pairs |= {(lay, n) for sc in scored for part in sc.values() if part for _, lay, n in part}
+    pairs = sorted(pairs)
+    neurons = dict(zip(pairs, _neurons(m, matrix, pairs, tokens)))
+    res["results"] = _rows(hits, text, neurons)
     for v, sc in zip(multi, scored):
-        first, src = m.search(matrix, v["split"][:1], top)
+        fh, src = first[v["split"][0]]
         res["multi_token"].append(dict(
             text=v["text"], split=v["split"], split_text=v["split_text"], first_token_source=src,
-            by_first_token=_rows(m, matrix, first, tokens, text),
-            by_sum_logp_top=_multi_rows(m, matrix, sc["top"], tokens),
-            by_sum_logp_bottom=None if sc["bottom"] is None else _multi_rows(m, matrix, sc["bottom"], tokens)))
+            by_first_token=_rows(fh, text, neurons),
+            by_sum_logp_top=_multi_rows(sc["top"], neurons),
+            by_sum_logp_bottom=None if sc["bottom"] is None else _multi_rows(sc["bottom"], neurons)))
     return res
 
 
