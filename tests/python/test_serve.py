@@ -259,9 +259,10 @@ def main():
     try:
         import selenium  # noqa: F401
     except ImportError:
-        t.fail("python3-selenium is missing (launch/setup-deps.sh installs chromium, chromium-driver, python3-selenium)")
+        t.fail("python3-selenium is missing (launch/setup-deps.sh --with-browser installs chromium, chromium-driver, "
+               "python3-selenium; launch/test.sh asks for it)")
     for exe in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
-        t.check(os.path.exists(exe), f"{exe} is missing (launch/setup-deps.sh installs chromium, chromium-driver)")
+        t.check(os.path.exists(exe), f"{exe} is missing (launch/setup-deps.sh --with-browser)")
     with t.tempdir() as tmp:
         model = t.demo_model(os.path.join(tmp, "model"), "--layers", "2", "--hidden", "64", "--intermediate", "128",
                              "--seed", "21")
@@ -297,6 +298,20 @@ def main():
                 d.quit()
             codes = [s.stop() for s in servers]
         t.check(codes == [0, 0], f"serve after Ctrl-C exited {codes}, want 0")
+        # Refusals at start: one line, exit 1 (a missing map, a corrupt one, a port in use).
+        with h5py.File(syn_b, "r+") as f:
+            f["up/top_ids"][1, 2, 0] = 2 ** 30
+        busy = Server(tmp, syn_a)
+        port = busy.url.rsplit(":", 1)[1]
+        try:
+            for args, words in (([os.path.join(tmp, "missing.h5")], ("missing.h5",)), ([syn_b], ("/up/top_ids",)),
+                                ([syn_a, "--port", port], ("cannot listen", port))):
+                p = subprocess.run(["/usr/bin/python3", SERVE, *args, *(["--port", "0"] if "--port" not in args else [])],
+                                   capture_output=True, text=True, timeout=120)
+                t.check(t.one_line_error(p, *words), f"serve {args}: {p.returncode} {p.stderr!r}")
+        finally:
+            busy.stop()
+        print("  refused at start with one line: a missing map, a corrupt token id, a port in use")
         print(f"  Ctrl-C stops both servers (exit 0); screenshots in {SHOTS}")
 
 
