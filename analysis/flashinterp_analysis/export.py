@@ -35,9 +35,10 @@ def parse_args(argv):
 
 
 def _fmt(x):
-    """A float for CSV/JSON (the stored float32 value as a Python float); NaN and inf as None."""
+    """A float for CSV/JSON: the shortest decimal that reads back as the same float32 (the stored
+    precision; half the digits of the float64 repr); NaN and inf as None."""
     x = float(x)
-    return float(np.float32(x)) if np.isfinite(x) else None
+    return float(str(np.float32(x))) if np.isfinite(x) else None
 
 
 def layer_records(m, matrix, layer, k, text, written):

@@ -68,17 +68,21 @@ class Site:
     def _layer_stats(self, mat):
         m, rows = self.a, []
         written = m.written_mask(mat)
+        counts = np.zeros(m.vocab_size, np.int64)
         for li, layer in enumerate(m.layers(mat)):
             w = written[li]
             st = m.stats(mat, layer)
             top1 = m._read(mat, "top_probs", (li, slice(None), 0)).astype(np.float64)
             ids = m.top1(mat, layer)
+            counts += np.bincount(ids[w & (ids >= 0)], minlength=m.vocab_size)
             mean = lambda x: float(np.nanmean(x[w])) if w.any() else float("nan")   # noqa: E731
             rows.append(dict(layer=int(layer), neurons=int(w.sum()), entropy_mean=mean(st["entropy"]),
                              margin_mean=mean(st["margin"]), top1_mean=mean(top1),
                              distinct_top1=int(np.unique(ids[w & (ids >= 0)]).size)))
         exact = m.has_exact_entropy(mat)
-        return dict(rows=rows, entropy_exact=exact)
+        top = np.lexsort((np.arange(counts.size), -counts))[:20]
+        frequent = [(int(i), str(self.lex.text[i]), int(counts[i])) for i in top if counts[i] > 0]
+        return dict(rows=rows, entropy_exact=exact, frequent=frequent)
 
     def _agreement(self, mat):
         a, b = self.a, self.b
@@ -121,6 +125,12 @@ class Site:
                 body.append(f"<tr><td><a href='/layer/{mat}/{r['layer']}'>{r['layer']}</a></td><td>{r['neurons']}</td>"
                             f"<td>{pg.num(r['top1_mean'])}</td><td>{pg.num(r['entropy_mean'])}</td>"
                             f"<td>{pg.num(r['margin_mean'])}</td><td>{r['distinct_top1']}</td></tr>")
+            body.append("</table><h3>The most frequent top-1 tokens</h3><table class='frequent'><tr><th>id</th>"
+                        "<th class='l'>token</th><th>neurons with it as top-1</th></tr>")
+            for i, text, c in ov["frequent"]:
+                q = urllib.parse.urlencode(dict(q=text, matrix=mat)) if text.strip() else None
+                cell = f"<a href='/search?{pg.esc(q)}'>{pg.esc(repr(text))}</a>" if q else pg.esc(repr(text))
+                body.append(f"<tr><td>{i}</td><td class='l'><span class='tok'>{cell}</span></td><td>{c}</td></tr>")
             body.append("</table>")
         return pg.frame(f"flashinterp: {m.path}", "".join(body), link)
 

@@ -190,6 +190,13 @@ def check_demo(d, srv, out, model):
 
     # -- overview: charts drawn by the script, a click opens the layer --------------------------------
     d.get(srv.url + "/")
+    with h5py.File(out, "r") as f:
+        top1 = f["up/top_ids"][:, :, 0].reshape(-1)
+    counts = np.bincount(top1, minlength=V)
+    freq = [(int(r.find_elements("css selector", "td")[0].text), int(r.find_elements("css selector", "td")[2].text))
+            for r in css(d, "table.frequent tr")[1:]]
+    t.check(freq and all(counts[i] == c for i, c in freq) and [c for _, c in freq] == sorted(counts, reverse=True)[:len(freq)],
+            f"most frequent top-1 tokens {freq[:3]} vs numpy")
     circles = css(d, "#chart-up-entropy circle")
     t.check(len(circles) == 2, f"{len(circles)} points in the entropy chart, want 2 layers")
     shot(d, "overview-demo")
