@@ -160,14 +160,16 @@ def chart(x, series, xlabel, ylabel, href=None, ident=None):
 
 def neuron_rows(rows, link, cols):
     """A table of neurons: rows of dicts with matrix, layer, neuron, neuron_top and the keys of cols
-    [(key, header, format)]; the neuron links to its page."""
+    [(key, header, format)] (format: a float format, None for str(), "repr" for token text); the
+    neuron links to its page."""
     h = ["<table class='neurons'><tr><th>rank</th><th>layer</th><th>neuron</th>"
          + "".join(f"<th>{esc(c[1])}</th>" for c in cols) + "<th class='l'>top tokens</th></tr>"]
     for r, row in enumerate(rows, 1):
         u = link("neuron", matrix=row["matrix"], layer=row["layer"], neuron=row["neuron"])
         cell = f'<a class="nlink" href="{esc(u)}">{row["neuron"]}</a>' if u else str(row["neuron"])
         toks = ", ".join(f'<span class="tok">{esc(repr(t["token"]))}</span> {t["prob"]:.3g}' for t in row["neuron_top"])
-        vals = "".join(f"<td>{esc(row[k]) if fmt is None else num(row[k], fmt)}</td>" for k, _, fmt in cols)
+        vals = "".join(f"<td class='l'><span class='tok'>{esc(repr(row[k]))}</span></td>" if fmt == "repr" else
+                       f"<td>{esc(row[k]) if fmt is None else num(row[k], fmt)}</td>" for k, _, fmt in cols)
         h.append(f'<tr class="nrow" data-layer="{row["layer"]}" data-neuron="{row["neuron"]}"><td>{r}</td>'
                  f'<td>{row["layer"]}</td><td>{cell}</td>{vals}<td class="l">{toks}</td></tr>')
     return "".join(h) + "</table>"

@@ -230,7 +230,7 @@ class Site:
         elif res["query"] != "word":
             body.append(f"<p>{res['matched_tokens']} tokens matched"
                         + (f" (from {pg.esc(res['set_source'])})" if res.get("set_source") else "") + "</p>")
-        cols = [("prob", "prob", ".4g"), ("token", "token", None), ("entropy", "entropy", ".4f"),
+        cols = [("prob", "prob", ".4g"), ("token", "token", "repr"), ("entropy", "entropy", ".4f"),
                 ("margin", "margin", ".4f")]
         for r in res["results"]:
             r["matrix"] = mat
