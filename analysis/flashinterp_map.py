@@ -195,6 +195,9 @@ class MapFile:
         for name in STATS_DATASETS:
             if name in g:
                 shaped(name, (L, N), "f")
+        if "concept_mass" in g:
+            cm = self._dataset(g, "concept_mass")
+            shaped("concept_mass", (L, N, cm.shape[2] if cm.ndim == 3 else -1), "f")
         if "token_index" in g:
             ti = g["token_index"]
             if not isinstance(ti, h5py.Group):

@@ -109,9 +109,10 @@ def neuron_body(d, label=None):
     if d["bottom"]:
         h.append(token_table(d["bottom"], "bottom", "Bottom tokens (lowest logit first)"))
     if d["concept_mass"]:
-        h.append("<h2>Concept mass</h2><table><tr><th class='l'>concept</th><th>probability mass</th></tr>"
-                 + "".join(f"<tr><td class='l'>{esc(n)}</td><td>{x:.6g}</td></tr>" for n, x in d["concept_mass"])
-                 + "</table>")
+        h.append("<h2>Concept mass</h2><table class='concept-mass'><tr><th class='l'>concept</th>"
+                 "<th>probability mass</th></tr>"
+                 + "".join(f"<tr data-name='{esc(n)}' data-mass='{x!r}'><td class='l'>{esc(n)}</td><td>{x:.6g}</td></tr>"
+                           for n, x in d["concept_mass"]) + "</table>")
     h.append("</div>")
     return "".join(h)
 

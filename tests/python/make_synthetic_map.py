@@ -14,7 +14,8 @@ neuron's distribution is its top-k plus the rest of the mass on two flat levels 
 other tokens share a fraction w of it, the others the rest), so the entropy is known in closed form
 and differs from the analysis tools' top-k estimate. --concepts FILE also writes /concepts/<name>
 (the decode's rule: token text, leading white space stripped and lower-cased, equal to a word
-likewise normalised). The vocabulary is the real tokenizer's when it is found
+likewise normalised) and, with the statistics, /<matrix>/concept_mass [L, N, S] (the sets' mass
+under the same distribution; attribute concepts = the S names). The vocabulary is the real tokenizer's when it is found
 ($FI_TOKENIZER_DIR/tokenizer.json or .cache/tokenizer/) and has V tokens, else made-up tokens.
 """
 import argparse
@@ -105,7 +106,29 @@ def exact_stats(logits, lse, w, V):
         for rr, nn in ((r1, n1), (r2, n2)):
             h += np.where(rr > 0, -rr * np.log(np.where(rr > 0, rr, 1.0) / nn), 0.0)
     margin = logits[:, 0].astype(np.float64) - logits[:, 1] if K > 1 else np.full(len(lse), np.nan)
-    return h, margin
+    return h, margin, (r1, r2)
+
+
+def concept_mass(ids, logits, lse, rest, V, sets):
+    """[n, S] probability mass of each concept set (sorted id arrays): its top-k probabilities,
+    plus for each set token outside the top-k its level's share. The first level holds the n1
+    lowest-id tokens outside the neuron's top-k (so a token's level follows from its rank among
+    them), which leaves the entropy above unchanged."""
+    K = ids.shape[1]
+    p = np.exp(logits.astype(np.float64) - np.asarray(lse, np.float64)[:, None])
+    n1, n2 = rest_levels(V, K)
+    out = np.zeros((ids.shape[0], len(sets)))
+    for si, sid in enumerate(sets):
+        sid = np.asarray(sid, np.int64)
+        if not sid.size:
+            continue
+        hit = ids[:, :, None] == sid[None, None, :]                  # [n, K, s]
+        inside = hit.any(axis=1)                                      # [n, s]
+        rank = sid[None, :] - (ids[:, :, None] < sid[None, None, :]).sum(axis=1)
+        first = (rank < n1) & ~inside
+        out[:, si] = ((p[:, :, None] * hit).sum(axis=(1, 2)) + first.sum(axis=1) * rest[0] / n1
+                      + (~first & ~inside).sum(axis=1) * rest[1] / n2)
+    return out
 
 
 def concept_ids(sets, vbytes, special):
@@ -155,6 +178,11 @@ def main(argv):
     mats = a.matrices.split(",")
     cr = min(a.chunk_rows, N)
     C = -(-N // cr)
+    words, sets = {}, {}
+    if a.concepts:
+        with open(a.concepts, encoding="utf-8") as cf:
+            words = json.load(cf)
+        sets = concept_ids(words, vbytes, special)            # {name: sorted ids}
     tmp = a.out + ".tmp"
     with h5py.File(tmp, "w") as f:
         s = lambda v: np.bytes_(v.encode())  # noqa: E731  fixed-length strings, as the C++ writer
@@ -190,6 +218,10 @@ def main(argv):
             if not a.no_stats:
                 ent_ds = mg.create_dataset("entropy", (L, N), dtype=np.float32, chunks=(1, cr))
                 mar_ds = mg.create_dataset("margin", (L, N), dtype=np.float32, chunks=(1, cr))
+                if sets:
+                    cm_ds = mg.create_dataset("concept_mass", (L, N, len(sets)), dtype=np.float32,
+                                              chunks=(1, cr, len(sets)))
+                    cm_ds.attrs["concepts"] = np.array([n.encode() for n in sets], dtype="S")
             all_ids = np.empty((L, N, K), np.int32)
             all_probs = np.empty((L, N, K), np.float32)
             for li in range(L):
@@ -216,7 +248,9 @@ def main(argv):
                 ds["top_ids"][li], ds["top_logits"][li], ds["top_probs"][li] = ids, logits, probs
                 lse_ds[li] = lse
                 if not a.no_stats:
-                    ent_ds[li], mar_ds[li] = exact_stats(logits, lse, w, V)
+                    ent_ds[li], mar_ds[li], rest = exact_stats(logits, lse, w, V)
+                    if sets:
+                        cm_ds[li] = concept_mass(ids, logits, lse, rest, V, list(sets.values()))
                 all_ids[li], all_probs[li] = ids, probs
             done = mg.create_dataset("done", data=np.ones((L, C), np.uint8), chunks=(1, C))
             done.attrs["chunk_rows"] = np.int64(a.chunk_rows)
@@ -228,12 +262,10 @@ def main(argv):
                 tg.create_dataset("neuron", data=tn, chunks=tchunk)
                 tg.create_dataset("probs", data=tp, chunks=tchunk)
         if a.concepts:
-            with open(a.concepts, encoding="utf-8") as cf:
-                sets = json.load(cf)
             cg = f.create_group("concepts")
-            for name, ids in concept_ids(sets, vbytes, special).items():
+            for name, ids in sets.items():
                 ds = cg.create_dataset(name, data=np.array(ids, np.int32))
-                ds.attrs["words"] = np.bytes_(json.dumps(sets[name], ensure_ascii=False).encode())
+                ds.attrs["words"] = np.bytes_(json.dumps(words[name], ensure_ascii=False).encode())
         f.attrs["elapsed_s"] = np.float64(time.time() - t0)
         f.attrs["complete"] = np.int64(1)
     os.replace(tmp, a.out)

@@ -226,8 +226,15 @@ def check_synthetic(d, srv, a, b):
             f"map B entropy {eb}")
     t.check(abs(ma - mar_a[2, 30]) < 1e-6, f"margin {ma} vs /up/margin {mar_a[2, 30]}")
     t.check([i for i, _ in rows_of(d, "#map-b table.tokens.top")] == list(ib[2, 30]), "map B's tokens differ")
+    with h5py.File(a, "r") as fa:
+        cm, names = fa["up/concept_mass"][2, 30], [x.decode() for x in fa["up/concept_mass"].attrs["concepts"]]
+        dog_p = float(fa["up/top_probs"][2, 30, 0])
+    shown = {r.get_attribute("data-name"): float(r.get_attribute("data-mass")) for r in css(d, "#map-a table.concept-mass tr[data-name]")}
+    t.check(shown == {n: float(x) for n, x in zip(names, cm)} and dog_p <= shown["animals"] <= dog_p + 0.2,
+            f"concept mass {shown} vs /up/concept_mass {dict(zip(names, cm))} (' dog' alone {dog_p})")
+    t.check(not css(d, "#map-b table.concept-mass"), "map B has no concept_mass but the page shows one")
     shot(d, "neuron-side-by-side")
-    print("  side by side: map A's exact /up/entropy and /up/margin, map B's estimate, B's own tokens")
+    print("  side by side: map A's exact /up/entropy, /up/margin and /up/concept_mass, map B's estimate, B's own tokens")
 
     d.get(f"{srv.url}/compare")
     same = (ia[:, :, 0] == ib[:, :, 0]).mean(axis=1)
@@ -275,7 +282,10 @@ def main():
                              "--seed", "21")
         out, _ = t.decode_with_index(model, os.path.join(tmp, "map.h5"), M, "--bottom-k", "5")
         syn_a, syn_b = os.path.join(tmp, "a.h5"), os.path.join(tmp, "b.h5")
-        for path, extra in ((syn_a, []), (syn_b, ["--changed", "0.3", "--no-stats"])):
+        cfile = os.path.join(tmp, "concepts.json")
+        with open(cfile, "w") as f:
+            json.dump({"animals": ["dog", "cat"], "colours": ["red", "blue"]}, f)
+        for path, extra in ((syn_a, ["--concepts", cfile]), (syn_b, ["--changed", "0.3", "--no-stats"])):
             p = subprocess.run(["/usr/bin/python3", GEN, path, "--layers", "4", "--neurons", "300", "--token-index", "8",
                                 "--chunk-rows", "128", *extra], capture_output=True, text=True, timeout=300)
             t.check(p.returncode == 0, f"make_synthetic_map.py: {p.stderr}")
