@@ -19,8 +19,9 @@ VARIANTS_HELP = (
     "comma-separated extra spellings: case (lower, UPPER, Capitalised), plural (English: +s, +es, "
     "y -> ies, and the singular of a word ending in s), inflect (English: +ed, +ing, +er, with a final "
     "e dropped, y -> i, and a short consonant-vowel-consonant ending doubled: dogging), script (Unicode "
-    "NFC, NFD and NFKC forms and the form with accents removed, e.g. Zurich for Zürich; no transliteration between scripts), or all. Every form is tried as typed, "
-    "with a leading space and without")
+    "NFC, NFD and NFKC forms and the form with accents removed, e.g. Zurich for Zürich; no "
+    "transliteration between scripts), or all. Every form is tried as typed, with a leading space and "
+    "without")
 
 
 def normalise(text):
