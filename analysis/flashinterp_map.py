@@ -31,6 +31,9 @@ GROUP_ATTRS = ("tensor_pattern", "axis", "layers", "chunk_rows")
 GROUP_DATASETS = ("top_ids", "top_logits", "top_probs", "logsumexp", "bottom_ids", "bottom_logits",
                   "done")
 OPTIONAL_DATASETS = ("bottom_ids", "bottom_logits")  # only with --bottom-k
+# Exact per-neuron statistics of newer decodes ([L, N] float32 each; maps of older binaries have
+# neither: the readers then estimate the entropy from the top-k and take the margin from the list).
+STATS_DATASETS = ("entropy", "margin")
 TOKEN_INDEX_DATASETS = ("layer", "neuron", "probs", "logp", "included")
 
 
@@ -189,6 +192,12 @@ class MapFile:
         if R is not None and -(-N // R) != C:
             raise self._err(f"{m}/done", f"{C} chunks per layer, but chunk_rows {R} makes {-(-N // R)} "
                                          f"of {N} neurons")
+        for name in STATS_DATASETS:
+            if name in g:
+                shaped(name, (L, N), "f")
+        if "concept_mass" in g:
+            cm = self._dataset(g, "concept_mass")
+            shaped("concept_mass", (L, N, cm.shape[2] if cm.ndim == 3 else -1), "f")
         if "token_index" in g:
             ti = g["token_index"]
             if not isinstance(ti, h5py.Group):
@@ -459,6 +468,47 @@ class MapFile:
                                              probs[j][keep], logits[j][keep], float(lse[j]))
         return [out[(int(lay), int(n))] for lay, n in pairs]
 
+    # ---- per-neuron statistics -------------------------------------------------------------
+    def has_exact_entropy(self, matrix):
+        """Whether /<matrix>/entropy (the decode's exact entropy over all V tokens) exists."""
+        return "entropy" in self.group(matrix)
+
+    def stats(self, matrix, layer, neurons=slice(None)):
+        """Entropy and margin of neurons of one layer (a slice or sorted list of neurons):
+        {"entropy": [n] float64 nats, "entropy_exact": bool, "entropy_lower": [n] (the lower bound
+        when estimated, = entropy when exact), "margin": [n] float64, "margin_exact": bool}.
+        Exact values from /<matrix>/entropy and /margin where the map has them; else the entropy is
+        entropy_from_topk's estimate (an upper bound) and the margin is top_logits[0] - [1] of the
+        stored list, which is the exact top-1 minus top-2 logit (NaN when K < 2 or the row has one
+        finite logit)."""
+        li = self.layer_index(matrix, layer)
+        g = self.group(matrix)
+        out = {}
+        if "entropy" in g:
+            e = self._read(matrix, "entropy", (li, neurons)).astype(np.float64)
+            out.update(entropy=e, entropy_lower=e, entropy_exact=True)
+        else:
+            b = self._block(matrix, li, neurons, ("top_probs",))
+            hi, lo, _ = entropy_from_topk(b["top_probs"], self.vocab_size)
+            out.update(entropy=hi, entropy_lower=lo, entropy_exact=False)
+        if "margin" in g:
+            out.update(margin=self._read(matrix, "margin", (li, neurons)).astype(np.float64), margin_exact=True)
+        else:
+            k2 = min(2, self.top_k(matrix))
+            lg = self._read(matrix, "top_logits", (li, neurons, slice(0, k2))).astype(np.float64)
+            with np.errstate(invalid="ignore"):
+                mg = lg[:, 0] - lg[:, 1] if k2 == 2 else np.full(lg.shape[0], np.nan)
+            out.update(margin=np.where(np.isfinite(mg), mg, np.nan), margin_exact=False)
+        return out
+
+    def concepts(self):
+        """{name: sorted int64 token ids} from /concepts/<name> (written by newer decodes; {}
+        when the map has none)."""
+        g = self.h5.get("concepts")
+        if not isinstance(g, h5py.Group):
+            return {}
+        return {k: np.asarray(g[k][...], np.int64) for k in g if isinstance(g[k], h5py.Dataset)}
+
     # ---- token -> neurons -------------------------------------------------------------------
     def find_tokens(self, words):
         """{word: [token ids whose exact /vocab/bytes are the word's UTF-8]} for each word.
@@ -540,7 +590,11 @@ class MapFile:
         ids = self._vocab_ids(token_ids)
         uniq, inv = np.unique(ids, return_inverse=True)
         m = self.token_index_m(matrix)
-        if uniq.size:
+        if uniq.size > 256:     # many rows (a regex, a set): one whole read beats a point selection
+            lay = self._read(matrix, "token_index/layer")[uniq]
+            neu = self._read(matrix, "token_index/neuron")[uniq]
+            prob = self._read(matrix, "token_index/probs")[uniq]
+        elif uniq.size:
             sel = uniq.tolist()
             lay = self._read(matrix, "token_index/layer", sel)
             neu = self._read(matrix, "token_index/neuron", sel)

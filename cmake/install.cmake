@@ -5,8 +5,9 @@
 #                                         linked with (MPI, HDF5, CUDA from a site's modules)
 #   share/flashinterp/tokenizer/          tokenizer.json for demo-model, found from bin/ at run time
 #   share/flashinterp/slurm/              the batch scripts (flashinterp from $FLASHINTERP or PATH)
-#   share/flashinterp/analysis/           the Python package's source; show, search, compare and
-#                                         report run from there as from a checkout
+#   share/flashinterp/analysis/           the Python package's source (and its web/ files); show,
+#                                         search, compare, report, export and serve run from there
+#                                         as from a checkout
 #   share/flashinterp/python/             the same package built as a wheel, to pip install into a
 #                                         venv without a package index or a writable source tree
 #   share/doc/flashinterp/                README.md and docs/
@@ -46,12 +47,15 @@ if(NOT fi_py_version STREQUAL "version = \"${PROJECT_VERSION}\"")
 endif()
 set(FI_PY_TOP analysis/pyproject.toml analysis/flashinterp_map.py)
 set(FI_PY_PACKAGE)
-foreach(m __init__ show search compare report)
+foreach(m __init__ show search compare report concepts export pages serve)
   list(APPEND FI_PY_PACKAGE analysis/flashinterp_analysis/${m}.py)
 endforeach()
+set(FI_PY_WEB analysis/flashinterp_analysis/web/style.css analysis/flashinterp_analysis/web/app.js)
 install(FILES ${FI_PY_TOP} DESTINATION ${FI_SHARE}/analysis)
-install(PROGRAMS analysis/show analysis/search analysis/compare analysis/report DESTINATION ${FI_SHARE}/analysis)
+install(PROGRAMS analysis/show analysis/search analysis/compare analysis/report analysis/export analysis/serve
+        DESTINATION ${FI_SHARE}/analysis)
 install(FILES ${FI_PY_PACKAGE} DESTINATION ${FI_SHARE}/analysis/flashinterp_analysis)
+install(FILES ${FI_PY_WEB} DESTINATION ${FI_SHARE}/analysis/flashinterp_analysis/web)
 
 # The wheel, built by pip from a copy of the package in the build tree (setuptools writes build/
 # and *.egg-info beside the sources it builds), when the Python has pip, setuptools and wheel
@@ -66,14 +70,16 @@ if(FI_PYTHON AND fi_py_rc EQUAL 0)
   set(FI_WHEEL ${FI_WHEEL_DIR}/flashinterp_analysis-${PROJECT_VERSION}-py3-none-any.whl)
   list(TRANSFORM FI_PY_TOP PREPEND ${PROJECT_SOURCE_DIR}/ OUTPUT_VARIABLE fi_top)
   list(TRANSFORM FI_PY_PACKAGE PREPEND ${PROJECT_SOURCE_DIR}/ OUTPUT_VARIABLE fi_package)
+  list(TRANSFORM FI_PY_WEB PREPEND ${PROJECT_SOURCE_DIR}/ OUTPUT_VARIABLE fi_web)
   add_custom_command(OUTPUT ${FI_WHEEL}
     COMMAND ${CMAKE_COMMAND} -E rm -rf ${FI_WHEEL_DIR}
-    COMMAND ${CMAKE_COMMAND} -E make_directory ${FI_WHEEL_DIR}/src/flashinterp_analysis
+    COMMAND ${CMAKE_COMMAND} -E make_directory ${FI_WHEEL_DIR}/src/flashinterp_analysis/web
     COMMAND ${CMAKE_COMMAND} -E copy ${fi_top} ${FI_WHEEL_DIR}/src
     COMMAND ${CMAKE_COMMAND} -E copy ${fi_package} ${FI_WHEEL_DIR}/src/flashinterp_analysis
+    COMMAND ${CMAKE_COMMAND} -E copy ${fi_web} ${FI_WHEEL_DIR}/src/flashinterp_analysis/web
     COMMAND ${FI_PYTHON} -m pip wheel --quiet --no-build-isolation --no-deps --no-index --no-cache-dir
             --disable-pip-version-check --wheel-dir ${FI_WHEEL_DIR} ${FI_WHEEL_DIR}/src
-    DEPENDS ${fi_top} ${fi_package}
+    DEPENDS ${fi_top} ${fi_package} ${fi_web}
     COMMENT "Building the analysis wheel (pip wheel, ${FI_PYTHON})" VERBATIM)
   add_custom_target(fi_wheel ALL DEPENDS ${FI_WHEEL})
   install(FILES ${FI_WHEEL} DESTINATION ${FI_SHARE}/python)

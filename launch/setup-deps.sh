@@ -9,6 +9,8 @@
 # Options (off by default, so a plain set-up stays lean; launch/test.sh asks for both):
 #   --with-fuzz   clang and libclang-rt-14-dev (libFuzzer, ASan/UBSan runtimes) for launch/fuzz.sh
 #   --with-slurm  slurm-wlm and munge for launch/slurm-test.sh (daemons are not started here)
+#   --with-browser chromium, chromium-driver, python3-selenium (~300 MB) for tests/python/test_serve.py
+#                 (analysis/serve in headless Chromium); launch/test.sh always asks for it
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -22,7 +24,8 @@ for arg in "$@"; do
   case "$arg" in
     --with-fuzz) PACKAGES+=(clang libclang-rt-14-dev) ;;
     --with-slurm) PACKAGES+=(slurm-wlm munge) ;;
-    *) echo "setup-deps: unknown option '$arg' (known: --with-fuzz, --with-slurm)" >&2; exit 2 ;;
+    --with-browser) PACKAGES+=(chromium chromium-driver python3-selenium) ;;
+    *) echo "setup-deps: unknown option '$arg' (known: --with-fuzz, --with-slurm, --with-browser)" >&2; exit 2 ;;
   esac
 done
 

@@ -8,7 +8,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 start=$(date +%s)
 # The fuzz and Slurm stages below need extra packages (clang; slurm-wlm, munge): ask for them
 # only when those stages run. FI_TEST_FUZZ_S=0, FI_TEST_ASAN=0, FI_TEST_SLURM=0 skip a stage.
-SETUP_EXTRA=()
+SETUP_EXTRA=(--with-browser)   # chromium + selenium: test_serve drives analysis/serve in a browser
 [ "${FI_TEST_FUZZ_S:-20}" -gt 0 ] && SETUP_EXTRA+=(--with-fuzz)
 [ "${FI_TEST_SLURM:-1}" = 1 ] && SETUP_EXTRA+=(--with-slurm)
 bash "$ROOT/launch/setup-deps.sh" "${SETUP_EXTRA[@]}"

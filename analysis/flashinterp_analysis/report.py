@@ -1,11 +1,17 @@
 """report: a static HTML page about one flashinterp map, for a browser with no network: per-layer
 statistics, PNG plots (top-1 probability per layer, entropy per layer, how many neurons have each
-token as top-1), the most specialised neurons (highest top-1 probability) and a table of neurons
-searchable in the page (inline JavaScript, no external resources).
+token as top-1), the most specialised neurons (lowest entropy, highest margin or highest top-1
+probability: --specialised-by) and a table of neurons searchable in the page (inline JavaScript,
+no external resources).
 
-    analysis/report map.h5 --out DIR [--matrix up] [--specialised 50] [--table-max 20000] [--partial]
-Writes DIR/index.html and the PNG files it shows. The entropy is the estimate from the top-k of
-analysis/show (remaining mass spread evenly over the other tokens). With --partial, only neurons
+    analysis/report map.h5 --out DIR [--matrix up] [--specialised 50] [--specialised-by auto]
+                            [--table-max 20000] [--partial]
+Writes DIR/index.html, the PNG files it shows, and for each most specialised neuron a page
+DIR/neuron/<matrix>/<layer>/<neuron>.html in analysis/serve's design (DIR/static/), so a shared
+report reads without a server. The entropy is the map's exact /<matrix>/entropy where it has one,
+else the estimate from the top-k of analysis/show (remaining mass spread evenly over the other
+tokens, an upper bound); the margin (top-1 minus top-2 logit) is /<matrix>/margin or, the same
+value, from the stored list. With --partial, only neurons
 whose chunk is marked done are reported. A map whose data cannot be right (token ids outside the
 vocabulary, probabilities outside 0..1) is refused with one line.
 """
@@ -19,6 +25,7 @@ import time
 import numpy as np
 
 import flashinterp_map as fm
+from flashinterp_analysis import pages as pg
 
 TABLE_TOKENS = 5   # top tokens per neuron in the searchable table
 BAR_TOKENS = 30    # tokens in the "neurons per top-1 token" bar chart
@@ -32,6 +39,9 @@ def parse_args(argv):
                    help="matrix to report (repeatable; default: every matrix in the map)")
     p.add_argument("--specialised", type=int, default=50, metavar="N",
                    help="most specialised neurons listed per matrix (default 50)")
+    p.add_argument("--specialised-by", default="auto", choices=("auto", "entropy", "margin", "top1"),
+                   help="rank by lowest entropy, highest margin or highest top-1 probability; auto (default): "
+                        "the exact entropy where the map has it, else the margin (exact from the stored list)")
     p.add_argument("--table-max", type=int, default=20000, metavar="R",
                    help="rows of the searchable table per matrix; a larger map keeps its R most "
                         "specialised neurons (default 20000)")
@@ -58,13 +68,15 @@ def matrix_data(m, matrix):
     top_ids = np.empty((len(layers), n, kt), np.int32)
     top_p = np.empty((len(layers), n, kt), np.float32)
     ent = np.empty((len(layers), n), np.float64)
+    margin = np.empty((len(layers), n), np.float64)
     lse = np.empty((len(layers), n), np.float32)
     done = m.done(matrix).all(axis=1)
     written = m.written_mask(matrix)
     for li, layer in enumerate(layers):
         ids, probs = m.layer_top(matrix, layer)   # checked: ids in -1..V-1, probabilities in 0..1
         top1_p[li], top_ids[li], top_p[li] = probs[:, 0], ids[:, :kt], probs[:, :kt]
-        ent[li] = fm.entropy_from_topk(probs, V)[0]
+        st = m.stats(matrix, layer)             # exact where the map has /entropy, /margin
+        ent[li], margin[li] = st["entropy"], st["margin"]
         lse[li] = m.logsumexp(matrix, layer)
     top1 = top_ids[:, :, 0]
     stats = []
@@ -81,14 +93,22 @@ def matrix_data(m, matrix):
     valid = top1[written & (top1 >= 0) & (top1 < V)]
     counts = np.bincount(valid, minlength=V)[:V]   # [V]: bounded by the vocabulary, whatever the ids
     return dict(matrix=matrix, layers=layers, n=n, k=k, top1_p=top1_p, top_ids=top_ids, top_p=top_p,
-                ent=ent, stats=stats, counts=counts, written=written)
+                ent=ent, margin=margin, entropy_exact=m.has_exact_entropy(matrix), stats=stats, counts=counts,
+                written=written)
 
 
-def specialised_order(d):
-    """Flat neuron indices (layer index * N + neuron) of the written neurons, highest top-1
-    probability first, ties to the lower (layer, neuron)."""
-    flat = d["top1_p"].reshape(-1).astype(np.float64)
-    order = np.lexsort((np.arange(flat.size), -flat))
+def specialised_by(d, by):
+    """What 'auto' means for this matrix: exact entropy when the map has it, else the margin."""
+    return ("entropy" if d["entropy_exact"] else "margin") if by == "auto" else by
+
+
+def specialised_order(d, by="top1"):
+    """Flat neuron indices (layer index * N + neuron) of the written neurons, the most specialised
+    first: lowest entropy, highest margin or highest top-1 probability (NaN last); ties to the
+    lower (layer, neuron)."""
+    flat = {"entropy": d["ent"], "margin": -d["margin"], "top1": -d["top1_p"].astype(np.float64)}[by].reshape(-1)
+    flat = np.where(np.isnan(flat), np.inf, flat)
+    order = np.lexsort((np.arange(flat.size), flat))
     return order[d["written"].reshape(-1)[order]]
 
 
@@ -113,7 +133,7 @@ def plots(d, out, plt):
     ax.plot(layers, [s["entropy_mean"] for s in d["stats"]], "o-")
     ax.set_xlabel("layer")
     ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    ax.set_ylabel("mean entropy estimate (nats)")
+    ax.set_ylabel("mean entropy, exact (nats)" if d["entropy_exact"] else "mean entropy estimate (nats)")
     ax.set_title(f"/{m}: entropy of the decoded distribution, mean per layer")
     fig.tight_layout()
     files.append(f"{m}_entropy_per_layer.png")
@@ -149,7 +169,7 @@ def plots(d, out, plt):
 
 
 def table_rows(d, order, limit, text):
-    """[[layer, neuron, top-1 prob, entropy, [[token, prob], ...]], ...] for the page's table."""
+    """[[layer, neuron, top-1 prob, entropy, [[token, prob], ...], margin], ...] for the page's table."""
     sel = order[:limit]
     li, nn = np.divmod(sel, d["n"])
     ids, ps = d["top_ids"][li, nn], d["top_p"][li, nn]
@@ -160,7 +180,7 @@ def table_rows(d, order, limit, text):
         toks = [[words[r * ids.shape[1] + j], round(float(ps[r, j]), 6)] for j in range(ids.shape[1])
                 if ids[r, j] >= 0]
         rows.append([int(d["layers"][li[r]]), int(nn[r]), round(float(d["top1_p"][li[r], nn[r]]), 6),
-                     round(float(ent[r]), 4), toks])
+                     round(float(ent[r]), 4), toks, round(float(d["margin"][li[r], nn[r]]), 4)])
     return rows
 
 
@@ -253,8 +273,9 @@ def page(m_path, attrs, complete, mats, files, specialised, table, table_note):
         f"<tr><td>{esc(k)}</td><td>{esc(attrs[k])}</td></tr>" for k in keys if k in attrs) + "</table>")
     h.append("<p>Each neuron's vector is decoded through the final norm and the LM-head; "
              "<i>top-1 probability</i> is the softmax probability of its best token over the whole vocabulary; "
-             "the entropy is estimated from the stored top-k (the remaining mass spread evenly over the other "
-             "tokens, an upper bound). <i>Most specialised</i> = highest top-1 probability.</p>")
+             "the entropy is the map's exact one where it has /&lt;matrix&gt;/entropy, else estimated from the stored "
+             "top-k (the remaining mass spread evenly over the other tokens, an upper bound); the margin is the "
+             "top-1 minus the top-2 logit.</p>")
     for d in mats:
         mat = d["matrix"]
         h.append(f"<h2>/{esc(mat)}: {len(d['layers'])} layers &times; {d['n']} neurons, top-{d['k']}</h2>")
@@ -270,12 +291,16 @@ def page(m_path, attrs, complete, mats, files, specialised, table, table_note):
         h.append("</table>")
         for f in files[mat]:
             h.append(f"<p><img src='{esc(f)}' alt='{esc(f)}'></p>")
-        h.append("<h3>Most specialised neurons (highest top-1 probability)</h3><table><tr><th>rank</th>"
-                 "<th>layer</th><th>neuron</th><th>top-1 prob</th><th>entropy (nats)</th><th>top tokens</th></tr>")
+        by = {"entropy": "lowest " + ("exact" if d["entropy_exact"] else "estimated") + " entropy",
+              "margin": "highest margin", "top1": "highest top-1 probability"}[d["specialised_by"]]
+        h.append(f"<h3>Most specialised neurons ({by}; each links to its page)</h3><table id='specialised-{esc(mat)}'>"
+                 "<tr><th>rank</th><th>layer</th><th>neuron</th><th>top-1 prob</th><th>entropy (nats)</th>"
+                 "<th>margin</th><th>top tokens</th></tr>")
         for r, row in enumerate(specialised[mat], 1):
             toks = ", ".join(f"{repr(t)} {p:.3g}" for t, p in row[4])
-            h.append(f"<tr><td>{r}</td><td>{row[0]}</td><td>{row[1]}</td><td>{row[2]:.4g}</td>"
-                     f"<td>{row[3]:.3f}</td><td class='tok'>{esc(toks)}</td></tr>")
+            h.append(f"<tr><td>{r}</td><td>{row[0]}</td><td><a href='{esc(static_link(mat, row[0], row[1]))}'>"
+                     f"{row[1]}</a></td><td>{row[2]:.4g}</td><td>{row[3]:.3f}</td><td>{row[5]:.3f}</td>"
+                     f"<td class='tok'>{esc(toks)}</td></tr>")
         h.append("</table>")
     h.append("<h2>Search the neurons</h2>")
     h.append("<p>Type part of a token (all words must match one of a neuron's top tokens; start with a space "
@@ -295,6 +320,33 @@ def page(m_path, attrs, complete, mats, files, specialised, table, table_note):
     return "\n".join(h)
 
 
+def static_link(matrix, layer, neuron):
+    """Where the report writes a neuron's page, relative to DIR."""
+    return f"neuron/{matrix}/{int(layer)}/{int(neuron)}.html"
+
+
+def write_neuron_pages(out, pages):
+    """The neuron pages of the specialised neurons, in serve's design: links only between pages
+    the report holds (and back to index.html), the style sheet and script copied to DIR/static."""
+    have = {(d["matrix"], d["layer"], d["neuron"]) for d in pages}
+
+    def link(kind, **w):   # from DIR/neuron/<m>/<l>/ to DIR
+        if kind == "overview":
+            return "../../../index.html"
+        if kind == "neuron" and (w["matrix"], int(w["layer"]), int(w["neuron"])) in have:
+            return "../../../" + static_link(w["matrix"], w["layer"], w["neuron"])
+        return None
+    os.makedirs(os.path.join(out, "static"), exist_ok=True)
+    for name in pg.STATIC_FILES:
+        with open(os.path.join(pg.WEB_DIR, name), "rb") as src, open(os.path.join(out, "static", name), "wb") as dst:
+            dst.write(src.read())
+    for d in pages:
+        path = os.path.join(out, static_link(d["matrix"], d["layer"], d["neuron"]))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(pg.neuron_page(d, link, static_prefix="../../../static/"))
+
+
 def run(argv):
     a = parse_args(argv)
     import warnings
@@ -312,12 +364,15 @@ def run(argv):
         attrs, complete = m.attrs, m.complete
         os.makedirs(a.out, exist_ok=True)
         mats, files, specialised, table, notes = [], {}, {}, [], []
+        pages = []
         for mat in dict.fromkeys(want):
             d = matrix_data(m, mat)
             d["text"] = m.token_text
-            order = specialised_order(d)
+            d["specialised_by"] = specialised_by(d, a.specialised_by)
+            order = specialised_order(d, d["specialised_by"])
             files[mat] = plots(d, a.out, plt)
             specialised[mat] = table_rows(d, order, a.specialised, m.token_text)
+            pages += [pg.neuron_data(m, mat, row[0], row[1]) for row in specialised[mat]]
             rows = table_rows(d, order, a.table_max, m.token_text)
             table += [[mat, *r] for r in rows]
             total = int(d["written"].sum())
@@ -326,6 +381,7 @@ def run(argv):
                           f"/{mat}: the {len(rows)} most specialised of {total} neurons (--table-max)")
                          + (f" ({unwritten} more in chunks not marked done are left out)" if unwritten else ""))
             mats.append(d)
+    write_neuron_pages(a.out, pages)
     path = os.path.join(a.out, "index.html")
     with open(path, "w", encoding="utf-8") as f:
         note = "The table holds " + "; ".join(notes) + "."

@@ -1,90 +1,252 @@
-"""search: which neurons of a flashinterp map stand for a word? The word becomes token ids through
-the map's own vocabulary (as typed, with and without a leading space; --case adds lower, UPPER and
-Capitalised forms), and the map's token index (/<matrix>/token_index, written by
-`flashinterp decode --token-index M`) gives the neurons that give those tokens the highest
-probability. Each neuron is listed once, with its own top tokens.
+"""search: which neurons of a flashinterp map stand for a word, a pattern or a concept? A word
+becomes token ids through the map's own vocabulary: as typed, with and without a leading space,
+and with --variants case,plural,inflect,script (or all) more spellings, each reported on its own.
+A spelling that is one token is looked up in the map's token index (/<matrix>/token_index,
+`flashinterp decode --token-index M`): the neurons that give it the highest probability. A
+spelling that is several tokens (" Golden Gate", " Zürich" in a small vocabulary) is split
+(greedy longest match over the vocabulary) and matched two ways, both reported: by its first
+token (the token index), and by the sum of its tokens' log-probabilities over each neuron's
+stored top (and bottom) list, which finds only neurons that hold every one of its tokens.
+--regex PATTERN searches every token whose text matches; --set NAME a concept set (the map's
+/concepts/NAME, or --concepts FILE resolved against the vocabulary). Each neuron is listed once,
+with its entropy, margin and own top tokens.
 
-    analysis/search map.h5 dog [--matrix up] [--top 20] [--case] [--tokens 5] [--json] [--partial]
+    analysis/search map.h5 dog [--variants all] [--matrix up] [--top 20] [--json | --csv]
+    analysis/search map.h5 --regex '^ ?[Dd]og' | --set animals [--concepts concepts.json]
 A map decoded without an index is searched by a scan of every neuron's stored top-k instead (said
 in the output): then only neurons holding the token in their top-k are found.
 """
 import argparse
+import csv
 import sys
 
+import numpy as np
+
 import flashinterp_map as fm
+from flashinterp_analysis import concepts as cc
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="search", description=__doc__.split("\n\n")[0],
-                                epilog="exit status: 0 found, 1 error or no variant of the word is one token")
+                                epilog="exit status: 0 searched (maybe nothing found), 1 error")
     p.add_argument("map", help="the HDF5 map written by `flashinterp decode`")
-    p.add_argument("word", help="the word to look up (a leading space is added and removed automatically)")
+    p.add_argument("word", nargs="?", help="the word to look up (a leading space is added and removed "
+                                           "automatically)")
     p.add_argument("--matrix", default="up", choices=fm.MATRICES, help="which MLP matrix (default up)")
     p.add_argument("--top", type=int, default=20, metavar="N", help="neurons to list (default 20)")
-    p.add_argument("--case", action="store_true", help="also try lower case, UPPER case and Capitalised")
+    p.add_argument("--variants", default="", metavar="KINDS", help=cc.VARIANTS_HELP)
+    p.add_argument("--case", action="store_true", help="the same as --variants case")
+    p.add_argument("--regex", metavar="PATTERN", help="search every token whose text matches (Python re)")
+    p.add_argument("--set", metavar="NAME", help="search a concept set's tokens")
+    p.add_argument("--concepts", metavar="FILE", help="concepts file (JSON name -> words) for --set when "
+                                                      "the map has no /concepts/NAME")
     p.add_argument("--tokens", type=int, default=5, metavar="K",
                    help="top tokens printed for each neuron (default 5)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    out.add_argument("--csv", action="store_true", help="print the results as CSV (one row per neuron)")
     p.add_argument("--partial", action="store_true", help="read a map whose decode did not finish")
     a = p.parse_args(argv)
     if a.top < 1 or a.tokens < 0:
         p.error("--top must be >= 1 and --tokens >= 0")
+    if sum(x is not None for x in (a.word, a.regex, a.set)) != 1:
+        p.error("give exactly one of: a word, --regex PATTERN, --set NAME")
     return a
+
+
+def _neurons(m, matrix, pairs, k):
+    """[(NeuronTokens, stats dict)] for pairs [(layer, neuron)], one read per layer."""
+    tops = m.neurons_top(matrix, pairs, k=k)
+    by_layer = {}
+    for lay, n in pairs:
+        by_layer.setdefault(int(lay), set()).add(int(n))
+    st = {}
+    for lay, ns in by_layer.items():
+        ns = sorted(ns)
+        s = m.stats(matrix, lay, ns)
+        for j, n in enumerate(ns):
+            st[(lay, n)] = dict(entropy=float(s["entropy"][j]), entropy_exact=s["entropy_exact"],
+                                margin=float(s["margin"][j]))
+    return [(t, st[(int(lay), int(n))]) for t, (lay, n) in zip(tops, pairs)]
+
+
+def _rows(hits, text, neurons):
+    """Result rows from a hit array of flashinterp_map.search; neurons: {(layer, neuron): (tokens, stats)}."""
+    rows = []
+    for r, h in enumerate(hits, 1):
+        t, st = neurons[(int(h["layer"]), int(h["neuron"]))]
+        rows.append(dict(rank=r, layer=int(h["layer"]), neuron=int(h["neuron"]), prob=float(h["prob"]),
+                         token_id=int(h["token"]), token=text[int(h["token"])], **st,
+                         neuron_top=fm.tokens_json(t)))
+    return rows
+
+
+def _multi_rows(cand, neurons):
+    return [dict(rank=r, layer=lay, neuron=n, sum_logp=s, **neurons[(lay, n)][1],
+                 neuron_top=fm.tokens_json(neurons[(lay, n)][0])) for r, (s, lay, n) in enumerate(cand, 1)]
+
+
+def search(m, lex, matrix, word=None, kinds=(), regex=None, set_name=None, concepts_file=None, top=20,
+           tokens=5):
+    """The whole search as one JSON-able dict (what --json prints; serve shows the same)."""
+    m.group(matrix)
+    text = lex.text
+    res = dict(map=m.path, matrix=matrix, word=word, regex=regex, set=set_name, variant_kinds=list(kinds),
+               token_index_m=m.token_index_m(matrix), top_k=m.top_k(matrix),
+               layers_searched=len(m.layers(matrix)), variants=[], multi_token=[])
+    if word is not None:
+        for v, how in cc.variants(word, kinds):
+            ids = lex.single(v)
+            split = None if ids else lex.split(v)
+            res["variants"].append(dict(text=v, how=how, token_ids=ids, split=split,
+                                        split_text=[str(text[i]) for i in split] if split else None))
+        ids = sorted({i for v in res["variants"] for i in v["token_ids"]})
+        res["query"] = "word"
+    elif regex is not None:
+        ids = lex.regex_ids(regex).tolist()
+        res["query"] = "regex"
+        res["matched_tokens"] = len(ids)
+    else:
+        ids, res["set_source"] = cc.concept_set(m, lex, set_name, concepts_file)
+        ids = [int(i) for i in ids]
+        res["query"] = "set"
+        res["matched_tokens"] = len(ids)
+    res["token_ids"] = ids
+    info = {}
+    if ids:
+        hits, res["source"] = m.search(matrix, ids, top, info=info)
+    else:
+        hits, res["source"] = np.zeros(0, fm.HIT_DTYPE), None
+    res["note"] = info.get("note")
+    multi, seen = [], set()
+    for v in res["variants"]:
+        if v["split"] and len(v["split"]) >= 2 and tuple(v["split"]) not in seen:
+            seen.add(tuple(v["split"]))
+            multi.append(v)
+    scored = cc.multi_token_hits(m, matrix, [v["split"] for v in multi], top) if multi else []
+    first = {}                      # first token -> (hits, source), each searched once
+    for v in multi:
+        if v["split"][0] not in first:
+            first[v["split"][0]] = m.search(matrix, v["split"][:1], top)
+    # Every neuron listed anywhere, read once (one read per layer).
+    pairs = {(int(h["layer"]), int(h["neuron"])) for h in hits}
+    pairs |= {(int(h["layer"]), int(h["neuron"])) for f, _ in first.values() for h in f}
+    pairs |= {(lay, n) for sc in scored for part in sc.values() if part for _, lay, n in part}
+    pairs = sorted(pairs)
+    neurons = dict(zip(pairs, _neurons(m, matrix, pairs, tokens)))
+    res["results"] = _rows(hits, text, neurons)
+    for v, sc in zip(multi, scored):
+        fh, src = first[v["split"][0]]
+        res["multi_token"].append(dict(
+            text=v["text"], split=v["split"], split_text=v["split_text"], first_token_source=src,
+            by_first_token=_rows(fh, text, neurons),
+            by_sum_logp_top=_multi_rows(sc["top"], neurons),
+            by_sum_logp_bottom=None if sc["bottom"] is None else _multi_rows(sc["bottom"], neurons)))
+    return res
 
 
 def run(argv):
     a = parse_args(argv)
-    variants = fm.word_variants(a.word, case=a.case)   # refuses an empty / white-space word
+    kinds = cc.parse_kinds(a.variants + (",case" if a.case else ""))
+    if a.word is not None:
+        cc.variants(a.word)     # refuses an empty / white-space word before the map is read
     with fm.open_map(a.map, partial=a.partial) as m:
-        m.group(a.matrix)
-        found = m.find_tokens(variants)
-        ids = sorted({i for v in found.values() for i in v})
-        if not ids:
-            missing = ", ".join(repr(v) for v in variants)
-            raise fm.MapError(f"{a.map}: no variant of {a.word!r} is a single token in this map's vocabulary "
-                              f"(tried {missing})")
-        info = {}
-        hits, source = m.search(a.matrix, ids, a.top, info=info)
-        index_m = m.token_index_m(a.matrix)
-        tops = m.neurons_top(a.matrix, list(zip(hits["layer"], hits["neuron"])), k=a.tokens)
-        token_text = dict(zip(ids, m.token_text(ids)))
-        layers_searched = len(m.layers(a.matrix))
-        top_k = m.top_k(a.matrix)
-    result = dict(
-        map=a.map, matrix=a.matrix, word=a.word, case=a.case, source=source, token_index_m=index_m,
-        note=info.get("note"),
-        variants=[dict(text=v, token_ids=found[v]) for v in variants],
-        results=[dict(rank=r, layer=int(h["layer"]), neuron=int(h["neuron"]), prob=float(h["prob"]),
-                      token_id=int(h["token"]), token=token_text[int(h["token"])],
-                      neuron_top=fm.tokens_json(t))
-                 for r, (h, t) in enumerate(zip(hits, tops), 1)])
+        lex = cc.Lexicon(m)
+        res = search(m, lex, a.matrix, a.word, kinds, a.regex, a.set, a.concepts, a.top, a.tokens)
     if a.json:
-        fm.print_json(result)
-        return 0
-    tok = ", ".join(f"{token_text[i]!r} ({i})" for i in ids)
-    absent = [v for v in variants if not found[v]]
-    print(f"{a.map}: /{a.matrix}, {a.word!r} -> token(s) {tok}"
-          + (f"; not single tokens: {', '.join(map(repr, absent))}" if absent else ""))
-    if source == "token_index":
-        print(f"source: token index (the best {index_m} neurons of each token over {layers_searched} layers)"
-              + (f"; --top {a.top} > M: at most {index_m} per token" if a.top > index_m else ""))
-    elif index_m == 0:
-        print(f"source: scan of every neuron's stored top-k (this map has no token index): only neurons "
-              f"that hold the token in their top-{top_k} are found")
+        fm.print_json(res)
+    elif a.csv:
+        print_csv(res)
     else:
-        print(f"source: scan of every neuron's stored top-k (this map's token index cannot be used): only "
-              f"neurons that hold the token in their top-{top_k} are found")
-    if result["note"]:
-        print("note: " + result["note"])
-    if not len(hits):
-        print("no neuron found")
-        return 0
-    print(f"{'rank':>4}  {'layer':>5}  {'neuron':>6}  {'prob':>10}  {'token':<14}  top tokens of the neuron")
-    for r in result["results"]:
-        own = ", ".join(f"{fm.short(x['token'])} {x['prob']:.3g}" for x in r["neuron_top"])
-        print(f"{r['rank']:>4}  {r['layer']:>5}  {r['neuron']:>6}  {r['prob']:>10.6f}  "
-              f"{fm.short(r['token'], 14):<14}  {own}")
+        print_table(res)
     return 0
+
+
+CSV_FIELDS = ("match", "rank", "layer", "neuron", "prob", "sum_logp", "token_id", "token", "entropy",
+              "entropy_exact", "margin", "neuron_top")
+
+
+def print_csv(res):
+    """One row per listed neuron: match = 'token' (the single-token search), 'first:<text>' or
+    'sum_top:<text>' / 'sum_bottom:<text>' for a multi-token spelling."""
+    w = csv.writer(sys.stdout, lineterminator="\n")
+    w.writerow(CSV_FIELDS)
+
+    def emit(match, rows):
+        for r in rows or []:
+            top = " ".join(f"{x['id']}:{x['prob']:.6g}" for x in r["neuron_top"])
+            w.writerow([match, r["rank"], r["layer"], r["neuron"], r.get("prob", ""), r.get("sum_logp", ""),
+                        r.get("token_id", ""), r.get("token", ""), f"{r['entropy']:.6g}",
+                        int(r["entropy_exact"]), f"{r['margin']:.6g}", top])
+    emit("token", res["results"])
+    for mt in res["multi_token"]:
+        emit("first:" + mt["text"], mt["by_first_token"])
+        emit("sum_top:" + mt["text"], mt["by_sum_logp_top"])
+        emit("sum_bottom:" + mt["text"], mt["by_sum_logp_bottom"])
+
+
+def _table(rows, score):
+    if not rows:
+        print("  none")
+        return
+    print(f"{'rank':>4}  {'layer':>5}  {'neuron':>6}  {score:>10}  {'entropy':>7}  {'margin':>7}  "
+          f"{'token':<14}  top tokens of the neuron")
+    for r in rows:
+        own = ", ".join(f"{fm.short(x['token'])} {x['prob']:.3g}" for x in r["neuron_top"])
+        val = r["prob"] if "prob" in r else r["sum_logp"]
+        print(f"{r['rank']:>4}  {r['layer']:>5}  {r['neuron']:>6}  {val:>10.6g}  {r['entropy']:>7.3f}  "
+              f"{r['margin']:>7.3f}  {fm.short(r.get('token', ''), 14):<14}  {own}")
+
+
+def print_table(res):
+    mat, text_of = res["matrix"], {}
+    if res["query"] == "word":
+        print(f"{res['map']}: /{mat}, {res['word']!r}, variants:")
+        for v in res["variants"]:
+            if v["token_ids"]:
+                what = "token " + ", ".join(map(str, v["token_ids"]))
+            elif v["split"]:
+                what = f"{len(v['split'])} tokens " + " + ".join(repr(s) for s in v["split_text"])
+            else:
+                what = "no split"
+            print(f"  {v['text']!r:<24} ({v['how']}): {what}")
+            text_of.update((i, v["text"]) for i in v["token_ids"])
+    elif res["query"] == "regex":
+        print(f"{res['map']}: /{mat}, --regex {res['regex']!r}: {res['matched_tokens']} tokens")
+    else:
+        print(f"{res['map']}: /{mat}, --set {res['set']!r}: {res['matched_tokens']} tokens from "
+              f"{res['set_source']}")
+    m = res["token_index_m"]
+    if res["source"] == "token_index":
+        print(f"source: token index (the best {m} neurons of each token over {res['layers_searched']} layers)")
+    elif res["source"] and m == 0:
+        print(f"source: scan of every neuron's stored top-k (this map has no token index): only neurons "
+              f"that hold the token in their top-{res['top_k']} are found")
+    elif res["source"]:
+        print(f"source: scan of every neuron's stored top-k (this map's token index cannot be used): only "
+              f"neurons that hold the token in their top-{res['top_k']} are found")
+    if res["note"]:
+        print("note: " + res["note"])
+    ent = res["results"][0]["entropy_exact"] if res["results"] else None
+    if ent is not None:
+        print("entropy: " + ("exact (/" + mat + "/entropy)" if ent else
+                             "estimate from the top-k (the rest spread evenly, an upper bound)"))
+    if res["token_ids"]:
+        print("single-token matches:" if res["results"] else "single-token matches: no neuron found")
+        if res["results"]:
+            _table(res["results"], "prob")
+    for mt in res["multi_token"]:
+        print(f"multi-token {mt['text']!r} = " + " + ".join(repr(s) for s in mt["split_text"]))
+        print(f"  by its first token {mt['split_text'][0]!r} ({mt['first_token_source']}):")
+        _table(mt["by_first_token"], "prob")
+        print("  by the sum of its tokens' log-probabilities over each neuron's stored top list "
+              f"(neurons holding all {len(mt['split'])} tokens):")
+        _table(mt["by_sum_logp_top"], "sum logp")
+        if mt["by_sum_logp_bottom"] is not None:
+            print("  ... over the stored bottom lists (lowest sum first: neurons that suppress it):")
+            _table(mt["by_sum_logp_bottom"], "sum logp")
+    if not res["token_ids"] and not res["multi_token"]:
+        print("no variant is a token or splits into tokens; nothing searched")
 
 
 main = fm.command("search", run)  # flashinterp-search, analysis/search

@@ -1,5 +1,6 @@
 """show: print what one neuron of a flashinterp map stands for (its top tokens by LM-head decoding),
-its log-sum-exp and an entropy estimate from the top-k.
+its log-sum-exp, its entropy (exact where the map has /<matrix>/entropy, else an estimate from the
+top-k) and its margin (top-1 minus top-2 logit).
 
     analysis/show map.h5 --layer 20 --neuron 1234 [--matrix up] [--top 20] [--json] [--partial]
 Runs with Debian's /usr/bin/python3 (numpy + h5py); the reader is flashinterp_map.
@@ -42,11 +43,14 @@ def run(argv):
         top = m.top(a.matrix, a.layer, a.neuron, a.top)
         full = m.top(a.matrix, a.layer, a.neuron)   # the entropy uses every stored token
         bottom = m.bottom(a.matrix, a.layer, a.neuron, a.top)
+        st = m.stats(a.matrix, a.layer, [m._neuron(a.matrix, a.neuron)])
         attrs = m.attrs
         vocab = m.vocab_size
         complete = m.complete
         written = None if complete else m.written(a.matrix, a.layer, a.neuron)
     est, low, mass = (float(x) for x in fm.entropy_from_topk(full.probs, vocab))
+    exact = float(st["entropy"][0]) if st["entropy_exact"] else None
+    margin = float(st["margin"][0])
     warning = None
     if written is False:
         warning = "this neuron's chunk is not marked done in this partial map; values are not valid"
@@ -57,7 +61,8 @@ def run(argv):
             map=a.map, matrix=a.matrix, layer=a.layer, neuron=a.neuron, model_dir=attrs.get("model_dir"),
             norm=attrs.get("norm"), logsumexp=top.lse, complete=complete, warning=warning,
             entropy=dict(estimate_nats=est, lower_bound_nats=low, upper_bound_nats=est, topk_mass=mass,
-                         k=int(len(full.ids)), vocab_size=vocab, method=ENTROPY_HELP),
+                         k=int(len(full.ids)), vocab_size=vocab, method=ENTROPY_HELP, exact_nats=exact),
+            margin=margin, margin_exact=st["margin_exact"],
             top=fm.tokens_json(top), bottom=fm.tokens_json(bottom) if bottom is not None else []))
         return 0
     print(f"{a.map}: /{a.matrix} layer {a.layer} neuron {a.neuron}  "
@@ -65,6 +70,9 @@ def run(argv):
           f"logsumexp {top.lse:.6f})")
     print(f"entropy ~ {est:.4f} nats (lower bound {low:.4f}; max ln V = {fm.np.log(vocab):.4f}); "
           f"top-{len(full.ids)} mass {mass:.6f}; the rest taken as spread evenly over the other tokens")
+    if exact is not None:
+        print(f"entropy (exact, /{a.matrix}/entropy) = {exact:.4f} nats")
+    print(f"margin (top-1 minus top-2 logit) = {margin:.4f}")
     if warning:
         print("warning: " + warning)
     print_tokens("top tokens:", top)

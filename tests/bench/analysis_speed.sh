@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Speed of analysis/search (goal: < 1 s) and analysis/compare (goal: < 10 s) on maps of the Llama
+# Speed of analysis/search (goal: < 1 s), analysis/compare (goal: < 10 s), analysis/export and the
+# pages of analysis/serve (goal: < 1 s each, tests/bench/serve_speed.py) on maps of the Llama
 # 3.1 8B shape (32 layers x 14336 up_proj neurons, V = 128256, top-20, token index M = 32), made
 # synthetically by tests/python/make_synthetic_map.py (~190 MB each, kept in $FI_BENCH_DIR for
 # reruns). Whole processes are timed (interpreter start and imports included), each run 3 times
@@ -21,7 +22,15 @@ bench() {  # label, command...
 }
 bench "search dog" $PY "$ROOT/analysis/search" "$DIR/a.h5" dog
 bench "search dog --case --top 50 --json" $PY "$ROOT/analysis/search" "$DIR/a.h5" dog --case --top 50 --json
+bench "search dog --variants all (22 multi-token spellings scanned)" $PY "$ROOT/analysis/search" "$DIR/a.h5" dog --variants all --json
+bench "search ' Golden Gate' (split, summed log-probabilities)" $PY "$ROOT/analysis/search" "$DIR/a.h5" " Golden Gate" --json
+bench "search --regex '^ ?[Dd]og'" $PY "$ROOT/analysis/search" "$DIR/a.h5" --regex '^ ?[Dd]og' --json
 bench "compare (tables only)" $PY "$ROOT/analysis/compare" "$DIR/a.h5" "$DIR/b.h5"
 bench "compare --out (CSV, JSON, 3 PNG)" $PY "$ROOT/analysis/compare" "$DIR/a.h5" "$DIR/b.h5" --out "$DIR/compare"
+/usr/bin/time -f "export (458752 neurons, JSONL + CSV): wall %e s (max RSS %M KiB)" \
+  $PY "$ROOT/analysis/export" "$DIR/a.h5" --out "$DIR/export" >/dev/null
+ls -l "$DIR/export"
+# Page times of analysis/serve on the same shape (with exact entropy/margin and concept sets).
+$PY "$ROOT/tests/bench/serve_speed.py" "$DIR"
 $PY "$ROOT/analysis/compare" "$DIR/a.h5" "$DIR/b.h5" | grep '^overall'
 $PY "$ROOT/analysis/search" "$DIR/a.h5" dog --top 3

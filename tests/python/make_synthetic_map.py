@@ -7,10 +7,19 @@ top-k 20, token index M = 32. For the speed checks of analysis/search and analys
     make_synthetic_map.py OUT.h5 [--seed S] [--changed F] [--layers L] [--neurons N] ...
 Same --seed and --changed 0 give the same map; --changed F redraws a fraction F of each layer's
 neurons (a stand-in for a fine-tuned model's map). Planted: layer L*5/8, neuron N/10 (+1, +2)
-have " dog" (or "dog") as top-1. The vocabulary is the real tokenizer's when it is found
+have " dog" (or "dog") as top-1, and neuron N/10+5 has " Golden", " Gate" as top-1 and top-2 (with
+the real vocabulary). Unless --no-stats, /<matrix>/entropy and /<matrix>/margin hold
+each neuron's exact entropy and top-1 minus top-2 logit (as newer decodes write them): a synthetic
+neuron's distribution is its top-k plus the rest of the mass on two flat levels (an eighth of the
+other tokens share a fraction w of it, the others the rest), so the entropy is known in closed form
+and differs from the analysis tools' top-k estimate. --concepts FILE also writes /concepts/<name>
+(the decode's rule: token text, leading white space stripped and lower-cased, equal to a word
+likewise normalised) and, with the statistics, /<matrix>/concept_mass [L, N, S] (the sets' mass
+under the same distribution; attribute concepts = the S names). The vocabulary is the real tokenizer's when it is found
 ($FI_TOKENIZER_DIR/tokenizer.json or .cache/tokenizer/) and has V tokens, else made-up tokens.
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -36,6 +45,8 @@ def parse_args(argv):
     p.add_argument("--chunk-rows", type=int, default=4096, help="as the CUDA backend's default")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--changed", type=float, default=0.0, help="fraction of neurons per layer redrawn")
+    p.add_argument("--no-stats", action="store_true", help="no entropy/margin datasets (as today's binary)")
+    p.add_argument("--concepts", metavar="FILE", help="JSON {name: [words]}: write /concepts/<name>")
     return p.parse_args(argv)
 
 
@@ -58,7 +69,8 @@ def text_of(b):
 
 def draw_rows(rng, n, V, K):
     """n neurons' top-k: ids [n, K] int32 (distinct per row, popular tokens more often),
-    logits and probs [n, K] float32 (descending), logsumexp [n] float32."""
+    logits and probs [n, K] float32 (descending), logsumexp [n] float32, and the two-level rest:
+    w [n] float64, the share of the rest mass on the first level (see rest_entropy)."""
     base = (V * rng.random(n) ** 3).astype(np.int64)          # skewed: some tokens are top-1 often
     steps = rng.integers(1, max(2, (V - 1) // K), size=(n, K))
     steps[:, 0] = 0
@@ -70,7 +82,63 @@ def draw_rows(rng, n, V, K):
     rest = top + rng.normal(0.5, 2.0, size=n)      # log of the mass outside the top-k
     lse = np.logaddexp(np.logaddexp.reduce(logits.astype(np.float64), axis=1), rest).astype(np.float32)
     probs = np.exp(logits.astype(np.float64) - lse[:, None]).astype(np.float32)
-    return ids, logits, probs, lse
+    return ids, logits, probs, lse, rng.uniform(0.5, 0.9, size=n)
+
+
+def rest_levels(V, K):
+    """Sizes of the two flat levels the mass outside the top-k lies on."""
+    n1 = max(1, (V - K) // 8)
+    return n1, max(1, V - K - n1)
+
+
+def exact_stats(logits, lse, w, V):
+    """Entropy (nats, float64) of each neuron's whole distribution: top-k probabilities
+    exp(logit - lse) and the rest r = 1 - sum split w : 1 - w over the two levels, w lowered where
+    a first-level token would outrank the k-th; and margin = top-1 - top-2 logit. [n] each."""
+    K = logits.shape[1]
+    p = np.exp(logits.astype(np.float64) - np.asarray(lse, np.float64)[:, None])
+    r = np.clip(1.0 - p.sum(axis=1), 0.0, 1.0)
+    n1, n2 = rest_levels(V, K)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.minimum(w, np.where(r > 0, 0.999 * p[:, -1] * n1 / r, 1.0))
+        r1, r2 = w * r, (1 - w) * r
+        h = -(p * np.log(p)).sum(axis=1)
+        for rr, nn in ((r1, n1), (r2, n2)):
+            h += np.where(rr > 0, -rr * np.log(np.where(rr > 0, rr, 1.0) / nn), 0.0)
+    margin = logits[:, 0].astype(np.float64) - logits[:, 1] if K > 1 else np.full(len(lse), np.nan)
+    return h, margin, (r1, r2)
+
+
+def concept_mass(ids, logits, lse, rest, V, sets):
+    """[n, S] probability mass of each concept set (sorted id arrays): its top-k probabilities,
+    plus for each set token outside the top-k its level's share. The first level holds the n1
+    lowest-id tokens outside the neuron's top-k (so a token's level follows from its rank among
+    them), which leaves the entropy above unchanged."""
+    K = ids.shape[1]
+    p = np.exp(logits.astype(np.float64) - np.asarray(lse, np.float64)[:, None])
+    n1, n2 = rest_levels(V, K)
+    out = np.zeros((ids.shape[0], len(sets)))
+    for si, sid in enumerate(sets):
+        sid = np.asarray(sid, np.int64)
+        if not sid.size:
+            continue
+        hit = ids[:, :, None] == sid[None, None, :]                  # [n, K, s]
+        inside = hit.any(axis=1)                                      # [n, s]
+        rank = sid[None, :] - (ids[:, :, None] < sid[None, None, :]).sum(axis=1)
+        first = (rank < n1) & ~inside
+        out[:, si] = ((p[:, :, None] * hit).sum(axis=(1, 2)) + first.sum(axis=1) * rest[0] / n1
+                      + (~first & ~inside).sum(axis=1) * rest[1] / n2)
+    return out
+
+
+def concept_ids(sets, vbytes, special):
+    """{name: sorted ids}: the decode's rule, written here on its own (the analysis side has its own)."""
+    norm = {}
+    for i, b in enumerate(vbytes):
+        if not special[i]:
+            norm.setdefault(text_of(b).lstrip().lower(), []).append(i)
+    return {name: sorted({i for w in words for i in norm.get(w.lstrip().lower(), [])})
+            for name, words in sets.items()}
 
 
 def token_index(ids, probs, layer_ids, M, V):
@@ -104,10 +172,17 @@ def main(argv):
     lookup = {b: i for i, b in enumerate(vbytes)}
     dog = [lookup.get(w) for w in (b" dog", b"dog", b" Dog")]
     dog = [d for d in dog if d is not None]
+    golden = [lookup.get(w) for w in (b" Golden", b" Gate")]
+    golden = golden if None not in golden else []
     layer_ids = list(range(L))
     mats = a.matrices.split(",")
     cr = min(a.chunk_rows, N)
     C = -(-N // cr)
+    words, sets = {}, {}
+    if a.concepts:
+        with open(a.concepts, encoding="utf-8") as cf:
+            words = json.load(cf)
+        sets = concept_ids(words, vbytes, special)            # {name: sorted ids}
     tmp = a.out + ".tmp"
     with h5py.File(tmp, "w") as f:
         s = lambda v: np.bytes_(v.encode())  # noqa: E731  fixed-length strings, as the C++ writer
@@ -140,14 +215,21 @@ def main(argv):
             ds = {n: mg.create_dataset(n, (L, N, K), dtype=dt, chunks=(1, cr, K))
                   for n, dt in (("top_ids", np.int32), ("top_logits", np.float32), ("top_probs", np.float32))}
             lse_ds = mg.create_dataset("logsumexp", (L, N), dtype=np.float32, chunks=(1, cr))
+            if not a.no_stats:
+                ent_ds = mg.create_dataset("entropy", (L, N), dtype=np.float32, chunks=(1, cr))
+                mar_ds = mg.create_dataset("margin", (L, N), dtype=np.float32, chunks=(1, cr))
+                if sets:
+                    cm_ds = mg.create_dataset("concept_mass", (L, N, len(sets)), dtype=np.float32,
+                                              chunks=(1, cr, len(sets)))
+                    cm_ds.attrs["concepts"] = np.array([n.encode() for n in sets], dtype="S")
             all_ids = np.empty((L, N, K), np.int32)
             all_probs = np.empty((L, N, K), np.float32)
             for li in range(L):
-                ids, logits, probs, lse = draw_rows(rng, N, V, K)
+                ids, logits, probs, lse, w = draw_rows(rng, N, V, K)
                 if a.changed > 0:
                     pick = change.random(N) < a.changed
-                    nid, nlg, npr, nls = draw_rows(change, int(pick.sum()), V, K)
-                    ids[pick], logits[pick], probs[pick], lse[pick] = nid, nlg, npr, nls
+                    nid, nlg, npr, nls, nw = draw_rows(change, int(pick.sum()), V, K)
+                    ids[pick], logits[pick], probs[pick], lse[pick], w[pick] = nid, nlg, npr, nls, nw
                 if mi == 0 and li == L * 5 // 8 and dog:   # planted " dog" neurons
                     for j, d in enumerate(dog):
                         n = N // 10 + j
@@ -156,8 +238,19 @@ def main(argv):
                         logits[n] = np.concatenate([[20.0], np.linspace(17, 8, K - 1)])
                         lse[n] = np.logaddexp.reduce(logits[n].astype(np.float64)) + 0.1 + 0.2 * j
                         probs[n] = np.exp(logits[n].astype(np.float64) - lse[n])
+                    if golden:     # a neuron for the two-token " Golden Gate": both at the top
+                        n = N // 10 + 5
+                        row = ids[n]
+                        ids[n] = np.concatenate([golden, row[~np.isin(row, golden)][:K - 2]])
+                        logits[n] = np.concatenate([[19.0, 18.5], np.linspace(16, 8, K - 2)])
+                        lse[n] = np.logaddexp.reduce(logits[n].astype(np.float64)) + 0.3
+                        probs[n] = np.exp(logits[n].astype(np.float64) - lse[n])
                 ds["top_ids"][li], ds["top_logits"][li], ds["top_probs"][li] = ids, logits, probs
                 lse_ds[li] = lse
+                if not a.no_stats:
+                    ent_ds[li], mar_ds[li], rest = exact_stats(logits, lse, w, V)
+                    if sets:
+                        cm_ds[li] = concept_mass(ids, logits, lse, rest, V, list(sets.values()))
                 all_ids[li], all_probs[li] = ids, probs
             done = mg.create_dataset("done", data=np.ones((L, C), np.uint8), chunks=(1, C))
             done.attrs["chunk_rows"] = np.int64(a.chunk_rows)
@@ -168,6 +261,11 @@ def main(argv):
                 tg.create_dataset("layer", data=tl, chunks=tchunk)
                 tg.create_dataset("neuron", data=tn, chunks=tchunk)
                 tg.create_dataset("probs", data=tp, chunks=tchunk)
+        if a.concepts:
+            cg = f.create_group("concepts")
+            for name, ids in sets.items():
+                ds = cg.create_dataset(name, data=np.array(ids, np.int32))
+                ds.attrs["words"] = np.bytes_(json.dumps(words[name], ensure_ascii=False).encode())
         f.attrs["elapsed_s"] = np.float64(time.time() - t0)
         f.attrs["complete"] = np.int64(1)
     os.replace(tmp, a.out)

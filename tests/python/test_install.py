@@ -21,7 +21,7 @@ import zipfile
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import fi_testlib as t  # noqa: E402
 
-TOOLS = ("show", "search", "compare", "report")
+TOOLS = ("show", "search", "compare", "report", "export", "serve")
 # Environment that would point the installed binary or Python back at the trees.
 DROP_ENV = ("FLASHINTERP", "FI_BIN", "FI_SOURCE_DIR", "FI_BUILD_DIR", "FI_TOKENIZER_DIR",
             "FLASHINTERP_TOKENIZER", "PYTHONPATH")

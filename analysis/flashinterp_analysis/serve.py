@@ -1,0 +1,405 @@
+"""serve: a flashinterp map in a browser. A local web server (the standard library's http.server)
+over one map, or two for a side-by-side view and a compare page; stopped with Ctrl-C.
+
+    analysis/serve map.h5 [other.h5] [--port 8000] [--host 127.0.0.1] [--concepts FILE] [--partial]
+Addresses (shareable): /  (overview: per-layer charts, click a layer), /layer/<matrix>/<layer>
+(its most specialised neurons), /neuron/<matrix>/<layer>/<neuron>  (top and bottom tokens, entropy,
+margin, the same neuron in the second map, links to neighbours; ?expert=E is refused: format
+version 1 has no experts), /search?q=<word>[&variants=case,plural&regex=&set=&matrix=],
+/compare[?matrix=up&layer=L]  (per-layer agreement, the neurons that changed most).
+Pages read the map by slices (one neuron, one layer); the per-layer overview and agreement are
+computed once at start. --port 0 picks a free port; the first line printed is the address.
+"""
+import argparse
+import http.server
+import os
+import signal
+import sys
+import time
+import urllib.parse
+
+import numpy as np
+
+import flashinterp_map as fm
+from flashinterp_analysis import concepts as cc
+from flashinterp_analysis import pages as pg
+from flashinterp_analysis import search as sr
+
+SPECIALISED_BY = {"entropy": "lowest entropy", "margin": "highest margin", "top1": "highest top-1 probability"}
+
+
+class NotFound(Exception):
+    pass
+
+
+def link(kind, **w):
+    """Addresses of the served pages (see pages.py for the callback's contract)."""
+    if kind == "neuron":
+        return f"/neuron/{w['matrix']}/{int(w['layer'])}/{int(w['neuron'])}"
+    if kind == "layer":
+        return f"/layer/{w['matrix']}/{int(w['layer'])}"
+    return {"overview": "/", "search": "/search", "compare": "/compare"}[kind]
+
+
+class Site:
+    """The open maps and what is computed once: per-layer statistics of every matrix, the
+    vocabulary lexicon, and with two maps the per-layer agreement."""
+
+    def __init__(self, path, other=None, partial=False, concepts_file=None):
+        self.a = fm.open_map(path, partial=partial)
+        self.b = fm.open_map(other, partial=partial) if other else None
+        self.concepts_file = concepts_file
+        if concepts_file:
+            cc.load_concepts(concepts_file)        # a bad file is refused at start, not on a page
+        self.lex = cc.Lexicon(self.a)
+        self.overview = {mat: self._layer_stats(mat) for mat in self.a.matrices()}
+        self.agreement = {}
+        if self.b is not None:
+            for mat in self.a.matrices():
+                if mat in self.b.matrices():
+                    fm.check_comparable(self.a, self.b, mat)
+                    self.agreement[mat] = self._agreement(mat)
+
+    def close(self):
+        self.a.close()
+        if self.b is not None:
+            self.b.close()
+
+    def _layer_stats(self, mat):
+        m, rows = self.a, []
+        written = m.written_mask(mat)
+        counts = np.zeros(m.vocab_size, np.int64)
+        for li, layer in enumerate(m.layers(mat)):
+            w = written[li]
+            st = m.stats(mat, layer)
+            top1 = m._read(mat, "top_probs", (li, slice(None), 0)).astype(np.float64)
+            ids = m.top1(mat, layer)
+            counts += np.bincount(ids[w & (ids >= 0)], minlength=m.vocab_size)
+            mean = lambda x: float(np.nanmean(x[w])) if w.any() else float("nan")   # noqa: E731
+            rows.append(dict(layer=int(layer), neurons=int(w.sum()), entropy_mean=mean(st["entropy"]),
+                             margin_mean=mean(st["margin"]), top1_mean=mean(top1),
+                             distinct_top1=int(np.unique(ids[w & (ids >= 0)]).size)))
+        exact = m.has_exact_entropy(mat)
+        top = np.lexsort((np.arange(counts.size), -counts))[:20]
+        frequent = [(int(i), str(self.lex.text[i]), int(counts[i])) for i in top if counts[i] > 0]
+        return dict(rows=rows, entropy_exact=exact, frequent=frequent)
+
+    def _agreement(self, mat):
+        a, b = self.a, self.b
+        counted = a.written_mask(mat) & b.written_mask(mat)
+        rows = []
+        for li, layer in enumerate(a.layers(mat)):
+            w = counted[li]
+            same = a.top1(mat, layer) == b.top1(mat, layer)
+            rows.append(dict(layer=int(layer), neurons=int(w.sum()),
+                             same_top1_share=float(same[w].mean()) if w.any() else float("nan")))
+        return rows
+
+    # ---- pages -------------------------------------------------------------------------------
+    def page_overview(self, q):
+        m = self.a
+        at = m.attrs
+        body = [f"<h1>{pg.esc(m.path)}</h1><table class='meta'>"]
+        for k in ("model_dir", "model_type", "norm", "num_layers", "intermediate_size", "vocab_size", "top_k",
+                  "bottom_k", "token_index_m", "backend", "created_utc"):
+            body.append(f"<tr><td>{k}</td><td class='l'>{pg.esc(at.get(k, '?'))}</td></tr>")
+        body.append("</table>")
+        if self.b is not None:
+            body.append(f"<p>second map: {pg.esc(self.b.path)} (neuron pages show both; "
+                        f"<a href='/compare'>compare</a>)</p>")
+        for mat, ov in self.overview.items():
+            rows = ov["rows"]
+            x = [r["layer"] for r in rows]
+            ent = "exact entropy" if ov["entropy_exact"] else "entropy estimate (upper bound)"
+            body.append(f"<h2>/{mat}</h2><p class='note'>Click a point to open that layer's most specialised "
+                        "neurons.</p><div class='side'>")
+            body.append(pg.chart(x, [("mean top-1 probability", [r["top1_mean"] for r in rows])], "layer",
+                                 "top-1 probability", href=f"/layer/{mat}/", ident=f"chart-{mat}-top1"))
+            body.append(pg.chart(x, [(f"mean {ent}", [r["entropy_mean"] for r in rows])], "layer",
+                                 "entropy (nats)", href=f"/layer/{mat}/", ident=f"chart-{mat}-entropy"))
+            body.append(pg.chart(x, [("mean margin", [r["margin_mean"] for r in rows])], "layer",
+                                 "top-1 - top-2 logit", href=f"/layer/{mat}/", ident=f"chart-{mat}-margin"))
+            body.append("</div><table class='layers'><tr><th>layer</th><th>neurons</th><th>mean top-1 prob</th>"
+                        f"<th>mean {ent} (nats)</th><th>mean margin</th><th>distinct top-1</th></tr>")
+            for r in rows:
+                body.append(f"<tr><td><a href='/layer/{mat}/{r['layer']}'>{r['layer']}</a></td><td>{r['neurons']}</td>"
+                            f"<td>{pg.num(r['top1_mean'])}</td><td>{pg.num(r['entropy_mean'])}</td>"
+                            f"<td>{pg.num(r['margin_mean'])}</td><td>{r['distinct_top1']}</td></tr>")
+            body.append("</table><h3>The most frequent top-1 tokens</h3><table class='frequent'><tr><th>id</th>"
+                        "<th class='l'>token</th><th>neurons with it as top-1</th></tr>")
+            for i, text, c in ov["frequent"]:
+                q = urllib.parse.urlencode(dict(q=text, matrix=mat)) if text.strip() else None
+                cell = f"<a href='/search?{pg.esc(q)}'>{pg.esc(repr(text))}</a>" if q else pg.esc(repr(text))
+                body.append(f"<tr><td>{i}</td><td class='l'><span class='tok'>{cell}</span></td><td>{c}</td></tr>")
+            body.append("</table>")
+        return pg.frame(f"flashinterp: {m.path}", "".join(body), link)
+
+    def _matrix(self, mat):
+        if mat not in self.a.matrices():
+            raise NotFound(f"no matrix {mat!r} in this map (present: {', '.join(self.a.matrices())})")
+        return mat
+
+    def _layer(self, mat, layer):
+        try:
+            self.a.layer_index(mat, int(layer))
+        except (ValueError, fm.MapError) as e:
+            raise NotFound(fm._first_line(e)) from None
+        return int(layer)
+
+    def page_layer(self, q, mat, layer):
+        m, mat = self.a, self._matrix(mat)
+        layer = self._layer(mat, layer)
+        by = q.get("by", "entropy")
+        if by not in SPECIALISED_BY:
+            raise ValueError(f"by={by!r}: one of {', '.join(SPECIALISED_BY)}")
+        count = min(max(int(q.get("n", 50)), 1), 1000)
+        st = m.stats(mat, layer)
+        top1 = m._read(mat, "top_probs", (m.layer_index(mat, layer), slice(None), 0)).astype(np.float64)
+        w = m.written_mask(mat)[m.layer_index(mat, layer)]
+        key = {"entropy": st["entropy"], "margin": -st["margin"], "top1": -top1}[by]
+        key = np.where(w & np.isfinite(key), key, np.inf)
+        order = np.lexsort((np.arange(key.size), key))[:count]
+        order = order[np.isfinite(key[order])]
+        tops = m.neurons_top(mat, [(layer, int(n)) for n in order], k=5)
+        rows = [dict(matrix=mat, layer=layer, neuron=int(n), entropy=float(st["entropy"][n]),
+                     margin=float(st["margin"][n]), top1=float(top1[n]), neuron_top=fm.tokens_json(t))
+                for n, t in zip(order, tops)]
+        ent = st["entropy"][w]
+        hist, edges = np.histogram(ent[np.isfinite(ent)], bins=30) if ent.size else (np.zeros(0), np.zeros(1))
+        kind = "exact" if st["entropy_exact"] else "estimated (upper bound)"
+        sel = " ".join(f"<a href='/layer/{mat}/{layer}?by={b}'>{pg.esc(t)}</a>" for b, t in SPECIALISED_BY.items())
+        body = [f"<h1>/{mat} layer {layer}</h1><p>Most specialised by {SPECIALISED_BY[by]} (order by: {sel}); "
+                f"entropy {kind}.</p>",
+                pg.chart([f"{x:.2f}" for x in edges[:-1]], [("neurons", hist.tolist())], "entropy (nats, bin start)",
+                         "neurons", ident="chart-hist"),
+                pg.neuron_rows(rows, link, [("entropy", "entropy", ".4f"), ("margin", "margin", ".4f"),
+                                            ("top1", "top-1 prob", ".4g")])]
+        return pg.frame(f"/{mat} layer {layer}", "".join(body), link)
+
+    def page_neuron(self, q, mat, layer, neuron):
+        if "expert" in q:
+            raise NotFound(f"expert={q['expert']}: this map (format version {fm.FORMAT_VERSION}) has no experts")
+        mat = self._matrix(mat)
+        layer = self._layer(mat, layer)
+        try:
+            n = int(neuron)
+            d = pg.neuron_data(self.a, mat, layer, n)
+        except ValueError:
+            raise NotFound(f"neuron {neuron!r} is not a number") from None
+        except fm.MapError as e:
+            raise NotFound(fm._first_line(e)) from None
+        other = None
+        if self.b is not None and mat in self.agreement:
+            other = pg.neuron_data(self.b, mat, layer, n)
+        return pg.neuron_page(d, link, other)
+
+    def page_search(self, q):
+        mat = q.get("matrix", "up" if "up" in self.a.matrices() else self.a.matrices()[0])
+        mat = self._matrix(mat)
+        word, regex, sname = q.get("q") or None, q.get("regex") or None, q.get("set") or None
+        kinds = cc.parse_kinds(",".join(q.getall("variants")) if hasattr(q, "getall") else q.get("variants", ""))
+        sets = sorted(set(self.a.concepts()) | (set(cc.load_concepts(self.concepts_file)) if self.concepts_file else set()))
+        form = ["<h1>Search</h1><form class='search' method='get' action='/search'>",
+                f"<p>word <input type='text' id='q' name='q' value='{pg.esc(word or '')}'> ",
+                "variants: " + " ".join(
+                    f"<label><input type='checkbox' name='variants' value='{k}'{' checked' if k in kinds else ''}>{k}</label>"
+                    for k in cc.VARIANT_KINDS) + "</p>",
+                f"<p>or regex over token text <input type='text' id='regex' name='regex' value='{pg.esc(regex or '')}'></p>",
+                "<p>or concept set <select id='set' name='set'><option value=''></option>"
+                + "".join(f"<option{' selected' if s == sname else ''}>{pg.esc(s)}</option>" for s in sets)
+                + "</select> matrix <select name='matrix'>"
+                + "".join(f"<option{' selected' if x == mat else ''}>{x}</option>" for x in self.a.matrices())
+                + "</select> <button id='go' type='submit'>search</button></p></form>"]
+        given = [x for x in (word, regex, sname) if x is not None]
+        if not given:
+            return pg.frame("search", "".join(form), link)
+        if len(given) > 1:
+            raise ValueError("give one of: a word, a regex, a set")
+        res = sr.search(self.a, self.lex, mat, word, kinds, regex, sname, self.concepts_file, top=int(q.get("top", 20)))
+        body = form + [f"<p id='source'>source: {pg.esc(res['source'] or 'nothing searched')}"
+                       + (f"; note: {pg.esc(res['note'])}" if res["note"] else "") + "</p>"]
+        if res["variants"]:
+            body.append("<h2>Variants</h2><table id='variants'><tr><th class='l'>spelling</th><th class='l'>kind</th>"
+                        "<th class='l'>tokens</th></tr>")
+            for v in res["variants"]:
+                toks = (", ".join(map(str, v["token_ids"])) if v["token_ids"] else
+                        " + ".join(pg.esc(repr(s)) for s in v["split_text"]) + " (split)" if v["split"] else "none")
+                body.append(f"<tr data-text='{pg.esc(v['text'])}'><td class='l'><span class='tok'>{pg.esc(repr(v['text']))}"
+                            f"</span></td><td class='l'>{v['how']}</td><td class='l'>{toks}</td></tr>")
+            body.append("</table>")
+        elif res["query"] != "word":
+            body.append(f"<p>{res['matched_tokens']} tokens matched"
+                        + (f" (from {pg.esc(res['set_source'])})" if res.get("set_source") else "") + "</p>")
+        cols = [("prob", "prob", ".4g"), ("token", "token", "repr"), ("entropy", "entropy", ".4f"),
+                ("margin", "margin", ".4f")]
+        for r in res["results"]:
+            r["matrix"] = mat
+        body.append("<h2>Neurons for the single-token matches</h2><div id='results'>"
+                    + (pg.neuron_rows(res["results"], link, cols) if res["results"] else "<p>none</p>") + "</div>")
+        for i, mt in enumerate(res["multi_token"]):
+            for part in ("by_first_token", "by_sum_logp_top", "by_sum_logp_bottom"):
+                for r in mt[part] or []:
+                    r["matrix"] = mat
+            body.append(f"<h2>Multi-token {pg.esc(repr(mt['text']))} = "
+                        + " + ".join(pg.esc(repr(s)) for s in mt["split_text"]) + "</h2>")
+            body.append(f"<h3>by its first token ({mt['first_token_source']})</h3>"
+                        + (pg.neuron_rows(mt["by_first_token"], link, cols) if mt["by_first_token"] else "<p>none</p>"))
+            body.append("<h3>by the sum of its tokens' log-probabilities over each neuron's stored top list</h3>"
+                        + (pg.neuron_rows(mt["by_sum_logp_top"], link, [("sum_logp", "sum logp", ".4f")] + cols[2:])
+                           if mt["by_sum_logp_top"] else "<p>none</p>"))
+        return pg.frame(f"search {word or regex or sname}", "".join(body), link)
+
+    def page_compare(self, q):
+        if self.b is None:
+            return pg.frame("compare", "<h1>Compare</h1><p>Start the server with two maps "
+                            "(<code>analysis/serve a.h5 b.h5</code>) to compare them.</p>", link)
+        mats = list(self.agreement)
+        if not mats:
+            raise NotFound("the two maps share no matrix")
+        mat = q.get("matrix", mats[0])
+        if mat not in self.agreement:
+            raise NotFound(f"no matrix {mat!r} in both maps")
+        rows = self.agreement[mat]
+        shares = np.array([r["same_top1_share"] for r in rows])
+        worst = int(rows[int(np.nanargmin(shares))]["layer"]) if np.isfinite(shares).any() else rows[0]["layer"]
+        layer = self._layer(mat, q.get("layer", worst))
+        li = self.a.layer_index(mat, layer)
+        counted = self.a.written_mask(mat)[li] & self.b.written_mask(mat)[li]
+        ia, pa = self.a.layer_top(mat, layer)
+        ib, pb = self.b.layer_top(mat, layer)
+        jac = fm.topk_jaccard(ia, ib)
+        same = ia[:, 0] == ib[:, 0]
+        conf = np.maximum(pa[:, 0], pb[:, 0]).astype(np.float64)
+        order = np.lexsort((np.arange(jac.size), -conf, same, np.where(counted, jac, np.inf)))[:30]
+        order = order[counted[order]]
+        ta = self.a.neurons_top(mat, [(layer, int(n)) for n in order], k=5)
+        tb = self.b.neurons_top(mat, [(layer, int(n)) for n in order], k=5)
+        x = [r["layer"] for r in rows]
+        body = [f"<h1>Compare /{mat}</h1><p>A: {pg.esc(self.a.path)}<br>B: {pg.esc(self.b.path)}</p>",
+                pg.chart(x, [("same top-1 token", shares.tolist())], "layer", "share of neurons",
+                         href=f"/compare?matrix={mat}&layer=", ident="chart-agreement"),
+                f"<h2>Layer {layer}: the neurons that changed most</h2><p id='layer-stats'>top-1 the same for "
+                f"{int(same[counted].sum())} of {int(counted.sum())} neurons; mean Jaccard of the top-{ia.shape[1]} sets "
+                f"{pg.num(jac[counted].mean() if counted.any() else float('nan'))}</p>",
+                "<table id='changed'><tr><th>layer</th><th>neuron</th><th>Jaccard</th><th>same top-1</th>"
+                "<th class='l'>A top tokens</th><th class='l'>B top tokens</th></tr>"]
+        for n, a_, b_ in zip(order, ta, tb):
+            fmt = lambda t: ", ".join(f"<span class='tok'>{pg.esc(repr(s))}</span> {p:.3g}"   # noqa: E731
+                                      for s, p in zip(t.text, t.probs))
+            body.append(f"<tr class='nrow' data-neuron='{int(n)}'><td>{layer}</td><td><a class='nlink' "
+                        f"href='{link('neuron', matrix=mat, layer=layer, neuron=int(n))}'>{int(n)}</a></td>"
+                        f"<td>{jac[n]:.3f}</td><td>{'yes' if same[n] else 'no'}</td><td class='l'>{fmt(a_)}</td>"
+                        f"<td class='l'>{fmt(b_)}</td></tr>")
+        body.append("</table>")
+        return pg.frame(f"compare /{mat}", "".join(body), link)
+
+
+class Query(dict):
+    """A parsed query string: get() gives the first value, getall() every value."""
+
+    def __init__(self, qs):
+        self.lists = urllib.parse.parse_qs(qs, keep_blank_values=True)
+        super().__init__({k: v[0] for k, v in self.lists.items()})
+
+    def getall(self, k):
+        return self.lists.get(k, [])
+
+
+def make_handler(site):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        server_version = "flashinterp-serve"
+
+        def log_message(self, fmt, *args):      # one line per request on stderr, as http.server
+            if not os.environ.get("FI_SERVE_QUIET"):
+                super().log_message(fmt, *args)
+
+        def send(self, code, body, ctype="text/html; charset=utf-8"):
+            data = body.encode("utf-8") if isinstance(body, str) else body
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def error_page(self, code, msg):
+            self.send(code, pg.frame(f"{code}", f'<h1>{code}</h1><p class="err" id="error">{pg.esc(msg)}</p>', link))
+
+        def do_GET(self):
+            url = urllib.parse.urlsplit(self.path)
+            parts = [urllib.parse.unquote(p) for p in url.path.split("/") if p]
+            q = Query(url.query)
+            try:
+                if not parts:
+                    self.send(200, site.page_overview(q))
+                elif parts[0] == "static" and len(parts) == 2 and parts[1] in pg.STATIC_FILES:
+                    with open(os.path.join(pg.WEB_DIR, parts[1]), "rb") as f:
+                        ctype = "text/css" if parts[1].endswith(".css") else "application/javascript"
+                        self.send(200, f.read(), ctype + "; charset=utf-8")
+                elif parts[0] == "neuron" and len(parts) == 4:
+                    self.send(200, site.page_neuron(q, *parts[1:]))
+                elif parts[0] == "layer" and len(parts) == 3:
+                    self.send(200, site.page_layer(q, *parts[1:]))
+                elif parts == ["search"]:
+                    self.send(200, site.page_search(q))
+                elif parts == ["compare"]:
+                    self.send(200, site.page_compare(q))
+                elif parts == ["favicon.ico"]:
+                    self.send(204, b"", "image/x-icon")
+                else:
+                    raise NotFound(f"no page {url.path!r} (pages: /, /layer/M/L, /neuron/M/L/N, /search, /compare)")
+            except NotFound as e:
+                self.error_page(404, str(e))
+            except (ValueError, fm.MapError) as e:
+                self.error_page(400, fm._first_line(e))
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            except Exception as e:   # a fault of this tool: the page says so, the server keeps running
+                self.error_page(500, f"internal error {type(e).__name__}: {fm._first_line(e)}")
+    return Handler
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="serve", description=__doc__.split("\n\n")[0])
+    p.add_argument("map", help="the HDF5 map written by `flashinterp decode`")
+    p.add_argument("other", nargs="?", help="a second map of the same model shape (side by side, compare)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: a free one)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--concepts", metavar="FILE", help="concepts file (JSON name -> words) for the search page's sets")
+    p.add_argument("--partial", action="store_true", help="read maps whose decode did not finish")
+    a = p.parse_args(argv)
+    if not 0 <= a.port <= 65535:
+        p.error("--port must be 0..65535")
+    return a
+
+
+def run(argv):
+    a = parse_args(argv)
+    t0 = time.time()
+    site = Site(a.map, a.other, a.partial, a.concepts)
+    try:
+        httpd = http.server.HTTPServer((a.host, a.port), make_handler(site))
+    except OSError as e:
+        site.close()
+        raise OSError(f"cannot listen on {a.host}:{a.port} ({e.strerror or e})") from None
+    # Ctrl-C, and SIGTERM, end serve_forever (a background job may start with SIGINT ignored).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
+    host, port = httpd.server_address[:2]
+    print(f"serving http://{host}:{port}/ ({a.map}{' and ' + a.other if a.other else ''}; ready in "
+          f"{time.time() - t0:.1f} s; Ctrl-C stops)", flush=True)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        print("serve: stopped", file=sys.stderr)
+    finally:
+        httpd.server_close()
+        site.close()
+    return 0
+
+
+main = fm.command("serve", run)  # flashinterp-serve, analysis/serve
+
+
+if __name__ == "__main__":
+    sys.exit(main())
