@@ -54,6 +54,11 @@ bool cuda_stage_implements(Role r) {
     case Role::PostAttnNorm: case Role::PostMlpNorm: case Role::QNorm: case Role::KNorm:
     case Role::QKV: case Role::GateUp:
       return true;
+    case Role::Router: case Role::RouterBias: case Role::ExpertGate: case Role::ExpertUp:
+    case Role::ExpertDown: case Role::SharedGate: case Role::SharedUp: case Role::SharedDown:
+    case Role::SharedRouter: case Role::QA: case Role::QANorm: case Role::QB: case Role::KVA:
+    case Role::KVANorm: case Role::KVB:
+      return false;  // MoE and MLA: not in either stage yet (their families carry a forward_refusal)
   }
   return false;
 }
