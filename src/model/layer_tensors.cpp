@@ -286,8 +286,6 @@ const char* dim_fields(Dim d) {
   return "?";
 }
 
-constexpr const char* kMoeRefusal = "mixture-of-experts routing is not implemented yet";
-
 const std::vector<ModelFamily>& model_families() {
   static const std::vector<ModelFamily> families = {
       {"llama", kLlamaLayer},
@@ -300,9 +298,9 @@ const std::vector<ModelFamily>& model_families() {
       {"gemma3", kGemma3Layer},
       {"olmo2", kOlmo2Layer},
       {"phi3", kPhi3Layer},
-      {"mixtral", kMixtralLayer, kMoeRefusal},
-      {"qwen2_moe", kQwen2MoeLayer, kMoeRefusal},
-      {"qwen3_moe", kQwen3MoeLayer, kMoeRefusal},
+      {"mixtral", kMixtralLayer},
+      {"qwen2_moe", kQwen2MoeLayer},
+      {"qwen3_moe", kQwen3MoeLayer},
       {"deepseek_v3", kDeepseekV3Layer, "expert routing and MLA attention are not implemented yet"},
   };
   return families;
