@@ -15,8 +15,10 @@ namespace fi {
 namespace {
 
 struct ClampArgs {
-  std::string model, matrix = "up", site = "act", values, map, dump_logits, backend = "auto";
+  std::string model, matrix = "up", site = "act", values, map, dump_logits, backend = "auto", expert;
   int64_t layer = -1, neuron = -1;
+  // The neuron as a clamp of value v (--expert E or s: an MoE layer's).
+  Clamp at(float v) const { return {layer, neuron, v, expert.empty() ? kDenseMlp : parse_expert(expert)}; }
   PromptArgs prompt;
   std::vector<std::string> watch;
   bool json = false;
@@ -61,6 +63,7 @@ void print_json(const ClampArgs& a, const Tokenizer& tok, const std::vector<int3
                 const std::vector<Row>& rows) {
   nlohmann::ordered_json j = {{"prompt_ids", ids}, {"layer", a.layer}, {"neuron", a.neuron},
                       {"matrix", a.matrix}, {"site", a.site}};
+  if (!a.expert.empty()) j["expert"] = a.expert == "s" ? nlohmann::ordered_json("shared") : nlohmann::ordered_json(parse_expert(a.expert));
   j["watch"] = nlohmann::ordered_json::array();
   for (size_t w = 0; w < watch.size(); ++w) j["watch"].push_back({{"text", words[w]}, {"id", watch[w]}});
   j["rows"] = nlohmann::ordered_json::array();
@@ -79,8 +82,9 @@ void print_json(const ClampArgs& a, const Tokenizer& tok, const std::vector<int3
 void print_table(const ClampArgs& a, const Tokenizer& tok, const std::vector<int32_t>& ids,
                  const std::vector<std::string>& words, const std::vector<int32_t>& watch,
                  const std::vector<Row>& rows) {
-  std::printf("prompt: %zu tokens | layer %lld, neuron %lld (%s) | clamp site %s\n", ids.size(),
-              (long long)a.layer, (long long)a.neuron, a.matrix.c_str(), a.site.c_str());
+  const std::string expert = a.expert.empty() ? "" : a.expert == "s" ? ", shared expert" : ", expert " + a.expert;
+  std::printf("prompt: %zu tokens | layer %lld%s, neuron %lld (%s) | clamp site %s\n", ids.size(),
+              (long long)a.layer, expert.c_str(), (long long)a.neuron, a.matrix.c_str(), a.site.c_str());
   std::printf("%-10s", "value");
   for (size_t w = 0; w < watch.size(); ++w) std::printf(" %14s", quoted(words[w]).c_str());
   std::printf("  top-5 next tokens\n");
@@ -110,7 +114,12 @@ int run_clamp(ClampArgs& a, const Comms& comms) {
     parse_matrix(a.matrix);
     site = parse_clamp_site(a.site);
     values = parse_values(a.values, "--values");
-    check_clamps(c, {{a.layer, a.neuron, 0.f}});
+    check_clamps(c, {a.at(0.f)});
+    if (!a.expert.empty() && !a.map.empty())
+      FI_FAIL("--map with --expert: maps do not hold expert neurons yet (dense layers only)");
+    if (!a.expert.empty() && a.expert != "s" && comms.rank == 0)
+      std::fprintf(stderr, "flashinterp: notice: the clamp of expert %s acts at the positions the router sends to it\n",
+                   a.expert.c_str());
     tok = std::make_unique<Tokenizer>(a.model + "/tokenizer.json");
     ids = prompt_tokens(*tok, a.prompt, c.vocab_size);
     // Notices (multi-token watch words) once, from rank 0.
@@ -128,7 +137,7 @@ int run_clamp(ClampArgs& a, const Comms& comms) {
   Forward fwd(*model, {a.backend, comms.world, comms.node});
   // Row 0 unclamped, then one row per value: independent prompts, pipelined over the ranks.
   std::vector<std::vector<Clamp>> clamps = {{}};
-  for (float v : values) clamps.push_back({{a.layer, a.neuron, v}});
+  for (float v : values) clamps.push_back({a.at(v)});
   const std::vector<std::vector<float>> logits =
       fwd.forward_each(std::vector<std::vector<int32_t>>(clamps.size(), ids), clamps, site);
   std::vector<Row> rows;
@@ -160,6 +169,8 @@ std::function<int(int*, char***)> add_clamp(CLI::App& app) {
   cmd->add_option("--model", a->model, "Hugging Face checkpoint directory")->required();
   cmd->add_option("--layer", a->layer, "layer of the neuron")->required();
   cmd->add_option("--neuron", a->neuron, "neuron index (row of up/gate, column of down)")->required();
+  cmd->add_option("--expert", a->expert, "an MoE layer's neuron: E for routed expert E (acting where the router "
+                  "sends a position to it), s for the shared expert");
   cmd->add_option("--matrix", a->matrix, "the map the neuron comes from: up | gate | down "
                                          "(a label, and where --map looks)")->capture_default_str();
   cmd->add_option("--clamp-site", a->site,

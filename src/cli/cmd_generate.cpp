@@ -34,6 +34,10 @@ int run_generate(GenerateArgs& a, const Comms& comms) {
     site = parse_clamp_site(a.site);
     for (const std::string& s : a.clamps) clamps.push_back(parse_clamp(s));
     check_clamps(model->cfg, clamps);
+    for (const Clamp& k : clamps)
+      if (k.expert >= 0 && comms.rank == 0)
+        std::fprintf(stderr, "flashinterp: notice: clamp %s acts at the positions the router sends to expert %lld\n",
+                     clamp_name(k).c_str(), (long long)k.expert);
     FI_CHECK(a.opt.max_new_tokens >= 0, "--max-new-tokens must be >= 0");
     FI_CHECK(a.opt.temperature >= 0 && std::isfinite(a.opt.temperature),
              "--temperature must be a finite number >= 0");
@@ -88,7 +92,7 @@ std::function<int(int*, char***)> add_generate(CLI::App& app) {
   cmd->add_option("--model", a->model, "Hugging Face checkpoint directory")->required();
   add_prompt_options(cmd, a->prompt);
   add_backend_option(cmd, a->backend);
-  cmd->add_option("--clamp", a->clamps, "LAYER:NEURON=VALUE, repeatable: clamp that neuron at "
+  cmd->add_option("--clamp", a->clamps, "LAYER:NEURON=VALUE (an MoE layer: LAYER:eEXPERT:NEURON=VALUE or LAYER:s:NEURON=VALUE), repeatable: clamp that neuron at "
                                         "every position");
   cmd->add_option("--clamp-site", a->site,
                   "act: set the down_proj input act(gate)*up; up: set the up_proj output before "

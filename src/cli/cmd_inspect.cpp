@@ -1,5 +1,6 @@
 // `flashinterp inspect`: config summary, tensor inventory, and what a decode will need
 // (rows, GEMM FLOPs, LM-head bytes per node, map size; per rank with --ranks).
+#include <cmath>
 #include <cstdio>
 #include <map>
 #include <sstream>
@@ -75,6 +76,35 @@ void print_forward_plan(const Model& m, int ranks) {
               human(gpu).c_str(), human(cpu).c_str());
 }
 
+// The map's neuron groups of one matrix: the dense layers, and an MoE model's routed experts
+// (layers x experts x expert_size) and shared experts (layers x shared_size).
+struct NeuronGroup {
+  const char* name;
+  int64_t layers, experts, neurons;
+};
+
+std::vector<NeuronGroup> neuron_groups(const ModelConfig& c) {
+  const int64_t moe = c.moe.moe_layer_count(), dense = c.num_layers - moe;
+  std::vector<NeuronGroup> g;
+  if (dense > 0) g.push_back({"dense", dense, 1, c.intermediate_size});
+  if (moe > 0) g.push_back({"moe", moe, c.moe.experts, c.moe.expert_size});
+  if (moe > 0 && c.moe.shared_size > 0) g.push_back({"shared", moe, 1, c.moe.shared_size});
+  return g;
+}
+
+// The model's MoE layers (moe) or dense layers as spans: "0-2", "3-60".
+std::string spans(const ModelConfig& c, bool moe) {
+  std::string out;
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    if (c.is_moe_layer(l) != moe) continue;
+    int64_t e = l;
+    while (e + 1 < c.num_layers && c.is_moe_layer(e + 1) == moe) ++e;
+    out += (out.empty() ? "" : ",") + std::to_string(l) + (e > l ? "-" + std::to_string(e) : "");
+    l = e;
+  }
+  return out;
+}
+
 std::string fmt_g(double x) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%g", x);
@@ -126,6 +156,27 @@ int run_inspect(const InspectOptions& o) {
     extras += ", quantised (" + c.quant_method + "; FP8 weights dequantised in fp32 with their scales, " +
               "block scales in " + std::to_string(c.weight_block_rows) + " x " + std::to_string(c.weight_block_cols) + ")";
   if (!extras.empty()) std::printf("details    %s\n", extras.substr(2).c_str());
+  if (c.moe.experts > 0) {
+    const MoeConfig& e = c.moe;
+    std::printf("experts    %lld routed experts of %lld neurons, %lld per token, on %lld of %lld layers (%s)", (long long)e.experts,
+                (long long)e.expert_size, (long long)e.experts_per_token, (long long)e.moe_layer_count(),
+                (long long)c.num_layers, spans(c, true).c_str());
+    if (e.shared_size > 0)
+      std::printf("; shared: %lld expert%s, %lld neurons", (long long)e.shared_experts, e.shared_experts == 1 ? "" : "s",
+                  (long long)e.shared_size);
+    std::printf("\n           router: %s scores%s%s%s%s\n", e.scoring_func.c_str(),
+                e.norm_topk_prob ? ", top-k weights renormalised" : "",
+                e.topk_method.empty() ? "" : (", " + e.topk_method).c_str(),
+                e.n_group > 1 ? (", " + std::to_string(e.topk_group) + " of " + std::to_string(e.n_group) + " groups").c_str() : "",
+                e.routed_scaling_factor != 1 ? (", scaling " + fmt_g(e.routed_scaling_factor)).c_str() : "");
+    if (e.mtp_layers > 0)
+      std::printf("           multi-token prediction: %lld layer%s numbered from %lld (not on the main path; decode and inspect leave %s out)\n",
+                  (long long)e.mtp_layers, e.mtp_layers == 1 ? "" : "s", (long long)c.num_layers, e.mtp_layers == 1 ? "it" : "them");
+  }
+  if (c.mla.kv_lora_rank > 0)
+    std::printf("attention  MLA: q_lora_rank %lld, kv_lora_rank %lld, q/k heads %lld + %lld (RoPE), v heads %lld\n",
+                (long long)c.mla.q_lora_rank, (long long)c.mla.kv_lora_rank, (long long)c.mla.qk_nope_head_dim,
+                (long long)c.mla.qk_rope_head_dim, (long long)c.mla.v_head_dim);
   print_vocab(o.model, c);
 
   // Inventory: tensors per dtype and bytes per matrix kind.
@@ -134,6 +185,13 @@ int run_inspect(const InspectOptions& o) {
   for (int64_t l = 0; l < c.num_layers; ++l)
     for (Matrix mx : {Matrix::Up, Matrix::Gate, Matrix::Down})
       kind_of[m.names.matrix(mx, l)] = c.fused_gate_up && mx != Matrix::Down ? "gate_up" : matrix_name(mx);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    if (!c.is_moe_layer(l)) continue;
+    for (Matrix mx : {Matrix::Up, Matrix::Gate, Matrix::Down}) {
+      for (int64_t e = 0; e < c.moe.experts; ++e) kind_of[m.names.expert(mx, l, e)] = std::string("expert_") + matrix_name(mx);
+      if (c.moe.shared_size > 0) kind_of[m.names.shared(mx, l)] = std::string("shared_") + matrix_name(mx);
+    }
+  }
   kind_of[m.lm_head_name()] = "lm_head";
   for (const std::string& n : m.ckpt.tensor_names()) {
     const TensorInfo& t = m.ckpt.info(n);
@@ -152,26 +210,49 @@ int run_inspect(const InspectOptions& o) {
   for (auto& [k, v] : by_kind)
     std::printf("  %-8s %6lld tensors  %s\n", k.c_str(), (long long)v.first, human(double(v.second)).c_str());
 
-  // The decode's needs, for the matrices asked about.
+  // The decode's needs, for the matrices asked about: per matrix, the neuron groups of the map
+  // (dense layers; an MoE model's routed experts and shared experts, docs/MAP_FORMAT.md).
   std::vector<std::string> mats;
   std::stringstream ss(o.matrices);
   for (std::string s; std::getline(ss, s, ',');) mats.push_back(matrix_name(parse_matrix(s)));
-  const double L = double(c.num_layers), N = double(c.intermediate_size), V = double(c.vocab_size),
-               H = double(c.hidden_size);
-  const double rows = L * N, flops = 2 * rows * V * H;
-  const double map_bytes = map::matrix_group_bytes(c.num_layers, c.intermediate_size, o.chunk_rows, o.top_k,
-                                                    o.bottom_k, c.vocab_size, o.token_index);
+  const double V = double(c.vocab_size), H = double(c.hidden_size), R = double(o.chunk_rows);
+  const std::vector<NeuronGroup> groups = neuron_groups(c);
+  double rows = 0, items = 0, map_bytes = 0, done = 0;
+  for (const NeuronGroup& g : groups) {
+    const double slices = double(g.layers) * double(g.experts), chunks = std::ceil(double(g.neurons) / R);
+    rows += slices * double(g.neurons);
+    items += slices * chunks;
+    done += slices * chunks;
+    map_bytes += map::matrix_group_bytes(g.layers * g.experts, g.neurons, o.chunk_rows, o.top_k, o.bottom_k,
+                                         c.vocab_size, 0);
+  }
+  if (o.token_index > 0) map_bytes += V * double(o.token_index) * 20.0 + done;  // one index per matrix
+  const double flops = 2 * rows * V * H;
+  if (c.moe.experts > 0) {
+    std::string parts;
+    for (const NeuronGroup& g : groups)
+      parts += std::string(parts.empty() ? "" : "; ") + g.name + " " + std::to_string(g.layers) + " layers x " +
+               (g.experts > 1 ? std::to_string(g.experts) + " experts x " : "") + std::to_string(g.neurons) + " = " +
+               std::to_string(g.layers * g.experts * g.neurons);
+    std::printf("decode     neurons per matrix: %s\n", parts.c_str());
+  }
   std::printf("decode     per matrix: %.0f rows, %.3g GFLOP of GEMM, map ~%s\n", rows, flops / 1e9,
               human(map_bytes).c_str());
   std::printf("           all of %s: %.3g PFLOP, map ~%s + vocab ~%s\n", o.matrices.c_str(),
               flops * mats.size() / 1e15, human(map_bytes * mats.size()).c_str(),
               human(map::vocab_bytes(c.vocab_size)).c_str());
+  if (c.moe.moe_layer_count() > 0)
+    std::printf("           the decode reads dense layers only today (expert groups are planned, map format v2): %s\n",
+                c.moe.moe_layer_count() == c.num_layers ? "this model has none"
+                                                        : ("layers " + spans(c, false) + " (--layers A-B)").c_str());
   std::printf("           LM-head replica: %s fp32 per node on CPU (shared by its ranks), %s per GPU\n",
               human(V * H * 4).c_str(), human(V * H * dtype_size(m.ckpt.info(m.lm_head_name()).dtype)).c_str());
-  // Per rank: its share of the plan, its memory and a time estimate from stated throughputs.
-  auto plan = make_plan(int(mats.size()), int(c.num_layers), c.intermediate_size, o.chunk_rows);
-  Range first = rank_share(plan.size(), 0, o.ranks), last = rank_share(plan.size(), o.ranks - 1, o.ranks);
-  const double rank_flops = 2.0 * double(first.size()) * double(o.chunk_rows) * V * H;
+  // Per rank: its share of the work items (each chunk of each layer, expert and matrix), its
+  // memory and a time estimate from stated throughputs.
+  const int64_t total_items = int64_t(items) * int64_t(mats.size());
+  Range first = rank_share(size_t(total_items), 0, o.ranks), last = rank_share(size_t(total_items), o.ranks - 1, o.ranks);
+  const double rows_per_item = items > 0 ? rows / items : 0;
+  const double rank_flops = 2.0 * double(first.size()) * rows_per_item * V * H;
   const int rpn = o.ranks_per_node > 0 ? std::min(o.ranks_per_node, o.ranks) : o.ranks;
   const double lm32 = V * H * 4, lm16 = V * H * dtype_size(m.ckpt.info(m.lm_head_name()).dtype);
   const double ti_bytes = double(mats.size()) * V * o.token_index * 16.0;
@@ -179,8 +260,8 @@ int run_inspect(const InspectOptions& o) {
                          o.chunk_rows * H * 8.0;
   const double gpu_chunk = 4096;
   const double gpu_mem = lm16 + gpu_chunk * V * 4.0 + gpu_chunk * H * 4.0 + ti_bytes;
-  std::printf("ranks      %d (%d per node): %zu work items of %lld rows; each rank %zu-%zu items, up to %.3g GFLOP\n",
-              o.ranks, rpn, plan.size(), (long long)o.chunk_rows, last.size(), first.size(), rank_flops / 1e9);
+  std::printf("ranks      %d (%d per node): %lld work items of %lld rows; each rank %zu-%zu items, up to %.3g GFLOP\n",
+              o.ranks, rpn, (long long)total_items, (long long)o.chunk_rows, last.size(), first.size(), rank_flops / 1e9);
   std::printf("memory     CPU rank: ~%s (LM-head %s per node shared by its %d ranks, logits chunk, token index %s)\n",
               human(cpu_mem).c_str(), human(lm32).c_str(), rpn, human(ti_bytes).c_str());
   std::printf("           GPU rank: ~%s of device memory (LM-head %s + a %g-row fp32 logits chunk, token index %s)\n",

@@ -47,12 +47,34 @@ const char* clamp_site_name(ClampSite s) { return s == ClampSite::Act ? "act" : 
 Clamp parse_clamp(const std::string& spec) {
   Clamp c;
   const size_t colon = spec.find(':'), eq = spec.find('=');
-  if (colon == std::string::npos || eq == std::string::npos || eq < colon ||
-      !parse_int(spec.substr(0, colon), c.layer) ||
-      !parse_int(spec.substr(colon + 1, eq - colon - 1), c.neuron) ||
-      !parse_float(spec.substr(eq + 1), c.value))
-    FI_FAIL("--clamp: expected LAYER:NEURON=VALUE (e.g. 1:18=10), got '" + spec + "'");
+  bool ok = colon != std::string::npos && eq != std::string::npos && eq > colon &&
+            parse_int(spec.substr(0, colon), c.layer) && parse_float(spec.substr(eq + 1), c.value);
+  std::string mid = ok ? spec.substr(colon + 1, eq - colon - 1) : "";
+  const size_t colon2 = mid.find(':');
+  if (ok && colon2 != std::string::npos) {  // L:eE:N or L:s:N
+    const std::string which = mid.substr(0, colon2);
+    if (which == "s") c.expert = kSharedExpert;
+    else ok = which.size() > 1 && which[0] == 'e' && parse_int(which.substr(1), c.expert) && c.expert >= 0;
+    mid = mid.substr(colon2 + 1);
+  }
+  if (!ok || !parse_int(mid, c.neuron))
+    FI_FAIL("--clamp: expected LAYER:NEURON=VALUE (e.g. 1:18=10), LAYER:eEXPERT:NEURON=VALUE for a routed "
+            "expert's neuron or LAYER:s:NEURON=VALUE for the shared expert's, got '" + spec + "'");
   return c;
+}
+
+int64_t parse_expert(const std::string& s) {
+  int64_t e = 0;
+  if (s == "s") return kSharedExpert;
+  if (!parse_int(s, e) || e < 0) FI_FAIL("--expert: expected an expert number (0, 1, ...) or s (the shared expert), got '" + s + "'");
+  return e;
+}
+
+std::string clamp_name(const Clamp& c) {
+  const std::string l = std::to_string(c.layer) + ":", n = std::to_string(c.neuron);
+  if (c.expert == kSharedExpert) return l + "s:" + n;
+  if (c.expert >= 0) return l + "e" + std::to_string(c.expert) + ":" + n;
+  return l + n;
 }
 
 std::vector<float> parse_values(const std::string& list, const std::string& option) {

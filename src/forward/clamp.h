@@ -12,12 +12,21 @@ enum class ClampSite { Act, Up };
 ClampSite parse_clamp_site(const std::string& s);  // "act" | "up"; throws otherwise
 const char* clamp_site_name(ClampSite s);
 
+// expert: kDenseMlp for a dense layer's MLP, e >= 0 for routed expert e of an MoE layer (the
+// clamp acts at the positions routed to it, as the expert's MLP runs only there), kSharedExpert
+// for an MoE layer's shared expert(s).
+inline constexpr int64_t kDenseMlp = -1, kSharedExpert = -2;
 struct Clamp {
   int64_t layer = 0, neuron = 0;
   float value = 0;
+  int64_t expert = kDenseMlp;
 };
 
-Clamp parse_clamp(const std::string& spec);  // "L:N=V"; throws naming the spec
+// "L:N=V" (a dense layer's neuron), "L:eE:N=V" (routed expert E's), "L:s:N=V" (the shared
+// expert's); throws naming the spec.
+Clamp parse_clamp(const std::string& spec);
+std::string clamp_name(const Clamp& c);
+int64_t parse_expert(const std::string& s);  // "E" (>= 0) or "s" (kSharedExpert); throws otherwise  // "L:N", "L:eE:N", "L:s:N"
 // Comma-separated numbers ("0,5,10.5,-2"); throws naming the option on a bad entry.
 std::vector<float> parse_values(const std::string& list, const std::string& option);
 

@@ -53,6 +53,15 @@ class CpuStage final : public Stage {
     std::vector<float> q_bias, k_bias, v_bias;
     Weight q, k, v, qkv, o;  // q: [nh*hd, H], k, v: [nkv*hd, H] or qkv: all three by rows; o: [H, nh*hd]
     Weight gate, up, gate_up, down;  // gate, up: [I, H] or gate_up: [2I, H]; down: [H, I]
+    // An MoE layer: the router [E, H], each routed expert's MLP, the shared expert(s) and
+    // Qwen2-MoE's shared_expert_gate [1, H] (empty where the family has none).
+    struct Mlp {
+      Weight gate, up, down;
+    };
+    bool moe = false;
+    Weight router, shared_router;
+    std::vector<Mlp> experts;
+    Mlp shared;
     bool sliding = false;            // attends to the last sliding_window positions only
     std::vector<float> k_cache, v_cache;  // [positions, nkv*hd]
   };
@@ -61,6 +70,11 @@ class CpuStage final : public Stage {
   void project_qkv(Layer& w, const float* xn, int64_t T, int64_t pos, float* q);
   void attention(Layer& w, const float* xn, int64_t T, int64_t pos, float* out);  // xn, out: [T, H]
   void mlp(int64_t l, const float* xn, int64_t T, float* out);                   // xn, out: [T, H]
+  void moe_mlp(int64_t l, Layer& w, const float* xn, int64_t T, float* out);
+  void activate_clamped(int64_t l, int64_t e, float* g, float* u, int64_t I, int64_t T) const;
+  // down(act(gate·x) * up·x) of I neurons with the clamps of (layer l, expert e).
+  void gated(int64_t l, int64_t e, const Weight& gate, const Weight& up, const Weight& down, int64_t I,
+             const float* xn, int64_t T, float* out);
 
   const Model& model_;
   StageSpan span_;
@@ -102,13 +116,27 @@ CpuStage::CpuStage(const Model& model, const StageSpan& span)
       w.k_bias = t[Role::KBias].read_f32();
       w.v_bias = t[Role::VBias].read_f32();
     }
-    if (t.find(Role::GateUp)) {  // Phi-3: gate rows, then up rows
+    if (c.is_moe_layer(l)) {  // experts in table order: every gate, then every up, then every down
+      w.moe = true;
+      w.router = Weight::load(t[Role::Router]);
+      w.experts.resize(size_t(c.moe.experts));
+      size_t gi = 0, ui = 0, di = 0;
+      for (const ModelTensor& m : t.tensors) {
+        if (m.role == Role::ExpertGate) w.experts.at(gi++).gate = Weight::load(m);
+        if (m.role == Role::ExpertUp) w.experts.at(ui++).up = Weight::load(m);
+        if (m.role == Role::ExpertDown) w.experts.at(di++).down = Weight::load(m);
+      }
+      if (t.find(Role::SharedGate)) {
+        w.shared = {Weight::load(t[Role::SharedGate]), Weight::load(t[Role::SharedUp]), Weight::load(t[Role::SharedDown])};
+        if (t.find(Role::SharedRouter)) w.shared_router = Weight::load(t[Role::SharedRouter]);
+      }
+    } else if (t.find(Role::GateUp)) {  // Phi-3: gate rows, then up rows
       w.gate_up = Weight::load(t[Role::GateUp]);
     } else {
       w.gate = Weight::load(t[Role::Gate]);
       w.up = Weight::load(t[Role::Up]);
     }
-    w.down = Weight::load(t[Role::Down]);
+    if (!w.moe) w.down = Weight::load(t[Role::Down]);
     w.sliding = c.sliding_window > 0 && c.sliding_layers.at(size_t(l)) != 0;
   }
   if (span.head) {
@@ -246,28 +274,96 @@ void CpuStage::attention(Layer& w, const float* xn, int64_t T, int64_t pos, floa
 void CpuStage::mlp(int64_t l, const float* xn, int64_t T, float* out) {
   const int64_t I = config().intermediate_size;
   Layer& w = layers_[size_t(l - span_.first)];
+  if (w.moe) return moe_mlp(l, w, xn, T, out);
+  if (w.gate_up.empty()) return gated(l, kDenseMlp, w.gate, w.up, w.down, I, xn, T, out);
   std::vector<float> g(size_t(T * I)), u(size_t(T * I));
-  if (!w.gate_up.empty()) {
-    std::vector<float> gu(size_t(T * 2 * I));
-    linear(xn, T, w.gate_up, {}, gu.data());
-    for (int64_t t = 0; t < T; ++t) {
-      std::copy(&gu[size_t(t * 2 * I)], &gu[size_t(t * 2 * I + I)], &g[size_t(t * I)]);
-      std::copy(&gu[size_t(t * 2 * I + I)], &gu[size_t(t * 2 * I + 2 * I)], &u[size_t(t * I)]);
-    }
-  } else {
-    linear(xn, T, w.gate, {}, g.data());
-    linear(xn, T, w.up, {}, u.data());
+  std::vector<float> gu(size_t(T * 2 * I));
+  linear(xn, T, w.gate_up, {}, gu.data());
+  for (int64_t t = 0; t < T; ++t) {
+    std::copy(&gu[size_t(t * 2 * I)], &gu[size_t(t * 2 * I + I)], &g[size_t(t * I)]);
+    std::copy(&gu[size_t(t * 2 * I + I)], &gu[size_t(t * 2 * I + 2 * I)], &u[size_t(t * I)]);
   }
+  activate_clamped(l, kDenseMlp, g.data(), u.data(), I, T);
+  linear(g.data(), T, w.down, {}, out);
+}
+
+void CpuStage::gated(int64_t l, int64_t e, const Weight& gate, const Weight& up, const Weight& down, int64_t I,
+                     const float* xn, int64_t T, float* out) {
+  std::vector<float> g(size_t(T * I)), u(size_t(T * I));
+  linear(xn, T, gate, {}, g.data());
+  linear(xn, T, up, {}, u.data());
+  activate_clamped(l, e, g.data(), u.data(), I, T);
+  linear(g.data(), T, down, {}, out);
+}
+
+// g = act(g) * u over [T, I], with the clamps of (layer l, expert e) at their site.
+void CpuStage::activate_clamped(int64_t l, int64_t e, float* g, float* u, int64_t I, int64_t T) const {
   // Site up: the up_proj output is replaced before the multiply (still gated by act(gate)).
   for (const Clamp& k : clamps_)
-    if (k.layer == l && site_ == ClampSite::Up)
+    if (k.layer == l && k.expert == e && site_ == ClampSite::Up)
       for (int64_t t = 0; t < T; ++t) u[t * I + k.neuron] = k.value;
   for (int64_t i = 0; i < T * I; ++i) g[i] = apply_act(act_, g[i]) * u[i];
   // Site act: the down_proj input itself is replaced, so the neuron writes value · down[:, n].
   for (const Clamp& k : clamps_)
-    if (k.layer == l && site_ == ClampSite::Act)
+    if (k.layer == l && k.expert == e && site_ == ClampSite::Act)
       for (int64_t t = 0; t < T; ++t) g[t * I + k.neuron] = k.value;
-  linear(g.data(), T, w.down, {}, out);
+}
+
+// A mixture-of-experts MLP as Mixtral, Qwen2-MoE and Qwen3-MoE compute it: per token the
+// router's softmax (fp32) over the experts, the top experts_per_token of it (lower index first
+// on a tie), renormalised to sum 1 where norm_topk_prob (Mixtral always); out = sum of weight x
+// expert(x), plus Qwen2-MoE's shared expert times sigmoid(shared_expert_gate·x). Each expert runs
+// on the tokens routed to it, so a clamp on it acts at those positions only.
+void CpuStage::moe_mlp(int64_t l, Layer& w, const float* xn, int64_t T, float* out) {
+  const ModelConfig& c = config();
+  const int64_t H = c.hidden_size, E = c.moe.experts, K = c.moe.experts_per_token, N = c.moe.expert_size;
+  std::vector<float> logits(size_t(T * E));
+  linear(xn, T, w.router, {}, logits.data());
+  const size_t ne = size_t(E);
+  std::vector<std::vector<int64_t>> tokens(ne);  // the tokens routed to each expert
+  std::vector<std::vector<float>> weights(ne);   // and their weights
+  std::vector<int64_t> order(ne);
+  for (int64_t t = 0; t < T; ++t) {
+    const float* r = &logits[size_t(t * E)];
+    const float mx = *std::max_element(r, r + E);
+    std::vector<float> p(ne);
+    float sum = 0;
+    for (int64_t e = 0; e < E; ++e) sum += (p[size_t(e)] = std::exp(r[e] - mx));
+    for (float& x : p) x /= sum;
+    for (int64_t e = 0; e < E; ++e) order[size_t(e)] = e;
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return p[size_t(a)] > p[size_t(b)]; });
+    float top = 0;
+    for (int64_t k = 0; k < K; ++k) top += p[size_t(order[size_t(k)])];
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t e = order[size_t(k)];
+      tokens[size_t(e)].push_back(t);
+      weights[size_t(e)].push_back(c.moe.norm_topk_prob ? p[size_t(e)] / top : p[size_t(e)]);
+    }
+  }
+  std::fill(out, out + T * H, 0.f);
+  std::vector<float> xs, ys;
+  for (int64_t e = 0; e < E; ++e) {
+    const std::vector<int64_t>& ts = tokens[size_t(e)];
+    if (ts.empty()) continue;
+    const int64_t n = int64_t(ts.size());
+    xs.resize(size_t(n * H));
+    ys.resize(size_t(n * H));
+    for (int64_t i = 0; i < n; ++i) std::copy(xn + ts[size_t(i)] * H, xn + (ts[size_t(i)] + 1) * H, &xs[size_t(i * H)]);
+    const Layer::Mlp& m = w.experts[size_t(e)];
+    gated(l, e, m.gate, m.up, m.down, N, xs.data(), n, ys.data());
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t h = 0; h < H; ++h) out[ts[size_t(i)] * H + h] += weights[size_t(e)][size_t(i)] * ys[size_t(i * H + h)];
+  }
+  if (w.shared.gate.empty()) return;
+  ys.resize(size_t(T * H));
+  gated(l, kSharedExpert, w.shared.gate, w.shared.up, w.shared.down, c.moe.shared_size, xn, T, ys.data());
+  std::vector<float> gate(size_t(T), 1.f);
+  if (!w.shared_router.empty()) {
+    linear(xn, T, w.shared_router, {}, gate.data());
+    for (float& g : gate) g = 1.f / (1.f + std::exp(-g));
+  }
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < H; ++h) out[t * H + h] += gate[size_t(t)] * ys[size_t(t * H + h)];
 }
 
 void CpuStage::layers(float* x, int64_t T, int64_t pos) {

@@ -101,6 +101,35 @@ class Progress {
 
 }  // namespace
 
+// Spans of layer ids ("0-2, 5") where keep(l) is true.
+template <typename F>
+static std::string layer_spans(int64_t num_layers, F&& keep) {
+  std::string out;
+  for (int64_t l = 0; l < num_layers; ++l) {
+    if (!keep(l)) continue;
+    int64_t e = l;
+    while (e + 1 < num_layers && keep(e + 1)) ++e;
+    out += (out.empty() ? "" : ",") + std::to_string(l) + (e > l ? "-" + std::to_string(e) : "");
+    l = e;
+  }
+  return out;
+}
+
+// The decode reads dense MLP layers; an MoE layer's experts need the map's expert groups, which
+// do not exist yet. Refuses by layer, and says which layers it can decode.
+static void refuse_moe_layers(const ModelConfig& c, const std::vector<int64_t>& layers) {
+  for (int64_t l : layers) {
+    if (!c.is_moe_layer(l)) continue;
+    const std::string dense = layer_spans(c.num_layers, [&](int64_t x) { return !c.is_moe_layer(x); });
+    FI_FAIL(c.path + ": layer " + std::to_string(l) + " is a mixture-of-experts layer (" + std::to_string(c.moe.experts) +
+            " experts of " + std::to_string(c.moe.expert_size) + " neurons; MoE layers " +
+            layer_spans(c.num_layers, [&](int64_t x) { return c.is_moe_layer(x); }) +
+            "): decoding expert neurons is not implemented yet" +
+            (dense.empty() ? std::string(" (the model has no dense layers)")
+                           : "; dense layers: " + dense + " (choose them with --layers A-B)"));
+  }
+}
+
 std::vector<int64_t> parse_layers(const std::string& spec, int64_t num_layers) {
   std::vector<int64_t> out;
   if (spec.empty()) {
@@ -173,6 +202,7 @@ Job validate(const DecodeOptions& opt, const Comms& c) {
     }
     j.model = std::make_unique<Model>(opt.model_dir);
     j.layers = parse_layers(opt.layers, j.model->cfg.num_layers);
+    refuse_moe_layers(j.model->cfg, j.layers);
     // CUDA multiplies an fp32 LM-head in fp32 (SGEMM): nothing to round, nothing to re-score.
     if (j.backend == BackendKind::Cuda && j.p.gemm == GemmMode::Bf16 &&
         j.model->ckpt.info(j.model->lm_head_name()).dtype == DType::F32) {

@@ -238,9 +238,9 @@ void parse_sliding(const Fields& f, ModelConfig& c, Problems& p) {
     const int64_t six = 6;
     const int64_t pattern = f.positive_int("sliding_window_pattern", &six);
     for (int64_t i = 0; i < c.num_layers; ++i) c.sliding_layers[size_t(i)] = (i + 1) % pattern != 0;
-  } else if (t == "mistral" || t == "phi3") {
+  } else if (t == "mistral" || t == "mixtral" || t == "phi3") {
     c.sliding_layers.assign(size_t(c.num_layers), 1);
-  } else if (t == "qwen2" || t == "qwen3") {
+  } else if (t == "qwen2" || t == "qwen3" || t == "qwen2_moe" || t == "qwen3_moe") {
     const json* use = f.get(j, "use_sliding_window");
     if (use && use->is_boolean() && use->get<bool>()) {
       const int64_t zero = 0;
@@ -253,6 +253,92 @@ void parse_sliding(const Fields& f, ModelConfig& c, Problems& p) {
   bool any = false;
   for (uint8_t s : c.sliding_layers) any |= s != 0;
   c.sliding_window = any ? window : 0;
+}
+
+// A non-negative integer field (absent or null: fallback).
+int64_t count_field(const Fields& f, const std::string& key, int64_t fallback) {
+  const json* v = f.get(f.j, key);
+  if (!v) return fallback;
+  const int64_t x = f.as_int(*v, f.scope + key);
+  if (x < 0) f.fail(key, "must not be negative, got " + std::to_string(x));
+  return x;
+}
+
+bool bool_field(const Fields& f, const std::string& key, bool fallback) {
+  const json* v = f.get(f.j, key);
+  if (!v) return fallback;
+  if (!v->is_boolean()) f.fail(key, "must be a boolean, got " + std::string(v->type_name()));
+  return v->get<bool>();
+}
+
+// The mixture-of-experts fields of Mixtral, Qwen2-MoE, Qwen3-MoE and DeepSeek-V3, and which
+// layers are MoE layers (each family's rule, as its modelling code in transformers applies it).
+void parse_moe(const Fields& f, ModelConfig& c) {
+  const std::string& t = c.model_type;
+  MoeConfig& m = c.moe;
+  const json& j = f.j;
+  m.layers.assign(size_t(c.num_layers), 0);
+  if (t == "mixtral") {
+    m.experts = f.positive_int("num_local_experts");
+    m.expert_size = c.intermediate_size;
+    m.layers.assign(size_t(c.num_layers), 1);
+    m.norm_topk_prob = true;  // Mixtral renormalises its top-k softmax weights
+  } else if (t == "qwen2_moe" || t == "qwen3_moe") {
+    m.experts = count_field(f, "num_experts", 0);
+    m.expert_size = m.experts > 0 ? f.positive_int("moe_intermediate_size") : 0;
+    if (t == "qwen2_moe") {
+      m.shared_size = count_field(f, "shared_expert_intermediate_size", 0);
+      m.shared_experts = m.shared_size > 0 ? 1 : 0;
+    }
+    const int64_t one = 1;
+    const int64_t step = f.positive_int("decoder_sparse_step", &one);
+    std::vector<uint8_t> mlp_only(size_t(c.num_layers), 0);
+    if (const json* v = f.get(j, "mlp_only_layers")) {
+      if (!v->is_array()) f.fail("mlp_only_layers", "must be a list of layer ids");
+      for (const json& e : *v) {
+        if (!e.is_number_integer() || e.get<int64_t>() < 0 || e.get<int64_t>() >= c.num_layers)
+          f.fail("mlp_only_layers", "must list layer ids 0.." + std::to_string(c.num_layers - 1));
+        mlp_only[size_t(e.get<int64_t>())] = 1;
+      }
+    }
+    for (int64_t l = 0; l < c.num_layers; ++l)
+      m.layers[size_t(l)] = m.experts > 0 && !mlp_only[size_t(l)] && (l + 1) % step == 0;
+    m.norm_topk_prob = bool_field(f, "norm_topk_prob", false);
+  } else if (t == "deepseek_v3") {
+    m.experts = count_field(f, "n_routed_experts", 0);
+    m.expert_size = m.experts > 0 ? f.positive_int("moe_intermediate_size") : 0;
+    m.shared_experts = m.experts > 0 ? count_field(f, "n_shared_experts", 0) : 0;
+    m.shared_size = m.shared_experts * m.expert_size;
+    const int64_t first_dense = count_field(f, "first_k_dense_replace", 0);
+    const int64_t one = 1;
+    const int64_t freq = f.positive_int("moe_layer_freq", &one);
+    for (int64_t l = 0; l < c.num_layers; ++l)
+      m.layers[size_t(l)] = m.experts > 0 && l >= first_dense && l % freq == 0;
+    m.norm_topk_prob = bool_field(f, "norm_topk_prob", false);
+    const double one_d = 1;
+    m.routed_scaling_factor = f.positive_double(j, "routed_scaling_factor", f.scope + "routed_scaling_factor", &one_d);
+    if (const json* v = f.get(j, "scoring_func")) m.scoring_func = f.as_string(*v, "scoring_func");
+    if (const json* v = f.get(j, "topk_method")) m.topk_method = f.as_string(*v, "topk_method");
+    m.n_group = count_field(f, "n_group", 1);
+    m.topk_group = count_field(f, "topk_group", 1);
+    m.mtp_layers = count_field(f, "num_nextn_predict_layers", 0);
+    // MLA: q and k heads are qk_nope_head_dim + qk_rope_head_dim wide, v heads v_head_dim.
+    MlaConfig& a = c.mla;
+    a.q_lora_rank = count_field(f, "q_lora_rank", 0);
+    a.kv_lora_rank = f.positive_int("kv_lora_rank");
+    a.qk_nope_head_dim = f.positive_int("qk_nope_head_dim");
+    a.qk_rope_head_dim = f.positive_int("qk_rope_head_dim");
+    a.v_head_dim = f.positive_int("v_head_dim");
+    c.head_dim = a.qk_nope_head_dim + a.qk_rope_head_dim;
+  } else {
+    return;
+  }
+  if (m.experts > 0) {
+    m.experts_per_token = f.positive_int("num_experts_per_tok");
+    if (m.experts_per_token > m.experts)
+      f.fail("num_experts_per_tok", "(" + std::to_string(m.experts_per_token) + ") exceeds the " +
+                                        std::to_string(m.experts) + " experts");
+  }
 }
 
 std::string join_shape(const std::vector<int64_t>& s) {
@@ -333,7 +419,7 @@ ModelConfig load_config(const std::string& path) {
   }
   for (const std::string bias : {"mlp_bias", "attention_bias"}) {
     const json* v = f.get(j, bias);
-    if (v && v->is_boolean() && v->get<bool>() && !(bias == "attention_bias" && t == "qwen2"))
+    if (v && v->is_boolean() && v->get<bool>() && !(bias == "attention_bias" && (t == "qwen2" || t == "qwen2_moe")))
       problems.add(path + ": field '" + scope + bias + "' is true; the forward pass has no such biases");
   }
 
@@ -367,6 +453,7 @@ ModelConfig load_config(const std::string& path) {
     }
   }
   parse_sliding(f, c, problems);
+  parse_moe(f, c);
   c.forward_problem = problems.first;
   return c;
 }
@@ -408,6 +495,24 @@ MatrixSource TensorNames::matrix_source(Matrix m, int64_t l) const {
   return {layer(l, std::string("mlp.") + matrix_name(m) + "_proj.weight"), 0};
 }
 
+std::string TensorNames::expert(Matrix m, int64_t l, int64_t e) const {
+  if (model_type == "mixtral")
+    return layer(l, "block_sparse_moe.experts." + std::to_string(e) + "." +
+                        (m == Matrix::Gate ? "w1" : m == Matrix::Up ? "w3" : "w2") + ".weight");
+  return layer(l, "mlp.experts." + std::to_string(e) + "." + matrix_name(m) + "_proj.weight");
+}
+
+std::string TensorNames::shared(Matrix m, int64_t l) const {
+  const std::string group = model_type == "deepseek_v3" ? "mlp.shared_experts." : "mlp.shared_expert.";
+  return layer(l, group + matrix_name(m) + "_proj.weight");
+}
+
+int64_t MoeConfig::moe_layer_count() const {
+  int64_t n = 0;
+  for (uint8_t x : layers) n += x;
+  return n;
+}
+
 std::string TensorNames::layer(int64_t layer, const std::string& suffix) const {
   return prefix + "layers." + std::to_string(layer) + "." + suffix;
 }
@@ -416,6 +521,7 @@ Model::Model(const std::string& d) : dir(d), cfg(load_config(d + "/config.json")
   ckpt.set_weight_block(cfg.weight_block_rows, cfg.weight_block_cols);
   names.fused_gate_up = cfg.fused_gate_up;
   names.intermediate_size = cfg.intermediate_size;
+  names.model_type = cfg.model_type;
   for (const char* p : {"model.", "language_model.model.", "model.language_model."})
     if (ckpt.has(std::string(p) + "embed_tokens.weight")) {
       names.set_prefix(p);
@@ -430,7 +536,32 @@ Model::Model(const std::string& d) : dir(d), cfg(load_config(d + "/config.json")
       FI_FAIL(ckpt.file_of(t).path() + ": tensor '" + t + "' is " + dtype_name(ckpt.info(t).dtype) +
               "; an FP8 LM-head, embedding or final norm is not supported");
   for (int64_t l = 0; l < cfg.num_layers; ++l)
-    for (Matrix m : {Matrix::Up, Matrix::Gate, Matrix::Down}) expect_matrix(m, l);
+    for (Matrix m : {Matrix::Up, Matrix::Gate, Matrix::Down}) {
+      if (!cfg.is_moe_layer(l)) {
+        expect_matrix(m, l);
+        continue;
+      }
+      for (int64_t e = 0; e < cfg.moe.experts; ++e) expect_expert(m, l, e);
+      if (cfg.moe.shared_size > 0) expect_shared(m, l);
+    }
+}
+
+const TensorInfo& Model::expect_expert(Matrix m, int64_t l, int64_t e) const {
+  const int64_t H = cfg.hidden_size, N = cfg.moe.expert_size;
+  const std::string name = names.expert(m, l, e);
+  const bool mixtral = cfg.model_type == "mixtral";  // its experts are intermediate_size wide
+  if (m == Matrix::Down)
+    return expect(name, {H, N}, mixtral ? "hidden_size,intermediate_size" : "hidden_size,moe_intermediate_size");
+  return expect(name, {N, H}, mixtral ? "intermediate_size,hidden_size" : "moe_intermediate_size,hidden_size");
+}
+
+const TensorInfo& Model::expect_shared(Matrix m, int64_t l) const {
+  const int64_t H = cfg.hidden_size, N = cfg.moe.shared_size;
+  const char* field = cfg.model_type == "deepseek_v3" ? "n_shared_experts*moe_intermediate_size"
+                                                      : "shared_expert_intermediate_size";
+  const std::string name = names.shared(m, l);
+  if (m == Matrix::Down) return expect(name, {H, N}, (std::string("hidden_size,") + field).c_str());
+  return expect(name, {N, H}, (std::string(field) + ",hidden_size").c_str());
 }
 
 const TensorInfo& Model::expect_matrix(Matrix m, int64_t l) const {

@@ -24,6 +24,36 @@ struct RopeScaling {
   std::vector<double> short_factor, long_factor; // longrope: head_dim/2 each
 };
 
+// Mixture of experts (Mixtral, Qwen2-MoE, Qwen3-MoE, DeepSeek-V3): which layers send their MLP
+// input to routed experts, and the experts' sizes. A dense model has experts == 0.
+struct MoeConfig {
+  int64_t experts = 0;            // routed experts per MoE layer
+  int64_t experts_per_token = 0;  // num_experts_per_tok
+  int64_t expert_size = 0;        // neurons per routed expert (Mixtral: intermediate_size)
+  // Neurons of the shared expert(s), concatenated in order (Qwen2-MoE's shared_expert; DeepSeek's
+  // n_shared_experts x moe_intermediate_size); 0: none.
+  int64_t shared_size = 0;
+  int64_t shared_experts = 0;  // DeepSeek's n_shared_experts (Qwen2-MoE: 1 when shared_size > 0)
+  std::vector<uint8_t> layers;  // [num_layers] 1 where the MLP is the MoE block, 0 where dense
+  // The router as the forward pass will need it (parsed and shown; not used by the decode).
+  bool norm_topk_prob = false;
+  double routed_scaling_factor = 1;
+  std::string scoring_func = "softmax";  // DeepSeek-V3: sigmoid
+  std::string topk_method;               // DeepSeek-V3: noaux_tc (group-limited, bias-corrected)
+  int64_t n_group = 0, topk_group = 0;
+  // DeepSeek's multi-token-prediction layers (num_nextn_predict_layers), numbered from
+  // num_hidden_layers: in the checkpoint, not on the model's main path.
+  int64_t mtp_layers = 0;
+  int64_t moe_layer_count() const;
+};
+
+// DeepSeek's multi-head latent attention (MLA): q through a rank-q_lora_rank bottleneck (or a
+// plain q_proj when q_lora_rank is null), k and v from one rank-kv_lora_rank latent plus a shared
+// RoPE key of qk_rope_head_dim. kv_lora_rank == 0: not MLA.
+struct MlaConfig {
+  int64_t q_lora_rank = 0, kv_lora_rank = 0, qk_nope_head_dim = 0, qk_rope_head_dim = 0, v_head_dim = 0;
+};
+
 struct ModelConfig {
   std::string path;        // the config.json it came from
   std::string model_type;  // one of model_families() (model/layer_tensors.h)
@@ -48,6 +78,9 @@ struct ModelConfig {
   // scales (weight_scale_inv), weight_block_size [rows, cols] (128 x 128 when not given).
   std::string quant_method;
   int64_t weight_block_rows = 128, weight_block_cols = 128;
+  MoeConfig moe;
+  MlaConfig mla;
+  bool is_moe_layer(int64_t l) const { return !moe.layers.empty() && moe.layers[size_t(l)] != 0; }
   // The first reason the forward pass cannot run this config, naming the config.json field (""
   // when it can): a RoPE type or field it does not implement. Never fatal to inspect or decode.
   std::string forward_problem;
@@ -83,6 +116,12 @@ struct TensorNames {
   MatrixSource matrix_source(Matrix m, int64_t layer) const;
   std::string matrix(Matrix m, int64_t layer) const { return matrix_source(m, layer).tensor; }
   std::string layer(int64_t layer, const std::string& suffix) const;  // <prefix>layers.L.<suffix>
+  // MoE layers: routed expert e's matrix (Mixtral block_sparse_moe.experts.{e}.w1 = gate, w3 = up,
+  // w2 = down; the others mlp.experts.{e}.{gate,up,down}_proj) and the shared expert's
+  // (Qwen2-MoE mlp.shared_expert.*, DeepSeek-V3 mlp.shared_experts.*).
+  std::string model_type;
+  std::string expert(Matrix m, int64_t layer, int64_t e) const;
+  std::string shared(Matrix m, int64_t layer) const;
 };
 
 // A checkpoint with its config, every tensor the decode needs checked against the config.
@@ -97,8 +136,12 @@ struct Model {
   const TensorInfo& expect(const std::string& tensor, std::vector<int64_t> shape,
                            const char* field) const;
   // The tensor holding matrix m of a layer, checked: [I, H] (up, gate), [H, I] (down), Phi-3's
-  // gate_up_proj [2I, H].
+  // gate_up_proj [2I, H]. An MoE layer has none (ModelConfig::is_moe_layer).
   const TensorInfo& expect_matrix(Matrix m, int64_t layer) const;
+  // An MoE layer's routed expert e ([expert_size, H], down [H, expert_size]) and its shared
+  // expert(s) ([shared_size, H]), checked likewise.
+  const TensorInfo& expect_expert(Matrix m, int64_t layer, int64_t e) const;
+  const TensorInfo& expect_shared(Matrix m, int64_t layer) const;
   int64_t neurons() const { return cfg.intermediate_size; }
 };
 

@@ -101,6 +101,93 @@ const std::vector<TensorRow> kPhi3Layer = {
     {Role::Down, "mlp.down_proj.weight", {D::Hidden, D::Intermediate}},
 };
 
+// Which layers a row belongs to.
+bool dense_layer(const ModelConfig& c, int64_t l) { return !c.is_moe_layer(l); }
+bool moe_layer(const ModelConfig& c, int64_t l) { return c.is_moe_layer(l); }
+bool shared_layer(const ModelConfig& c, int64_t l) { return c.is_moe_layer(l) && c.moe.shared_size > 0; }
+bool q_lora(const ModelConfig& c, int64_t) { return c.mla.q_lora_rank > 0; }
+bool no_q_lora(const ModelConfig& c, int64_t) { return c.mla.q_lora_rank == 0; }
+
+// Mixtral: Mistral's attention; every layer's MLP is block_sparse_moe, experts' w1 = gate,
+// w3 = up, w2 = down.
+const std::vector<TensorRow> kMixtralLayer = {
+    {Role::AttnNorm, "input_layernorm.weight", {D::Hidden}},
+    {Role::Q, "self_attn.q_proj.weight", {D::QHeads, D::Hidden}},
+    {Role::K, "self_attn.k_proj.weight", {D::KvHeads, D::Hidden}},
+    {Role::V, "self_attn.v_proj.weight", {D::KvHeads, D::Hidden}},
+    {Role::O, "self_attn.o_proj.weight", {D::Hidden, D::QHeads}},
+    {Role::MlpNorm, "post_attention_layernorm.weight", {D::Hidden}},
+    {Role::Router, "block_sparse_moe.gate.weight", {D::Experts, D::Hidden}},
+    {Role::ExpertGate, "block_sparse_moe.experts.{e}.w1.weight", {D::ExpertSize, D::Hidden}},
+    {Role::ExpertUp, "block_sparse_moe.experts.{e}.w3.weight", {D::ExpertSize, D::Hidden}},
+    {Role::ExpertDown, "block_sparse_moe.experts.{e}.w2.weight", {D::Hidden, D::ExpertSize}},
+};
+
+// Qwen2-MoE and Qwen3-MoE: their dense family's attention (Qwen2's biases, Qwen3's q/k norms);
+// the MoE layers (decoder_sparse_step, mlp_only_layers) route to mlp.experts.{e}, Qwen2-MoE also
+// runs mlp.shared_expert scaled by sigmoid(shared_expert_gate); the other layers are dense.
+#define FI_QWEN_MOE_MLP                                                                           \
+  {Role::MlpNorm, "post_attention_layernorm.weight", {D::Hidden}},                               \
+  {Role::Gate, "mlp.gate_proj.weight", {D::Intermediate, D::Hidden}, nullptr, dense_layer},      \
+  {Role::Up, "mlp.up_proj.weight", {D::Intermediate, D::Hidden}, nullptr, dense_layer},          \
+  {Role::Down, "mlp.down_proj.weight", {D::Hidden, D::Intermediate}, nullptr, dense_layer},      \
+  {Role::Router, "mlp.gate.weight", {D::Experts, D::Hidden}, nullptr, moe_layer},                \
+  {Role::ExpertGate, "mlp.experts.{e}.gate_proj.weight", {D::ExpertSize, D::Hidden}, nullptr, moe_layer}, \
+  {Role::ExpertUp, "mlp.experts.{e}.up_proj.weight", {D::ExpertSize, D::Hidden}, nullptr, moe_layer},     \
+  {Role::ExpertDown, "mlp.experts.{e}.down_proj.weight", {D::Hidden, D::ExpertSize}, nullptr, moe_layer}
+const std::vector<TensorRow> kQwen2MoeLayer = {
+    {Role::AttnNorm, "input_layernorm.weight", {D::Hidden}},
+    {Role::Q, "self_attn.q_proj.weight", {D::QHeads, D::Hidden}},
+    {Role::K, "self_attn.k_proj.weight", {D::KvHeads, D::Hidden}},
+    {Role::V, "self_attn.v_proj.weight", {D::KvHeads, D::Hidden}},
+    {Role::QBias, "self_attn.q_proj.bias", {D::QHeads}, "self_attn.q_proj.bias"},
+    {Role::KBias, "self_attn.k_proj.bias", {D::KvHeads}, "self_attn.q_proj.bias"},
+    {Role::VBias, "self_attn.v_proj.bias", {D::KvHeads}, "self_attn.q_proj.bias"},
+    {Role::O, "self_attn.o_proj.weight", {D::Hidden, D::QHeads}},
+    FI_QWEN_MOE_MLP,
+    {Role::SharedGate, "mlp.shared_expert.gate_proj.weight", {D::SharedSize, D::Hidden}, nullptr, shared_layer},
+    {Role::SharedUp, "mlp.shared_expert.up_proj.weight", {D::SharedSize, D::Hidden}, nullptr, shared_layer},
+    {Role::SharedDown, "mlp.shared_expert.down_proj.weight", {D::Hidden, D::SharedSize}, nullptr, shared_layer},
+    {Role::SharedRouter, "mlp.shared_expert_gate.weight", {D::One, D::Hidden}, nullptr, shared_layer},
+};
+const std::vector<TensorRow> kQwen3MoeLayer = {
+    {Role::AttnNorm, "input_layernorm.weight", {D::Hidden}},
+    {Role::Q, "self_attn.q_proj.weight", {D::QHeads, D::Hidden}},
+    {Role::K, "self_attn.k_proj.weight", {D::KvHeads, D::Hidden}},
+    {Role::V, "self_attn.v_proj.weight", {D::KvHeads, D::Hidden}},
+    {Role::QNorm, "self_attn.q_norm.weight", {D::HeadDim}},
+    {Role::KNorm, "self_attn.k_norm.weight", {D::HeadDim}},
+    {Role::O, "self_attn.o_proj.weight", {D::Hidden, D::QHeads}},
+    FI_QWEN_MOE_MLP,
+};
+#undef FI_QWEN_MOE_MLP
+
+// DeepSeek-V3: MLA attention; the first first_k_dense_replace layers dense, the others route to
+// mlp.experts.{e} (sigmoid scores with e_score_correction_bias) beside mlp.shared_experts.
+const std::vector<TensorRow> kDeepseekV3Layer = {
+    {Role::AttnNorm, "input_layernorm.weight", {D::Hidden}},
+    {Role::QA, "self_attn.q_a_proj.weight", {D::QLora, D::Hidden}, nullptr, q_lora},
+    {Role::QANorm, "self_attn.q_a_layernorm.weight", {D::QLora}, nullptr, q_lora},
+    {Role::QB, "self_attn.q_b_proj.weight", {D::MlaQ, D::QLora}, nullptr, q_lora},
+    {Role::Q, "self_attn.q_proj.weight", {D::MlaQ, D::Hidden}, nullptr, no_q_lora},
+    {Role::KVA, "self_attn.kv_a_proj_with_mqa.weight", {D::MlaKvA, D::Hidden}},
+    {Role::KVANorm, "self_attn.kv_a_layernorm.weight", {D::KvLora}},
+    {Role::KVB, "self_attn.kv_b_proj.weight", {D::MlaKvB, D::KvLora}},
+    {Role::O, "self_attn.o_proj.weight", {D::Hidden, D::MlaO}},
+    {Role::MlpNorm, "post_attention_layernorm.weight", {D::Hidden}},
+    {Role::Gate, "mlp.gate_proj.weight", {D::Intermediate, D::Hidden}, nullptr, dense_layer},
+    {Role::Up, "mlp.up_proj.weight", {D::Intermediate, D::Hidden}, nullptr, dense_layer},
+    {Role::Down, "mlp.down_proj.weight", {D::Hidden, D::Intermediate}, nullptr, dense_layer},
+    {Role::Router, "mlp.gate.weight", {D::Experts, D::Hidden}, nullptr, moe_layer},
+    {Role::RouterBias, "mlp.gate.e_score_correction_bias", {D::Experts}, nullptr, moe_layer},
+    {Role::ExpertGate, "mlp.experts.{e}.gate_proj.weight", {D::ExpertSize, D::Hidden}, nullptr, moe_layer},
+    {Role::ExpertUp, "mlp.experts.{e}.up_proj.weight", {D::ExpertSize, D::Hidden}, nullptr, moe_layer},
+    {Role::ExpertDown, "mlp.experts.{e}.down_proj.weight", {D::Hidden, D::ExpertSize}, nullptr, moe_layer},
+    {Role::SharedGate, "mlp.shared_experts.gate_proj.weight", {D::SharedSize, D::Hidden}, nullptr, shared_layer},
+    {Role::SharedUp, "mlp.shared_experts.up_proj.weight", {D::SharedSize, D::Hidden}, nullptr, shared_layer},
+    {Role::SharedDown, "mlp.shared_experts.down_proj.weight", {D::Hidden, D::SharedSize}, nullptr, shared_layer},
+};
+
 // The tensors outside the layers; their names are TensorNames' (Model::names).
 struct ModelRow {
   Role role;
@@ -129,11 +216,24 @@ void check(const Model& m, ModelTensor& t) {
 }
 
 // The rows of layer l that it loads: an optional row only when its key tensor is there.
+// A row whose suffix has "{e}" is one tensor per routed expert.
 template <typename F>
 void for_each_row(const Model& m, int64_t l, F&& f) {
-  for (const TensorRow& r : family_of(m.cfg).layer)
-    if (!r.if_present || m.ckpt.has(m.names.layer(l, r.if_present)))
-      f(describe(m, r.role, m.names.layer(l, r.suffix), r.shape));
+  for (const TensorRow& r : family_of(m.cfg).layer) {
+    if (r.when && !r.when(m.cfg, l)) continue;
+    if (r.if_present && !m.ckpt.has(m.names.layer(l, r.if_present))) continue;
+    const std::string suffix = r.suffix;
+    const size_t at = suffix.find("{e}");
+    if (at == std::string::npos) {
+      f(describe(m, r.role, m.names.layer(l, suffix), r.shape));
+      continue;
+    }
+    for (int64_t e = 0; e < m.cfg.moe.experts; ++e) {
+      std::string s = suffix;
+      s.replace(at, 3, std::to_string(e));
+      f(describe(m, r.role, m.names.layer(l, s), r.shape));
+    }
+  }
 }
 
 }  // namespace
@@ -148,6 +248,16 @@ int64_t dim_size(const ModelConfig& c, Dim d) {
     case Dim::HeadDim: return c.head_dim;
     case Dim::QkvHeads: return (c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
     case Dim::Intermediate2: return 2 * c.intermediate_size;
+    case Dim::Experts: return c.moe.experts;
+    case Dim::ExpertSize: return c.moe.expert_size;
+    case Dim::SharedSize: return c.moe.shared_size;
+    case Dim::One: return 1;
+    case Dim::QLora: return c.mla.q_lora_rank;
+    case Dim::KvLora: return c.mla.kv_lora_rank;
+    case Dim::MlaQ: return c.num_heads * (c.mla.qk_nope_head_dim + c.mla.qk_rope_head_dim);
+    case Dim::MlaKvA: return c.mla.kv_lora_rank + c.mla.qk_rope_head_dim;
+    case Dim::MlaKvB: return c.num_heads * (c.mla.qk_nope_head_dim + c.mla.v_head_dim);
+    case Dim::MlaO: return c.num_heads * c.mla.v_head_dim;
   }
   return 0;
 }
@@ -162,6 +272,16 @@ const char* dim_fields(Dim d) {
     case Dim::HeadDim: return "head_dim";
     case Dim::QkvHeads: return "(num_heads+2*num_kv_heads)*head_dim";
     case Dim::Intermediate2: return "2*intermediate_size";
+    case Dim::Experts: return "num_experts";
+    case Dim::ExpertSize: return "moe_intermediate_size";
+    case Dim::SharedSize: return "shared_expert_intermediate_size";
+    case Dim::One: return "1";
+    case Dim::QLora: return "q_lora_rank";
+    case Dim::KvLora: return "kv_lora_rank";
+    case Dim::MlaQ: return "num_heads*(qk_nope_head_dim+qk_rope_head_dim)";
+    case Dim::MlaKvA: return "kv_lora_rank+qk_rope_head_dim";
+    case Dim::MlaKvB: return "num_heads*(qk_nope_head_dim+v_head_dim)";
+    case Dim::MlaO: return "num_heads*v_head_dim";
   }
   return "?";
 }
@@ -178,6 +298,10 @@ const std::vector<ModelFamily>& model_families() {
       {"gemma3", kGemma3Layer},
       {"olmo2", kOlmo2Layer},
       {"phi3", kPhi3Layer},
+      {"mixtral", kMixtralLayer},
+      {"qwen2_moe", kQwen2MoeLayer},
+      {"qwen3_moe", kQwen3MoeLayer},
+      {"deepseek_v3", kDeepseekV3Layer, "expert routing and MLA attention are not implemented yet"},
   };
   return families;
 }
@@ -212,6 +336,21 @@ const char* role_name(Role r) {
     case Role::KNorm: return "k_norm";
     case Role::QKV: return "qkv";
     case Role::GateUp: return "gate_up";
+    case Role::Router: return "router";
+    case Role::RouterBias: return "router_bias";
+    case Role::ExpertGate: return "expert_gate";
+    case Role::ExpertUp: return "expert_up";
+    case Role::ExpertDown: return "expert_down";
+    case Role::SharedGate: return "shared_gate";
+    case Role::SharedUp: return "shared_up";
+    case Role::SharedDown: return "shared_down";
+    case Role::SharedRouter: return "shared_router";
+    case Role::QA: return "q_a";
+    case Role::QANorm: return "q_a_norm";
+    case Role::QB: return "q_b";
+    case Role::KVA: return "kv_a";
+    case Role::KVANorm: return "kv_a_norm";
+    case Role::KVB: return "kv_b";
   }
   return "?";
 }

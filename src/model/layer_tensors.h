@@ -27,6 +27,16 @@ enum class Dim {
   HeadDim,       // head_dim
   QkvHeads,      // (num_heads+2*num_kv_heads)*head_dim: Phi-3's fused qkv_proj
   Intermediate2, // 2*intermediate_size: Phi-3's fused gate_up_proj
+  Experts,       // the routed experts (num_local_experts, num_experts or n_routed_experts)
+  ExpertSize,    // neurons per routed expert (moe_intermediate_size; Mixtral: intermediate_size)
+  SharedSize,    // the shared expert's neurons (shared_expert_intermediate_size, n_shared_experts*moe_intermediate_size)
+  One,           // 1: Qwen2-MoE's shared_expert_gate [1, hidden]
+  QLora,         // q_lora_rank (MLA)
+  KvLora,        // kv_lora_rank (MLA)
+  MlaQ,          // num_heads*(qk_nope_head_dim+qk_rope_head_dim)
+  MlaKvA,        // kv_lora_rank+qk_rope_head_dim
+  MlaKvB,        // num_heads*(qk_nope_head_dim+v_head_dim)
+  MlaO,          // num_heads*v_head_dim
 };
 int64_t dim_size(const ModelConfig& cfg, Dim d);
 const char* dim_fields(Dim d);  // "hidden_size", "num_heads*head_dim", ...
@@ -39,6 +49,10 @@ enum class Role {
   PostAttnNorm, PostMlpNorm,                      // Gemma 2/3, OLMo 2: norms of each block's output
   QNorm, KNorm,                                   // Qwen 3, Gemma 3 (per head), OLMo 2 (whole width)
   QKV, GateUp,                                    // Phi-3's fused projections
+  Router, RouterBias,                             // MoE: the router [experts, hidden], DeepSeek's e_score_correction_bias
+  ExpertGate, ExpertUp, ExpertDown,               // MoE: routed expert e's MLP (one row per expert)
+  SharedGate, SharedUp, SharedDown, SharedRouter, // MoE: the shared expert(s); Qwen2-MoE's shared_expert_gate
+  QA, QANorm, QB, KVA, KVANorm, KVB,              // DeepSeek's MLA attention
 };
 
 // One row of a family's layer table.
@@ -49,6 +63,10 @@ struct TensorRow {
   // Null: every layer has it. Else the row is loaded only when the layer has the tensor of this
   // suffix, and is then required (Qwen2's q/k/v biases come together, keyed on q_proj.bias).
   const char* if_present = nullptr;
+  // Null: every layer. Else the row belongs to the layers for which it is true (an MoE layer's
+  // experts, a dense layer's MLP, MLA's q_proj when q_lora_rank is null).
+  bool (*when)(const ModelConfig&, int64_t layer) = nullptr;
+  // A suffix with "{e}" is one row per routed expert e (block_sparse_moe.experts.{e}.w1.weight).
 };
 
 struct ModelFamily {

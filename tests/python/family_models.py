@@ -180,6 +180,165 @@ def _families():
 FAMILIES = _families()
 
 
+# Mixture-of-experts checkpoints in their real layouts (decode reads their dense layers today; the
+# experts are counted by inspect). Kept apart from FAMILIES, whose every layer the dense tests decode.
+# Each exercises its family's rule for which layers are MoE: Mixtral all; Qwen2-MoE mlp_only_layers;
+# Qwen3-MoE decoder_sparse_step 2; DeepSeek-V3 first_k_dense_replace, with MLA attention, FP8 block
+# scales (64 x 64: partial blocks in the 96-, 32- and 48-wide matrices) and its multi-token-prediction
+# layer numbered num_hidden_layers.
+def _moe_families():
+    fam = {}
+    fam["mixtral"] = ("llama2", {
+        "architectures": ["MixtralForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 1, "eos_token_id": 2,
+        "hidden_act": "silu", "hidden_size": H, "initializer_range": 0.02, "intermediate_size": I,
+        "max_position_embeddings": 65536, "model_type": "mixtral", "num_attention_heads": HEADS,
+        "num_experts_per_tok": 2, "num_hidden_layers": 2, "num_key_value_heads": KV, "num_local_experts": 4,
+        "output_router_logits": False, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0,
+        "router_aux_loss_coef": 0.001, "sliding_window": None, "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16", "transformers_version": "4.38.0", "use_cache": True, "vocab_size": 32000},
+        "BF16", 2, {})
+    fam["qwen2_moe"] = ("qwen3", {
+        "architectures": ["Qwen2MoeForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+        "decoder_sparse_step": 1, "eos_token_id": 151643, "hidden_act": "silu", "hidden_size": H,
+        "initializer_range": 0.02, "intermediate_size": I, "max_position_embeddings": 8192,
+        "max_window_layers": 3, "mlp_only_layers": [1], "model_type": "qwen2_moe", "moe_intermediate_size": 32,
+        "norm_topk_prob": False, "num_attention_heads": HEADS, "num_experts": 4, "num_experts_per_tok": 2,
+        "num_hidden_layers": 3, "num_key_value_heads": HEADS, "output_router_logits": False,
+        "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "router_aux_loss_coef": 0.001,
+        "shared_expert_intermediate_size": 48, "sliding_window": 4, "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16", "transformers_version": "4.40.0.dev0", "use_cache": True,
+        "use_sliding_window": False, "vocab_size": 151936}, "BF16", 2, {"bias": True})
+    fam["qwen3_moe"] = ("qwen3", {
+        "architectures": ["Qwen3MoeForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "bos_token_id": 151643, "decoder_sparse_step": 2, "eos_token_id": 151645, "head_dim": 16,
+        "hidden_act": "silu", "hidden_size": H, "initializer_range": 0.02, "intermediate_size": I,
+        "max_position_embeddings": 40960, "max_window_layers": 3, "mlp_only_layers": [],
+        "model_type": "qwen3_moe", "moe_intermediate_size": 32, "norm_topk_prob": True,
+        "num_attention_heads": HEADS, "num_experts": 4, "num_experts_per_tok": 2, "num_hidden_layers": 3,
+        "num_key_value_heads": KV, "output_router_logits": False, "rms_norm_eps": 1e-06, "rope_scaling": None,
+        "rope_theta": 1000000.0, "router_aux_loss_coef": 0.001, "sliding_window": None,
+        "tie_word_embeddings": False, "torch_dtype": "bfloat16", "transformers_version": "4.51.0",
+        "use_cache": True, "use_sliding_window": False, "vocab_size": 151936}, "BF16", 2, {"qk_norm": "head"})
+    fam["deepseek_v3"] = ("deepseek_v3", {
+        "architectures": ["DeepseekV3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "auto_map": {"AutoConfig": "configuration_deepseek.DeepseekV3Config",
+                     "AutoModel": "modeling_deepseek.DeepseekV3Model",
+                     "AutoModelForCausalLM": "modeling_deepseek.DeepseekV3ForCausalLM"},
+        "aux_loss_alpha": 0.001, "bos_token_id": 0, "eos_token_id": 1, "ep_size": 1, "first_k_dense_replace": 1,
+        "hidden_act": "silu", "hidden_size": H, "initializer_range": 0.02, "intermediate_size": I,
+        "kv_lora_rank": 32, "max_position_embeddings": 163840, "model_type": "deepseek_v3",
+        "moe_intermediate_size": 32, "moe_layer_freq": 1, "n_group": 2, "n_routed_experts": 4,
+        "n_shared_experts": 2, "norm_topk_prob": True, "num_attention_heads": HEADS, "num_experts_per_tok": 2,
+        "num_hidden_layers": 3, "num_key_value_heads": HEADS, "num_nextn_predict_layers": 1,
+        "pretraining_tp": 1, "q_lora_rank": 48, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8,
+        "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                                "weight_block_size": [64, 64]},
+        "rms_norm_eps": 1e-06,
+        "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0, "mscale_all_dim": 1.0,
+                         "original_max_position_embeddings": 4096, "type": "yarn"},
+        "rope_theta": 10000, "routed_scaling_factor": 2.5, "scoring_func": "sigmoid", "seq_aux": True,
+        "tie_word_embeddings": False, "topk_group": 1, "topk_method": "noaux_tc", "torch_dtype": "bfloat16",
+        "transformers_version": "4.46.3", "use_cache": True, "v_head_dim": 16, "vocab_size": 129280},
+        "BF16", 3, {"fp8": "block", "scale_f32": True})
+    return fam
+
+
+MOE_FAMILIES = _moe_families()
+
+
+def moe_layers(cfg):
+    """[num_hidden_layers] True where the MLP is the MoE block, by each family's rule as
+    transformers' modelling code applies it."""
+    t, n = cfg["model_type"], cfg["num_hidden_layers"]
+    if t == "mixtral":
+        return [True] * n
+    if t in ("qwen2_moe", "qwen3_moe"):
+        step, only = cfg.get("decoder_sparse_step", 1), set(cfg.get("mlp_only_layers") or [])
+        return [cfg.get("num_experts", 0) > 0 and layer not in only and (layer + 1) % step == 0 for layer in range(n)]
+    if t == "deepseek_v3":
+        k, freq = cfg.get("first_k_dense_replace", 0), cfg.get("moe_layer_freq", 1)
+        return [bool(cfg.get("n_routed_experts")) and layer >= k and layer % freq == 0 for layer in range(n)]
+    return [False] * n
+
+
+def moe_sizes(cfg):
+    """(experts, expert neurons, shared neurons) of an MoE config."""
+    t = cfg["model_type"]
+    if t == "mixtral":
+        return cfg["num_local_experts"], cfg["intermediate_size"], 0
+    if t == "deepseek_v3":
+        return (cfg["n_routed_experts"], cfg["moe_intermediate_size"],
+                (cfg.get("n_shared_experts") or 0) * cfg["moe_intermediate_size"])
+    return cfg["num_experts"], cfg["moe_intermediate_size"], cfg.get("shared_expert_intermediate_size", 0)
+
+
+def _moe_tensor_table(cfg, layout):
+    """[(name, shape, kind)] of an MoE checkpoint, as the public ones name their tensors."""
+    t = cfg["model_type"]
+    h, i, v, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"], cfg["num_hidden_layers"]
+    nh, nkv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+    hd = cfg.get("head_dim") or h // nh
+    experts, n, shared = moe_sizes(cfg)
+    moe = moe_layers(cfg)
+    out = [("model.embed_tokens.weight", (v, h), "embed"), ("model.norm.weight", (h,), "norm"),
+           ("lm_head.weight", (v, h), "embed")]
+
+    def attention(p):
+        if t == "deepseek_v3":  # MLA
+            qk = cfg["qk_nope_head_dim"] + cfg["qk_rope_head_dim"]
+            q_rank, kv_rank = cfg.get("q_lora_rank"), cfg["kv_lora_rank"]
+            a = ([(p + "self_attn.q_a_proj.weight", (q_rank, h), "matrix"),
+                  (p + "self_attn.q_a_layernorm.weight", (q_rank,), "norm"),
+                  (p + "self_attn.q_b_proj.weight", (nh * qk, q_rank), "matrix")] if q_rank else
+                 [(p + "self_attn.q_proj.weight", (nh * qk, h), "matrix")])
+            return a + [(p + "self_attn.kv_a_proj_with_mqa.weight", (kv_rank + cfg["qk_rope_head_dim"], h), "matrix"),
+                        (p + "self_attn.kv_a_layernorm.weight", (kv_rank,), "norm"),
+                        (p + "self_attn.kv_b_proj.weight", (nh * (cfg["qk_nope_head_dim"] + cfg["v_head_dim"]), kv_rank), "matrix"),
+                        (p + "self_attn.o_proj.weight", (h, nh * cfg["v_head_dim"]), "matrix")]
+        a = [(p + "self_attn.q_proj.weight", (nh * hd, h), "matrix"),
+             (p + "self_attn.k_proj.weight", (nkv * hd, h), "matrix"),
+             (p + "self_attn.v_proj.weight", (nkv * hd, h), "matrix")]
+        if layout.get("bias"):
+            a += [(p + "self_attn.q_proj.bias", (nh * hd,), "bias"), (p + "self_attn.k_proj.bias", (nkv * hd,), "bias"),
+                  (p + "self_attn.v_proj.bias", (nkv * hd,), "bias")]
+        if layout.get("qk_norm") == "head":
+            a += [(p + "self_attn.q_norm.weight", (hd,), "norm"), (p + "self_attn.k_norm.weight", (hd,), "norm")]
+        return a + [(p + "self_attn.o_proj.weight", (h, nh * hd), "matrix")]
+
+    def mlp(p, prefix, width):
+        return [(p + prefix + "gate_proj.weight", (width, h), "matrix"), (p + prefix + "up_proj.weight", (width, h), "matrix"),
+                (p + prefix + "down_proj.weight", (h, width), "matrix")]
+
+    def moe_block(p):
+        if t == "mixtral":
+            b = [(p + "block_sparse_moe.gate.weight", (experts, h), "router")]
+            for e in range(experts):
+                q = f"{p}block_sparse_moe.experts.{e}."
+                b += [(q + "w1.weight", (n, h), "matrix"), (q + "w2.weight", (h, n), "matrix"), (q + "w3.weight", (n, h), "matrix")]
+            return b
+        b = [(p + "mlp.gate.weight", (experts, h), "router")]
+        if t == "deepseek_v3":
+            b.append((p + "mlp.gate.e_score_correction_bias", (experts,), "bias32"))
+        for e in range(experts):
+            b += mlp(p, f"mlp.experts.{e}.", n)
+        if shared:
+            b += mlp(p, "mlp.shared_experts." if t == "deepseek_v3" else "mlp.shared_expert.", shared)
+        if t == "qwen2_moe" and shared:
+            b.append((p + "mlp.shared_expert_gate.weight", (1, h), "router"))
+        return b
+
+    for layer in range(L + (cfg.get("num_nextn_predict_layers") or 0)):
+        p = f"model.layers.{layer}."
+        t_ = [(p + "input_layernorm.weight", (h,), "norm")] + attention(p) + [(p + "post_attention_layernorm.weight", (h,), "norm")]
+        t_ += moe_block(p) if layer >= L or moe[layer] else mlp(p, "mlp.", i)
+        if layer >= L:  # DeepSeek's multi-token-prediction layer: its own embedding, head and norms
+            t_ += [(p + "embed_tokens.weight", (v, h), "embed"), (p + "enorm.weight", (h,), "norm"),
+                   (p + "hnorm.weight", (h,), "norm"), (p + "eh_proj.weight", (h, 2 * h), "matrix"),
+                   (p + "shared_head.norm.weight", (h,), "norm"), (p + "shared_head.head.weight", (v, h), "embed")]
+        out += t_
+    return out
+
+
 def tokenizer_dir(name):
     root = os.environ.get("FI_TOKENIZERS_DIR") or os.path.join(fl.SOURCE_DIR, ".cache", "tokenizers")
     d = os.path.join(root, name)
@@ -286,9 +445,10 @@ def _fp8_quantize(w, how, block=(64, 64)):
 
 def _fp8_targets(name, how):
     """Whether tensor `name` is quantised in that layout."""
-    mlp = any(name.endswith(f"mlp.{m}_proj.weight") for m in ("gate", "up", "down"))
-    attn = any(name.endswith(f"self_attn.{m}_proj.weight") for m in "qkvo")
-    return mlp or (how == "block" and attn)
+    mlp = any(name.endswith(f"{m}_proj.weight") and ".mlp." in name for m in ("gate", "up", "down"))
+    attn = ".self_attn." in name and name.endswith("_proj.weight") or name.endswith("_proj_with_mqa.weight")
+    mtp = name.endswith("eh_proj.weight")
+    return mlp or (how == "block" and (attn or mtp))
 
 
 def _encode(arr, dtype):
@@ -299,21 +459,25 @@ def _encode(arr, dtype):
 
 def make(name, out_dir, seed=None):
     """Writes family `name`'s checkpoint into out_dir (created); returns out_dir."""
-    tok, cfg, dtype, shards, layout = FAMILIES[name]
+    tok, cfg, dtype, shards, layout = FAMILIES[name] if name in FAMILIES else MOE_FAMILIES[name]
     tdir = tokenizer_dir(tok)
     if not os.path.exists(os.path.join(tdir, "tokenizer.json")):
         fl.fail(f"{name}: tokenizer {tok} not found in {tdir} (launch/setup-deps.sh fetches it)")
     os.makedirs(out_dir, exist_ok=True)
     rng = np.random.default_rng(seed if seed is not None else int(hashlib.sha256(name.encode()).hexdigest()[:8], 16))
     gemma = cfg["model_type"].startswith("gemma")
-    table = _tensor_table(cfg, layout)
+    table = _moe_tensor_table(cfg, layout) if name in MOE_FAMILIES else _tensor_table(cfg, layout)
     tensors = []
     how = layout.get("fp8")
     block = tuple((cfg.get("quantization_config") or {}).get("weight_block_size") or (128, 128))
     for n, shape, k in table:
-        v = _values(rng, n, shape, k, gemma)
-        if how and _fp8_targets(n, how):
+        v = _values(rng, n, shape, "matrix" if k == "router" else "bias" if k == "bias32" else k, gemma)
+        if k == "bias32":  # DeepSeek's e_score_correction_bias is stored in F32
+            tensors.append((n, v.astype(np.float32)))
+        elif how and k == "matrix" and _fp8_targets(n, how):
             codes, scale = _fp8_quantize(v, how, block)
+            if layout.get("scale_f32") and isinstance(scale, tuple):  # DeepSeek-V3 stores scale_inv in F32
+                scale = (scale[1].astype(np.uint32) << 16).view(np.float32)
             tensors.append((n, ("F8_E4M3", codes)))
             tensors.append((n + ("_scale" if how == "row" else "_scale_inv"), scale))
         else:
@@ -375,6 +539,6 @@ def cached(name):
 
 if __name__ == "__main__":
     if len(sys.argv) < 2:
-        sys.exit("usage: family_models.py OUT_DIR [FAMILY ...]  (families: " + ", ".join(FAMILIES) + ")")
+        sys.exit("usage: family_models.py OUT_DIR [FAMILY ...]  (families: " + ", ".join([*FAMILIES, *MOE_FAMILIES]) + ")")
     for n in sys.argv[2:] or list(FAMILIES):
         print(make(n, os.path.join(sys.argv[1], n)))

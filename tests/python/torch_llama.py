@@ -133,7 +133,7 @@ class TorchLlama:
         for i in range(n):
             p = f"{pre}layers.{i}."
             w = {"in_norm": opt(p + "input_layernorm.weight"), "o": t(p + "self_attn.o_proj.weight"),
-                 "down": t(p + "mlp.down_proj.weight"),
+                 "down": opt(p + "mlp.down_proj.weight"),
                  "q_norm": opt(p + "self_attn.q_norm.weight"), "k_norm": opt(p + "self_attn.k_norm.weight"),
                  "post_ff": opt(p + "post_feedforward_layernorm.weight")}
             pal = t(p + "post_attention_layernorm.weight")
@@ -147,7 +147,19 @@ class TorchLlama:
             else:
                 for b in "qkv":
                     w[b] = t(p + f"self_attn.{b}_proj.weight")
-            if p + "mlp.gate_up_proj.weight" in st.where:  # Phi-3: rows gate, up
+            w["moe"] = None
+            for router, experts, names in (("block_sparse_moe.gate.weight", "block_sparse_moe.experts.", ("w1", "w3", "w2")),
+                                           ("mlp.gate.weight", "mlp.experts.", ("gate_proj", "up_proj", "down_proj"))):
+                if p + router in st.where:  # a mixture-of-experts layer
+                    E = st.shape(p + router)[0]
+                    w["moe"] = {"router": t(p + router),
+                                "experts": [tuple(t(f"{p}{experts}{e}.{m}.weight") for m in names) for e in range(E)],
+                                "shared": (tuple(t(f"{p}mlp.shared_expert.{m}_proj.weight") for m in ("gate", "up", "down"))
+                                           if p + "mlp.shared_expert.gate_proj.weight" in st.where else None),
+                                "shared_gate": opt(p + "mlp.shared_expert_gate.weight")}
+            if w["moe"]:
+                pass
+            elif p + "mlp.gate_up_proj.weight" in st.where:  # Phi-3: rows gate, up
                 gu = t(p + "mlp.gate_up_proj.weight")
                 w["gate"], w["up"] = gu[:self.I], gu[self.I:]
             else:
@@ -191,8 +203,42 @@ class TorchLlama:
         s = s.masked_fill(~visible, float("-inf"))
         return (torch.softmax(s, dim=-1) @ v).transpose(0, 1).reshape(T, self.nh * self.hd) @ w["o"].T
 
+    def gated(self, h, gate, up, down, clamps, site):
+        """down(act(gate h) * up h) with clamps [(neuron, value)] at site."""
+        g, u = h @ gate.T, h @ up.T
+        for n, val in clamps:
+            if site == "up":
+                u[:, n] = val
+        a = self.act(g) * u
+        for n, val in clamps:
+            if site == "act":
+                a[:, n] = val
+        return a @ down.T
+
+    def moe(self, m, h, clamps, site):
+        """The MoE block as transformers' Mixtral/Qwen2-MoE/Qwen3-MoE modules compute it, here every
+        expert on every token and weighted by the routing (zero where not routed): softmax over
+        the router's logits, top num_experts_per_tok, renormalised where norm_topk_prob (Mixtral
+        always); Qwen2-MoE adds sigmoid(shared_expert_gate h) * shared_expert(h). clamps:
+        [(expert or "s", neuron, value)]."""
+        p = torch.softmax(h @ m["router"].T, dim=-1)
+        top, idx = torch.topk(p, self.cfg["num_experts_per_tok"], dim=-1)
+        if self.model_type == "mixtral" or self.cfg.get("norm_topk_prob"):
+            top = top / top.sum(-1, keepdim=True)
+        weight = torch.zeros_like(p).scatter(1, idx, top)
+        out = torch.zeros_like(h)
+        for e, (g, u, d) in enumerate(m["experts"]):
+            y = self.gated(h, g, u, d, [(n, v) for x, n, v in clamps if x == e], site)
+            out = out + weight[:, e:e + 1] * y
+        if m["shared"] is not None:
+            y = self.gated(h, *m["shared"], [(n, v) for x, n, v in clamps if x == "s"], site)
+            gate = torch.sigmoid(h @ m["shared_gate"].T) if m["shared_gate"] is not None else 1.0
+            out = out + gate * y
+        return out
+
     def logits(self, ids, clamps=(), site="act"):
-        """[T, V] float64 logits of every position; clamps: (layer, neuron, value) triples."""
+        """[T, V] float64 logits of every position; clamps: (layer, neuron, value) triples, or
+        (layer, expert, neuron, value) with expert an index or "s" (the shared expert)."""
         T = len(ids)
         x = self.embed[torch.tensor(ids)]
         if self.gemma:
@@ -201,12 +247,16 @@ class TorchLlama:
         for li, w in enumerate(self.layers):
             x = x + self.norm(self.attention(li, w, self.norm(x, w["in_norm"]), pos), w["post_attn"])
             h = self.norm(x, w["pre_ff"])
+            if w["moe"]:
+                x = x + self.moe(w["moe"], h, [c[1:] for c in clamps if len(c) == 4 and c[0] == li], site)
+                continue
+            clamps3 = [c for c in clamps if len(c) == 3]
             g, u = h @ w["gate"].T, h @ w["up"].T
-            for cl, n, val in clamps:
+            for cl, n, val in clamps3:
                 if cl == li and site == "up":
                     u[:, n] = val
             a = self.act(g) * u
-            for cl, n, val in clamps:
+            for cl, n, val in clamps3:
                 if cl == li and site == "act":
                     a[:, n] = val
             x = x + self.norm(a @ w["down"].T, w["post_ff"])

@@ -661,7 +661,7 @@ TEST(LayerTensors, WrongShapeNamesTheFields) {
 }
 
 TEST(LayerTensors, ForwardChecks) {
-  EXPECT_EQ(fi::family_names(), "llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, gemma3, olmo2, phi3");
+  EXPECT_EQ(fi::family_names(), "llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, gemma3, olmo2, phi3, mixtral, qwen2_moe, qwen3_moe, deepseek_v3");
   json j = tiny();
   std::string p = write_config(temp_dir(), j.dump());
   fi::ModelConfig c = fi::load_config(p);
@@ -683,4 +683,64 @@ TEST(LayerTensors, ForwardChecks) {
   p = write_config(temp_dir(), j.dump());
   EXPECT_EQ(error_of([&] { fi::check_forward_supported(fi::load_config(p)); }),
             p + ": head_dim must be even for rotary embeddings");
+}
+
+// Which layers are MoE layers, by each family's rule (transformers' modelling code): Qwen's
+// decoder_sparse_step and mlp_only_layers, DeepSeek's first_k_dense_replace and moe_layer_freq;
+// and the MoE fields' errors.
+TEST(Config, MixtureOfExperts) {
+  auto layers = [](const fi::ModelConfig& c) {
+    std::string s;
+    for (uint8_t x : c.moe.layers) s += x ? 'M' : 'd';
+    return s;
+  };
+  json q = tiny();
+  q["model_type"] = "qwen2_moe";
+  q["num_hidden_layers"] = 6;
+  q["num_experts"] = 4;
+  q["num_experts_per_tok"] = 2;
+  q["moe_intermediate_size"] = 5;
+  q["shared_expert_intermediate_size"] = 7;
+  q["decoder_sparse_step"] = 2;
+  q["mlp_only_layers"] = {3};
+  fi::ModelConfig c = fi::load_config(write_config(temp_dir(), q.dump()));
+  EXPECT_EQ(layers(c), "dMdddM");  // (l + 1) % 2 == 0, not layer 3
+  EXPECT_EQ(c.moe.expert_size, 5);
+  EXPECT_EQ(c.moe.shared_size, 7);
+  EXPECT_EQ(c.intermediate_size, 12);  // the dense layers' width
+  EXPECT_FALSE(fi::forward_refusal(c).empty());
+
+  json d = tiny();
+  d["model_type"] = "deepseek_v3";
+  d["num_hidden_layers"] = 6;
+  d["n_routed_experts"] = 8;
+  d["num_experts_per_tok"] = 2;
+  d["moe_intermediate_size"] = 3;
+  d["n_shared_experts"] = 2;
+  d["first_k_dense_replace"] = 1;
+  d["moe_layer_freq"] = 2;
+  d["q_lora_rank"] = nullptr;
+  d["kv_lora_rank"] = 4;
+  d["qk_nope_head_dim"] = 2;
+  d["qk_rope_head_dim"] = 2;
+  d["v_head_dim"] = 2;
+  c = fi::load_config(write_config(temp_dir(), d.dump()));
+  EXPECT_EQ(layers(c), "ddMdMd");  // l >= 1 and l % 2 == 0
+  EXPECT_EQ(c.moe.shared_size, 6);
+  EXPECT_EQ(c.mla.q_lora_rank, 0);
+  EXPECT_EQ(c.head_dim, 4);
+
+  json m = tiny();
+  m["model_type"] = "mixtral";
+  m["num_local_experts"] = 4;
+  m["num_experts_per_tok"] = 5;
+  std::string p = write_config(temp_dir(), m.dump());
+  EXPECT_TRUE(contains(error_of([&] { fi::load_config(p); }), "field 'num_experts_per_tok' (5) exceeds the 4 experts"));
+  m["num_experts_per_tok"] = 2;
+  c = fi::load_config(write_config(temp_dir(), m.dump()));
+  EXPECT_EQ(layers(c), "MM");
+  EXPECT_EQ(c.moe.expert_size, 12);
+  q["mlp_only_layers"] = {6};
+  p = write_config(temp_dir(), q.dump());
+  EXPECT_TRUE(contains(error_of([&] { fi::load_config(p); }), "field 'mlp_only_layers' must list layer ids 0..5"));
 }

@@ -1,0 +1,134 @@
+"""The CPU forward pass of the mixture-of-experts families (Mixtral, Qwen2-MoE with its shared
+expert and dense mlp_only_layers, Qwen3-MoE with decoder_sparse_step; family_models.MOE_FAMILIES)
+against torch_llama.py's float64 PyTorch forward, whose MoE block runs every expert on every
+token weighted by the routing (softmax, top num_experts_per_tok, renormalised where the family
+does) rather than gathering tokens per expert as the C++ does:
+- clamp --dump-logits: unclamped, a routed expert's neuron (`--expert E`, which acts where the
+  router sends a position to it), the shared expert's (`--expert s`) and a dense layer's neuron,
+  at both sites;
+- generate with `--clamp L:eE:N=V` and `L:s:N=V` through the KV cache;
+- under mpirun -np 2 (a two-stage pipeline) the same logits;
+- the clamp errors: a dense-style clamp on an MoE layer, an expert out of range, a shared clamp
+  on a model without one, an expert clamp on a dense layer.
+Logits within 1e-4 of torch's (relative to max(1, |logit|)).
+"""
+import os
+import sys
+
+import numpy as np
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+import family_models as fm  # noqa: E402
+import fi_testlib as t  # noqa: E402
+
+try:
+    import torch
+    from torch_llama import TorchLlama
+except ImportError:
+    torch = None
+
+TOL = 1e-4
+STEPS = 3
+
+
+def read_dump(path, rows, vocab):
+    a = np.fromfile(path, dtype="<f4")
+    t.check(a.size == rows * vocab, f"{path}: {a.size} floats, expected {rows} x {vocab}")
+    return a.reshape(rows, vocab).astype(np.float64)
+
+
+def err(ours, ref):
+    return float(np.max(np.abs(ours - ref) / np.maximum(1.0, np.abs(ref))))
+
+
+def check_model(name, tmp):
+    model = fm.cached(name)
+    cfg = fm.MOE_FAMILIES[name][1]
+    ref = TorchLlama(model)
+    V = ref.head.shape[0]
+    moe = fm.moe_layers(cfg)
+    experts, n, shared = fm.moe_sizes(cfg)
+    ml = moe.index(True)
+    ids = [int(x) for x in np.random.default_rng(len(name)).integers(10, 30000, 10)]
+    worst = 0.0
+
+    def compare(what, ours, ref_logits):
+        nonlocal worst
+        d = err(ours, ref_logits)
+        worst = max(worst, d)
+        t.check(d < TOL, f"{name}: {what}: logits differ from torch by {d:.3g} (> {TOL})")
+
+    # clamp: one neuron of routed expert 1 (site act), of the shared expert (site up), of a dense layer.
+    cases = [("act", ml, "1", 5, [0.0, 4.0]), ("up", ml, "1", 2, [-3.0])]
+    if shared:
+        cases.append(("act", ml, "s", 7, [5.0]))
+    if False in moe:
+        cases.append(("act", moe.index(False), None, 3, [4.0]))
+    for np_ in (1, 2):
+        for site, layer, expert, neuron, values in cases:
+            dump = os.path.join(tmp, f"{name}.{site}.{expert}.{np_}.f32")
+            args = ["clamp", "--model", model, "--layer", layer, "--neuron", neuron, "--values",
+                    ",".join(map(str, values)), "--clamp-site", site, "--prompt-ids", ",".join(map(str, ids)),
+                    "--dump-logits", dump, "--backend", "cpu"]
+            if expert is not None:
+                args += ["--expert", expert]
+            p = t.run(args, np_=np_ if np_ > 1 else None)
+            if expert not in (None, "s"):
+                t.check("router sends" in p.stderr, f"{name}: no notice that an expert clamp acts where routed: {p.stderr!r}")
+            ours = read_dump(dump, len(values) + 1, V)
+            # the clamp must matter (a routed expert is chosen for some position and moves the logits)
+            t.check(err(ours[-1], ours[0]) > 1e-3, f"{name}: clamp {layer}:{expert}:{neuron} changes nothing")
+            for r, value in enumerate([None, *values]):
+                if value is None:
+                    clamps = []
+                elif expert is None:
+                    clamps = [(layer, neuron, value)]
+                else:
+                    clamps = [(layer, "s" if expert == "s" else int(expert), neuron, value)]
+                compare(f"-np {np_} clamp {layer}:{expert}:{neuron} site {site} value {value}", ours[r],
+                        ref.logits(ids, clamps, site)[-1].numpy())
+            if np_ == 2:
+                break  # one pipeline case is enough
+
+    # generate through the KV cache with an expert clamp and, where there is one, a shared one.
+    clamps = [(ml, 0, n - 1, 3.0)] + ([(ml, "s", 1, -2.0)] if shared else [])
+    dump = os.path.join(tmp, f"{name}.gen.f32")
+    args = ["generate", "--model", model, "--prompt-ids", ",".join(map(str, ids)), "--print-ids",
+            "--max-new-tokens", STEPS, "--dump-logits", dump, "--backend", "cpu"]
+    for layer, e, neuron, value in clamps:
+        args += ["--clamp", f"{layer}:{'s' if e == 's' else f'e{e}'}:{neuron}={value}"]
+    new = [int(x) for x in t.run(args).stdout.split()]
+    t.check(len(new) == STEPS, f"{name}: generated {len(new)} tokens, expected {STEPS}")
+    ours = read_dump(dump, STEPS, V)
+    seq = list(ids)
+    for s in range(STEPS):
+        ref_logits = ref.logits(seq, clamps, "act")[-1].numpy()
+        compare(f"generate step {s}", ours[s], ref_logits)
+        seq.append(new[s])
+
+    # clamp errors, each one line before any weight is loaded
+    bad = [([f"{ml}:3=1"], "mixture-of-experts layer"), ([f"{ml}:e{experts}:0=1"], f"expert {experts} is out of range"),
+           ([f"{ml}:e0:{n}=1"], "is out of range")]
+    if not shared:
+        bad.append(([f"{ml}:s:0=1"], "no shared expert"))
+    if False in moe:
+        bad.append(([f"{moe.index(False)}:e0:0=1"], "is a dense layer"))
+    for specs, words in bad:
+        p = t.run(["generate", "--model", model, "--prompt-ids", "1", "--max-new-tokens", 1, "--backend", "cpu",
+                   *sum((["--clamp", x] for x in specs), [])], check=False)
+        t.check(t.one_line_error(p, words), f"{name}: --clamp {specs}: rc {p.returncode} {p.stderr!r}")
+    return worst
+
+
+def test():
+    if torch is None:
+        print("SKIPPED test_forward_moe: PyTorch is not installed (apt-get install python3-torch)")
+        return
+    torch.set_num_threads(2)
+    with t.tempdir() as tmp:
+        for name in sys.argv[1:] or ["mixtral", "qwen2_moe", "qwen3_moe"]:
+            print(f"  {name:12s} worst logit error {check_model(name, tmp):.2e}", flush=True)
+
+
+if __name__ == "__main__":
+    t.main(test)
