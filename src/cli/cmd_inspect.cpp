@@ -174,7 +174,7 @@ int run_inspect(const InspectOptions& o) {
                   (long long)e.mtp_layers, e.mtp_layers == 1 ? "" : "s", (long long)c.num_layers, e.mtp_layers == 1 ? "it" : "them");
   }
   if (c.mla.kv_lora_rank > 0)
-    std::printf("attention  MLA: q_lora_rank %lld, kv_lora_rank %lld, q/k heads %lld + %lld (RoPE), v heads %lld\n",
+    std::printf("attention  MLA: q_lora_rank %lld, kv_lora_rank %lld, q/k heads %lld + %lld (RoPE, interleaved), v heads %lld\n",
                 (long long)c.mla.q_lora_rank, (long long)c.mla.kv_lora_rank, (long long)c.mla.qk_nope_head_dim,
                 (long long)c.mla.qk_rope_head_dim, (long long)c.mla.v_head_dim);
   print_vocab(o.model, c);

@@ -11,6 +11,7 @@
 // as they are used.
 #include <algorithm>
 #include <cmath>
+#include <functional>
 
 #include "common/error.h"
 #include "forward/ops.h"
@@ -60,18 +61,29 @@ class CpuStage final : public Stage {
     };
     bool moe = false;
     Weight router, shared_router;
+    std::vector<float> router_bias;  // DeepSeek's e_score_correction_bias [E]
+    // DeepSeek's MLA (multi-head latent attention); q_a empty: q is the plain q weight.
+    bool mla = false;
+    Weight q_a, q_b, kv_a, kv_b;
+    std::vector<float> q_a_norm, kv_a_norm;
     std::vector<Mlp> experts;
     Mlp shared;
     bool sliding = false;            // attends to the last sliding_window positions only
-    std::vector<float> k_cache, v_cache;  // [positions, nkv*hd]
+    std::vector<float> k_cache, v_cache;  // [positions, nkv*hd]; MLA: nh*(nope+rope), nh*v_head_dim
   };
+  int64_t k_width(const Layer& w) const {  // the k cache's values per position
+    const ModelConfig& c = config();
+    return w.mla ? c.num_heads * (c.mla.qk_nope_head_dim + c.mla.qk_rope_head_dim) : c.num_kv_heads * c.head_dim;
+  }
   const ModelConfig& config() const { return model_.cfg; }
   void norm_rows(const float* x, const std::vector<float>& w, int64_t rows, int64_t n, float* out) const;
   void project_qkv(Layer& w, const float* xn, int64_t T, int64_t pos, float* q);
   void attention(Layer& w, const float* xn, int64_t T, int64_t pos, float* out);  // xn, out: [T, H]
+  void mla_attention(Layer& w, const float* xn, int64_t T, int64_t pos, float* out);
   void mlp(int64_t l, const float* xn, int64_t T, float* out);                   // xn, out: [T, H]
   void moe_mlp(int64_t l, Layer& w, const float* xn, int64_t T, float* out);
   void activate_clamped(int64_t l, int64_t e, float* g, float* u, int64_t I, int64_t T) const;
+  void route_groups(const Layer& w, std::vector<float>& choice) const;
   // down(act(gate·x) * up·x) of I neurons with the clamps of (layer l, expert e).
   void gated(int64_t l, int64_t e, const Weight& gate, const Weight& up, const Weight& down, int64_t I,
              const float* xn, int64_t T, float* out);
@@ -103,7 +115,19 @@ CpuStage::CpuStage(const Model& model, const StageSpan& span)
     w.post_mlp_norm = read_if(t, Role::PostMlpNorm);
     w.q_norm = read_if(t, Role::QNorm);
     w.k_norm = read_if(t, Role::KNorm);
-    if (t.find(Role::QKV)) {  // Phi-3: q, k, v rows of one matrix
+    if (t.find(Role::KVA)) {  // DeepSeek's MLA
+      w.mla = true;
+      if (t.find(Role::QA)) {
+        w.q_a = Weight::load(t[Role::QA]);
+        w.q_a_norm = t[Role::QANorm].read_f32();
+        w.q_b = Weight::load(t[Role::QB]);
+      } else {
+        w.q = Weight::load(t[Role::Q]);
+      }
+      w.kv_a = Weight::load(t[Role::KVA]);
+      w.kv_a_norm = t[Role::KVANorm].read_f32();
+      w.kv_b = Weight::load(t[Role::KVB]);
+    } else if (t.find(Role::QKV)) {  // Phi-3: q, k, v rows of one matrix
       w.qkv = Weight::load(t[Role::QKV]);
     } else {
       w.q = Weight::load(t[Role::Q]);
@@ -119,6 +143,7 @@ CpuStage::CpuStage(const Model& model, const StageSpan& span)
     if (c.is_moe_layer(l)) {  // experts in table order: every gate, then every up, then every down
       w.moe = true;
       w.router = Weight::load(t[Role::Router]);
+      w.router_bias = read_if(t, Role::RouterBias);
       w.experts.resize(size_t(c.moe.experts));
       size_t gi = 0, ui = 0, di = 0;
       for (const ModelTensor& m : t.tensors) {
@@ -270,6 +295,95 @@ void CpuStage::attention(Layer& w, const float* xn, int64_t T, int64_t pos, floa
   linear(ctx.data(), T, w.o, {}, out);
 }
 
+// DeepSeek-V3's multi-head latent attention, as transformers' DeepseekV3Attention computes it:
+// q = q_b(norm(q_a(x))) (or q_proj(x)), per head [nope | rope]; kv_a(x) = [latent | k_rope];
+// kv_b(norm(latent)) = per head [k_nope | v]; the key of head h is [k_nope_h | k_rope] (one RoPE
+// key shared by the heads). RoPE over the rope parts (qk_rope_head_dim = head_dim; pairs
+// de-interleaved first where rope_interleave), scores scaled by 1/sqrt(nope + rope) times
+// yarn's mscale(factor, mscale_all_dim)^2 where the config has mscale_all_dim.
+void CpuStage::mla_attention(Layer& w, const float* xn, int64_t T, int64_t pos, float* out) {
+  const ModelConfig& c = config();
+  const MlaConfig& a = c.mla;
+  const int64_t nh = c.num_heads, nope = a.qk_nope_head_dim, rope = a.qk_rope_head_dim, vd = a.v_head_dim;
+  const int64_t qk = nope + rope, kvr = a.kv_lora_rank, P = pos + T;
+  std::vector<float> q(size_t(T * nh * qk));
+  if (w.q_a.empty()) {
+    linear(xn, T, w.q, {}, q.data());
+  } else {
+    std::vector<float> qa(size_t(T * a.q_lora_rank));
+    linear(xn, T, w.q_a, {}, qa.data());
+    norm_rows(qa.data(), w.q_a_norm, T, a.q_lora_rank, qa.data());
+    linear(qa.data(), T, w.q_b, {}, q.data());
+  }
+  std::vector<float> kva(size_t(T * (kvr + rope))), latent(size_t(T * kvr));
+  linear(xn, T, w.kv_a, {}, kva.data());
+  for (int64_t t = 0; t < T; ++t) std::copy(&kva[size_t(t * (kvr + rope))], &kva[size_t(t * (kvr + rope) + kvr)], &latent[size_t(t * kvr)]);
+  norm_rows(latent.data(), w.kv_a_norm, T, kvr, latent.data());
+  std::vector<float> kvb(size_t(T * nh * (nope + vd)));
+  linear(latent.data(), T, w.kv_b, {}, kvb.data());
+
+  const RopeFreqs rf = rope_freqs(c, P, false);
+  std::vector<float> cs(size_t(rope / 2)), sn(size_t(rope / 2)), tmp(static_cast<size_t>(rope));
+  auto rotate = [&](float* x) {  // the rope part of one head, at the position cs/sn were made for
+    if (a.rope_interleave) {
+      for (int64_t i = 0; i < rope / 2; ++i) {
+        tmp[size_t(i)] = x[2 * i];
+        tmp[size_t(rope / 2 + i)] = x[2 * i + 1];
+      }
+      std::copy(tmp.begin(), tmp.end(), x);
+    }
+    rope_rotate(x, rope, cs.data(), sn.data());
+  };
+  w.k_cache.resize(size_t(P * nh * qk));
+  w.v_cache.resize(size_t(P * nh * vd));
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t i = 0; i < rope / 2; ++i) {
+      const double ang = double(pos + t) * rf.inv_freq[size_t(i)];
+      cs[size_t(i)] = float(std::cos(ang) * rf.attention_factor);
+      sn[size_t(i)] = float(std::sin(ang) * rf.attention_factor);
+    }
+    float* k_rope = &kva[size_t(t * (kvr + rope) + kvr)];
+    rotate(k_rope);
+    for (int64_t h = 0; h < nh; ++h) {
+      rotate(&q[size_t((t * nh + h) * qk + nope)]);
+      float* k = &w.k_cache[size_t(((pos + t) * nh + h) * qk)];
+      const float* kv = &kvb[size_t((t * nh + h) * (nope + vd))];
+      std::copy(kv, kv + nope, k);
+      std::copy(k_rope, k_rope + rope, k + nope);
+      std::copy(kv + nope, kv + nope + vd, &w.v_cache[size_t(((pos + t) * nh + h) * vd)]);
+    }
+  }
+  double scale = 1.0 / std::sqrt(double(qk));
+  if (c.rope_scaling.mscale_all_dim > 0 && c.rope_scaling.factor > 1) {
+    const double m = 0.1 * c.rope_scaling.mscale_all_dim * std::log(c.rope_scaling.factor) + 1.0;
+    scale *= m * m;
+  }
+  std::vector<float> ctx(size_t(T * nh * vd), 0.f), score(static_cast<size_t>(P));
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t last = pos + t;
+    for (int64_t h = 0; h < nh; ++h) {
+      const float* qh = &q[size_t((t * nh + h) * qk)];
+      float mx = -INFINITY;
+      for (int64_t j = 0; j <= last; ++j) {
+        const float* kj = &w.k_cache[size_t((j * nh + h) * qk)];
+        float s = 0;
+        for (int64_t i = 0; i < qk; ++i) s += qh[i] * kj[i];
+        score[size_t(j)] = float(s * scale);
+        mx = std::max(mx, score[size_t(j)]);
+      }
+      double sum = 0;
+      for (int64_t j = 0; j <= last; ++j) sum += (score[size_t(j)] = std::exp(score[size_t(j)] - mx));
+      float* o = &ctx[size_t((t * nh + h) * vd)];
+      for (int64_t j = 0; j <= last; ++j) {
+        const float p = float(score[size_t(j)] / sum);
+        const float* vj = &w.v_cache[size_t((j * nh + h) * vd)];
+        for (int64_t i = 0; i < vd; ++i) o[i] += p * vj[i];
+      }
+    }
+  }
+  linear(ctx.data(), T, w.o, {}, out);
+}
+
 // The gated MLP with the clamp hooks: h = act(gate·x) * (up·x), out = down·h.
 void CpuStage::mlp(int64_t l, const float* xn, int64_t T, float* out) {
   const int64_t I = config().intermediate_size;
@@ -309,6 +423,28 @@ void CpuStage::activate_clamped(int64_t l, int64_t e, float* g, float* u, int64_
       for (int64_t t = 0; t < T; ++t) g[t * I + k.neuron] = k.value;
 }
 
+// DeepSeek-V3's choice of experts (DeepseekV3TopkRouter): the sigmoid scores plus
+// e_score_correction_bias; each of n_group groups scored by its two best, the topk_group best
+// groups kept and the others' experts set to 0 (not removed: as transformers' masked_fill).
+void CpuStage::route_groups(const Layer& w, std::vector<float>& choice) const {
+  const MoeConfig& m = config().moe;
+  const size_t E = choice.size();
+  for (size_t e = 0; e < E && !w.router_bias.empty(); ++e) choice[e] += w.router_bias[e];
+  if (m.n_group <= 1 || m.topk_group >= m.n_group) return;
+  const size_t G = size_t(m.n_group), per = E / G;
+  std::vector<float> group(G);
+  for (size_t g = 0; g < G; ++g) {
+    std::vector<float> s(choice.begin() + long(g * per), choice.begin() + long((g + 1) * per));
+    std::partial_sort(s.begin(), s.begin() + std::min<long>(2, long(per)), s.end(), std::greater<float>());
+    group[g] = s[0] + (per > 1 ? s[1] : 0.f);
+  }
+  std::vector<size_t> order(G);
+  for (size_t g = 0; g < G; ++g) order[g] = g;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return group[a] > group[b]; });
+  for (size_t i = size_t(m.topk_group); i < G; ++i)
+    std::fill(choice.begin() + long(order[i] * per), choice.begin() + long((order[i] + 1) * per), 0.f);
+}
+
 // A mixture-of-experts MLP as Mixtral, Qwen2-MoE and Qwen3-MoE compute it: per token the
 // router's softmax (fp32) over the experts, the top experts_per_token of it (lower index first
 // on a tie), renormalised to sum 1 where norm_topk_prob (Mixtral always); out = sum of weight x
@@ -323,21 +459,30 @@ void CpuStage::moe_mlp(int64_t l, Layer& w, const float* xn, int64_t T, float* o
   std::vector<std::vector<int64_t>> tokens(ne);  // the tokens routed to each expert
   std::vector<std::vector<float>> weights(ne);   // and their weights
   std::vector<int64_t> order(ne);
+  const bool sigmoid = c.moe.scoring_func == "sigmoid";
+  std::vector<float> p(ne), choice(ne);
   for (int64_t t = 0; t < T; ++t) {
     const float* r = &logits[size_t(t * E)];
-    const float mx = *std::max_element(r, r + E);
-    std::vector<float> p(ne);
-    float sum = 0;
-    for (int64_t e = 0; e < E; ++e) sum += (p[size_t(e)] = std::exp(r[e] - mx));
-    for (float& x : p) x /= sum;
+    if (sigmoid) {
+      for (int64_t e = 0; e < E; ++e) p[size_t(e)] = 1.f / (1.f + std::exp(-r[e]));
+    } else {
+      const float mx = *std::max_element(r, r + E);
+      float sum = 0;
+      for (int64_t e = 0; e < E; ++e) sum += (p[size_t(e)] = std::exp(r[e] - mx));
+      for (float& x : p) x /= sum;
+    }
+    choice = p;
+    if (sigmoid) route_groups(w, choice);
     for (int64_t e = 0; e < E; ++e) order[size_t(e)] = e;
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return p[size_t(a)] > p[size_t(b)]; });
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return choice[size_t(a)] > choice[size_t(b)]; });
     float top = 0;
     for (int64_t k = 0; k < K; ++k) top += p[size_t(order[size_t(k)])];
+    if (sigmoid) top += 1e-20f;
+    const float scaling = float(c.moe.routed_scaling_factor);
     for (int64_t k = 0; k < K; ++k) {
       const int64_t e = order[size_t(k)];
       tokens[size_t(e)].push_back(t);
-      weights[size_t(e)].push_back(c.moe.norm_topk_prob ? p[size_t(e)] / top : p[size_t(e)]);
+      weights[size_t(e)].push_back((c.moe.norm_topk_prob ? p[size_t(e)] / top : p[size_t(e)]) * scaling);
     }
   }
   std::fill(out, out + T * H, 0.f);
@@ -372,10 +517,11 @@ void CpuStage::layers(float* x, int64_t T, int64_t pos) {
   std::vector<float> xn(size_t(T * H)), y(size_t(T * H));
   for (int64_t l = span_.first; l < span_.last; ++l) {
     Layer& w = layers_[size_t(l - span_.first)];
-    FI_CHECK(int64_t(w.k_cache.size()) == pos * c.num_kv_heads * c.head_dim,
+    FI_CHECK(int64_t(w.k_cache.size()) == pos * k_width(w),
              "forward: the KV cache does not hold the positions before this call");
     norm_rows(x, w.attn_norm, T, H, xn.data());
-    attention(w, xn.data(), T, pos, y.data());
+    if (w.mla) mla_attention(w, xn.data(), T, pos, y.data());
+    else attention(w, xn.data(), T, pos, y.data());
     norm_rows(y.data(), w.post_attn_norm, T, H, y.data());
     for (int64_t i = 0; i < T * H; ++i) x[i] += y[i];
     norm_rows(x, w.mlp_norm, T, H, xn.data());

@@ -329,7 +329,8 @@ void parse_moe(const Fields& f, ModelConfig& c) {
     a.qk_nope_head_dim = f.positive_int("qk_nope_head_dim");
     a.qk_rope_head_dim = f.positive_int("qk_rope_head_dim");
     a.v_head_dim = f.positive_int("v_head_dim");
-    c.head_dim = a.qk_nope_head_dim + a.qk_rope_head_dim;
+    a.rope_interleave = bool_field(f, "rope_interleave", true);
+    c.head_dim = a.qk_rope_head_dim;  // as transformers' DeepseekV3Config: the rotary dimension
   } else {
     return;
   }

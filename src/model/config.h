@@ -49,9 +49,13 @@ struct MoeConfig {
 
 // DeepSeek's multi-head latent attention (MLA): q through a rank-q_lora_rank bottleneck (or a
 // plain q_proj when q_lora_rank is null), k and v from one rank-kv_lora_rank latent plus a shared
-// RoPE key of qk_rope_head_dim. kv_lora_rank == 0: not MLA.
+// RoPE key of qk_rope_head_dim (ModelConfig::head_dim is then qk_rope_head_dim, the rotary
+// dimension, as transformers has it). kv_lora_rank == 0: not MLA.
 struct MlaConfig {
   int64_t q_lora_rank = 0, kv_lora_rank = 0, qk_nope_head_dim = 0, qk_rope_head_dim = 0, v_head_dim = 0;
+  // rope_interleave (DeepseekV3Config's default true): the rotary part's pairs are adjacent
+  // (x[2i], x[2i+1]) rather than (x[i], x[i + d/2]).
+  bool rope_interleave = true;
 };
 
 struct ModelConfig {

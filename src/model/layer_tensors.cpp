@@ -301,7 +301,7 @@ const std::vector<ModelFamily>& model_families() {
       {"mixtral", kMixtralLayer},
       {"qwen2_moe", kQwen2MoeLayer},
       {"qwen3_moe", kQwen3MoeLayer},
-      {"deepseek_v3", kDeepseekV3Layer, "expert routing and MLA attention are not implemented yet"},
+      {"deepseek_v3", kDeepseekV3Layer},
   };
   return families;
 }

@@ -126,7 +126,7 @@ def test():
         return
     torch.set_num_threads(2)
     with t.tempdir() as tmp:
-        for name in sys.argv[1:] or ["mixtral", "qwen2_moe", "qwen3_moe"]:
+        for name in sys.argv[1:] or ["mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3"]:
             print(f"  {name:12s} worst logit error {check_model(name, tmp):.2e}", flush=True)
 
 

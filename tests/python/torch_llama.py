@@ -141,7 +141,12 @@ class TorchLlama:
                 w["post_attn"], w["pre_ff"] = pal, opt(p + "pre_feedforward_layernorm.weight")
             else:
                 w["post_attn"], w["pre_ff"] = None, pal
-            if p + "self_attn.qkv_proj.weight" in st.where:  # Phi-3: rows q, k, v
+            w["mla"] = None
+            if p + "self_attn.kv_a_proj_with_mqa.weight" in st.where:  # DeepSeek's MLA
+                w["mla"] = {n: opt(f"{p}self_attn.{n}.weight") for n in
+                            ("q_proj", "q_a_proj", "q_a_layernorm", "q_b_proj", "kv_a_proj_with_mqa",
+                             "kv_a_layernorm", "kv_b_proj")}
+            elif p + "self_attn.qkv_proj.weight" in st.where:  # Phi-3: rows q, k, v
                 qkv = t(p + "self_attn.qkv_proj.weight")
                 w["q"], w["k"], w["v"] = qkv[:qd], qkv[qd:qd + kvd], qkv[qd + kvd:]
             else:
@@ -154,8 +159,10 @@ class TorchLlama:
                     E = st.shape(p + router)[0]
                     w["moe"] = {"router": t(p + router),
                                 "experts": [tuple(t(f"{p}{experts}{e}.{m}.weight") for m in names) for e in range(E)],
-                                "shared": (tuple(t(f"{p}mlp.shared_expert.{m}_proj.weight") for m in ("gate", "up", "down"))
-                                           if p + "mlp.shared_expert.gate_proj.weight" in st.where else None),
+                                "shared": next((tuple(t(f"{p}mlp.{g}.{m}_proj.weight") for m in ("gate", "up", "down"))
+                                                for g in ("shared_expert", "shared_experts")
+                                                if f"{p}mlp.{g}.gate_proj.weight" in st.where), None),
+                                "bias": opt(p + "mlp.gate.e_score_correction_bias"),
                                 "shared_gate": opt(p + "mlp.shared_expert_gate.weight")}
             if w["moe"]:
                 pass
@@ -221,10 +228,24 @@ class TorchLlama:
         the router's logits, top num_experts_per_tok, renormalised where norm_topk_prob (Mixtral
         always); Qwen2-MoE adds sigmoid(shared_expert_gate h) * shared_expert(h). clamps:
         [(expert or "s", neuron, value)]."""
-        p = torch.softmax(h @ m["router"].T, dim=-1)
-        top, idx = torch.topk(p, self.cfg["num_experts_per_tok"], dim=-1)
-        if self.model_type == "mixtral" or self.cfg.get("norm_topk_prob"):
-            top = top / top.sum(-1, keepdim=True)
+        K = self.cfg["num_experts_per_tok"]
+        if self.model_type == "deepseek_v3":  # DeepseekV3TopkRouter
+            p = torch.sigmoid(h @ m["router"].T)
+            choice = p + m["bias"]
+            G, E = self.cfg["n_group"], p.shape[1]
+            groups = choice.view(-1, G, E // G).topk(min(2, E // G), dim=-1)[0].sum(-1)
+            keep = torch.zeros_like(groups).scatter(1, groups.topk(self.cfg["topk_group"], dim=-1)[1], 1)
+            choice = choice.masked_fill(~keep.repeat_interleave(E // G, dim=1).bool(), 0.0)
+            idx = choice.topk(K, dim=-1)[1]
+            top = p.gather(1, idx)
+            if self.cfg.get("norm_topk_prob"):
+                top = top / (top.sum(-1, keepdim=True) + 1e-20)
+            top = top * self.cfg.get("routed_scaling_factor", 1.0)
+        else:
+            p = torch.softmax(h @ m["router"].T, dim=-1)
+            top, idx = torch.topk(p, K, dim=-1)
+            if self.model_type == "mixtral" or self.cfg.get("norm_topk_prob"):
+                top = top / top.sum(-1, keepdim=True)
         weight = torch.zeros_like(p).scatter(1, idx, top)
         out = torch.zeros_like(h)
         for e, (g, u, d) in enumerate(m["experts"]):
@@ -236,6 +257,36 @@ class TorchLlama:
             out = out + gate * y
         return out
 
+    def mla(self, w, h, pos):
+        """DeepSeek-V3's attention as DeepseekV3Attention computes it (eager), rope_interleave
+        as the config says (default true), yarn's mscale_all_dim in the score scale."""
+        c, m, T, nh = self.cfg, w["mla"], h.shape[0], self.nh
+        nope, rope, vd, kvr = c["qk_nope_head_dim"], c["qk_rope_head_dim"], c["v_head_dim"], c["kv_lora_rank"]
+        q = (self.norm(h @ m["q_a_proj"].T, m["q_a_layernorm"]) @ m["q_b_proj"].T if m["q_a_proj"] is not None
+             else h @ m["q_proj"].T).view(T, nh, nope + rope).transpose(0, 1)
+        q_pass, q_rot = q[..., :nope], q[..., nope:]
+        ckv = h @ m["kv_a_proj_with_mqa"].T
+        kv = (self.norm(ckv[:, :kvr], m["kv_a_layernorm"]) @ m["kv_b_proj"].T).view(T, nh, nope + vd).transpose(0, 1)
+        k_pass, v = kv[..., :nope], kv[..., nope:]
+        k_rot = ckv[:, kvr:].view(1, T, rope)
+        if c.get("rope_interleave", True):
+            q_rot = q_rot.reshape(nh, T, rope // 2, 2).transpose(-1, -2).reshape(nh, T, rope)
+            k_rot = k_rot.reshape(1, T, rope // 2, 2).transpose(-1, -2).reshape(1, T, rope)
+        inv, att = rope_inv_freq(c, rope, T, False)
+        freqs = pos[:, None] * inv[None, :]
+        cos, sin = torch.cat([freqs, freqs], -1).cos() * att, torch.cat([freqs, freqs], -1).sin() * att
+        rot = lambda x: x * cos + torch.cat([-x[..., rope // 2:], x[..., :rope // 2]], -1) * sin  # noqa: E731
+        query = torch.cat([q_pass, rot(q_rot)], -1)
+        key = torch.cat([k_pass, rot(k_rot).expand(nh, T, rope)], -1)
+        scale = (nope + rope) ** -0.5
+        rs = c.get("rope_scaling") or {}
+        if rs.get("mscale_all_dim"):
+            ms = 0.1 * rs["mscale_all_dim"] * math.log(rs["factor"]) + 1.0 if rs["factor"] > 1 else 1.0
+            scale = scale * ms * ms
+        s = (query @ key.transpose(-1, -2) * scale).masked_fill(~(torch.arange(T)[None, :] <= torch.arange(T)[:, None]),
+                                                                float("-inf"))
+        return (torch.softmax(s, -1) @ v).transpose(0, 1).reshape(T, nh * vd) @ w["o"].T
+
     def logits(self, ids, clamps=(), site="act"):
         """[T, V] float64 logits of every position; clamps: (layer, neuron, value) triples, or
         (layer, expert, neuron, value) with expert an index or "s" (the shared expert)."""
@@ -245,7 +296,8 @@ class TorchLlama:
             x = x * math.sqrt(self.H)
         pos = torch.arange(T, dtype=torch.float64)
         for li, w in enumerate(self.layers):
-            x = x + self.norm(self.attention(li, w, self.norm(x, w["in_norm"]), pos), w["post_attn"])
+            attend = self.mla if w["mla"] else (lambda w_, h_, p_: self.attention(li, w_, h_, p_))
+            x = x + self.norm(attend(w, self.norm(x, w["in_norm"]), pos), w["post_attn"])
             h = self.norm(x, w["pre_ff"])
             if w["moe"]:
                 x = x + self.moe(w["moe"], h, [c[1:] for c in clamps if len(c) == 4 and c[0] == li], site)
