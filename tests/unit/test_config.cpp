@@ -708,7 +708,7 @@ TEST(Config, MixtureOfExperts) {
   EXPECT_EQ(c.moe.expert_size, 5);
   EXPECT_EQ(c.moe.shared_size, 7);
   EXPECT_EQ(c.intermediate_size, 12);  // the dense layers' width
-  EXPECT_FALSE(fi::forward_refusal(c).empty());
+  EXPECT_TRUE(fi::forward_refusal(c).empty());  // the CPU forward routes experts
 
   json d = tiny();
   d["model_type"] = "deepseek_v3";
@@ -728,7 +728,7 @@ TEST(Config, MixtureOfExperts) {
   EXPECT_EQ(layers(c), "ddMdMd");  // l >= 1 and l % 2 == 0
   EXPECT_EQ(c.moe.shared_size, 6);
   EXPECT_EQ(c.mla.q_lora_rank, 0);
-  EXPECT_EQ(c.head_dim, 4);
+  EXPECT_EQ(c.head_dim, 2);  // qk_rope_head_dim, as transformers
 
   json m = tiny();
   m["model_type"] = "mixtral";
