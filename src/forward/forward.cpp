@@ -173,6 +173,33 @@ std::vector<std::vector<float>> Forward::forward_each(const std::vector<std::vec
   return logits;
 }
 
+std::vector<float> Forward::embed(const std::vector<int32_t>& tokens) {
+  FI_CHECK(size_ == 1, "forward: embed() of a prefix needs the whole model in one stage");
+  check_tokens(tokens, 1);
+  reset();
+  std::vector<float> x(tokens.size() * size_t(config().hidden_size));
+  stage_->embed(tokens, x.data());
+  return x;
+}
+
+std::vector<float> Forward::run_layers(float* x, int64_t T, int64_t first, int64_t last,
+                                       const std::vector<Clamp>& clamps, ClampSite site) {
+  const ModelConfig& c = config();
+  FI_CHECK(size_ == 1, "forward: run_layers() needs the whole model in one stage");
+  FI_CHECK(T > 0 && 0 <= first && first <= last && last <= c.num_layers,
+           "forward: run_layers() of layers " + std::to_string(first) + ".." + std::to_string(last));
+  check_clamps(c, clamps);
+  reset();
+  stage_->set_clamps(clamps, site);
+  if (first < last) stage_->layer_range(x, T, first, last);
+  stage_->set_clamps({}, site);
+  reset();
+  if (last < c.num_layers) return {};
+  std::vector<float> logits(size_t(c.vocab_size));
+  stage_->head(x + (T - 1) * c.hidden_size, 1, logits.data());
+  return logits;
+}
+
 void check_clamps(const ModelConfig& c, const std::vector<Clamp>& clamps) {
   for (const Clamp& k : clamps) {
     if (k.layer < 0 || k.layer >= c.num_layers)

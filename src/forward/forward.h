@@ -54,6 +54,18 @@ class Forward {
                                                const std::vector<std::vector<Clamp>>& clamps,
                                                ClampSite site);
 
+  // The sweep's reuse of an unclamped prefix: with a clamp only at layer L, the hidden states
+  // entering L are those of the unclamped run, so they are computed once and every clamp runs
+  // layers L.. only. One stage only (no pipeline); both clear the KV cache.
+  // Token ids -> the hidden states entering layer 0, [T, hidden].
+  std::vector<float> embed(const std::vector<int32_t>& tokens);
+  // Runs layers [first, last) on x [T, hidden] in place as a new sequence (positions 0..T-1),
+  // with the clamps given (checked; those outside the range do nothing). x must hold the hidden
+  // states entering layer `first`. When last is the model's layer count, returns the last
+  // position's logits [V] (the same bits as forward() of the whole prompt), else nothing.
+  std::vector<float> run_layers(float* x, int64_t T, int64_t first, int64_t last,
+                                const std::vector<Clamp>& clamps, ClampSite site);
+
  private:
   void check_tokens(const std::vector<int32_t>& tokens, int64_t logit_rows) const;
   void stage_step(const std::vector<int32_t>& tokens, int64_t first, float* logits);

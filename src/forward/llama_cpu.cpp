@@ -42,7 +42,8 @@ class CpuStage final : public Stage {
     }
   }
   void embed(const std::vector<int32_t>& tokens, float* x) override;
-  void layers(float* x, int64_t T, int64_t pos) override;
+  void layers(float* x, int64_t T, int64_t pos) override { run(x, T, pos, span_.first, span_.last); }
+  void layer_range(float* x, int64_t T, int64_t first, int64_t last) override;
   void head(const float* x, int64_t n, float* logits) override;
 
  private:
@@ -61,6 +62,7 @@ class CpuStage final : public Stage {
   void project_qkv(Layer& w, const float* xn, int64_t T, int64_t pos, float* q);
   void attention(Layer& w, const float* xn, int64_t T, int64_t pos, float* out);  // xn, out: [T, H]
   void mlp(int64_t l, const float* xn, int64_t T, float* out);                   // xn, out: [T, H]
+  void run(float* x, int64_t T, int64_t pos, int64_t first, int64_t last);  // layers [first, last)
 
   const Model& model_;
   StageSpan span_;
@@ -270,11 +272,21 @@ void CpuStage::mlp(int64_t l, const float* xn, int64_t T, float* out) {
   linear(g.data(), T, w.down, {}, out);
 }
 
-void CpuStage::layers(float* x, int64_t T, int64_t pos) {
+void CpuStage::layer_range(float* x, int64_t T, int64_t first, int64_t last) {
+  first = std::max(first, span_.first);
+  last = std::min(last, span_.last);
+  for (int64_t l = first; l < last; ++l) {
+    layers_[size_t(l - span_.first)].k_cache.clear();
+    layers_[size_t(l - span_.first)].v_cache.clear();
+  }
+  run(x, T, 0, first, last);
+}
+
+void CpuStage::run(float* x, int64_t T, int64_t pos, int64_t first, int64_t last) {
   const ModelConfig& c = config();
   const int64_t H = c.hidden_size;
   std::vector<float> xn(size_t(T * H)), y(size_t(T * H));
-  for (int64_t l = span_.first; l < span_.last; ++l) {
+  for (int64_t l = first; l < last; ++l) {
     Layer& w = layers_[size_t(l - span_.first)];
     FI_CHECK(int64_t(w.k_cache.size()) == pos * c.num_kv_heads * c.head_dim,
              "forward: the KV cache does not hold the positions before this call");
