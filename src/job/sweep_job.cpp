@@ -619,7 +619,7 @@ int run_sweep(const SweepOptions& o, const Comms& c) {
     MPI_Allreduce(&stop_mine, &stop, 1, MPI_INT64_T, MPI_SUM, c.world);
     if (stop == 0 && !flags[1] && round == test_hold_round()) hold_for_stop_signal(c.world, &stop);
     if (stop > 0 && round + 1 < rounds) {
-      if (talk)
+      if (c.rank == 0)
         std::fprintf(stderr, "flashinterp: stopped by a signal after %lld of %lld rounds; %s keeps the "
                      "work done, continue with --resume\n", (long long)round + 1, (long long)rounds, partial.c_str());
       writer.reset();
