@@ -9,6 +9,7 @@
   score near zero: their median |score| under a fifth of the planted ones, their mean under a
   tenth (a clamp of 10 still moves their token either way). Planted up/gate neurons read their
   concept but write a random direction, so they are not expected at the top (test_clamp.py).
+- analysis/show --sweep prints the neuron's score from the file, analysis/report --sweep its plot.
 - mpirun -np 1, 2, 3 give bit-identical datasets; --select top:K and layer:L pick what numpy
   picks from the map; a sweep killed at three points (or stopped by SIGUSR1, exit 75) resumes
   to the same bits; bad input is one error line (expert neurons, a malformed list line, a
@@ -110,6 +111,17 @@ def check_census(s, planted):
             f"random up/gate scores {score[rand_rg]}: median |score| {med}, mean {mean}; planted down {low}")
     print(f"  planted down scores {score[down]}, random: max {max(score[rand]):.3f}; up/gate: "
           f"median |score| {med:.3f}, mean {mean:+.3f}")
+
+
+def check_analysis(mp, out, tmp, s, k):
+    """analysis/show --sweep prints the file's score; analysis/report --sweep plots and lists."""
+    args = ["--matrix", "down", "--layer", int(s["layer"][k]), "--neuron", int(s["neuron"][k]), "--sweep", out]
+    j = t.analysis_json("show", mp, *args)
+    t.check(j["causal"]["score"] == float(s["score"][k]) and j["sweep_warning"] is None, f"show --sweep: {j.get('causal')}")
+    p = t.analysis("report", mp, "--out", f"{tmp}/rep", "--matrix", "down", "--sweep", out)
+    t.check(p.returncode == 0 and os.path.getsize(f"{tmp}/rep/sweep_per_layer.png") > 0, f"report --sweep: {p.stderr}")
+    with open(f"{tmp}/rep/index.html", encoding="utf-8") as f:
+        t.check("Causal scores" in f.read(), "report --sweep: no causal score section")
 
 
 def check_select(model, mp, tmp):
@@ -218,7 +230,8 @@ def test():
         check_torch(model, s, [k_paris, k_up])
         with h5py.File(mp, "r") as f:
             t.check(attrs["map_fingerprint"] == f.attrs["fingerprint"], "map_fingerprint is not the map's")
-        stamp("torch")
+        check_analysis(mp, outs[1], tmp, s, k_paris)
+        stamp("torch, analysis")
         check_select(model, mp, tmp)
         stamp("select")
         check_resume(model, mp, tmp)
