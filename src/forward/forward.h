@@ -65,6 +65,12 @@ class Forward {
   // position's logits [V] (the same bits as forward() of the whole prompt), else nothing.
   std::vector<float> run_layers(float* x, int64_t T, int64_t first, int64_t last,
                                 const std::vector<Clamp>& clamps, ClampSite site);
+  // run_layers(x, T, first, num_layers) of B = clamps.size() copies of x [T, hidden] (left as
+  // it is), copy b clamped by clamps[b], as one batch where the stage can (the CPU stage: one
+  // weight read for all); returns each copy's last-position logits, [B][V]. The bits may differ
+  // from run_layers' in the last place (other GEMM shapes), never with the rank count.
+  std::vector<std::vector<float>> run_batch(const float* x, int64_t T, int64_t first,
+                                            const std::vector<std::vector<Clamp>>& clamps, ClampSite site);
 
  private:
   void check_tokens(const std::vector<int32_t>& tokens, int64_t logit_rows) const;

@@ -44,6 +44,8 @@ class CpuStage final : public Stage {
   void embed(const std::vector<int32_t>& tokens, float* x) override;
   void layers(float* x, int64_t T, int64_t pos) override { run(x, T, pos, span_.first, span_.last); }
   void layer_range(float* x, int64_t T, int64_t first, int64_t last) override;
+  bool layer_range_batch(float* x, int64_t B, int64_t T, int64_t first, int64_t last,
+                         const std::vector<std::vector<Clamp>>& clamps, ClampSite site) override;
   void head(const float* x, int64_t n, float* logits) override;
 
  private:
@@ -73,6 +75,10 @@ class CpuStage final : public Stage {
   Weight embedding_;  // [V, H]: tied model, embed stage without the head (untied: read per token)
   std::vector<Clamp> clamps_;
   ClampSite site_ = ClampSite::Act;
+  // A batch (layer_range_batch): rows come in sequences of seq_ positions, each from position 0,
+  // sequence b clamped by seq_clamps_[b]. seq_ = 0: one sequence of every row, clamped by clamps_.
+  int64_t seq_ = 0;
+  std::vector<std::vector<Clamp>> seq_clamps_;
 };
 
 // The tensors as model/layer_tensors.h lists and checks them for each layer.
@@ -188,11 +194,12 @@ void CpuStage::project_qkv(Layer& w, const float* xn, int64_t T, int64_t pos, fl
     const int64_t n = int64_t(w.k_norm.size());
     norm_rows(k, w.k_norm, T * kvd / n, n, k);
   }
-  const RopeFreqs rf = rope_freqs(c, pos + T, w.sliding);
+  const int64_t S = seq_ > 0 ? seq_ : T;  // positions per sequence
+  const RopeFreqs rf = rope_freqs(c, pos + S, w.sliding);
   std::vector<float> cs(size_t(hd / 2)), sn(size_t(hd / 2));
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t i = 0; i < hd / 2; ++i) {
-      const double a = double(pos + t) * rf.inv_freq[size_t(i)];
+      const double a = double(pos + t % S) * rf.inv_freq[size_t(i)];
       cs[size_t(i)] = float(std::cos(a) * rf.attention_factor);
       sn[size_t(i)] = float(std::sin(a) * rf.attention_factor);
     }
@@ -217,9 +224,10 @@ void CpuStage::attention(Layer& w, const float* xn, int64_t T, int64_t pos, floa
   const double scalar = c.query_pre_attn_scalar > 0 ? c.query_pre_attn_scalar : double(hd);
   const float scale = float(1.0 / std::sqrt(scalar));
   const int64_t group = nh / nkv;
+  const int64_t S = seq_ > 0 ? seq_ : T;  // a batch's sequences (pos 0) sit one after the other
   for (int64_t t = 0; t < T; ++t) {
-    const int64_t last = pos + t;
-    const int64_t first = w.sliding ? std::max<int64_t>(0, last - c.sliding_window + 1) : 0;
+    const int64_t base = (t / S) * S, last = base + pos + t % S;
+    const int64_t first = w.sliding ? std::max<int64_t>(base, last - c.sliding_window + 1) : base;
     for (int64_t h = 0; h < nh; ++h) {
       const float* qh = &q[t * qd + h * hd];
       const int64_t kh = h / group;
@@ -260,15 +268,17 @@ void CpuStage::mlp(int64_t l, const float* xn, int64_t T, float* out) {
     linear(xn, T, w.gate, {}, g.data());
     linear(xn, T, w.up, {}, u.data());
   }
+  // The clamps of row t: its sequence's in a batch.
+  auto clamp = [&](ClampSite site, std::vector<float>& m) {
+    for (int64_t t = 0; t < T; ++t)
+      for (const Clamp& k : seq_ > 0 ? seq_clamps_[size_t(t / seq_)] : clamps_)
+        if (k.layer == l && site_ == site) m[size_t(t * I + k.neuron)] = k.value;
+  };
   // Site up: the up_proj output is replaced before the multiply (still gated by act(gate)).
-  for (const Clamp& k : clamps_)
-    if (k.layer == l && site_ == ClampSite::Up)
-      for (int64_t t = 0; t < T; ++t) u[t * I + k.neuron] = k.value;
+  clamp(ClampSite::Up, u);
   for (int64_t i = 0; i < T * I; ++i) g[i] = apply_act(act_, g[i]) * u[i];
   // Site act: the down_proj input itself is replaced, so the neuron writes value · down[:, n].
-  for (const Clamp& k : clamps_)
-    if (k.layer == l && site_ == ClampSite::Act)
-      for (int64_t t = 0; t < T; ++t) g[t * I + k.neuron] = k.value;
+  clamp(ClampSite::Act, g);
   linear(g.data(), T, w.down, {}, out);
 }
 
@@ -280,6 +290,29 @@ void CpuStage::layer_range(float* x, int64_t T, int64_t first, int64_t last) {
     layers_[size_t(l - span_.first)].v_cache.clear();
   }
   run(x, T, 0, first, last);
+}
+
+bool CpuStage::layer_range_batch(float* x, int64_t B, int64_t T, int64_t first, int64_t last,
+                                 const std::vector<std::vector<Clamp>>& clamps, ClampSite site) {
+  FI_CHECK(int64_t(clamps.size()) == B && B > 0 && T > 0, "forward: a batch of one clamp list per sequence");
+  first = std::max(first, span_.first);
+  last = std::min(last, span_.last);
+  for (int64_t l = first; l < last; ++l) {
+    layers_[size_t(l - span_.first)].k_cache.clear();
+    layers_[size_t(l - span_.first)].v_cache.clear();
+  }
+  seq_ = T;
+  seq_clamps_ = clamps;
+  site_ = site;
+  try {
+    run(x, B * T, 0, first, last);
+  } catch (...) {
+    seq_ = 0;
+    throw;
+  }
+  seq_ = 0;
+  seq_clamps_.clear();
+  return true;
 }
 
 void CpuStage::run(float* x, int64_t T, int64_t pos, int64_t first, int64_t last) {

@@ -37,6 +37,14 @@ class Stage {
   // before it are not run. The KV cache is only valid again after reset(). What the sweep uses
   // to reuse an unclamped prefix (Forward::run_layers).
   virtual void layer_range(float* x, int64_t T, int64_t first, int64_t last) = 0;
+  // layer_range of B sequences of T positions at once, x [B * T, hidden] stacked by sequence,
+  // sequence b clamped by clamps[b] (every other clamp is ignored): one weight read for all.
+  // Returns false, doing nothing, where the stage cannot batch (then the caller loops).
+  virtual bool layer_range_batch(float* x, int64_t B, int64_t T, int64_t first, int64_t last,
+                                 const std::vector<std::vector<Clamp>>& clamps, ClampSite site) {
+    (void)x, (void)B, (void)T, (void)first, (void)last, (void)clamps, (void)site;
+    return false;
+  }
   // Final norm and LM-head of x [n, hidden] -> logits [n, vocab_size] (head stages only).
   virtual void head(const float* x, int64_t n, float* logits) = 0;
 };

@@ -273,7 +273,6 @@ struct Prefix {
 sweep::Result sweep_neuron(Forward& fwd, Prefix& pre, const SweepOptions& o, ClampSite site,
                            const std::vector<std::vector<double>>& base, const sweep::Neuron& n) {
   const int64_t P = int64_t(o.prompts.size()), nv = int64_t(o.values.size());
-  const int64_t L = fwd.config().num_layers;
   pre.advance(fwd, o.prompts, n.layer, site);
   sweep::Result r;
   r.base_logp.resize(size_t(P));
@@ -285,21 +284,24 @@ sweep::Result sweep_neuron(Forward& fwd, Prefix& pre, const SweepOptions& o, Cla
   int tops = 0;
   while (tops < sweep::kTopN && n.top[tops] >= 0) ++tops;
   for (int64_t p = 0; p < P; ++p) r.base_logp[size_t(p)] = float(base[size_t(p)][size_t(t)]);
-  for (int64_t v = 0; v < nv; ++v)
-    for (int64_t p = 0; p < P; ++p) {
-      std::vector<float> x = pre.x[size_t(p)];
-      const std::vector<float> logits = fwd.run_layers(x.data(), int64_t(o.prompts[size_t(p)].size()), n.layer, L,
-                                                       {{n.layer, n.neuron, o.values[size_t(v)]}}, site);
-      const std::vector<double> lp = log_softmax(logits);
-      const std::vector<double>& b = base[size_t(p)];
+  // One batch per prompt: the neuron at every value (one weight read for all on the CPU).
+  std::vector<std::vector<Clamp>> clamps;
+  for (float v : o.values) clamps.push_back({{n.layer, n.neuron, v}});
+  for (int64_t p = 0; p < P; ++p) {
+    const std::vector<std::vector<float>> logits =
+        fwd.run_batch(pre.x[size_t(p)].data(), int64_t(o.prompts[size_t(p)].size()), n.layer, clamps, site);
+    const std::vector<double>& b = base[size_t(p)];
+    for (int64_t v = 0; v < nv; ++v) {
+      const std::vector<double> lp = log_softmax(logits[size_t(v)]);
       const size_t i = size_t(v * P + p);
       d[i] = lp[size_t(t)] - b[size_t(t)];
       double s = 0;
       for (int j = 0; j < tops; ++j) s += lp[size_t(n.top[j])] - b[size_t(n.top[j])];
       r.delta[i] = float(d[i]);
       r.delta_top5[i] = float(s / tops);
-      r.top1[i] = argmax(logits) == t;
+      r.top1[i] = argmax(logits[size_t(v)]) == t;
     }
+  }
   r.score = float(sweep_slope(o.values, d, P));
   const int64_t vmax = int64_t(std::max_element(o.values.begin(), o.values.end()) - o.values.begin());
   int hits = 0;
