@@ -10,13 +10,14 @@
   tenth (a clamp of 10 still moves their token either way). Planted up/gate neurons read their
   concept but write a random direction, so they are not expected at the top (test_clamp.py).
 - analysis/show --sweep prints the neuron's score from the file, analysis/report --sweep its plot.
-- mpirun -np 1, 2, 3 give bit-identical datasets; --select top:K and layer:L pick what numpy
-  picks from the map; a sweep killed at three points (or stopped by SIGUSR1, exit 75) resumes
+- mpirun -np 1, 2, 3 give bit-identical datasets; --select top:K (by top-1 probability, or by
+  exact entropy where the map has it) and layer:L pick what numpy picks from the map; a sweep killed at three points (or stopped by SIGUSR1, exit 75) resumes
   to the same bits; bad input is one error line (expert neurons, a malformed list line, a
   partial without --resume, a resume with other values).
 """
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -141,6 +142,20 @@ def check_select(model, mp, tmp):
     got, _ = read(f"{tmp}/layer.h5")
     t.check(list(got["neuron"]) == list(range(128)) * 2 and set(got["layer"]) == {1} and
             list(got["matrix"]) == [0] * 128 + [2] * 128, "layer:1 --matrices down,up: not the 2 x 128 neurons of layer 1")
+    # A map with exact entropies (/<group>/entropy [L, N], from the decode's reduction stats):
+    # top:K takes the lowest, and the file keeps them.
+    shutil.copy(smp, f"{tmp}/small-ent.h5")
+    rng = np.random.default_rng(3)
+    with h5py.File(f"{tmp}/small-ent.h5", "r+") as f:
+        ent = {m: rng.uniform(0.5, 11.0, (2, 128)).astype(np.float32) for m in ("up", "down")}
+        for m in ent:
+            f[m].create_dataset("entropy", data=ent[m])
+    cand = sorted((float(ent[m][li, n]), li, MATRIX[m], n) for m in ent for li in range(2) for n in range(128))
+    sweep(small, f"{tmp}/small-ent.h5", f"{tmp}/ent.h5", "top:5", values=[0, 5], prompts="p1.txt")
+    got, _ = read(f"{tmp}/ent.h5")
+    t.check(sorted(zip(got["layer"], got["matrix"], got["neuron"])) == sorted((l, m, n) for _, l, m, n in cand[:5]),
+            f"top:5 by entropy picked {list(zip(got['layer'], got['matrix'], got['neuron']))}")
+    t.check(sorted(got["map_entropy"]) == sorted(np.float32(e) for e, *_ in cand[:5]), "map_entropy not the map's")
 
 
 def check_resume(model, mp, tmp):
