@@ -114,6 +114,7 @@ class MapView {
     FI_FAIL(path_ + ": the map has no " + name + " group");
   }
   const std::vector<Group>& groups() const { return groups_; }
+  const std::string& path() const { return path_; }
 
   // Dataset rows [li, :, :cols] of a group as T.
   template <class T>
@@ -209,7 +210,7 @@ std::vector<Key> select_keys(const SweepOptions& o, const MapView& map, const Mo
 }
 
 // The neurons with what the map says of each: top tokens, top-1 probability, entropy.
-std::vector<sweep::Neuron> describe(const std::vector<Key>& keys, const MapView& map) {
+std::vector<sweep::Neuron> describe(const std::vector<Key>& keys, const MapView& map, int64_t vocab) {
   std::vector<sweep::Neuron> out;
   std::map<std::pair<int32_t, int64_t>, std::tuple<std::vector<int32_t>, std::vector<float>, std::vector<float>>> cache;
   for (const auto& [layer, m, n] : keys) {
@@ -228,6 +229,11 @@ std::vector<sweep::Neuron> describe(const std::vector<Key>& keys, const MapView&
     sweep::Neuron s;
     s.matrix = m, s.layer = int32_t(layer), s.neuron = int32_t(n);
     for (int64_t j = 0; j < k; ++j) s.top[j] = ids[size_t(n * k + j)];
+    for (int64_t j = 0; j < k; ++j)  // ids index the log-probabilities: a bad one is an error
+      if (s.top[j] < (j ? -1 : 0) || s.top[j] >= vocab)
+        FI_FAIL(map.path() + ": /" + matrix_name(Matrix(m)) + "/top_ids of layer " + std::to_string(layer) +
+                ", neuron " + std::to_string(n) + " holds token id " + std::to_string(s.top[j]) +
+                ", not in 0.." + std::to_string(vocab - 1));
     s.map_top_prob = p[size_t(n)];
     if (!e.empty()) s.map_entropy = e[size_t(n)];
     out.push_back(s);
@@ -331,6 +337,40 @@ sweep::Result unpack(const float* f, int64_t nv, int64_t P) {
   f += nv * P;
   for (int64_t i = 0; i < nv * P; ++i) r.top1.push_back(uint8_t(f[i]));
   return r;
+}
+
+// Rank 0 gathers a round's neurons (their indices in the file, then their packed results) and
+// writes them, in runs of consecutive neurons (a rank's share; after a resume, with gaps).
+// Returns the neurons of the round over all ranks.
+int64_t gather_and_write(const Comms& c, const std::vector<int64_t>& idx, const std::vector<float>& buf,
+                         int64_t rec, int64_t nv, int64_t P, int round, sweep::Writer* writer) {
+  int n = int(idx.size());
+  std::vector<int> counts(size_t(c.size)), displs(size_t(c.size)), fcounts(size_t(c.size)), fdispls(size_t(c.size));
+  MPI_Gather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, c.world);
+  int total = 0;
+  for (int r = 0; r < c.size; ++r) {
+    displs[size_t(r)] = total;
+    fcounts[size_t(r)] = counts[size_t(r)] * int(rec);
+    fdispls[size_t(r)] = total * int(rec);
+    total += counts[size_t(r)];
+  }
+  std::vector<int64_t> all_idx(size_t(c.rank == 0 ? total : 0));
+  std::vector<float> all_buf(size_t(c.rank == 0 ? total * rec : 0));
+  MPI_Gatherv(idx.data(), n, MPI_INT64_T, all_idx.data(), counts.data(), displs.data(), MPI_INT64_T, 0, c.world);
+  MPI_Gatherv(buf.data(), int(buf.size()), MPI_FLOAT, all_buf.data(), fcounts.data(), fdispls.data(),
+              MPI_FLOAT, 0, c.world);
+  collective(c.world, [&] {
+    if (c.rank != 0) return;
+    for (int a = 0; a < total;) {
+      int b = a + 1;
+      while (b < total && all_idx[size_t(b)] == all_idx[size_t(b - 1)] + 1) ++b;
+      std::vector<sweep::Result> rs;
+      for (int i = a; i < b; ++i) rs.push_back(unpack(&all_buf[size_t(i) * size_t(rec)], nv, P));
+      writer->write(all_idx[size_t(a)], rs, nv, P, round);
+      a = b;
+    }
+  });
+  return total;
 }
 
 // ---- the job -------------------------------------------------------------------------------
@@ -513,7 +553,7 @@ int run_sweep(const SweepOptions& o, const Comms& c) {
     model = std::make_unique<Model>(o.model_dir);
     for (const auto& p : o.prompts) check_token_ids(model->cfg, p);
     map = std::make_unique<MapView>(o.map, model->cfg);
-    neurons = describe(select_keys(o, *map, model->cfg), *map);
+    neurons = describe(select_keys(o, *map, model->cfg), *map, model->cfg.vocab_size);
     if (c.rank == 0) lock = std::make_unique<OutputLock>(o.out);
   });
   const ModelConfig& cfg = model->cfg;
@@ -586,34 +626,7 @@ int run_sweep(const SweepOptions& o, const Comms& c) {
         pack(sweep_neuron(fwd, pre, o, site, base, neurons[size_t(i)]), buf);
       }
     });
-    // Rank 0 gathers the round's neurons (their indices, then their packed results).
-    int n = int(idx.size());
-    std::vector<int> counts(size_t(c.size)), displs(size_t(c.size)), fcounts(size_t(c.size)), fdispls(size_t(c.size));
-    MPI_Gather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, c.world);
-    int total = 0;
-    for (int r = 0; r < c.size; ++r) {
-      displs[size_t(r)] = total;
-      fcounts[size_t(r)] = counts[size_t(r)] * int(rec);
-      fdispls[size_t(r)] = total * int(rec);
-      total += counts[size_t(r)];
-    }
-    std::vector<int64_t> all_idx(size_t(c.rank == 0 ? total : 0));
-    std::vector<float> all_buf(size_t(c.rank == 0 ? total * rec : 0));
-    MPI_Gatherv(idx.data(), n, MPI_INT64_T, all_idx.data(), counts.data(), displs.data(), MPI_INT64_T, 0, c.world);
-    MPI_Gatherv(buf.data(), int(buf.size()), MPI_FLOAT, all_buf.data(), fcounts.data(), fdispls.data(),
-                MPI_FLOAT, 0, c.world);
-    collective(c.world, [&] {
-      if (c.rank != 0) return;
-      // Written in runs of consecutive neurons (a rank's share; after a resume, with gaps).
-      for (int a = 0; a < total;) {
-        int b = a + 1;
-        while (b < total && all_idx[size_t(b)] == all_idx[size_t(b - 1)] + 1) ++b;
-        std::vector<sweep::Result> rs;
-        for (int i = a; i < b; ++i) rs.push_back(unpack(&all_buf[size_t(i) * size_t(rec)], nv, P));
-        writer->write(all_idx[size_t(a)], rs, nv, P, int(round));
-        a = b;
-      }
-    });
+    const int64_t total = gather_and_write(c, idx, buf, rec, nv, P, int(round), writer.get());
     done += total;
     MPI_Bcast(&done, 1, MPI_INT64_T, 0, c.world);
     progress.update(done, round + 1 == rounds);
