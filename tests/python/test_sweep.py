@@ -15,6 +15,7 @@
   to the same bits; bad input is one error line (expert neurons, a malformed list line, a
   partial without --resume, a resume with other values).
 """
+import json
 import os
 import random
 import shutil
@@ -65,6 +66,15 @@ def same(a, b, what):
     for k in DATASETS:
         t.check(da[k].dtype == db[k].dtype and da[k].shape == db[k].shape and
                 da[k].tobytes() == db[k].tobytes(), f"{what}: dataset {k} differs")
+
+
+def check_doc(path):
+    """docs/SWEEP_FORMAT.md's overview names every dataset of a real file, and only those."""
+    with open(os.path.join(t.SOURCE_DIR, "docs", "SWEEP_FORMAT.md"), encoding="utf-8") as f:
+        doc = f.read().split("## Overview", 1)[1].split("```")[1]
+    named = {line.split()[0].lstrip("/") for line in doc.splitlines() if line.startswith("/") and line[1:2] != " "}
+    with h5py.File(path, "r") as f:
+        t.check(named == set(f.keys()), f"SWEEP_FORMAT.md names {sorted(named ^ set(f.keys()))} wrongly")
 
 
 def check_torch(model, s, rows):
@@ -151,8 +161,14 @@ def check_select(model, mp, tmp):
         for m in ent:
             f[m].create_dataset("entropy", data=ent[m])
     cand = sorted((float(ent[m][li, n]), li, MATRIX[m], n) for m in ent for li in range(2) for n in range(128))
-    sweep(small, f"{tmp}/small-ent.h5", f"{tmp}/ent.h5", "top:5", values=[0, 5], prompts="p1.txt")
+    p = sweep(small, f"{tmp}/small-ent.h5", f"{tmp}/ent.h5", "top:5", values=[0, 5], prompts="p1.txt", extra=["--json"])
     got, _ = read(f"{tmp}/ent.h5")
+    js = [json.loads(x) for x in p.stdout.splitlines()]
+    t.check([(j["layer"], MATRIX[j["matrix"]], j["neuron"], j["token_id"]) for j in js] ==
+            [(int(a), int(b), int(c), int(d)) for a, b, c, d in zip(got["layer"], got["matrix"], got["neuron"],
+                                                                     got["top_tokens"][:, 0])] and
+            all(j["score"] == float(x) and j["expert"] is None and [d["value"] for d in j["delta"]] == [0, 5]
+                for j, x in zip(js, got["score"])), f"--json: {p.stdout[:300]}")
     t.check(sorted(zip(got["layer"], got["matrix"], got["neuron"])) == sorted((l, m, n) for _, l, m, n in cand[:5]),
             f"top:5 by entropy picked {list(zip(got['layer'], got['matrix'], got['neuron']))}")
     t.check(sorted(got["map_entropy"]) == sorted(np.float32(e) for e, *_ in cand[:5]), "map_entropy not the map's")
@@ -237,6 +253,7 @@ def test():
         same(outs[1], outs[2], "np 2 vs np 1")
         same(outs[1], outs[3], "np 3 vs np 1")
         s, attrs = read(outs[1])
+        check_doc(outs[1])
         check_census(s, planted)
         keys = list(zip(s["matrix"], s["layer"], s["neuron"]))
         paris = next(p for p in planted if p["token"] == " Paris")
