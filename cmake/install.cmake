@@ -34,7 +34,7 @@ if(FLASHINTERP_INSTALL_TOKENIZER)
   install(FILES ${FI_BUILD_TOKENIZER} DESTINATION ${FI_SHARE}/tokenizer OPTIONAL)
 endif()
 
-install(PROGRAMS slurm/decode.sbatch slurm/decode-multinode.sbatch slurm/forward.sbatch
+install(PROGRAMS slurm/decode.sbatch slurm/decode-multinode.sbatch slurm/forward.sbatch slurm/sweep.sbatch
         DESTINATION ${FI_SHARE}/slurm)
 install(FILES slurm/README.md DESTINATION ${FI_SHARE}/slurm)
 
@@ -45,7 +45,7 @@ if(NOT fi_py_version STREQUAL "version = \"${PROJECT_VERSION}\"")
   message(FATAL_ERROR "analysis/pyproject.toml says '${fi_py_version}' but the project is "
                       "${PROJECT_VERSION} (CMakeLists.txt): give both the same version")
 endif()
-set(FI_PY_TOP analysis/pyproject.toml analysis/flashinterp_map.py)
+set(FI_PY_TOP analysis/pyproject.toml analysis/flashinterp_map.py analysis/flashinterp_sweep.py)
 set(FI_PY_PACKAGE)
 foreach(m __init__ show search compare report concepts export pages serve)
   list(APPEND FI_PY_PACKAGE analysis/flashinterp_analysis/${m}.py)
@@ -89,4 +89,4 @@ else()
 endif()
 
 install(FILES README.md DESTINATION ${CMAKE_INSTALL_DOCDIR})
-install(FILES docs/ARCHITECTURE.md docs/MAP_FORMAT.md DESTINATION ${CMAKE_INSTALL_DOCDIR}/docs)
+install(FILES docs/ARCHITECTURE.md docs/MAP_FORMAT.md docs/SWEEP_FORMAT.md DESTINATION ${CMAKE_INSTALL_DOCDIR}/docs)

@@ -46,6 +46,8 @@ def parse_args(argv):
                    help="rows of the searchable table per matrix; a larger map keeps its R most "
                         "specialised neurons (default 20000)")
     p.add_argument("--partial", action="store_true", help="read a map whose decode did not finish")
+    p.add_argument("--sweep", metavar="SWEEP.h5", help="add the causal scores of `flashinterp sweep`: "
+                   "specialisation against score per layer, and the neurons where they disagree most")
     a = p.parse_args(argv)
     if a.specialised < 0 or a.table_max < 0:
         p.error("--specialised and --table-max must be >= 0")
@@ -257,7 +259,7 @@ code, .tok { font-family: ui-monospace, monospace; }
 """
 
 
-def page(m_path, attrs, complete, mats, files, specialised, table, table_note):
+def page(m_path, attrs, complete, mats, files, specialised, table, table_note, extra=""):
     h = []
     h.append("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>")
     h.append(f"<title>flashinterp map: {esc(os.path.basename(m_path))}</title>")
@@ -302,6 +304,7 @@ def page(m_path, attrs, complete, mats, files, specialised, table, table_note):
                      f"{row[1]}</a></td><td>{row[2]:.4g}</td><td>{row[3]:.3f}</td><td>{row[5]:.3f}</td>"
                      f"<td class='tok'>{esc(toks)}</td></tr>")
         h.append("</table>")
+    h.append(extra)
     h.append("<h2>Search the neurons</h2>")
     h.append("<p>Type part of a token (all words must match one of a neuron's top tokens; start with a space "
              "or a quote to match the text exactly as typed, spaces included), <code>L12</code> for a layer, "
@@ -347,6 +350,30 @@ def write_neuron_pages(out, pages):
             f.write(pg.neuron_page(d, link, static_prefix="../../../static/"))
 
 
+def sweep_section(path, out, attrs, plt, n=20):
+    """The causal scores of a sweep file (flashinterp_sweep.py): the per-layer plot and the
+    neurons whose specialisation and score disagree most."""
+    import flashinterp_sweep as fs
+    s = fs.open_sweep(path)
+    png = fs.plot_per_layer(s, os.path.join(out, "sweep_per_layer.png"), plt)
+    _, name = s.specialisation()
+    idx, diff = fs.disagreements(s, n)
+    h = [f"<h2>Causal scores <code>{esc(path)}</code></h2>",
+         "" if s.matches(attrs) else "<p><b>Warning:</b> this sweep was made from another map.</p>",
+         f"<p>Score = slope of the change in log p of the neuron's decoded top token over the clamp values "
+         f"{esc(list(map(float, s.values)))}, averaged over prompts. Specialisation: {esc(name)}.</p>",
+         f"<p><img src='{esc(os.path.basename(png))}' alt='specialisation against causal score'></p>",
+         f"<h3>Where they disagree most (rank of specialisation minus rank of score)</h3><table><tr>"
+         "<th>matrix</th><th>layer</th><th>neuron</th><th>top token id</th><th>specialisation</th>"
+         "<th>score</th><th>rank difference</th></tr>"]
+    spec, _ = s.specialisation()
+    for i, d in zip(idx, diff):
+        h.append(f"<tr><td>{fs.MATRICES[s.matrix[i]]}</td><td>{s.layer[i]}</td><td>{s.neuron[i]}</td>"
+                 f"<td>{s.top_tokens[i, 0]}</td><td>{spec[i]:.4g}</td><td>{s.score[i]:+.4f}</td><td>{d:+.2f}</td></tr>")
+    h.append("</table>")
+    return "\n".join(h)
+
+
 def run(argv):
     a = parse_args(argv)
     import warnings
@@ -385,7 +412,8 @@ def run(argv):
     path = os.path.join(a.out, "index.html")
     with open(path, "w", encoding="utf-8") as f:
         note = "The table holds " + "; ".join(notes) + "."
-        f.write(page(a.map, attrs, complete, mats, files, specialised, table, note))
+        extra = sweep_section(a.sweep, a.out, attrs, plt) if a.sweep else ""
+        f.write(page(a.map, attrs, complete, mats, files, specialised, table, note, extra))
     print(f"report: {path} ({sum(len(v) for v in files.values())} plots, {len(table)} table rows)")
     return 0
 

@@ -27,6 +27,7 @@ def parse_args(argv):
     p.add_argument("--top", type=int, default=None, metavar="K", help="show only the first K tokens")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     p.add_argument("--partial", action="store_true", help="read a map whose decode did not finish")
+    p.add_argument("--sweep", metavar="SWEEP.h5", help="also show the neuron's causal score from `flashinterp sweep`")
     return p.parse_args(argv)
 
 
@@ -51,6 +52,12 @@ def run(argv):
     est, low, mass = (float(x) for x in fm.entropy_from_topk(full.probs, vocab))
     exact = float(st["entropy"][0]) if st["entropy_exact"] else None
     margin = float(st["margin"][0])
+    causal = sweep_note = None
+    if a.sweep:  # the causal score (flashinterp_sweep.py), when this neuron was swept
+        import flashinterp_sweep as fs
+        sw = fs.open_sweep(a.sweep)
+        causal = sw.lookup(a.matrix, a.layer, a.neuron)
+        sweep_note = None if sw.matches(attrs) else f"{a.sweep} was made from another map (map_fingerprint differs)"
     warning = None
     if written is False:
         warning = "this neuron's chunk is not marked done in this partial map; values are not valid"
@@ -63,7 +70,8 @@ def run(argv):
             entropy=dict(estimate_nats=est, lower_bound_nats=low, upper_bound_nats=est, topk_mass=mass,
                          k=int(len(full.ids)), vocab_size=vocab, method=ENTROPY_HELP, exact_nats=exact),
             margin=margin, margin_exact=st["margin_exact"],
-            top=fm.tokens_json(top), bottom=fm.tokens_json(bottom) if bottom is not None else []))
+            top=fm.tokens_json(top), bottom=fm.tokens_json(bottom) if bottom is not None else [],
+            **(dict(causal=causal, sweep_warning=sweep_note) if a.sweep else {})))
         return 0
     print(f"{a.map}: /{a.matrix} layer {a.layer} neuron {a.neuron}  "
           f"(model {attrs.get('model_dir', '?')}, norm {attrs.get('norm', '?')}, "
@@ -75,6 +83,11 @@ def run(argv):
     print(f"margin (top-1 minus top-2 logit) = {margin:.4f}")
     if warning:
         print("warning: " + warning)
+    if a.sweep:
+        print("causal score: " + ("not in the sweep" if causal is None else
+              f"{causal['score']:+.4f} dlogp per unit of clamp (top-1 share {causal['top1_share']:.2f}; " +
+              ", ".join(f"{d['value']:g}: {d['dlogp']:+.3f}" for d in causal["dlogp"]) + ")") +
+              (f"  [warning: {sweep_note}]" if sweep_note else ""))
     print_tokens("top tokens:", top)
     if bottom is not None and len(bottom.ids):
         print_tokens("bottom tokens (lowest logit first):", bottom)

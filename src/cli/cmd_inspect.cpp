@@ -1,5 +1,6 @@
 // `flashinterp inspect`: config summary, tensor inventory, and what a decode will need
-// (rows, GEMM FLOPs, LM-head bytes per node, map size; per rank with --ranks).
+// (rows, GEMM FLOPs, LM-head bytes per node, map size; per rank with --ranks); --sweep: the
+// cost model of `flashinterp sweep`.
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -8,6 +9,7 @@
 #include "cli/commands.h"
 #include "parallel/partition.h"
 #include "forward/forward.h"
+#include "job/sweep_job.h"
 #include "map/format.h"
 #include "model/config.h"
 #include "model/layer_tensors.h"
@@ -35,7 +37,46 @@ struct InspectOptions {
   int64_t chunk_rows = 512;
   int cores_per_rank = 1;
   std::string matrices = "up,gate,down";
+  bool sweep = false;  // the cost model of `flashinterp sweep`
+  int64_t sweep_neurons = 1000, sweep_values = 4, sweep_prompts = 8, sweep_tokens = 8, sweep_batch = 64;
+  double gpu_tbps = 4.8, cpu_gbps = 10;
 };
+
+std::string human_time(double s) {
+  char buf[32];
+  if (s < 120) std::snprintf(buf, sizeof buf, "%.3g s", s);
+  else if (s < 7200) std::snprintf(buf, sizeof buf, "%.3g min", s / 60);
+  else if (s < 2 * 86400) std::snprintf(buf, sizeof buf, "%.3g h", s / 3600);
+  else std::snprintf(buf, sizeof buf, "%.3g days", s / 86400);
+  return buf;
+}
+
+// `inspect --sweep`: the cost of `flashinterp sweep` from job/sweep_job.h's model of one clamped
+// run (layers from the neuron's own to the LM-head, weights read once per run), averaged over the
+// layers; times from the stated throughputs, on o.ranks ranks.
+void print_sweep_cost(const ModelConfig& c, const InspectOptions& o) {
+  double flops = 0, bytes = 0;
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const SweepCost k = sweep_run_cost(c, l, o.sweep_tokens);
+    flops += k.flops / double(c.num_layers);
+    bytes += k.weight_bytes / double(c.num_layers);
+  }
+  const double runs = double(o.sweep_values * o.sweep_prompts);
+  std::printf("sweep      per neuron: %.0f clamped runs (%lld values x %lld prompts of %lld tokens) from its "
+              "layer on, mean over layers: %.3g GFLOP, %s of weights read\n", runs, (long long)o.sweep_values,
+              (long long)o.sweep_prompts, (long long)o.sweep_tokens, runs * flops / 1e9, human(runs * bytes).c_str());
+  const double all = double(c.num_layers * c.intermediate_size);
+  for (double n : {double(o.sweep_neurons), all}) {
+    const double f = n * runs * flops / o.ranks, b = n * runs * bytes / o.ranks;
+    const double cpu = std::max(f / (o.cpu_gflops_per_core * 1e9 * o.cores_per_rank), b / (o.cpu_gbps * 1e9));
+    const double gpu = std::max(f / (o.gpu_tflops * 1e12), b / (o.gpu_tbps * 1e12));
+    const double batched = std::max(f / (o.gpu_tflops * 1e12), b / double(o.sweep_batch) / (o.gpu_tbps * 1e12));
+    std::printf("           %.0f neurons%s on %d rank%s: CPU ~%s; GPU ~%s one run at a time (as implemented; "
+                "%.1f TB/s of weight reads), ~%s with %lld runs batched (not implemented)\n",
+                n, n == all ? " (all of one matrix)" : "", o.ranks, o.ranks > 1 ? "s" : "", human_time(cpu).c_str(),
+                human_time(gpu).c_str(), o.gpu_tbps, human_time(batched).c_str(), (long long)o.sweep_batch);
+  }
+}
 
 // The clamp/generate pipeline over `ranks` ranks: each rank's layers and the weights it holds,
 // in the checkpoint's dtype on either backend (the CPU reads an untied embedding from disk).
@@ -270,6 +311,7 @@ int run_inspect(const InspectOptions& o) {
               o.cpu_gflops_per_core, o.cores_per_rank, rank_flops / (o.cpu_gflops_per_core * 1e9 * o.cores_per_rank),
               o.gpu_tflops, rank_flops / (o.gpu_tflops * 1e12));
   print_forward_plan(m, o.ranks);
+  if (o.sweep) print_sweep_cost(c, o);
   return 0;
 }
 
@@ -288,6 +330,14 @@ std::function<int()> add_inspect(CLI::App& app) {
   cmd->add_option("--cores-per-rank", o->cores_per_rank, "CPU cores per rank, for the CPU estimate")->capture_default_str();
   cmd->add_option("--cpu-gflops", o->cpu_gflops_per_core, "assumed sgemm GFLOP/s per core")->capture_default_str();
   cmd->add_option("--gpu-tflops", o->gpu_tflops, "assumed GEMM TFLOP/s per GPU (H100 bf16: ~600)")->capture_default_str();
+  cmd->add_flag("--sweep", o->sweep, "also print the cost model of flashinterp sweep");
+  cmd->add_option("--sweep-neurons", o->sweep_neurons, "neurons for the sweep estimate")->capture_default_str();
+  cmd->add_option("--sweep-values", o->sweep_values, "clamp values per neuron")->capture_default_str();
+  cmd->add_option("--sweep-prompts", o->sweep_prompts, "prompts per value")->capture_default_str();
+  cmd->add_option("--sweep-tokens", o->sweep_tokens, "tokens per prompt")->capture_default_str();
+  cmd->add_option("--sweep-batch", o->sweep_batch, "runs per weight read if batched")->capture_default_str();
+  cmd->add_option("--cpu-gbps", o->cpu_gbps, "assumed weight-read bandwidth per CPU rank, GB/s")->capture_default_str();
+  cmd->add_option("--gpu-tbps", o->gpu_tbps, "assumed memory bandwidth per GPU, TB/s (H200: 4.8)")->capture_default_str();
   return [o] { return run_inspect(*o); };
 }
 

@@ -13,5 +13,6 @@ std::function<int()> add_tokenize(CLI::App& app);
 std::function<int(int*, char***)> add_clamp(CLI::App& app);
 std::function<int(int*, char***)> add_generate(CLI::App& app);
 std::function<int()> add_map_format(CLI::App& app);
+std::function<int(int*, char***)> add_sweep(CLI::App& app);
 
 }  // namespace fi

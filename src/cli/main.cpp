@@ -1,5 +1,5 @@
 // flashinterp: the one binary; subcommands decode, inspect, demo-model, tokenize, clamp,
-// generate and map-format; --version. Every error ends as one line on stderr ("flashinterp: error: ...")
+// generate, map-format and sweep; --version. Every error ends as one line on stderr ("flashinterp: error: ...")
 // and a non-zero exit, never a core dump.
 #include <cstdio>
 #include <cstdlib>
@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
   auto clamp = fi::add_clamp(app);
   auto generate = fi::add_generate(app);
   auto map_format = fi::add_map_format(app);
+  auto sweep = fi::add_sweep(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -51,6 +52,7 @@ int main(int argc, char** argv) {
     if (app.got_subcommand("clamp")) return clamp(&argc, &argv);
     if (app.got_subcommand("generate")) return generate(&argc, &argv);
     if (app.got_subcommand("map-format")) return map_format();
+    if (app.got_subcommand("sweep")) return sweep(&argc, &argv);
   } catch (const fi::JobFailed&) {
     return 1;  // already reported by the rank that failed
   } catch (const std::exception& e) {

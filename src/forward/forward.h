@@ -54,6 +54,24 @@ class Forward {
                                                const std::vector<std::vector<Clamp>>& clamps,
                                                ClampSite site);
 
+  // The sweep's reuse of an unclamped prefix: with a clamp only at layer L, the hidden states
+  // entering L are those of the unclamped run, so they are computed once and every clamp runs
+  // layers L.. only. One stage only (no pipeline); both clear the KV cache.
+  // Token ids -> the hidden states entering layer 0, [T, hidden].
+  std::vector<float> embed(const std::vector<int32_t>& tokens);
+  // Runs layers [first, last) on x [T, hidden] in place as a new sequence (positions 0..T-1),
+  // with the clamps given (checked; those outside the range do nothing). x must hold the hidden
+  // states entering layer `first`. When last is the model's layer count, returns the last
+  // position's logits [V] (the same bits as forward() of the whole prompt), else nothing.
+  std::vector<float> run_layers(float* x, int64_t T, int64_t first, int64_t last,
+                                const std::vector<Clamp>& clamps, ClampSite site);
+  // run_layers(x, T, first, num_layers) of B = clamps.size() copies of x [T, hidden] (left as
+  // it is), copy b clamped by clamps[b], as one batch where the stage can (the CPU stage: one
+  // weight read for all); returns each copy's last-position logits, [B][V]. The bits may differ
+  // from run_layers' in the last place (other GEMM shapes), never with the rank count.
+  std::vector<std::vector<float>> run_batch(const float* x, int64_t T, int64_t first,
+                                            const std::vector<std::vector<Clamp>>& clamps, ClampSite site);
+
  private:
   void check_tokens(const std::vector<int32_t>& tokens, int64_t logit_rows) const;
   void stage_step(const std::vector<int32_t>& tokens, int64_t first, float* logits);

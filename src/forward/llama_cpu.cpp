@@ -43,7 +43,10 @@ class CpuStage final : public Stage {
     }
   }
   void embed(const std::vector<int32_t>& tokens, float* x) override;
-  void layers(float* x, int64_t T, int64_t pos) override;
+  void layers(float* x, int64_t T, int64_t pos) override { run(x, T, pos, span_.first, span_.last); }
+  void layer_range(float* x, int64_t T, int64_t first, int64_t last) override;
+  bool layer_range_batch(float* x, int64_t B, int64_t T, int64_t first, int64_t last,
+                         const std::vector<std::vector<Clamp>>& clamps, ClampSite site) override;
   void head(const float* x, int64_t n, float* logits) override;
 
  private:
@@ -82,11 +85,16 @@ class CpuStage final : public Stage {
   void mla_attention(Layer& w, const float* xn, int64_t T, int64_t pos, float* out);
   void mlp(int64_t l, const float* xn, int64_t T, float* out);                   // xn, out: [T, H]
   void moe_mlp(int64_t l, Layer& w, const float* xn, int64_t T, float* out);
-  void activate_clamped(int64_t l, int64_t e, float* g, float* u, int64_t I, int64_t T) const;
+  // rows: the batch row of each of the T rows (an expert's gathered tokens); null: row t is t.
+  void activate_clamped(int64_t l, int64_t e, float* g, float* u, int64_t I, int64_t T,
+                        const int64_t* rows = nullptr) const;
+  // The clamps of batch row t: its sequence's in a batch (layer_range_batch), else clamps_.
+  const std::vector<Clamp>& clamps_of(int64_t t) const { return seq_ > 0 ? seq_clamps_[size_t(t / seq_)] : clamps_; }
   void route_groups(const Layer& w, std::vector<float>& choice) const;
   // down(act(gate·x) * up·x) of I neurons with the clamps of (layer l, expert e).
   void gated(int64_t l, int64_t e, const Weight& gate, const Weight& up, const Weight& down, int64_t I,
-             const float* xn, int64_t T, float* out);
+             const float* xn, int64_t T, float* out, const int64_t* rows = nullptr);
+  void run(float* x, int64_t T, int64_t pos, int64_t first, int64_t last);  // layers [first, last)
 
   const Model& model_;
   StageSpan span_;
@@ -97,6 +105,10 @@ class CpuStage final : public Stage {
   Weight embedding_;  // [V, H]: tied model, embed stage without the head (untied: read per token)
   std::vector<Clamp> clamps_;
   ClampSite site_ = ClampSite::Act;
+  // A batch (layer_range_batch): rows come in sequences of seq_ positions, each from position 0,
+  // sequence b clamped by seq_clamps_[b]. seq_ = 0: one sequence of every row, clamped by clamps_.
+  int64_t seq_ = 0;
+  std::vector<std::vector<Clamp>> seq_clamps_;
 };
 
 // The tensors as model/layer_tensors.h lists and checks them for each layer.
@@ -239,11 +251,12 @@ void CpuStage::project_qkv(Layer& w, const float* xn, int64_t T, int64_t pos, fl
     const int64_t n = int64_t(w.k_norm.size());
     norm_rows(k, w.k_norm, T * kvd / n, n, k);
   }
-  const RopeFreqs rf = rope_freqs(c, pos + T, w.sliding);
+  const int64_t S = seq_ > 0 ? seq_ : T;  // positions per sequence
+  const RopeFreqs rf = rope_freqs(c, pos + S, w.sliding);
   std::vector<float> cs(size_t(hd / 2)), sn(size_t(hd / 2));
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t i = 0; i < hd / 2; ++i) {
-      const double a = double(pos + t) * rf.inv_freq[size_t(i)];
+      const double a = double(pos + t % S) * rf.inv_freq[size_t(i)];
       cs[size_t(i)] = float(std::cos(a) * rf.attention_factor);
       sn[size_t(i)] = float(std::sin(a) * rf.attention_factor);
     }
@@ -268,9 +281,10 @@ void CpuStage::attention(Layer& w, const float* xn, int64_t T, int64_t pos, floa
   const double scalar = c.query_pre_attn_scalar > 0 ? c.query_pre_attn_scalar : double(hd);
   const float scale = float(1.0 / std::sqrt(scalar));
   const int64_t group = nh / nkv;
+  const int64_t S = seq_ > 0 ? seq_ : T;  // a batch's sequences (pos 0) sit one after the other
   for (int64_t t = 0; t < T; ++t) {
-    const int64_t last = pos + t;
-    const int64_t first = w.sliding ? std::max<int64_t>(0, last - c.sliding_window + 1) : 0;
+    const int64_t base = (t / S) * S, last = base + pos + t % S;
+    const int64_t first = w.sliding ? std::max<int64_t>(base, last - c.sliding_window + 1) : base;
     for (int64_t h = 0; h < nh; ++h) {
       const float* qh = &q[t * qd + h * hd];
       const int64_t kh = h / group;
@@ -322,7 +336,8 @@ void CpuStage::mla_attention(Layer& w, const float* xn, int64_t T, int64_t pos, 
   std::vector<float> kvb(size_t(T * nh * (nope + vd)));
   linear(latent.data(), T, w.kv_b, {}, kvb.data());
 
-  const RopeFreqs rf = rope_freqs(c, P, false);
+  const int64_t S = seq_ > 0 ? seq_ : T;  // a batch's sequences (pos 0) sit one after the other
+  const RopeFreqs rf = rope_freqs(c, pos + S, false);
   std::vector<float> cs(size_t(rope / 2)), sn(size_t(rope / 2)), tmp(static_cast<size_t>(rope));
   auto rotate = [&](float* x) {  // the rope part of one head, at the position cs/sn were made for
     if (a.rope_interleave) {
@@ -338,7 +353,7 @@ void CpuStage::mla_attention(Layer& w, const float* xn, int64_t T, int64_t pos, 
   w.v_cache.resize(size_t(P * nh * vd));
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t i = 0; i < rope / 2; ++i) {
-      const double ang = double(pos + t) * rf.inv_freq[size_t(i)];
+      const double ang = double(pos + t % S) * rf.inv_freq[size_t(i)];
       cs[size_t(i)] = float(std::cos(ang) * rf.attention_factor);
       sn[size_t(i)] = float(std::sin(ang) * rf.attention_factor);
     }
@@ -360,11 +375,11 @@ void CpuStage::mla_attention(Layer& w, const float* xn, int64_t T, int64_t pos, 
   }
   std::vector<float> ctx(size_t(T * nh * vd), 0.f), score(static_cast<size_t>(P));
   for (int64_t t = 0; t < T; ++t) {
-    const int64_t last = pos + t;
+    const int64_t base = (t / S) * S, last = base + pos + t % S;
     for (int64_t h = 0; h < nh; ++h) {
       const float* qh = &q[size_t((t * nh + h) * qk)];
       float mx = -INFINITY;
-      for (int64_t j = 0; j <= last; ++j) {
+      for (int64_t j = base; j <= last; ++j) {
         const float* kj = &w.k_cache[size_t((j * nh + h) * qk)];
         float s = 0;
         for (int64_t i = 0; i < qk; ++i) s += qh[i] * kj[i];
@@ -372,9 +387,9 @@ void CpuStage::mla_attention(Layer& w, const float* xn, int64_t T, int64_t pos, 
         mx = std::max(mx, score[size_t(j)]);
       }
       double sum = 0;
-      for (int64_t j = 0; j <= last; ++j) sum += (score[size_t(j)] = std::exp(score[size_t(j)] - mx));
+      for (int64_t j = base; j <= last; ++j) sum += (score[size_t(j)] = std::exp(score[size_t(j)] - mx));
       float* o = &ctx[size_t((t * nh + h) * vd)];
-      for (int64_t j = 0; j <= last; ++j) {
+      for (int64_t j = base; j <= last; ++j) {
         const float p = float(score[size_t(j)] / sum);
         const float* vj = &w.v_cache[size_t((j * nh + h) * vd)];
         for (int64_t i = 0; i < vd; ++i) o[i] += p * vj[i];
@@ -402,25 +417,27 @@ void CpuStage::mlp(int64_t l, const float* xn, int64_t T, float* out) {
 }
 
 void CpuStage::gated(int64_t l, int64_t e, const Weight& gate, const Weight& up, const Weight& down, int64_t I,
-                     const float* xn, int64_t T, float* out) {
+                     const float* xn, int64_t T, float* out, const int64_t* rows) {
   std::vector<float> g(size_t(T * I)), u(size_t(T * I));
   linear(xn, T, gate, {}, g.data());
   linear(xn, T, up, {}, u.data());
-  activate_clamped(l, e, g.data(), u.data(), I, T);
+  activate_clamped(l, e, g.data(), u.data(), I, T, rows);
   linear(g.data(), T, down, {}, out);
 }
 
 // g = act(g) * u over [T, I], with the clamps of (layer l, expert e) at their site.
-void CpuStage::activate_clamped(int64_t l, int64_t e, float* g, float* u, int64_t I, int64_t T) const {
+void CpuStage::activate_clamped(int64_t l, int64_t e, float* g, float* u, int64_t I, int64_t T,
+                                const int64_t* rows) const {
+  auto clamp = [&](ClampSite site, float* m) {
+    for (int64_t t = 0; t < T; ++t)
+      for (const Clamp& k : clamps_of(rows ? rows[t] : t))
+        if (k.layer == l && k.expert == e && site_ == site) m[t * I + k.neuron] = k.value;
+  };
   // Site up: the up_proj output is replaced before the multiply (still gated by act(gate)).
-  for (const Clamp& k : clamps_)
-    if (k.layer == l && k.expert == e && site_ == ClampSite::Up)
-      for (int64_t t = 0; t < T; ++t) u[t * I + k.neuron] = k.value;
+  clamp(ClampSite::Up, u);
   for (int64_t i = 0; i < T * I; ++i) g[i] = apply_act(act_, g[i]) * u[i];
   // Site act: the down_proj input itself is replaced, so the neuron writes value · down[:, n].
-  for (const Clamp& k : clamps_)
-    if (k.layer == l && k.expert == e && site_ == ClampSite::Act)
-      for (int64_t t = 0; t < T; ++t) g[t * I + k.neuron] = k.value;
+  clamp(ClampSite::Act, g);
 }
 
 // DeepSeek-V3's choice of experts (DeepseekV3TopkRouter): the sigmoid scores plus
@@ -495,7 +512,7 @@ void CpuStage::moe_mlp(int64_t l, Layer& w, const float* xn, int64_t T, float* o
     ys.resize(size_t(n * H));
     for (int64_t i = 0; i < n; ++i) std::copy(xn + ts[size_t(i)] * H, xn + (ts[size_t(i)] + 1) * H, &xs[size_t(i * H)]);
     const Layer::Mlp& m = w.experts[size_t(e)];
-    gated(l, e, m.gate, m.up, m.down, N, xs.data(), n, ys.data());
+    gated(l, e, m.gate, m.up, m.down, N, xs.data(), n, ys.data(), ts.data());
     for (int64_t i = 0; i < n; ++i)
       for (int64_t h = 0; h < H; ++h) out[ts[size_t(i)] * H + h] += weights[size_t(e)][size_t(i)] * ys[size_t(i * H + h)];
   }
@@ -511,11 +528,44 @@ void CpuStage::moe_mlp(int64_t l, Layer& w, const float* xn, int64_t T, float* o
     for (int64_t h = 0; h < H; ++h) out[t * H + h] += gate[size_t(t)] * ys[size_t(t * H + h)];
 }
 
-void CpuStage::layers(float* x, int64_t T, int64_t pos) {
+void CpuStage::layer_range(float* x, int64_t T, int64_t first, int64_t last) {
+  first = std::max(first, span_.first);
+  last = std::min(last, span_.last);
+  for (int64_t l = first; l < last; ++l) {
+    layers_[size_t(l - span_.first)].k_cache.clear();
+    layers_[size_t(l - span_.first)].v_cache.clear();
+  }
+  run(x, T, 0, first, last);
+}
+
+bool CpuStage::layer_range_batch(float* x, int64_t B, int64_t T, int64_t first, int64_t last,
+                                 const std::vector<std::vector<Clamp>>& clamps, ClampSite site) {
+  FI_CHECK(int64_t(clamps.size()) == B && B > 0 && T > 0, "forward: a batch of one clamp list per sequence");
+  first = std::max(first, span_.first);
+  last = std::min(last, span_.last);
+  for (int64_t l = first; l < last; ++l) {
+    layers_[size_t(l - span_.first)].k_cache.clear();
+    layers_[size_t(l - span_.first)].v_cache.clear();
+  }
+  seq_ = T;
+  seq_clamps_ = clamps;
+  site_ = site;
+  try {
+    run(x, B * T, 0, first, last);
+  } catch (...) {
+    seq_ = 0;
+    throw;
+  }
+  seq_ = 0;
+  seq_clamps_.clear();
+  return true;
+}
+
+void CpuStage::run(float* x, int64_t T, int64_t pos, int64_t first, int64_t last) {
   const ModelConfig& c = config();
   const int64_t H = c.hidden_size;
   std::vector<float> xn(size_t(T * H)), y(size_t(T * H));
-  for (int64_t l = span_.first; l < span_.last; ++l) {
+  for (int64_t l = first; l < last; ++l) {
     Layer& w = layers_[size_t(l - span_.first)];
     FI_CHECK(int64_t(w.k_cache.size()) == pos * k_width(w),
              "forward: the KV cache does not hold the positions before this call");

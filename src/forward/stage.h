@@ -32,6 +32,19 @@ class Stage {
   // Runs this stage's layers on x [T, hidden] in place, for positions pos..pos+T-1, and appends
   // those positions to the KV cache (pos is the number of positions already cached).
   virtual void layers(float* x, int64_t T, int64_t pos) = 0;
+  // Runs layers [first, last) of this stage (clipped to its span) on x [T, hidden] in place as a
+  // new sequence, positions 0..T-1: x holds the hidden states entering layer `first`, the layers
+  // before it are not run. The KV cache is only valid again after reset(). What the sweep uses
+  // to reuse an unclamped prefix (Forward::run_layers).
+  virtual void layer_range(float* x, int64_t T, int64_t first, int64_t last) = 0;
+  // layer_range of B sequences of T positions at once, x [B * T, hidden] stacked by sequence,
+  // sequence b clamped by clamps[b] (every other clamp is ignored): one weight read for all.
+  // Returns false, doing nothing, where the stage cannot batch (then the caller loops).
+  virtual bool layer_range_batch(float* x, int64_t B, int64_t T, int64_t first, int64_t last,
+                                 const std::vector<std::vector<Clamp>>& clamps, ClampSite site) {
+    (void)x, (void)B, (void)T, (void)first, (void)last, (void)clamps, (void)site;
+    return false;
+  }
   // Final norm and LM-head of x [n, hidden] -> logits [n, vocab_size] (head stages only).
   virtual void head(const float* x, int64_t n, float* logits) = 0;
 };

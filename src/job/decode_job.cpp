@@ -79,6 +79,8 @@ void install_stop_handlers() {
   for (int sig : {SIGTERM, SIGINT, SIGUSR1}) sigaction(sig, &sa, nullptr);
 }
 
+int stop_signal() { return g_stop; }
+
 namespace {
 
 class Progress {

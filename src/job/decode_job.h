@@ -38,6 +38,8 @@ int run_decode(const DecodeOptions& opt, const Comms& comms);
 // SIGTERM/SIGINT/SIGUSR1 ask the decode to stop after its current round (exit kExitStopped); a
 // second signal exits at once. Installed first thing in `decode`, before MPI starts.
 void install_stop_handlers();
+// The first stop signal received since (0: none); `sweep` polls it between its rounds too.
+int stop_signal();
 
 std::vector<int64_t> parse_layers(const std::string& spec, int64_t num_layers);
 

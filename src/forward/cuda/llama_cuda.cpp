@@ -124,7 +124,11 @@ class CudaStage final : public Stage {
   void set_clamps(const std::vector<Clamp>& clamps, ClampSite site) override;
   void reset() override { len_ = 0; }
   void embed(const std::vector<int32_t>& tokens, float* x) override;
-  void layers(float* x, int64_t T, int64_t pos) override;
+  void layers(float* x, int64_t T, int64_t pos) override { run(x, T, pos, 0, layers_.size()); }
+  void layer_range(float* x, int64_t T, int64_t first, int64_t last) override {
+    const int64_t a = std::max(first, span_.first), b = std::min(last, span_.last);
+    if (a < b) run(x, T, 0, size_t(a - span_.first), size_t(b - span_.first));
+  }
   void head(const float* x, int64_t n, float* logits) override;
 
  private:
@@ -159,6 +163,7 @@ class CudaStage final : public Stage {
   // first); post: the post-norm's gamma, or empty (none: y itself is added).
   void add_block_output(bool split, const DeviceBuffer& post, int64_t rows, float* x);
   void qk_norms(const Layer& w, float* qkv, int64_t T);  // in place, before RoPE
+  void run(float* x, int64_t T, int64_t pos, size_t li0, size_t li1);  // layers_[li0, li1)
 
   ModelConfig cfg_;
   StageSpan span_;
@@ -404,7 +409,7 @@ void CudaStage::mlp(size_t li, float* x, int64_t rows) {
   add_block_output(dn.split(), w.post_mlp_norm, rows, x);
 }
 
-void CudaStage::layers(float* x, int64_t T, int64_t pos) {
+void CudaStage::run(float* x, int64_t T, int64_t pos, size_t li0, size_t li1) {
   FI_CHECK(T > 0, "CUDA forward: layers() of no positions");
   FI_CHECK(pos >= 0 && pos <= len_, "CUDA forward: position " + std::to_string(pos) +
                                         " is past the cached " + std::to_string(len_));
@@ -444,7 +449,7 @@ void CudaStage::layers(float* x, int64_t T, int64_t pos) {
       cudaMemcpyAsync(rope_.get(), cs.data(), cs.size() * 4, cudaMemcpyHostToDevice, stream_.s));
   FI_CUDA_CHECK(cudaMemcpyAsync(x_.get(), x, size_t(T * H) * 4, cudaMemcpyHostToDevice, stream_.s));
   float *xd = f32(x_), *qkv = f32(qkv_), *ctx = f32(ctx_);
-  for (size_t li = 0; li < layers_.size(); ++li) {
+  for (size_t li = li0; li < li1; ++li) {
     Layer& w = layers_[li];
     for (int64_t r0 = 0; r0 < T; r0 += kRows)
       linear(w.qkv, xd + r0 * H, std::min(kRows, T - r0), f32(w.attn_norm),

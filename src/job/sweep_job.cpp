@@ -1,0 +1,661 @@
+// `flashinterp sweep` as its phases (see sweep_job.h): checked options and the selected neurons
+// (from the map) -> the fingerprint and resume state -> the forward on every rank and the
+// unclamped log-probabilities -> rounds: each rank sweeps the next few neurons of its share,
+// rank 0 writes them and their done bits -> complete, rename. Every neuron's numbers depend on
+// the neuron alone (its layer's prefix states are the same bits however they were reached), so
+// the file is the same for any number of ranks and after any resume.
+#include "job/sweep_job.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <tuple>
+
+#include "common/error.h"
+#include "forward/forward.h"
+#include "job/decode_job.h"
+#include "job/output.h"
+#include "map/map_reader.h"
+#include "model/layer_tensors.h"
+#include "parallel/partition.h"
+
+namespace fi {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+bool file_exists(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+uint64_t fnv1a(const void* p, size_t n, uint64_t h = 1469598103934665603ull) {
+  const auto* b = static_cast<const unsigned char*>(p);
+  for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
+  return h;
+}
+std::string hex(uint64_t h) {
+  char buf[20];
+  std::snprintf(buf, sizeof buf, "%016llx", (unsigned long long)h);
+  return buf;
+}
+
+bool parse_i64(const std::string& s, int64_t& out) {
+  if (s.empty()) return false;
+  char* end = nullptr;
+  errno = 0;
+  const long long v = std::strtoll(s.c_str(), &end, 10);
+  if (errno || *end || v < 0) return false;
+  out = v;
+  return true;
+}
+
+// ---- the selected neurons, from the map ----------------------------------------------------
+
+// One matrix group of the map: its layers and the datasets the sweep reads.
+struct Group {
+  int32_t matrix = 0;
+  h5::Handle g;
+  std::vector<int64_t> layers;  // model layer ids, dataset order
+  int64_t N = 0, K = 0;         // neurons per layer, top_k
+  bool entropy = false;         // /<group>/entropy [L, N] (exact entropy in nats) is present
+  int64_t index_of(int64_t layer) const {
+    auto it = std::find(layers.begin(), layers.end(), layer);
+    return it == layers.end() ? -1 : int64_t(it - layers.begin());
+  }
+};
+
+class MapView {
+ public:
+  MapView(const std::string& path, const ModelConfig& cfg) : path_(path) {
+    MapReader r(path);
+    r.require_map(true);
+    fingerprint = r.fingerprint();
+    f_ = h5::open_file(path, false);
+    for (const auto& [attr, want] : {std::pair{"intermediate_size", cfg.intermediate_size},
+                                     {"num_layers", cfg.num_layers}, {"vocab_size", cfg.vocab_size},
+                                     {"hidden_size", cfg.hidden_size}})
+      if (h5::read_attr_int(f_, attr) != want)
+        FI_FAIL(path + ": the map was made from another model (" + attr + " " +
+                std::to_string(h5::read_attr_int(f_, attr)) + ", --model's " + std::to_string(want) + ")");
+    for (int32_t m = 0; m < 3; ++m) {
+      const char* name = matrix_name(Matrix(m));
+      if (!h5::exists(f_, name)) continue;
+      Group gr;
+      gr.matrix = m;
+      gr.g = h5::Handle(H5Gopen2(f_, name, H5P_DEFAULT), H5Gclose, path + ": open group " + name);
+      gr.layers = h5::read_attr_ints(gr.g, "layers");
+      h5::Handle d = h5::open_dataset(gr.g, "top_ids");
+      const std::vector<hsize_t> dims = h5::dataset_dims(d);
+      gr.N = int64_t(dims.at(1));
+      gr.K = int64_t(dims.at(2));
+      gr.entropy = h5::exists(gr.g, "entropy");
+      groups_.push_back(std::move(gr));
+    }
+  }
+  std::string fingerprint;
+
+  const Group& group(const std::string& name) const {
+    for (const Group& g : groups_)
+      if (name == matrix_name(Matrix(g.matrix))) return g;
+    FI_FAIL(path_ + ": the map has no " + name + " group");
+  }
+  const std::vector<Group>& groups() const { return groups_; }
+  const std::string& path() const { return path_; }
+
+  // Dataset rows [li, :, :cols] of a group as T.
+  template <class T>
+  std::vector<T> rows(const Group& g, const char* ds, hid_t type, int64_t li, int64_t cols) const {
+    h5::Handle d = h5::open_dataset(g.g, ds);
+    const bool three = h5::dataset_dims(d).size() == 3;
+    std::vector<T> v(size_t(g.N * cols));
+    if (three) {
+      h5::read_slab(d, type, {hsize_t(li), 0, 0}, {1, hsize_t(g.N), hsize_t(cols)}, v.data());
+    } else {
+      h5::read_slab(d, type, {hsize_t(li), 0}, {1, hsize_t(g.N)}, v.data());
+    }
+    return v;
+  }
+
+ private:
+  std::string path_;
+  h5::Handle f_;
+  std::vector<Group> groups_;
+};
+
+using Key = std::tuple<int64_t, int32_t, int64_t>;  // (layer, matrix, neuron): the sweep's order
+
+std::vector<const Group*> chosen_groups(const MapView& map, const std::string& list) {
+  std::vector<const Group*> out;
+  if (list.empty()) {
+    for (const Group& g : map.groups()) out.push_back(&g);
+    return out;
+  }
+  std::stringstream ss(list);
+  for (std::string m; std::getline(ss, m, ',');) {
+    parse_matrix(m);
+    out.push_back(&map.group(m));
+  }
+  return out;
+}
+
+std::vector<Key> select_keys(const SweepOptions& o, const MapView& map, const ModelConfig& cfg) {
+  const size_t colon = o.select.find(':');
+  const std::string kind = o.select.substr(0, colon), arg = colon == std::string::npos ? "" : o.select.substr(colon + 1);
+  std::vector<Key> keys;
+  if (kind == "list" && !arg.empty()) {
+    std::ifstream in(arg);
+    if (!in) FI_FAIL("--select list:" + arg + ": cannot read the file");
+    std::stringstream text;
+    text << in.rdbuf();
+    for (const ListedNeuron& n : parse_neuron_list(text.str(), arg)) {
+      if (n.matrix.rfind("moe/", 0) == 0) FI_FAIL("expert neurons: the map has no moe group");
+      if (n.matrix.rfind("shared/", 0) == 0) FI_FAIL("shared-expert neurons: the map has no shared group");
+      const Group& g = map.group(n.matrix);
+      if (g.index_of(n.layer) < 0)
+        FI_FAIL(arg + ": " + n.matrix + " layer " + std::to_string(n.layer) + " is not in the map");
+      if (n.neuron >= g.N)
+        FI_FAIL(arg + ": neuron " + std::to_string(n.neuron) + " is out of range (layers have " +
+                std::to_string(g.N) + ")");
+      keys.emplace_back(n.layer, g.matrix, n.neuron);
+    }
+  } else if (kind == "layer" && !arg.empty()) {
+    int64_t layer = -1;
+    if (!parse_i64(arg, layer) || layer >= cfg.num_layers)
+      FI_FAIL("--select layer:" + arg + ": not a layer of the model (0.." + std::to_string(cfg.num_layers - 1) + ")");
+    for (const Group* g : chosen_groups(map, o.matrices)) {
+      if (g->index_of(layer) < 0) FI_FAIL("--select layer:" + arg + ": the map's " +
+                                          matrix_name(Matrix(g->matrix)) + " group has no layer " + arg);
+      for (int64_t n = 0; n < g->N; ++n) keys.emplace_back(layer, g->matrix, n);
+    }
+  } else if (kind == "top" && !arg.empty()) {
+    int64_t k = 0;
+    if (!parse_i64(arg, k) || k <= 0) FI_FAIL("--select top:" + arg + ": expected a positive count");
+    // Most specialised first: the lowest exact entropy where every group has it, else the
+    // highest top-1 probability; ties in the sweep's order.
+    const std::vector<const Group*> gs = chosen_groups(map, o.matrices);
+    bool ent = true;
+    for (const Group* g : gs) ent = ent && g->entropy;
+    std::vector<std::pair<float, Key>> all;
+    for (const Group* g : gs)
+      for (size_t li = 0; li < g->layers.size(); ++li) {
+        const std::vector<float> v = ent ? map.rows<float>(*g, "entropy", H5T_NATIVE_FLOAT, int64_t(li), 1)
+                                         : map.rows<float>(*g, "top_probs", H5T_NATIVE_FLOAT, int64_t(li), 1);
+        for (int64_t n = 0; n < g->N; ++n)
+          all.push_back({ent ? v[size_t(n)] : -v[size_t(n)], Key{g->layers[li], g->matrix, n}});
+      }
+    k = std::min<int64_t>(k, int64_t(all.size()));
+    std::partial_sort(all.begin(), all.begin() + k, all.end());
+    for (int64_t i = 0; i < k; ++i) keys.push_back(all[size_t(i)].second);
+  } else {
+    FI_FAIL("--select: expected top:K, layer:L or list:FILE, got '" + o.select + "'");
+  }
+  std::sort(keys.begin(), keys.end());
+  keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+  FI_CHECK(!keys.empty(), "--select " + o.select + ": no neurons selected");
+  return keys;
+}
+
+// The neurons with what the map says of each: top tokens, top-1 probability, entropy.
+std::vector<sweep::Neuron> describe(const std::vector<Key>& keys, const MapView& map, int64_t vocab) {
+  std::vector<sweep::Neuron> out;
+  std::map<std::pair<int32_t, int64_t>, std::tuple<std::vector<int32_t>, std::vector<float>, std::vector<float>>> cache;
+  for (const auto& [layer, m, n] : keys) {
+    const Group& g = map.group(matrix_name(Matrix(m)));
+    auto it = cache.find({m, layer});
+    if (it == cache.end()) {
+      const int64_t li = g.index_of(layer), k = std::min<int64_t>(g.K, sweep::kTopN);
+      std::vector<int32_t> ids = map.rows<int32_t>(g, "top_ids", H5T_NATIVE_INT32, li, k);
+      std::vector<float> p = map.rows<float>(g, "top_probs", H5T_NATIVE_FLOAT, li, 1);
+      std::vector<float> e = g.entropy ? map.rows<float>(g, "entropy", H5T_NATIVE_FLOAT, li, 1) : std::vector<float>();
+      cache.clear();  // keys come layer by layer: keep one (matrix, layer) at a time
+      it = cache.emplace(std::pair{m, layer}, std::tuple{std::move(ids), std::move(p), std::move(e)}).first;
+    }
+    const auto& [ids, p, e] = it->second;
+    const int64_t k = int64_t(ids.size()) / g.N;
+    sweep::Neuron s;
+    s.matrix = m, s.layer = int32_t(layer), s.neuron = int32_t(n);
+    for (int64_t j = 0; j < k; ++j) s.top[j] = ids[size_t(n * k + j)];
+    for (int64_t j = 0; j < k; ++j)  // ids index the log-probabilities: a bad one is an error
+      if (s.top[j] < (j ? -1 : 0) || s.top[j] >= vocab)
+        FI_FAIL(map.path() + ": /" + matrix_name(Matrix(m)) + "/top_ids of layer " + std::to_string(layer) +
+                ", neuron " + std::to_string(n) + " holds token id " + std::to_string(s.top[j]) +
+                ", not in 0.." + std::to_string(vocab - 1));
+    s.map_top_prob = p[size_t(n)];
+    if (!e.empty()) s.map_entropy = e[size_t(n)];
+    out.push_back(s);
+  }
+  return out;
+}
+
+// ---- the computation of one neuron ---------------------------------------------------------
+
+// Log-softmax of logits [V] in double.
+std::vector<double> log_softmax(const std::vector<float>& l) {
+  const double mx = *std::max_element(l.begin(), l.end());
+  double s = 0;
+  for (float x : l) s += std::exp(double(x) - mx);
+  const double lse = mx + std::log(s);
+  std::vector<double> out(l.size());
+  for (size_t i = 0; i < l.size(); ++i) out[i] = double(l[i]) - lse;
+  return out;
+}
+
+int32_t argmax(const std::vector<float>& l) {  // the lower id on ties
+  return int32_t(std::max_element(l.begin(), l.end()) - l.begin());
+}
+
+// The hidden states entering `layer`, per prompt: advanced layer by layer as the rank's neurons
+// go up the model, so each prompt's prefix is run once per rank.
+struct Prefix {
+  int64_t layer = -1;
+  std::vector<std::vector<float>> x;  // [P][T_p * hidden]
+  void advance(Forward& fwd, const std::vector<std::vector<int32_t>>& prompts, int64_t to, ClampSite site) {
+    if (layer < 0 || to < layer) {
+      x.clear();
+      for (const auto& p : prompts) x.push_back(fwd.embed(p));
+      layer = 0;
+    }
+    if (to == layer) return;
+    for (size_t p = 0; p < prompts.size(); ++p)
+      fwd.run_layers(x[p].data(), int64_t(prompts[p].size()), layer, to, {}, site);
+    layer = to;
+  }
+};
+
+sweep::Result sweep_neuron(Forward& fwd, Prefix& pre, const SweepOptions& o, ClampSite site,
+                           const std::vector<std::vector<double>>& base, const sweep::Neuron& n) {
+  const int64_t P = int64_t(o.prompts.size()), nv = int64_t(o.values.size());
+  pre.advance(fwd, o.prompts, n.layer, site);
+  sweep::Result r;
+  r.base_logp.resize(size_t(P));
+  r.delta.resize(size_t(nv * P));
+  r.delta_top5.resize(size_t(nv * P));
+  r.top1.resize(size_t(nv * P));
+  std::vector<double> d(size_t(nv * P));
+  const int32_t t = n.top[0];
+  int tops = 0;
+  while (tops < sweep::kTopN && n.top[tops] >= 0) ++tops;
+  for (int64_t p = 0; p < P; ++p) r.base_logp[size_t(p)] = float(base[size_t(p)][size_t(t)]);
+  // One batch per prompt: the neuron at every value (one weight read for all on the CPU).
+  std::vector<std::vector<Clamp>> clamps;
+  for (float v : o.values) clamps.push_back({{n.layer, n.neuron, v}});
+  for (int64_t p = 0; p < P; ++p) {
+    const std::vector<std::vector<float>> logits =
+        fwd.run_batch(pre.x[size_t(p)].data(), int64_t(o.prompts[size_t(p)].size()), n.layer, clamps, site);
+    const std::vector<double>& b = base[size_t(p)];
+    for (int64_t v = 0; v < nv; ++v) {
+      const std::vector<double> lp = log_softmax(logits[size_t(v)]);
+      const size_t i = size_t(v * P + p);
+      d[i] = lp[size_t(t)] - b[size_t(t)];
+      double s = 0;
+      for (int j = 0; j < tops; ++j) s += lp[size_t(n.top[j])] - b[size_t(n.top[j])];
+      r.delta[i] = float(d[i]);
+      r.delta_top5[i] = float(s / tops);
+      r.top1[i] = argmax(logits[size_t(v)]) == t;
+    }
+  }
+  r.score = float(sweep_slope(o.values, d, P));
+  const int64_t vmax = int64_t(std::max_element(o.values.begin(), o.values.end()) - o.values.begin());
+  int hits = 0;
+  for (int64_t p = 0; p < P; ++p) hits += r.top1[size_t(vmax * P + p)];
+  r.top1_share = float(double(hits) / double(P));
+  return r;
+}
+
+// A Result as floats for MPI: [score, share, base[P], delta[nV P], delta_top5[nV P], top1[nV P]].
+void pack(const sweep::Result& r, std::vector<float>& out) {
+  out.push_back(r.score);
+  out.push_back(r.top1_share);
+  out.insert(out.end(), r.base_logp.begin(), r.base_logp.end());
+  out.insert(out.end(), r.delta.begin(), r.delta.end());
+  out.insert(out.end(), r.delta_top5.begin(), r.delta_top5.end());
+  for (uint8_t b : r.top1) out.push_back(float(b));
+}
+sweep::Result unpack(const float* f, int64_t nv, int64_t P) {
+  sweep::Result r;
+  r.score = f[0], r.top1_share = f[1];
+  f += 2;
+  r.base_logp.assign(f, f + P);
+  f += P;
+  r.delta.assign(f, f + nv * P);
+  f += nv * P;
+  r.delta_top5.assign(f, f + nv * P);
+  f += nv * P;
+  for (int64_t i = 0; i < nv * P; ++i) r.top1.push_back(uint8_t(f[i]));
+  return r;
+}
+
+// Rank 0 gathers a round's neurons (their indices in the file, then their packed results) and
+// writes them, in runs of consecutive neurons (a rank's share; after a resume, with gaps).
+// Returns the neurons of the round over all ranks.
+int64_t gather_and_write(const Comms& c, const std::vector<int64_t>& idx, const std::vector<float>& buf,
+                         int64_t rec, int64_t nv, int64_t P, int round, sweep::Writer* writer) {
+  int n = int(idx.size());
+  std::vector<int> counts(size_t(c.size)), displs(size_t(c.size)), fcounts(size_t(c.size)), fdispls(size_t(c.size));
+  MPI_Gather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, c.world);
+  int total = 0;
+  for (int r = 0; r < c.size; ++r) {
+    displs[size_t(r)] = total;
+    fcounts[size_t(r)] = counts[size_t(r)] * int(rec);
+    fdispls[size_t(r)] = total * int(rec);
+    total += counts[size_t(r)];
+  }
+  std::vector<int64_t> all_idx(size_t(c.rank == 0 ? total : 0));
+  std::vector<float> all_buf(size_t(c.rank == 0 ? total * rec : 0));
+  MPI_Gatherv(idx.data(), n, MPI_INT64_T, all_idx.data(), counts.data(), displs.data(), MPI_INT64_T, 0, c.world);
+  MPI_Gatherv(buf.data(), int(buf.size()), MPI_FLOAT, all_buf.data(), fcounts.data(), fdispls.data(),
+              MPI_FLOAT, 0, c.world);
+  collective(c.world, [&] {
+    if (c.rank != 0) return;
+    for (int a = 0; a < total;) {
+      int b = a + 1;
+      while (b < total && all_idx[size_t(b)] == all_idx[size_t(b - 1)] + 1) ++b;
+      std::vector<sweep::Result> rs;
+      for (int i = a; i < b; ++i) rs.push_back(unpack(&all_buf[size_t(i) * size_t(rec)], nv, P));
+      writer->write(all_idx[size_t(a)], rs, nv, P, round);
+      a = b;
+    }
+  });
+  return total;
+}
+
+// ---- the job -------------------------------------------------------------------------------
+
+std::string fingerprint_of(const SweepOptions& o, const Model& model, const std::string& map_fp,
+                           const std::vector<sweep::Neuron>& ns, const char* backend) {
+  std::ifstream cf(model.dir + "/config.json", std::ios::binary);
+  std::stringstream cfg;
+  cfg << cf.rdbuf();
+  const std::string c = cfg.str();
+  std::string fp = std::string(sweep::kFormat) + " " + std::to_string(sweep::kFormatVersion) +
+                   ";map:" + hex(fnv1a(map_fp.data(), map_fp.size())) +
+                   ";config.json:" + hex(fnv1a(c.data(), c.size())) + ";site:" + o.site +
+                   ";backend:" + backend + ";values:";
+  for (float v : o.values) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%a,", double(v));
+    fp += b;
+  }
+  uint64_t h = fnv1a(nullptr, 0);
+  for (const auto& p : o.prompts) {
+    const uint64_t n = p.size();
+    h = fnv1a(&n, sizeof n, h);
+    h = fnv1a(p.data(), p.size() * 4, h);
+  }
+  fp += ";prompts:" + hex(h);
+  h = fnv1a(nullptr, 0);
+  for (const sweep::Neuron& n : ns) h = fnv1a(&n, sizeof n, h);  // POD, no padding
+  return fp + ";neurons:" + std::to_string(ns.size()) + ":" + hex(h) + ";";
+}
+
+// What rank 0 found of OUT and OUT.partial: which neurons are done (all 0 for a fresh start).
+struct Start {
+  bool nothing_to_do = false, resume = false;
+  std::vector<uint8_t> done;
+};
+
+Start resume_state(const SweepOptions& o, const std::string& partial, const std::string& fp, size_t K) {
+  Start s;
+  s.done.assign(K, 0);
+  if (file_exists(o.out)) {
+    const sweep::Contents c = sweep::read(o.out, false);  // throws unless it is a sweep file
+    if (o.resume && c.fingerprint == fp && c.complete == 1) {
+      s.nothing_to_do = true;
+      return s;
+    }
+    if (!o.overwrite && !o.resume)
+      FI_FAIL(o.out + ": exists; --overwrite replaces it, --resume continues " + partial);
+    if (o.resume && !o.overwrite && c.fingerprint != fp)
+      FI_FAIL(o.out + ": made with other inputs or options (map, model, values, prompts, site, "
+              "backend or neurons); --overwrite replaces it");
+  }
+  if (!file_exists(partial)) return s;
+  if (!o.resume) {
+    if (!o.overwrite) FI_FAIL(partial + ": a sweep was stopped here; --resume continues it, --overwrite starts again");
+    return s;
+  }
+  std::unique_ptr<sweep::Contents> c;
+  try {
+    c = std::make_unique<sweep::Contents>(sweep::read(partial, false));
+  } catch (const Error& e) {  // cut off before its fingerprint: nothing in it is done
+    return s;
+  }
+  if (c->fingerprint != fp)
+    FI_FAIL(partial + ": made with other inputs or options (map, model, values, prompts, site, "
+            "backend or neurons); --overwrite starts again");
+  FI_CHECK(c->done.size() == K, partial + ": done has " + std::to_string(c->done.size()) + " entries, not " + std::to_string(K));
+  s.done = c->done;
+  s.resume = true;
+  return s;
+}
+
+// Test only (FLASHINTERP_TEST_HOLD_ROUND): every rank waits until one of them has a stop signal.
+void hold_for_stop_signal(MPI_Comm comm, int64_t* stop) {
+  for (int i = 0; i < 12000; ++i) {
+    int64_t mine = stop_signal() != 0;
+    MPI_Allreduce(&mine, stop, 1, MPI_INT64_T, MPI_SUM, comm);
+    if (*stop) return;
+    usleep(50000);
+  }
+}
+
+struct Progress {
+  bool talk;
+  int64_t total, done0;
+  Clock::time_point t0 = Clock::now(), last = Clock::now();
+  void update(int64_t done, bool force) {
+    if (!talk || (!force && seconds_since(last) < 5)) return;
+    last = Clock::now();
+    const double s = seconds_since(t0), rate = double(done - done0) / std::max(s, 1e-9);
+    const double eta = rate > 0 ? double(total - done) / rate : 0;
+    std::fprintf(stderr, "flashinterp: sweep: %lld/%lld neurons, %.2f neurons/s, ETA %.0f s\n",
+                 (long long)done, (long long)total, rate, eta);
+  }
+};
+
+}  // namespace
+
+std::vector<ListedNeuron> parse_neuron_list(const std::string& text, const std::string& path) {
+  std::vector<ListedNeuron> out;
+  std::stringstream ss(text);
+  int line_no = 0;
+  for (std::string line; std::getline(ss, line);) {
+    ++line_no;
+    line = line.substr(0, line.find('#'));
+    std::stringstream ws(line);
+    std::vector<std::string> w;
+    for (std::string x; ws >> x;) w.push_back(x);
+    if (w.empty()) continue;
+    const std::string where = path + ":" + std::to_string(line_no) + ": ";
+    ListedNeuron n;
+    n.matrix = w[0];
+    const bool moe = w[0] == "moe/up" || w[0] == "moe/gate" || w[0] == "moe/down";
+    const bool dense = w[0] == "up" || w[0] == "gate" || w[0] == "down";
+    const bool shared = w[0] == "shared/up" || w[0] == "shared/gate" || w[0] == "shared/down";
+    if (!moe && !dense && !shared)
+      FI_FAIL(where + "expected MATRIX LAYER NEURON (up|gate|down, moe/... LAYER EXPERT NEURON, "
+              "shared/... LAYER NEURON), got '" + w[0] + "'");
+    const size_t want = moe ? 4 : 3;
+    bool ok = w.size() == want && parse_i64(w[1], n.layer) && parse_i64(w.back(), n.neuron);
+    if (ok && moe) ok = parse_i64(w[2], n.expert);
+    if (!ok)
+      FI_FAIL(where + "expected " + (moe ? "MATRIX LAYER EXPERT NEURON" : "MATRIX LAYER NEURON") +
+              " with non-negative integers, got '" + line + "'");
+    out.push_back(n);
+  }
+  return out;
+}
+
+double sweep_slope(const std::vector<float>& values, const std::vector<double>& delta, int64_t np) {
+  const size_t nv = values.size();
+  double mv = 0, md = 0;
+  std::vector<double> mean(nv, 0);
+  for (size_t v = 0; v < nv; ++v) {
+    for (int64_t p = 0; p < np; ++p) mean[v] += delta[v * size_t(np) + size_t(p)];
+    mean[v] /= double(np);
+    mv += values[v];
+    md += mean[v];
+  }
+  mv /= double(nv), md /= double(nv);
+  double sxy = 0, sxx = 0;
+  for (size_t v = 0; v < nv; ++v) {
+    sxy += (values[v] - mv) * (mean[v] - md);
+    sxx += (values[v] - mv) * (values[v] - mv);
+  }
+  return sxx > 0 ? sxy / sxx : 0;
+}
+
+SweepCost sweep_run_cost(const ModelConfig& c, int64_t layer, int64_t tokens) {
+  const double H = double(c.hidden_size), I = double(c.intermediate_size), T = double(tokens);
+  const double q = double(c.num_heads * c.head_dim), kv = double(c.num_kv_heads * c.head_dim);
+  const double params = H * q * 2 + H * kv * 2 + 3 * H * I;  // one layer's matrices
+  const double layers = double(c.num_layers - layer), head = double(c.vocab_size) * H;
+  SweepCost s;
+  // Matrices on every position, attention scores and sums (T^2/2 per head), the head on one.
+  s.flops = layers * (2 * params * T + 2 * T * T * q) + 2 * head;
+  s.weight_bytes = 2 * (layers * params + head);
+  return s;
+}
+
+int run_sweep(const SweepOptions& o, const Comms& c) {
+  const auto t0 = Clock::now();
+  install_stop_handlers();
+  const bool talk = c.rank == 0 && !o.quiet;
+  const std::string partial = o.out + ".partial";
+  std::unique_ptr<Model> model;
+  std::unique_ptr<MapView> map;
+  std::vector<sweep::Neuron> neurons;
+  ClampSite site{};
+  std::unique_ptr<OutputLock> lock;
+  collective(c.world, [&] {
+    site = parse_clamp_site(o.site);
+    FI_CHECK(!o.values.empty(), "--values: no values");
+    FI_CHECK(*std::min_element(o.values.begin(), o.values.end()) <
+                 *std::max_element(o.values.begin(), o.values.end()),
+             "--values: at least two different values (the score is a slope over them)");
+    FI_CHECK(!o.prompts.empty(), "--prompts: no prompts");
+    FI_CHECK(o.round_neurons > 0, "--round-neurons: at least 1");
+    FI_CHECK(!o.out.empty() && o.out.back() != '/', "--out: name the sweep file to write");
+    model = std::make_unique<Model>(o.model_dir);
+    for (const auto& p : o.prompts) check_token_ids(model->cfg, p);
+    map = std::make_unique<MapView>(o.map, model->cfg);
+    neurons = describe(select_keys(o, *map, model->cfg), *map, model->cfg.vocab_size);
+    if (c.rank == 0) lock = std::make_unique<OutputLock>(o.out);
+  });
+  const ModelConfig& cfg = model->cfg;
+  const auto tl = Clock::now();
+  Forward fwd(*model, {o.backend, MPI_COMM_NULL, c.node});  // the whole model on every rank
+  const int64_t K = int64_t(neurons.size()), P = int64_t(o.prompts.size()), nv = int64_t(o.values.size());
+  const std::string fp = fingerprint_of(o, *model, map->fingerprint, neurons, fwd.backend());
+  if (talk)
+    std::fprintf(stderr, "flashinterp: sweep: %lld neurons x %lld values x %lld prompts on %d ranks "
+                 "(backend %s, model loaded in %.1f s)\n", (long long)K, (long long)nv, (long long)P,
+                 c.size, fwd.backend(), seconds_since(tl));
+
+  Start st;
+  collective(c.world, [&] {
+    if (c.rank == 0) st = resume_state(o, partial, fp, size_t(K));
+  });
+  int64_t flags[2] = {st.nothing_to_do, st.resume};
+  MPI_Bcast(flags, 2, MPI_INT64_T, 0, c.world);
+  if (flags[0]) {
+    if (talk) std::fprintf(stderr, "flashinterp: %s is complete; nothing to resume\n", o.out.c_str());
+    return 0;
+  }
+  st.done.resize(size_t(K));
+  MPI_Bcast(st.done.data(), int(K), MPI_UINT8_T, 0, c.world);
+
+  std::unique_ptr<sweep::Writer> writer;
+  collective(c.world, [&] {
+    if (c.rank != 0) return;
+    h5::silence_errors();
+    if (flags[1]) {
+      writer = std::make_unique<sweep::Writer>(partial);
+    } else {
+      std::remove(partial.c_str());
+      nlohmann::json texts = o.prompt_texts;
+      sweep::Meta m{o.model_dir, o.map, map->fingerprint, fp, o.site, fwd.backend(), o.command_line,
+                    texts.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), c.size};
+      writer = std::make_unique<sweep::Writer>(partial, m, neurons, o.values, o.prompts);
+    }
+  });
+
+  // The unclamped log-probabilities of every prompt's next token: [P][V].
+  std::vector<std::vector<double>> base;
+  collective(c.world, [&] {
+    for (const auto& p : o.prompts) {
+      std::vector<float> x = fwd.embed(p);
+      base.push_back(log_softmax(fwd.run_layers(x.data(), int64_t(p.size()), 0, cfg.num_layers, {}, site)));
+    }
+  });
+
+  std::vector<int64_t> todo;
+  for (int64_t i = 0; i < K; ++i)
+    if (!st.done[size_t(i)]) todo.push_back(i);
+  const Range share = rank_share(todo.size(), c.rank, c.size);
+  int64_t most = 0, mine = int64_t(share.size());
+  MPI_Allreduce(&mine, &most, 1, MPI_INT64_T, MPI_MAX, c.world);
+  const int64_t B = o.round_neurons, rounds = (most + B - 1) / B;
+  const int64_t rec = 2 + P + 3 * nv * P;  // floats per packed result
+  Progress progress{talk, K, K - int64_t(todo.size())};
+  int64_t done = K - int64_t(todo.size());
+  Prefix pre;
+  for (int64_t round = 0; round < rounds; ++round) {
+    std::vector<int64_t> idx;
+    std::vector<float> buf;
+    collective(c.world, [&] {
+      if (round == 1 && test_fail_rank() == c.rank)
+        FI_FAIL("rank " + std::to_string(c.rank) + ": injected failure (FLASHINTERP_TEST_FAIL_RANK)");
+      for (int64_t j = round * B; j < std::min<int64_t>((round + 1) * B, mine); ++j) {
+        const int64_t i = todo[share.begin + size_t(j)];
+        idx.push_back(i);
+        pack(sweep_neuron(fwd, pre, o, site, base, neurons[size_t(i)]), buf);
+      }
+    });
+    const int64_t total = gather_and_write(c, idx, buf, rec, nv, P, int(round), writer.get());
+    done += total;
+    MPI_Bcast(&done, 1, MPI_INT64_T, 0, c.world);
+    progress.update(done, round + 1 == rounds);
+    int64_t stop_mine = stop_signal() != 0, stop = 0;
+    MPI_Allreduce(&stop_mine, &stop, 1, MPI_INT64_T, MPI_SUM, c.world);
+    if (stop == 0 && !flags[1] && round == test_hold_round()) hold_for_stop_signal(c.world, &stop);
+    if (stop > 0 && round + 1 < rounds) {
+      if (c.rank == 0)
+        std::fprintf(stderr, "flashinterp: stopped by a signal after %lld of %lld rounds; %s keeps the "
+                     "work done, continue with --resume\n", (long long)round + 1, (long long)rounds, partial.c_str());
+      writer.reset();
+      MPI_Barrier(c.world);
+      return kExitStopped;
+    }
+  }
+  collective(c.world, [&] {
+    if (c.rank != 0) return;
+    writer->finish(seconds_since(t0));
+    writer.reset();
+    test_kill_point("sweep-rename");
+    if (std::rename(partial.c_str(), o.out.c_str()) != 0)
+      FI_FAIL(o.out + ": cannot rename " + partial + " into place (" + std::strerror(errno) + ")");
+  });
+  if (talk) {
+    const double s = seconds_since(t0);
+    std::fprintf(stderr, "flashinterp: sweep done: %lld neurons in %.2f s (%.2f neurons/s) -> %s\n",
+                 (long long)(int64_t(todo.size())), s, double(todo.size()) / s, o.out.c_str());
+  }
+  return 0;
+}
+
+}  // namespace fi
