@@ -121,7 +121,7 @@ bool check_rows(int64_t n, fi::gpu::CudaDecoder& dec, const void* x_dev, const s
   double worst_prob = 0, worst_lse = 0, worst_tie = 0;
   int64_t bad = 0;
   for (int64_t r = 0; r < n; ++r) {
-    std::vector<double> xn(size_t(H)), logit(size_t(V));
+    std::vector<double> xn(static_cast<size_t>(H)), logit(static_cast<size_t>(V));
     double ss = 0;
     for (int64_t i = 0; i < H; ++i) ss += double(bf16_to_f32(xb[size_t(r * H + i)])) * bf16_to_f32(xb[size_t(r * H + i)]);
     const double scale = 1.0 / std::sqrt(ss / double(H) + p.eps);
