@@ -49,7 +49,8 @@ struct HostAlloc {
 // Reads the items in order on its own thread, at most one ahead of the one the caller holds.
 class RowFeed {
  public:
-  RowFeed(const Checkpoint& ck, std::vector<FeedItem> items, HostAlloc mem = {});
+  // readers: threads that share one item's read (a row block's byte range split between them).
+  RowFeed(const Checkpoint& ck, std::vector<FeedItem> items, HostAlloc mem = {}, int readers = 1);
   ~RowFeed();  // stops the reader after the read in flight
   RowFeed(const RowFeed&) = delete;
   RowFeed& operator=(const RowFeed&) = delete;
@@ -72,6 +73,7 @@ class RowFeed {
   const Checkpoint& ck_;
   const std::vector<FeedItem> items_;
   HostAlloc mem_;
+  int readers_ = 1;
   Slot slots_[2];
   std::map<std::string, Checkpoint::Scale> scales_;  // per FP8 tensor, read once (reader thread)
   std::vector<uint8_t> scratch_;                     // whole tensor rows of a wide column read

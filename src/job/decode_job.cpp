@@ -503,7 +503,10 @@ int64_t run_rounds(const Job& j, Plan& plan, Decoder& dec, int widen_threads, Ma
     const WorkItem& w = plan.todo[i];
     items.push_back(feed_item(*j.model, j.mats[w.matrix], j.layers[w.layer_index], w));
   }
-  RowFeed feed(j.model->ckpt, std::move(items));
+  // CUDA: two threads share each read (one thread's copy out of the page cache falls short of
+  // what the device could take; tests/bench/feed_bench); CPU: the decode is the bottleneck.
+  const int readers = j.backend == BackendKind::Cuda ? std::min(2, affinity_cores()) : 1;
+  RowFeed feed(j.model->ckpt, std::move(items), {}, readers);
   std::vector<float> x;
   ChunkResult res;
   int64_t rows_done = 0;

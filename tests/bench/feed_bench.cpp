@@ -5,6 +5,7 @@
 // (tests/bench/feed_bench.sh does). With --widen T the blocks are also widened to fp32 on T
 // threads, as the CPU backend receives them. Not a test.
 // usage: feed_bench MODEL_DIR [--matrix up|gate|down] [--chunk-rows R] [--reps N] [--widen T]
+//        [--readers N] (threads sharing each item's read)
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -27,7 +28,7 @@ double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock:
 struct Args {
   std::string dir, matrix = "up";
   int64_t chunk_rows = 4096;
-  int reps = 3, widen = 0;
+  int reps = 3, widen = 0, readers = 1;
 };
 
 Args parse(int argc, char** argv) {
@@ -42,6 +43,7 @@ Args parse(int argc, char** argv) {
     else if (s == "--chunk-rows") a.chunk_rows = std::atoll(value().c_str());
     else if (s == "--reps") a.reps = std::atoi(value().c_str());
     else if (s == "--widen") a.widen = std::atoi(value().c_str());
+    else if (s == "--readers") a.readers = std::atoi(value().c_str());
     else if (a.dir.empty() && s[0] != '-') a.dir = s;
     else FI_FAIL("unknown argument " + s);
   }
@@ -90,7 +92,7 @@ int main(int argc, char** argv) try {
     best_cat = std::min(best_cat, since(t0));
     t0 = Clock::now();
     {
-      fi::RowFeed feed(ck, items);
+      fi::RowFeed feed(ck, items, {}, a.readers);
       uint64_t got = 0;
       for (size_t i = 0; i < feed.size(); ++i) got += feed.next().bytes();
       FI_CHECK(got == bytes, "the reader delivered " + std::to_string(got) + " bytes of " + std::to_string(bytes));
@@ -99,7 +101,7 @@ int main(int argc, char** argv) try {
     if (a.widen == 0) continue;
     t0 = Clock::now();
     {
-      fi::RowFeed feed(ck, items);
+      fi::RowFeed feed(ck, items, {}, a.readers);
       for (size_t i = 0; i < feed.size(); ++i) {
         const fi::RowBlock& b = feed.next();
         x.resize(size_t(b.count * b.width));
@@ -109,7 +111,8 @@ int main(int argc, char** argv) try {
     best_widen = std::min(best_widen, since(t0));
   }
   const double feed_gbs = bytes / best_feed / 1e9, cat_gbs = file_bytes / best_cat / 1e9;
-  std::printf("reader: %.3f s, %.2f GB/s (best of %d)\n", best_feed, feed_gbs, a.reps);
+  std::printf("reader (%d thread%s): %.3f s, %.2f GB/s (best of %d)\n", a.readers, a.readers > 1 ? "s" : "",
+              best_feed, feed_gbs, a.reps);
   std::printf("cat:    %.3f s, %.2f GB/s (best of %d)\n", best_cat, cat_gbs, a.reps);
   std::printf("ratio reader / cat: %.2f\n", feed_gbs / cat_gbs);
   if (a.widen > 0)
