@@ -13,7 +13,8 @@ import numpy as np
 
 def main():
     out = sys.argv[1]
-    layers, inter, hidden, shards = [int(a) for a in (sys.argv[2:] + ["32", "14336", "4096", "4"][len(sys.argv) - 2:])][:4]
+    given = [int(a) for a in sys.argv[2:6]]
+    layers, inter, hidden, shards = given + [32, 14336, 4096, 4][len(given):]
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(0)
     per = (layers + shards - 1) // shards
