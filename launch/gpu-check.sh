@@ -5,7 +5,8 @@
 #   1. configure + build (serial-HDF5 writer, CUDA on, the GPU's own architecture) when the
 #      preflight finds every package; else the bundle launch/gpu-pack.sh built elsewhere
 #      (.cache/gpu-bundle, carry it), which needs nothing but the CUDA libraries and MPI;
-#   2. gpu_decode_bench at the 8B map shape (bf16 + re-scoring, fast and split modes, chunk sizes, the token index,
+#   2. gpu_decode_bench at the 8B map shape (bf16 + re-scoring and split with rows checked against
+#      float64 (--check), fast mode, chunk sizes, the token index,
 #      k = 256 with bottom-k) and at the 70B width;
 #   3. the CUDA unit tests with CUDA_LAUNCH_BLOCKING=1, then compute-sanitizer (memcheck,
 #      racecheck) on the reduction kernels' small tests;
@@ -110,7 +111,7 @@ if [ "${#MISSING[@]}" -eq 0 ] && [ "${FI_GPU_BUNDLE:-0}" != 1 ]; then
       -DFLASHINTERP_CUDA=ON -DFLASHINTERP_CUDA_LINEINFO=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DFI_PYTHON="$PY" &&
      step build 240 build.log \
       cmake --build "$BUILD" -j 16 --target test_cuda_reduce test_cuda_decoder test_cuda_forward test_cuda_rescore \
-      test_cuda_mpi gpu_decode_bench flashinterp; then
+      test_cuda_widen test_cuda_mpi gpu_decode_bench flashinterp; then
     BUILT=1
   fi
 fi
@@ -134,16 +135,16 @@ B="$(prog gpu_decode_bench)"
 
 if ((FAILED == 0)); then
   # ---- 2. the decode benchmarks (the 8B up map: V 128256, H 4096, 32 x 14336 rows) ---------
-  step "bench chunk 14336 bf16 + re-scoring (the default)" 45 bench.log "${BENV[@]}" "$B" --chunk-rows 14336 --rescore
+  step "bench chunk 14336 bf16 + re-scoring (the default), 8 rows checked vs float64" 60 bench.log "${BENV[@]}" "$B" --chunk-rows 14336 --rescore --check 8
   step "bench chunk 14336 fast (1 GEMM)" 45 bench.log "${BENV[@]}" "$B" --chunk-rows 14336
-  step "bench chunk 14336 split (hi + lo)" 45 bench.log "${BENV[@]}" "$B" --chunk-rows 14336 --split-input
+  step "bench chunk 14336 split (hi + lo), 4 rows checked" 55 bench.log "${BENV[@]}" "$B" --chunk-rows 14336 --split-input --check 4
   step "bench chunk 2048 fast" 40 bench.log "${BENV[@]}" "$B" --chunk-rows 2048
   step "bench chunk 14336 split, token index 32" 45 bench.log "${BENV[@]}" "$B" --chunk-rows 14336 --split-input --token-index 32
   step "bench k 256 + bottom-k 256, split" 45 bench.log "${BENV[@]}" "$B" --chunk-rows 14336 --split-input --top-k 256 --bottom-k 256
   step "bench 70B width (H 8192, 4 layers x 28672)" 60 bench.log "${BENV[@]}" "$B" --hidden 8192 --neurons 28672 --layers 4 --chunk-rows 14336 --split-input
 
   # ---- 3. CUDA unit tests, synchronous launches, then the sanitizers ------------------------
-  for t in test_cuda_reduce test_cuda_decoder test_cuda_forward test_cuda_rescore; do
+  for t in test_cuda_reduce test_cuda_decoder test_cuda_forward test_cuda_rescore test_cuda_widen; do
     step "$t (CUDA_LAUNCH_BLOCKING=1)" 60 ctest.log env CUDA_LAUNCH_BLOCKING=1 "${BENV[@]}" "$(prog $t)" || FAILED=1
   done
   step "test_cuda_mpi -np 2" 60 ctest.log mpirun -np 2 "${BENV[@]}" "$(prog test_cuda_mpi)" || FAILED=1
@@ -218,7 +219,7 @@ fi
 
 say ""
 say "--- benchmark figures"
-grep -hE "^(device|pieces|decode total|cuBLAS|reduction|norm alone|ratio|LM-head|torch|RESULT|SKIPPED)" \
+grep -hE "^(device|pieces|decode total|cuBLAS|second GEMM|check|reduction|norm alone|ratio|LM-head|torch|RESULT|SKIPPED)" \
   "$LOGS/bench.log" "$LOGS/torch.log" 2>/dev/null | tee -a "$SUMMARY" >/dev/null
 grep -hE "^(==|flashinterp|torch|SKIPPED)" "$LOGS/generate.log" 2>/dev/null | tee -a "$SUMMARY" >/dev/null
 say "gpu-check: done in $((SECONDS - START)) s, $([ $FAILED = 0 ] && echo 'build and CUDA tests OK' || echo 'FAILED (see the logs)')"

@@ -14,7 +14,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ARCH="${1:-90}"
 BUILD="${FI_PACK_BUILD:-/tmp/fi-pack-build}"
 OUT="$ROOT/.cache/gpu-bundle"
-TARGETS=(flashinterp test_cuda_reduce test_cuda_decoder test_cuda_forward test_cuda_rescore test_cuda_mpi gpu_decode_bench)
+TARGETS=(flashinterp test_cuda_reduce test_cuda_decoder test_cuda_forward test_cuda_rescore test_cuda_widen test_cuda_mpi gpu_decode_bench)
 
 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DFLASHINTERP_SERIAL_HDF5=ON \
   -DFLASHINTERP_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" >/dev/null

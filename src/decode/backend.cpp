@@ -13,6 +13,11 @@
 
 namespace fi {
 
+// Called only where takes_block(b) (the job widens the rows of other backends itself).
+void Decoder::decode_block(const RowBlock& b, ChunkResult&) {
+  FI_FAIL(std::string("the ") + name() + " backend takes no " + dtype_name(b.dtype) + " rows as stored");
+}
+
 BackendKind choose_backend(const std::string& name) {
   if (name == "cuda") {
     if (!cuda_available()) FI_FAIL("--backend cuda: no usable CUDA device on this node");

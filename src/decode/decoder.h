@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "decode/chunk_result.h"
+#include "io/row_feed.h"
 #include "io/safetensors.h"
 
 namespace fi {
@@ -64,6 +65,12 @@ class Decoder {
   // x: [rows, hidden] fp32, the raw neuron vectors (widened exactly). The backend applies its
   // norm (DecodeParams::norm, with the final norm's gamma given when it was made) and the LM-head.
   virtual void decode(const float* x, int64_t rows, ChunkResult& out) = 0;
+  // Rows as the checkpoint stores them (io/row_feed.h): a backend that widens on its own side
+  // (CUDA: on the device, with half the upload of fp32 for bf16) says which blocks it takes;
+  // decode_block then gives the same result as decode() of widen_block(b). The job widens the
+  // rest (all of the CPU backend's) itself.
+  virtual bool takes_block(const RowBlock&) const { return false; }
+  virtual void decode_block(const RowBlock& b, ChunkResult& out);
   // How the logits are computed, for the start line (e.g. "bf16 GEMM: oneDNN ... + re-scoring").
   virtual std::string gemm_info() const { return ""; }
   // GemmMode::Bf16: rows so far whose ids the error bound could not certify, decoded again

@@ -31,17 +31,20 @@ class Checkpoint {
   void read_cols_f32(const std::string& tensor, int64_t col0, int64_t ncols, float* dst) const;
   std::vector<float> read_f32(const std::string& tensor) const;
 
+  // The scale of an FP8 tensor, widened, with how it applies to element (r, c) of the tensor:
+  // scale(r, c) = s[(r / br) * sc + c / bc] (per row: br 1, bc = cols; per tensor: br = rows).
+  struct Scale {
+    std::vector<float> s;
+    int64_t br = 1, bc = 1, sc = 1;
+    float at(int64_t r, int64_t c) const { return s[size_t((r / br) * sc + c / bc)]; }
+  };
+  Scale scale_of(const std::string& tensor) const;  // throws when it is missing or misshapen
+
  private:
   std::string dir_;
   std::vector<std::unique_ptr<SafetensorsFile>> shards_;
   std::map<std::string, size_t> where_;  // tensor -> shard index
   int64_t block_rows_ = 128, block_cols_ = 128;
-  // The scale of an FP8 tensor, widened, with how it applies: scale(r, c) = s[(r / br) * sc + c / bc].
-  struct Scale {
-    std::vector<float> s;
-    int64_t br = 1, bc = 1, sc = 1;  // per row: br 1, bc = cols; per tensor: br = rows, bc = cols
-  };
-  Scale scale_of(const std::string& tensor) const;  // throws when it is missing or misshapen
 };
 
 }  // namespace fi

@@ -23,6 +23,7 @@
 #include "decode/backend.h"
 #include "decode/decoder.h"
 #include "decode/token_index.h"
+#include "io/row_feed.h"
 #include "job/fingerprint.h"
 #include "job/output.h"
 #include "map/format.h"
@@ -54,13 +55,11 @@ std::string utc_now() {
   return buf;
 }
 
-// Reads a work item's neuron vectors: rows of up/gate, columns of down (FP8: dequantised).
-// x: [rows, hidden]
-void read_item(const Model& m, Matrix mat, int64_t layer, const WorkItem& it, std::vector<float>& x) {
+// Where a work item's neuron vectors are: rows of up/gate, columns of down (io/row_feed.h).
+FeedItem feed_item(const Model& m, Matrix mat, int64_t layer, const WorkItem& it) {
   const MatrixSource src = m.names.matrix_source(mat, layer);
-  x.resize(size_t(it.rows * m.cfg.hidden_size));
-  if (mat == Matrix::Down) m.ckpt.read_cols_f32(src.tensor, it.row0, it.rows, x.data());
-  else m.ckpt.read_rows_f32(src.tensor, src.row0 + it.row0, it.rows, x.data());
+  if (mat == Matrix::Down) return {src.tensor, it.row0, it.rows, true};
+  return {src.tensor, src.row0 + it.row0, it.rows, false};
 }
 
 // Stop signals: the first asks for a clean stop at the next round (the round in flight is
@@ -260,7 +259,8 @@ void check_decode_memory(const Job& j, const Comms& c) {
   const double T = j.opt.threads > 0 ? j.opt.threads : affinity_cores();
   // The lists per matrix, and at a save: probs, the merge's packed copies and MPI's buffers.
   const double index = M > 0 ? mats * (V * M * 16 + V * 8) + V * M * 68 : 0;
-  const double rows = R * H * 8 + (cpu ? T * R * 2048 * 4 + (M > 0 ? R * V * 4 : 0) : R * H * 16);
+  // the fp32 rows and the reader's two buffers of stored rows (at most fp32 each)
+  const double rows = R * H * 12 + (cpu ? T * R * 2048 * 4 + (M > 0 ? R * V * 4 : 0) : R * H * 16);
   // CPU: fp32; --gemm bf16: a bf16 copy beside it, or only that for a bf16 checkpoint.
   const bool bf16_head = j.model->ckpt.info(j.model->lm_head_name()).dtype == DType::BF16;
   const double lm = !cpu ? 0 : j.p.gemm != GemmMode::Bf16 ? V * H * 4 : V * H * (bf16_head ? 2 : 6);
@@ -524,9 +524,21 @@ void hold_for_stop_signal(const Comms& c, int64_t* stop) {
 
 // Returns the rows decoded over all ranks, or -1 when a stop signal ended the rounds early
 // (the work so far kept in OUT.partial, the index saved).
-int64_t run_rounds(const Job& j, Plan& plan, Decoder& dec, MapWriter& writer, const Comms& c) {
+int64_t run_rounds(const Job& j, Plan& plan, Decoder& dec, int widen_threads, MapWriter& writer,
+                   const Comms& c) {
   IndexSaver saver(j, plan, dec, writer, c);
   Progress progress(j.talk, int64_t(plan.todo.size() > 0 ? j.mats.size() * j.layers.size() * j.neurons() : 0));
+  // The reader runs one item ahead: the next item's rows come off the disk (or page cache)
+  // while this one is decoded and written.
+  std::vector<FeedItem> items;
+  for (size_t i = plan.share.begin; i < plan.share.begin + plan.share.size(); ++i) {
+    const WorkItem& w = plan.todo[i];
+    items.push_back(feed_item(*j.model, j.mats[w.matrix], j.layers[w.layer_index], w));
+  }
+  // CUDA: two threads share each read (one thread's copy out of the page cache falls short of
+  // what the device could take; tests/bench/feed_bench); CPU: the decode is the bottleneck.
+  const int readers = j.backend == BackendKind::Cuda ? std::min(2, affinity_cores()) : 1;
+  RowFeed feed(j.model->ckpt, std::move(items), {}, readers);
   std::vector<float> x;
   ChunkResult res;
   int64_t rows_done = 0;
@@ -535,10 +547,16 @@ int64_t run_rounds(const Job& j, Plan& plan, Decoder& dec, MapWriter& writer, co
     collective(c.world, [&] {
       if (round == 1 && test_fail_rank() == c.rank) FI_FAIL("rank " + std::to_string(c.rank) + ": injected failure (FLASHINTERP_TEST_FAIL_RANK)");
       if (!item) return;
-      read_item(*j.model, j.mats[item->matrix], j.layers[item->layer_index], *item, x);
+      const RowBlock& b = feed.next();
       if (j.M > 0)
         dec.set_token_index_target(&plan.tis[item->matrix], int32_t(j.layers[item->layer_index]), item->row0);
-      dec.decode(x.data(), item->rows, res);
+      if (dec.takes_block(b)) {  // widened by the backend (CUDA: on the device)
+        dec.decode_block(b, res);
+      } else {
+        x.resize(size_t(b.count * b.width));
+        widen_block(b, x.data(), widen_threads);
+        dec.decode(x.data(), item->rows, res);
+      }
     });
     writer.write_round(item, item ? &res : nullptr);
     // SIGTERM and SIGINT come from mpirun (which kills the ranks soon after forwarding them) or
@@ -620,7 +638,8 @@ int run_decode(const DecodeOptions& opt, const Comms& c) {
   }
   MapWriter writer(c.world, job.partial, map_meta(job, dec, fp, c), map_layouts(job), in.vocab,
                    default_writer_kind(), plan.start == Start::Resume);
-  const int64_t rows_done = run_rounds(job, plan, dec, writer, c);
+  const int64_t rows_done = run_rounds(job, plan, dec, in.backend.threads > 0 ? in.backend.threads : affinity_cores(),
+                                       writer, c);
   if (rows_done < 0) return kExitStopped;
   finish(job, writer, dec, rows_done, seconds_since(t0), c);
   return 0;

@@ -37,6 +37,7 @@
 #include "gpu/device.h"
 #include "gpu/gemm.h"
 #include "gpu/handles.h"
+#include "gpu/widen.h"
 
 namespace fi {
 
@@ -84,11 +85,11 @@ struct CudaDecoder::Impl {
   Stream gemm_stream, reduce_stream, copy_stream;
   Blas blas;
   struct Slot {
-    DeviceBuffer x;        // [max_sub, H] fp32: uploaded host rows
+    DeviceBuffer x;        // [max_sub, H] fp32 bytes: uploaded host rows, as stored (bf16, f16, f32)
     DeviceBuffer hi, lo;   // [max_sub, H] head dtype: normed rows (lo with split or rescore)
     DeviceBuffer xn;       // [max_sub, H] fp32: the exact normed rows (rescore only)
     DeviceBuffer logits;   // [max_sub, ld] fp32
-    PinnedBuffer staging;  // [max_sub, H] fp32 host staging (host input; made on first use)
+    PinnedBuffer staging;  // [max_sub, H] fp32 bytes of host staging (host input; made on first use)
     Event h2d_done, norm_done, gemm_done, reduce_done;
   };
   Slot slot[2];
@@ -291,13 +292,14 @@ struct CudaDecoder::Impl {
   void redecode(const void* x, bool host_input, DType x_dtype, const std::vector<int64_t>& redo,
                 ChunkResult& out) {
     const int64_t n = int64_t(redo.size());
-    const size_t row_bytes = size_t(H) * (host_input ? 4 : dtype_size(x_dtype));
+    const size_t row_bytes = size_t(H) * dtype_size(x_dtype);
     ChunkResult sub;
     if (host_input) {
-      std::vector<float> xs(size_t(n * H));
+      std::vector<char> xs(size_t(n) * row_bytes);
       for (int64_t i = 0; i < n; ++i)
-        std::memcpy(xs.data() + i * H, static_cast<const float*>(x) + redo[i] * H, row_bytes);
-      run(xs.data(), true, DType::F32, n, sub, true);
+        std::memcpy(xs.data() + size_t(i) * row_bytes, static_cast<const char*>(x) + size_t(redo[i]) * row_bytes,
+                    row_bytes);
+      run(xs.data(), true, x_dtype, n, sub, true);
     } else {
       DeviceBuffer xs(size_t(n) * row_bytes, "the rows decoded again");
       for (int64_t i = 0; i < n; ++i)
@@ -313,6 +315,37 @@ struct CudaDecoder::Impl {
                     static_cast<const char*>(sub.data(f)) + size_t(i * w) * 4, size_t(w) * 4);
       }
     redecoded += n;
+  }
+
+  // Columns (down) and FP8: the whole block uploaded as stored, then widened, transposed and
+  // dequantised into fp32 rows on the device (gpu/widen.h), and decoded from there.
+  DeviceBuffer stored, widened, fp8_table, fp8_scale;  // [bytes], [count, H] fp32, [256], scale
+  PinnedBuffer stored_host;
+  DType table_dtype = DType::F32;  // the FP8 format fp8_table holds
+  void run_widened(const RowBlock& b, ChunkResult& out) {
+    FI_CUDA_CHECK(cudaSetDevice(device));
+    const size_t bytes = size_t(b.bytes()), wide = size_t(b.count * b.width) * 4;
+    if (stored.bytes() < bytes) stored = DeviceBuffer(bytes, "the stored rows");
+    if (stored_host.bytes() < bytes) stored_host = PinnedBuffer(bytes, "the stored rows");
+    if (widened.bytes() < wide) widened = DeviceBuffer(wide, "the widened rows");
+    const cudaStream_t sg = gemm_stream.s;  // the last call's work is done: run() ends synchronised
+    std::memcpy(stored_host.get(), b.data, bytes);
+    FI_CUDA_CHECK(cudaMemcpyAsync(stored.get(), stored_host.get(), bytes, cudaMemcpyHostToDevice, sg));
+    if (is_fp8(b.dtype)) {
+      if (!fp8_table.get() || table_dtype != b.dtype) {
+        std::vector<float> t(256);
+        for (int c = 0; c < 256; ++c) t[size_t(c)] = fp8_to_f32(b.dtype, uint8_t(c));
+        if (!fp8_table.get()) fp8_table = DeviceBuffer(256 * 4, "the FP8 code table");
+        FI_CUDA_CHECK(cudaMemcpy(fp8_table.get(), t.data(), 256 * 4, cudaMemcpyHostToDevice));
+        table_dtype = b.dtype;
+      }
+      const size_t sb = b.scale->s.size() * 4;
+      if (fp8_scale.bytes() < sb) fp8_scale = DeviceBuffer(sb, "the FP8 scale");
+      FI_CUDA_CHECK(cudaMemcpy(fp8_scale.get(), b.scale->s.data(), sb, cudaMemcpyHostToDevice));
+    }
+    launch_widen(b, stored.get(), static_cast<const float*>(fp8_table.get()),
+                 static_cast<const float*>(fp8_scale.get()), static_cast<float*>(widened.get()), sg);
+    run(widened.get(), false, DType::F32, b.count, out);
   }
 
   // force_split: this call uses the hi + lo path whatever the mode (the rows re-decoded).
@@ -341,21 +374,21 @@ struct CudaDecoder::Impl {
       Slot& s = slot[piece % 2];
       const void* xin = nullptr;
       DType xin_dtype = x_dtype;
-      if (host_input) {
+      if (host_input) {  // rows as stored: the norm kernel widens them (exactly) on the device
+        const size_t w = dtype_size(x_dtype);
         if (!s.staging.get()) s.staging = PinnedBuffer(size_t(max_sub) * H * 4, "the input rows");
         // The staging buffer is free once its previous upload (two pieces ago) is done; the
         // host copy into it overlaps the device's work on the piece before. The upload runs on
         // its own stream so it overlaps the GEMM of the piece before; it waits until the norm
         // of two pieces ago has read this slot's x.
         FI_CUDA_CHECK(cudaEventSynchronize(s.h2d_done.e));
-        std::memcpy(s.staging.get(), static_cast<const float*>(x) + r0 * H, size_t(n) * H * 4);
+        std::memcpy(s.staging.get(), static_cast<const char*>(x) + size_t(r0 * H) * w, size_t(n * H) * w);
         FI_CUDA_CHECK(cudaStreamWaitEvent(copy_stream.s, s.norm_done.e, 0));
-        FI_CUDA_CHECK(cudaMemcpyAsync(s.x.get(), s.staging.get(), size_t(n) * H * 4,
+        FI_CUDA_CHECK(cudaMemcpyAsync(s.x.get(), s.staging.get(), size_t(n * H) * w,
                                       cudaMemcpyHostToDevice, copy_stream.s));
         FI_CUDA_CHECK(cudaEventRecord(s.h2d_done.e, copy_stream.s));
         FI_CUDA_CHECK(cudaStreamWaitEvent(sg, s.h2d_done.e, 0));
         xin = s.x.get();
-        xin_dtype = DType::F32;
       } else {
         xin = static_cast<const char*>(x) + size_t(r0) * H * dtype_size(x_dtype);
       }
@@ -420,6 +453,15 @@ CudaDecoder::~CudaDecoder() = default;
 
 void CudaDecoder::decode(const float* x, int64_t rows, ChunkResult& out) {
   impl_->run(x, true, DType::F32, rows, out);
+}
+
+bool CudaDecoder::takes_block(const RowBlock&) const { return true; }
+
+void CudaDecoder::decode_block(const RowBlock& b, ChunkResult& out) {
+  FI_CHECK(b.width == impl_->H, "CUDA decode: rows of " + std::to_string(b.width) + " values for an LM-head of " +
+                                    std::to_string(impl_->H));
+  if (!b.columns && !is_fp8(b.dtype)) return impl_->run(b.data, true, b.dtype, b.count, out);
+  impl_->run_widened(b, out);
 }
 
 void CudaDecoder::decode_device(const void* x, DType x_dtype, int64_t rows, ChunkResult& out) {

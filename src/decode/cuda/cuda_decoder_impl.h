@@ -57,6 +57,11 @@ class CudaDecoder final : public Decoder {
   void sync_token_index() override;
   // x: [rows, hidden] fp32 on the host.
   void decode(const float* x, int64_t rows, ChunkResult& out) override;
+  // Rows as stored: bf16, f16, f32 rows uploaded as they are and widened by the norm kernel;
+  // columns (down) and FP8 uploaded as they are, then widened, transposed and dequantised by
+  // the widening kernel (gpu/widen.h) into fp32 rows on the device.
+  bool takes_block(const RowBlock& b) const override;
+  void decode_block(const RowBlock& b, ChunkResult& out) override;
   // x: [rows, hidden] of x_dtype on the decoder's device. Results still come back to the host.
   void decode_device(const void* x, DType x_dtype, int64_t rows, ChunkResult& out);
   // Rows per GEMM for a call of `rows` rows (the call is pipelined in pieces of this size).
