@@ -231,21 +231,22 @@ INSTANTIATE_TEST_SUITE_P(Backends, Reduce, ::testing::Values("cuda", "emulated")
 // The token index folded into the reduction: the reduction kernel (emulated) marks the tokens
 // that may enter their lists, token_index_column_marked reads only the marked rows, and the
 // lists must be bit-identical to TokenIndex::update over every row and token (the CPU index).
-// Three calls (layers 2, 0, 2) from an index already holding one entry per token, so the marks
-// are selective; rows random, rounded to 1/8 (ties decided by layer and neuron), flat, peaked,
+// Three calls (layers 2, 0, 2) from an index already holding M entries per token, so the marks
+// are selective (12 tiles a row: the block's bound is refreshed too); rows random, rounded to 1/8 (ties decided by layer and neuron), flat, peaked,
 // with NaN and -inf. The third call feeds the index an lse moved from the reduction's own, as
 // the re-scoring of --gemm bf16 does: up (marks still valid), and down by more than kMarkMove
 // (that row is read whole).
 TEST(TokenMarks, FusedIndexMatchesCpuUpdate) {
-  const int64_t V = 3000, M = 4, rows = 6, words = (V + 31) / 32;
+  const int64_t V = 12000, M = 4, rows = 6, words = (V + 31) / 32;
   fi::TokenIndex want(V, M), got(V, M);
   std::vector<float> prior = fi::test::normal(size_t(V), 1.f, 51);
   for (int64_t v = 0; v < V; ++v)
-    for (fi::TokenIndex* t : {&want, &got}) {
-      t->logp[size_t(v * M)] = -6 + double(prior[size_t(v)]);
-      t->layer[size_t(v * M)] = 1;
-      t->neuron[size_t(v * M)] = int32_t(v % 7);
-    }
+    for (fi::TokenIndex* t : {&want, &got})
+      for (int64_t j = 0; j < M; ++j) {
+        t->logp[size_t(v * M + j)] = -5 + double(prior[size_t(v)]) - 0.25 * double(j);
+        t->layer[size_t(v * M + j)] = 1;
+        t->neuron[size_t(v * M + j)] = int32_t(v % 7 + 10 * j);
+      }
   want.refresh_worst();
   got.refresh_worst();
   std::vector<float> worst_f(static_cast<size_t>(V));

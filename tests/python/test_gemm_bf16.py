@@ -1,7 +1,8 @@
 """decode --gemm bf16 (one bf16 GEMM, candidates re-scored exactly, lse corrected) against an
 independent float64 decode: top-k and bottom-k ids equal up to ties, top-k probabilities within
 the documented 1e-3 relative (README, Numerics), lse within 1e-3, the corrected entropy within
-1e-5 relative and the margin within the exact logits' tolerance; on a synthetic LM-head of
+1e-3 relative (the tail's logit errors weigh ~log V more in it than in the lse: docs/MAP_FORMAT.md)
+and the margin within the exact logits' tolerance; on a synthetic LM-head of
 realistic structure (tests/python/realistic_head.py) and a demo checkpoint; through oneDNN where
 the CPU has bf16 instructions and through the OpenBLAS fallback (ONEDNN_MAX_CPU_ISA=AVX2 hides
 them); with the token index on, under 2 ranks; rows the error bound cannot certify are decoded
@@ -20,7 +21,7 @@ import realistic_head as rh  # noqa: E402
 PROB_REL = 1e-3
 LSE_ABS = 1e-3
 TIE_REL = 1e-5
-ENTROPY_REL = 1e-5
+ENTROPY_REL = 1e-3
 
 
 def check_map(where, path, ref, top_k, bottom_k, rows):

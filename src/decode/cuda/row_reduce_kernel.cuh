@@ -50,7 +50,11 @@ struct BlockState {
   float lb_m[kWarps], lb_s[kWarps];  // token marks: the warps' running (max, sum) every kLbTiles
   float lb;                          // token marks: a lower bound on the row's final lse
 };
-constexpr int kLbTiles = 8;  // token marks: tiles between two refreshes of the block's bound
+// Token marks: the block's bound is refreshed after tiles 0, 1, 3, 7, then every kLbTiles.
+constexpr int kLbTiles = 8;
+__device__ __forceinline__ bool refresh_tile(int tile) {
+  return tile < kLbTiles ? (tile & (tile + 1)) == 0 : tile % kLbTiles == kLbTiles - 1;
+}
 constexpr int kStateBytes = (int(sizeof(BlockState)) + 15) / 16 * 16;
 
 // The top selection keeps at least two (the margin needs the second best) when k > 0.
@@ -184,7 +188,7 @@ __device__ void flush(const Selector& sel, BlockState& st, int which, int c) {
 // tm.marks (optional): bit j of word j/32 of row r set for every token that may enter its token
 // index list: x - lb >= tm.worst[j] is not false, lb = a lower bound on the row's final lse at the
 // time of the test (the larger of the thread's running lse over its own tokens, this tile's
-// included, and the block's, refreshed every kLbTiles tiles) minus mark_slack. A lower bound
+// included, and the block's, refreshed after tiles 0, 1, 3, 7, 15, 23, ...) minus mark_slack. A lower bound
 // only admits more, and tm.worst can only be stale low, so no token that the exact test would
 // take is left unmarked (token_index_column_marked re-checks the marked ones exactly).
 // Dynamic shared memory: smem_bytes(k, b) (cap = 0 for an unused selection).
@@ -256,7 +260,7 @@ __global__ void __launch_bounds__(kThreads)
         if (lane == 0 && j0 < vocab) tm.marks[r * tm.ld + j0 / 32] = word;
       }
     }
-    const bool refresh = tm.marks && tile % kLbTiles == kLbTiles - 1;
+    const bool refresh = tm.marks && refresh_tile(tile);
     if (refresh) {  // the warp's running (max, sum) for the block's bound
       float wm = m, ws = s, wt = 0.f;
       for (int o = 16; o > 0; o >>= 1) {
