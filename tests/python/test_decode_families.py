@@ -82,8 +82,9 @@ def check_family(name, tmp):
                 # entropy and margin of the same (soft-capped, where the model caps) logits
                 h_ref = lse - (np.exp(logits - lse[:, None]) * logits).sum(axis=1)
                 h_err = float((np.abs(g["entropy"][li][rows] - h_ref) / np.maximum(np.abs(h_ref), 1e-3)).max())
-                t.check(h_err <= 1e-5, f"{where}: entropy off by {h_err:.3g} relative")
-                srt = -np.sort(-logits, axis=1)
+                # (the fp32 logits' own error, ~1e-6 of the row's scale, enters H weighted by log p)
+                t.check(h_err <= 1e-4, f"{where}: entropy off by {h_err:.3g} relative")
+                srt = -np.partition(-logits, 1, axis=1)[:, :2]  # the best two, in order
                 m_err = float((np.abs(g["margin"][li][rows] - (srt[:, 0] - srt[:, 1])) / scale).max())
                 t.check(m_err <= 2e-5, f"{where}: margin off by {m_err:.3g} of the row's scale")
                 worst = dict(logit=max(worst["logit"], lerr), lse=max(worst["lse"], lse_err),

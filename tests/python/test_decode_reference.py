@@ -125,7 +125,7 @@ def check_matrix(ref, f, matrix, layer_ids, norm, top_k, bottom_k, planted, rng,
         h_err = (np.abs(h_map - h_ref) / np.maximum(np.abs(h_ref), 1e-3)).max()
         t.check(h_err <= ENTROPY_REL, f"{where}: entropy off by {h_err:.3g} relative (map {h_map[0]}, "
                                       f"float64 {h_ref[0]})")
-        srt = -np.sort(-logits, axis=1)
+        srt = -np.partition(-logits, 1, axis=1)[:, :2]  # the best two, in order
         m_ref = srt[:, 0] - srt[:, 1]
         m_map = g["margin"][li][rows].astype(np.float64)
         scale = np.maximum(1.0, np.abs(logits).max(axis=1))

@@ -49,7 +49,7 @@ def check_map(where, path, ref, top_k, bottom_k, rows):
     h_ref = lse - (np.exp(lg - lse[:, None]) * lg).sum(axis=1)
     h_err = (np.abs(ent - h_ref) / np.maximum(np.abs(h_ref), 1e-3)).max()
     t.check(h_err <= ENTROPY_REL, f"{where}: worst relative entropy error {h_err:.3g} > {ENTROPY_REL}")
-    srt = -np.sort(-lg, axis=1)
+    srt = -np.partition(-lg, 1, axis=1)[:, :2]  # the best two, in order
     m_err = (np.abs(marg - (srt[:, 0] - srt[:, 1])) / np.maximum(1.0, np.abs(lg).max(axis=1))).max()
     t.check(m_err <= 2 * TIE_REL, f"{where}: worst margin error {m_err:.3g} (rel. to row scale)")
     print(f"  {where}: prob rel err {rel.max():.2e}, lse err {np.abs(mlse - lse).max():.2e}, "
