@@ -29,7 +29,8 @@ ROOT_ATTRS = ("format", "format_version", "tool_version", "build", "model_dir", 
 VOCAB_DATASETS = ("text", "bytes", "special")
 GROUP_ATTRS = ("tensor_pattern", "axis", "layers", "chunk_rows")
 GROUP_DATASETS = ("top_ids", "top_logits", "top_probs", "logsumexp", "bottom_ids", "bottom_logits",
-                  "done")
+                  "done", "entropy", "margin")
+STATS_DATASETS = ("entropy", "margin")  # [L, N] float32; absent from maps written before them
 OPTIONAL_DATASETS = ("bottom_ids", "bottom_logits")  # only with --bottom-k
 # Exact per-neuron statistics of newer decodes ([L, N] float32 each; maps of older binaries have
 # neither: the readers then estimate the entropy from the top-k and take the margin from the list).
@@ -179,6 +180,9 @@ class MapFile:
         shaped("top_logits", (L, N, K), "f")
         shaped("top_probs", (L, N, K), "f")
         shaped("logsumexp", (L, N), "f")
+        for name in STATS_DATASETS:
+            if name in g:
+                shaped(name, (L, N), "f")
         if "bottom_ids" in g or "bottom_logits" in g:
             b = self._dataset(g, "bottom_ids")
             B = b.shape[2] if b.ndim == 3 else -1

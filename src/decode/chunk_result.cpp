@@ -10,7 +10,9 @@ void* ChunkResult::data(int i) {
     case 2: return top_probs.data();
     case 3: return lse.data();
     case 4: return bottom_ids.data();
-    default: return bottom_logits.data();
+    case 5: return bottom_logits.data();
+    case 6: return entropy.data();
+    default: return margin.data();
   }
 }
 
@@ -24,6 +26,8 @@ void ChunkResult::resize(int64_t r, int k, int b) {
   lse.assign(size_t(r), 0.f);
   bottom_ids.assign(size_t(r * b), -1);
   bottom_logits.assign(size_t(r * b), 0.f);
+  entropy.assign(size_t(r), 0.f);
+  margin.assign(size_t(r), 0.f);
 }
 
 }  // namespace fi

@@ -16,7 +16,7 @@ struct ChunkField {
   FieldWidth width;
 };
 
-inline constexpr int kNumChunkFields = 6;
+inline constexpr int kNumChunkFields = 8;
 inline constexpr ChunkField kChunkFields[kNumChunkFields] = {
     {"top_ids", true, FieldWidth::TopK},         // best logit first; -1 past the vocabulary
     {"top_logits", false, FieldWidth::TopK},
@@ -24,6 +24,8 @@ inline constexpr ChunkField kChunkFields[kNumChunkFields] = {
     {"logsumexp", false, FieldWidth::One},
     {"bottom_ids", true, FieldWidth::BottomK},   // lowest logit first
     {"bottom_logits", false, FieldWidth::BottomK},
+    {"entropy", false, FieldWidth::One},         // nats, of softmax over every logit
+    {"margin", false, FieldWidth::One},          // top-1 logit minus top-2 logit
 };
 
 inline int64_t field_width(const ChunkField& f, int64_t top_k, int64_t bottom_k) {
@@ -40,6 +42,8 @@ struct ChunkResult {
   std::vector<float> lse;            // [rows]
   std::vector<int32_t> bottom_ids;   // [rows, bottom_k]
   std::vector<float> bottom_logits;  // [rows, bottom_k]
+  std::vector<float> entropy;        // [rows] nats (RowReducer::entropy)
+  std::vector<float> margin;         // [rows] logits (RowReducer::margin)
 
   // Sizes every field; ids start at -1, values at 0.
   void resize(int64_t rows, int top_k, int bottom_k);

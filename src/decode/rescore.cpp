@@ -147,6 +147,25 @@ double corrected_lse(double lse_approx, const float* approx, const double* exact
   return lse_approx + std::log(tail * std::exp(-shift) + ex);
 }
 
+// With a_v = y~_v - lse~ and p~_v = e^a_v: the tail's exact log-probability is a_v + delta, its
+// probability p~_v·e^delta, so its part of -sum p log p is -e^delta·(sum_tail p~ a + delta·sum_tail p~),
+// where -sum_tail p~ a = H~ + sum_C p~_c a_c and sum_tail p~ = 1 - sum_C p~_c.
+double corrected_entropy(double lse_approx, double entropy_approx, const float* approx,
+                         const double* exact, int n, double shift, double lse) {
+  if (!std::isfinite(lse_approx) || !std::isfinite(lse)) return std::numeric_limits<double>::quiet_NaN();
+  double pc = 0, pca = 0, cand = 0;
+  for (int i = 0; i < n; ++i) {
+    const double a = double(approx[i]) - lse_approx, p = std::exp(a);
+    pc += p;
+    pca += p * a;
+    const double b = exact[i] - lse;
+    cand -= std::exp(b) * b;
+  }
+  const double tail = std::max(0.0, 1.0 - pc), tail_h = std::max(0.0, entropy_approx + pca);
+  const double delta = lse_approx - shift - lse;
+  return cand + std::exp(delta) * (tail_h - delta * tail);
+}
+
 namespace {
 
 // Indices 0..n-1 of the candidates, ordered by their exact logit rounded to fp32 (what the map
@@ -166,7 +185,8 @@ std::vector<int> order_by_exact(const Candidates& c, bool top) {
 
 bool finish_rescored_row(const Candidates& top, const Candidates& bottom, double lse, double bound,
                          int top_k, int bottom_k, int32_t* top_ids, float* top_logits,
-                         float* top_probs, float* lse_out, int32_t* bottom_ids, float* bottom_logits) {
+                         float* top_probs, float* lse_out, int32_t* bottom_ids, float* bottom_logits,
+                         float* margin) {
   const float inf = std::numeric_limits<float>::infinity();
   *lse_out = float(lse);
   bool certified = std::isfinite(lse);
@@ -177,9 +197,13 @@ bool finish_rescored_row(const Candidates& top, const Candidates& bottom, double
     top_logits[i] = have ? float(top.exact[ot[i]]) : -inf;
     top_probs[i] = have && std::isfinite(lse) ? float(std::exp(double(top_logits[i]) - lse)) : 0.f;
   }
+  *margin = top.n >= 2 ? float(top.exact[ot[0]]) - float(top.exact[ot[1]])
+                       : std::numeric_limits<float>::quiet_NaN();
   // Every token outside the candidates has y~ <= the last candidate's, so y <= that + bound.
-  if (top_k > 0 && top.n == top.cap && top.n >= top_k)
-    certified = certified && top.exact[ot[top_k - 1]] > double(top.approx[top.n - 1]) + bound;
+  // The margin needs the top two, so at least two are certified.
+  const int kk = top_k > 0 ? std::max(top_k, 2) : 0;
+  if (kk > 0 && top.n == top.cap && top.n >= kk)
+    certified = certified && top.exact[ot[kk - 1]] > double(top.approx[top.n - 1]) + bound;
   const std::vector<int> ob = order_by_exact(bottom, false);
   for (int i = 0; i < bottom_k; ++i) {
     const bool have = i < bottom.n;

@@ -53,11 +53,20 @@ double logit_error_bound(const RowResidual& r, const HeadStats& s);
 // approx/exact: [n] y~ and y of the top candidates (the tokens whose terms are replaced).
 double corrected_lse(double lse_approx, const float* approx, const double* exact, int n, double shift);
 
+// The entropy corrected the same way (tail shifted by `shift`, candidates exact): H = -sum p·log p
+// with the candidates' terms exact (exact[i] - lse) and every other token's log-probability its
+// approximate one moved by delta = lse_approx - shift - lse. entropy_approx: the entropy over y~
+// (RowReducer::entropy of the one-GEMM logits); lse: corrected_lse.
+double corrected_entropy(double lse_approx, double entropy_approx, const float* approx,
+                         const double* exact, int n, double shift, double lse);
+
 // One row's final result from its candidates. Top candidates: ids/approx/exact [nt] (best first by
 // approx; nt < top_k + margin only when the vocabulary had no more tokens), likewise bottom
 // [nb] (lowest approx first). lse: corrected_lse. Writes top_k / bottom_k entries as
-// RowReducer::finish does (exact logits; ties lower id first; -1 / -inf past the candidates).
-// Returns true when the bound E certifies that no other token belongs in the top-k or bottom-k.
+// RowReducer::finish does (exact logits; ties lower id first; -1 / -inf past the candidates),
+// and the margin (RowReducer::margin: the best exact logit minus the second, fp32).
+// Returns true when the bound E certifies that no other token belongs in the top-k or bottom-k
+// (nor, for the margin, in the top two).
 struct Candidates {
   const int32_t* ids;
   const float* approx;
@@ -67,6 +76,7 @@ struct Candidates {
 };
 bool finish_rescored_row(const Candidates& top, const Candidates& bottom, double lse, double bound,
                          int top_k, int bottom_k, int32_t* top_ids, float* top_logits,
-                         float* top_probs, float* lse_out, int32_t* bottom_ids, float* bottom_logits);
+                         float* top_probs, float* lse_out, int32_t* bottom_ids, float* bottom_logits,
+                         float* margin);
 
 }  // namespace fi

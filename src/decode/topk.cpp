@@ -111,19 +111,37 @@ float block_max(const float* x, int64_t n) {
   return has_nan ? std::numeric_limits<float>::quiet_NaN() : best;
 }
 
-// sum over i of exp(x[i] - m) for x[i] <= m, in 16 double lanes (lane j takes i = j mod 16),
-// then the lanes in order.
+// sum over i of e_i = exp(x[i] - m) for x[i] <= m, and of e_i·(x[i] - m) (the entropy's term,
+// with x[i] - m clamped at -87 as the exponent is: a -inf logit adds ~1e-36, nothing), in 16
+// double lanes (lane j takes i = j mod 16), then the lanes in order.
 __attribute__((target_clones("avx512f", "avx2", "default")))
-double sum_exp_shifted(const float* x, int64_t n, float m) {
-  vd acc = vd{};
+void sum_exp_shifted(const float* x, int64_t n, float m, double* sum, double* tsum) {
+  const vf lo = vf{} - 87.f;
+  vd acc = vd{}, acct = vd{};
   int64_t i = 0;
-  for (; i + W <= n; i += W) acc += __builtin_convertvector(exp_nonpos(load(x + i) - m), vd);
-  double s[W];
+  for (; i + W <= n; i += W) {
+    vf t = load(x + i) - m;
+    t = t < lo ? lo : t;
+    const vd e = __builtin_convertvector(exp_nonpos(t), vd);
+    acc += e;
+    acct += e * __builtin_convertvector(t, vd);
+  }
+  double s[W], st[W];
   std::memcpy(s, &acc, sizeof s);
-  for (int64_t j = 0; i < n; ++i, ++j) s[j] += double(exp_nonpos(x[i] - m));
-  double total = 0;
-  for (int64_t j = 0; j < W; ++j) total += s[j];
-  return total;
+  std::memcpy(st, &acct, sizeof st);
+  for (int64_t j = 0; i < n; ++i, ++j) {
+    const float t = std::max(x[i] - m, -87.f);
+    const double e = double(exp_nonpos(t));
+    s[j] += e;
+    st[j] += e * double(t);
+  }
+  double total = 0, ttotal = 0;
+  for (int64_t j = 0; j < W; ++j) {
+    total += s[j];
+    ttotal += st[j];
+  }
+  *sum = total;
+  *tsum = ttotal;
 }
 
 // The first index >= i of an 8-lane group holding a logit above `hi` or below `lo`, or the
@@ -142,14 +160,16 @@ int64_t next_candidate(const float* x, int64_t i, int64_t n, float hi, float lo)
   return i;
 }
 
-RowReducer::RowReducer(int top_k, int bottom_k) : k_(top_k), b_(bottom_k) {
-  top_.reserve(k_);
+RowReducer::RowReducer(int top_k, int bottom_k)
+    : k_(top_k), b_(bottom_k), kc_(top_k > 0 ? std::max(top_k, 2) : 0) {
+  top_.reserve(kc_);
   bottom_.reserve(b_);
 }
 
 void RowReducer::reset() {
   max_ = 0;
   sum_ = 0;
+  tsum_ = 0;
   any_ = false;
   top_.clear();
   bottom_.clear();
@@ -157,29 +177,40 @@ void RowReducer::reset() {
 
 RowReducer::BlockStats RowReducer::block_stats(const float* x, int64_t n) {
   float bm = block_max(x, n);
-  if (bm > -std::numeric_limits<float>::infinity() && !std::isnan(bm))
-    return {bm, sum_exp_shifted(x, n, bm)};
-  return {bm, 0.0};  // empty, all -inf, or NaN
+  if (bm > -std::numeric_limits<float>::infinity() && !std::isnan(bm)) {
+    BlockStats st{bm, 0.0, 0.0};
+    sum_exp_shifted(x, n, bm, &st.sum, &st.tsum);
+    return st;
+  }
+  return {bm, 0.0, 0.0};  // empty, all -inf, or NaN
 }
 
 void RowReducer::add_stats(BlockStats st) {
   // log-sum-exp: the block's max and sum of exp(x - max) merged into the running state.
+  // The entropy's sum moves with the reference point: sum e^(x-m')·(x-m') over a part kept
+  // relative to m is e^(m-m')·(tsum + (m-m')·sum).
   const float bm = st.max;
-  const double s = st.sum;
+  const double s = st.sum, t = st.tsum;
   if (bm > -std::numeric_limits<float>::infinity() && !std::isnan(bm)) {
     if (!any_) {
       max_ = bm;
       sum_ = s;
+      tsum_ = t;
       any_ = true;
     } else if (bm > max_) {
-      sum_ = sum_ * std::exp(max_ - double(bm)) + s;
+      const double d = max_ - double(bm), e = std::exp(d);
+      tsum_ = (tsum_ + d * sum_) * e + t;
+      sum_ = sum_ * e + s;
       max_ = bm;
     } else {
-      sum_ += s * std::exp(double(bm) - max_);
+      const double d = double(bm) - max_, e = std::exp(d);
+      tsum_ += (t + d * s) * e;
+      sum_ += s * e;
     }
   } else if (std::isnan(bm)) {
-    max_ = bm;  // NaN poisons the lse, as it should
+    max_ = bm;  // NaN poisons the lse and the entropy, as it should
     sum_ = 1;
+    tsum_ = bm;
     any_ = true;
   }
 }
@@ -208,7 +239,7 @@ void offer(std::vector<RowReducer::Entry>& heap, int cap, RowReducer::Entry e, B
 }
 
 void RowReducer::merge_candidates(const RowReducer& o) {
-  for (const Entry& e : o.top_) offer(top_, k_, e, top_before);
+  for (const Entry& e : o.top_) offer(top_, kc_, e, top_before);
   for (const Entry& e : o.bottom_) offer(bottom_, b_, e, bottom_before);
 }
 
@@ -217,16 +248,16 @@ void RowReducer::add_candidates(const float* x, int64_t v0, int64_t n) {
   auto consider = [&](int64_t i) {
     float l = x[i];
     if (std::isnan(l)) return;  // NaN never ranks; it still poisons the lse, as it should
-    offer(top_, k_, {l, int32_t(v0 + i)}, top_before);
+    offer(top_, kc_, {l, int32_t(v0 + i)}, top_before);
     offer(bottom_, b_, {l, int32_t(v0 + i)}, bottom_before);
   };
   // While a heap is filling every token is a candidate; after that a vector scan skips the
   // 8-token groups holding nothing above the k-th best or below the b-th worst.
   const float inf = std::numeric_limits<float>::infinity();
   int64_t i = 0;
-  while (i < n && (int(top_.size()) < k_ || int(bottom_.size()) < b_)) consider(i++);
+  while (i < n && (int(top_.size()) < kc_ || int(bottom_.size()) < b_)) consider(i++);
   while (i < n) {
-    const float hi = k_ > 0 ? top_.front().logit : inf, lo = b_ > 0 ? bottom_.front().logit : -inf;
+    const float hi = kc_ > 0 ? top_.front().logit : inf, lo = b_ > 0 ? bottom_.front().logit : -inf;
     int64_t g = next_candidate(x, i, n, hi, lo);
     int64_t end = std::min(n, g + 8);
     for (; g < end; ++g) consider(g);
@@ -236,6 +267,28 @@ void RowReducer::add_candidates(const float* x, int64_t v0, int64_t n) {
 
 double RowReducer::lse() const {
   return any_ ? max_ + std::log(sum_) : -double(std::numeric_limits<float>::infinity());
+}
+
+double RowReducer::entropy() const {
+  if (!any_ || std::isnan(max_)) return std::numeric_limits<double>::quiet_NaN();
+  return std::log(sum_) - tsum_ / sum_;
+}
+
+float RowReducer::margin() const {
+  if (top_.size() < 2) return std::numeric_limits<float>::quiet_NaN();
+  // The best two of the heap (sorted or not): any order of the rest.
+  Entry a = top_[0], b = top_[1];
+  if (top_before(b.logit, b.id, a.logit, a.id)) std::swap(a, b);
+  for (size_t i = 2; i < top_.size(); ++i) {
+    const Entry& e = top_[i];
+    if (top_before(e.logit, e.id, a.logit, a.id)) {
+      b = a;
+      a = e;
+    } else if (top_before(e.logit, e.id, b.logit, b.id)) {
+      b = e;
+    }
+  }
+  return a.logit - b.logit;
 }
 
 void RowReducer::finish(int32_t* top_ids, float* top_logits, float* top_probs, float* lse,

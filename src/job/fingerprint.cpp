@@ -90,6 +90,8 @@ std::string decode_fingerprint(const FingerprintInputs& in) {
   o << ";layers=" << in.layers.front() << "-" << in.layers.back() << ";top_k=" << in.p.top_k
     << ";bottom_k=" << in.p.bottom_k << ";norm=" << norm_name(in.p.norm) << ";chunk_rows=" << in.p.chunk_rows
     << ";token_index=" << in.token_index << ";backend=" << in.backend;
+  // Maps from before the per-neuron statistics lack their datasets: --resume refuses them here.
+  o << ";stats=entropy,margin";
   return o.str();
 }
 

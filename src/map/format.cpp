@@ -19,7 +19,8 @@ nlohmann::json item(const std::string& path, const char* kind, const char* dtype
 double matrix_group_bytes(int64_t layers, int64_t neurons, int64_t chunk_rows, int64_t top_k,
                           int64_t bottom_k, int64_t vocab, int64_t token_index_m) {
   const double L = double(layers), N = double(neurons), C = double((neurons + chunk_rows - 1) / chunk_rows);
-  const double per_neuron = double(top_k) * 12.0 + double(bottom_k) * 8.0 + 4.0;  // ids, logits, probs; lse
+  // ids, logits, probs; lse, entropy, margin
+  const double per_neuron = double(top_k) * 12.0 + double(bottom_k) * 8.0 + 12.0;
   const double index = token_index_m > 0 ? double(vocab) * double(token_index_m) * 20.0 + L * C : 0.0;
   return L * N * per_neuron + L * C + index;  // + done [L, C]
 }

@@ -124,6 +124,7 @@ inline T __shfl_xor_sync(unsigned, T v, int lane_mask) {
 inline int __ffs(unsigned x) { return x ? std::countr_zero(x) + 1 : 0; }
 inline int __popc(unsigned x) { return std::popcount(x); }
 inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
+inline unsigned atomicOr(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_or(v); }
 inline float __ldcs(const float* p) { return *p; }
 inline float __expf(float x) { return std::exp(x); }
 // Round-to-nearest single operations (no FMA contraction: the tests build with -ffp-contract=off).

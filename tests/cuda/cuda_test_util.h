@@ -81,6 +81,16 @@ inline std::string compare_decodes(const ChunkResult& want, const ChunkResult& g
       err << "row " << r << ": lse " << got.lse[r] << " vs cpu " << want.lse[r];
       return err.str();
     }
+    // The entropy weighs the logits' errors by log p (about log V): 10 x the lse's tolerance.
+    const double dh = std::fabs(double(want.entropy[r]) - double(got.entropy[r]));
+    if (!(dh <= 10 * tol.lse_abs + tol.prob_rel * std::fabs(double(want.entropy[r])))) {
+      err << "row " << r << ": entropy " << got.entropy[r] << " vs cpu " << want.entropy[r];
+      return err.str();
+    }
+    if (k > 0 && !(std::fabs(double(want.margin[r]) - double(got.margin[r])) <= 2 * tol.logit_abs)) {
+      err << "row " << r << ": margin " << got.margin[r] << " vs cpu " << want.margin[r];
+      return err.str();
+    }
     for (int i = 0; i < k; ++i) {
       const size_t at = size_t(r) * k + i;
       ++positions;

@@ -28,7 +28,7 @@ void rescore_rows_emulated(const float* xn, const uint16_t* xg, const uint16_t* 
       unsigned(rows), kThreads,
       [&] {
         rescore_kernel(xn, xg, w, bf16, hidden, mean, spread, cand.top_ids, cand.top_logits, kc,
-                       cand.bottom_ids, bc, cand.lse, exact, stats, lse_out, logits, ld);
+                       cand.bottom_ids, bc, cand.lse, exact, stats, lse_out, logits, ld, nullptr, 0);
       },
       // NaN garbage between blocks: nothing may rely on what shared memory held before.
       [] { std::memset(fi_rescore_smem, 0xff, sizeof fi_rescore_smem); });

@@ -255,7 +255,7 @@ TEST(TokenIndexKernel, ColumnMatchesCpuUpdate) {
     const int64_t row0 = call * 1000;
     want.update(logits.data(), ld, rows, lse_d.data(), layers[call], row0, 0, V);
     const fi::gpu::TokenIndexLists lists{got.logp.data(), got.layer.data(), got.neuron.data(),
-                                         got.worst.data(), M};
+                                         got.worst.data(), nullptr, M};
     for (int64_t v = 0; v < V; ++v)
       fi::gpu::token_index_column(logits.data(), ld, rows, lse.data(), layers[call], row0, v, lists);
   }

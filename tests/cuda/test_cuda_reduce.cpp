@@ -1,18 +1,23 @@
 // The fused reduction kernel (log-sum-exp, top-k, bottom-k) against fi::reduce_row_naive on
 // random and adversarial rows: ties, -inf, NaN, k = 1 and k = 1024, k > vocab, vocab not a
 // multiple of the kernel's tile, sorted rows (the filter's worst case). Ids and logits must be
-// identical; lse and probabilities agree to 1e-4 (the kernel sums in fp32 with ex2.approx).
+// identical; lse and probabilities agree to 1e-4 (the kernel sums in fp32 with ex2.approx); the
+// entropy agrees with -sum p log p in long double to 1e-5 relative (fp32 sums) and the margin is
+// the fp32 difference of the two best logits, bit for bit.
 // Every case runs twice: on the device ("cuda", skipped without one) and as the same kernel
 // source on CPU threads ("emulated", cuda_emulation.h), which runs everywhere.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <sstream>
 #include <vector>
 
 #include "cuda_test_util.h"
 #include "decode/cuda/cuda_decoder_impl.h"
+#include "decode/cuda/token_index_kernel.cuh"
+#include "decode/token_index.h"
 #include "decode/topk.h"
 #include "reduce_emulated.h"
 
@@ -31,6 +36,38 @@ bool close(float want, float got, double rel, double abs) {
 
 // "" when the kernel matches the naive reference on every row, else the first fault.
 using Reducer = void (*)(const float*, int64_t, int64_t, int, int, fi::ChunkResult&);
+
+// The row's entropy in long double (NaN without a finite maximum or with a NaN), and its margin
+// (NaN with fewer than two non-NaN logits, or k = 0: no top selection).
+void row_stats(const float* x, int64_t vocab, int k, double* entropy, float* margin) {
+  long double m = -INFINITY;
+  bool nan = false;
+  for (int64_t i = 0; i < vocab; ++i) {
+    nan |= std::isnan(x[i]);
+    if (!std::isnan(x[i])) m = std::max(m, (long double)x[i]);
+  }
+  long double s = 0, sx = 0;
+  for (int64_t i = 0; i < vocab; ++i)
+    if (x[i] != -INFINITY && !std::isnan(x[i])) {
+      const long double e = std::exp((long double)x[i] - m);
+      s += e;
+      sx += e * ((long double)x[i] - m);
+    }
+  *entropy = nan || std::isinf(m) ? NAN : double(std::log(s) - sx / s);
+  float a = -INFINITY, b = -INFINITY;
+  int n = 0;
+  for (int64_t i = 0; i < vocab; ++i) {
+    if (std::isnan(x[i])) continue;
+    ++n;
+    if (x[i] > a) {
+      b = a;
+      a = x[i];
+    } else if (x[i] > b) {
+      b = x[i];
+    }
+  }
+  *margin = n >= 2 && k > 0 ? a - b : NAN;
+}
 
 class Reduce : public ::testing::TestWithParam<const char*> {
  protected:
@@ -64,6 +101,17 @@ std::string Reduce::check_with(Reducer reduce, const std::vector<float>& logits,
                          &lse, bi.data(), bl.data());
     if (!close(lse, got.lse[r], 1e-5, 1e-4)) {
       err << "row " << r << ": lse " << got.lse[r] << " vs " << lse;
+      return err.str();
+    }
+    double h = 0;
+    float mg = 0;
+    row_stats(logits.data() + r * vocab, vocab, k, &h, &mg);
+    if (!close(float(h), got.entropy[r], 1e-5, 1e-6)) {
+      err << "row " << r << ": entropy " << got.entropy[r] << " vs " << h;
+      return err.str();
+    }
+    if (!same_float(mg, got.margin[r])) {
+      err << "row " << r << ": margin " << got.margin[r] << " vs " << mg;
       return err.str();
     }
     for (int i = 0; i < k; ++i) {
@@ -179,3 +227,73 @@ INSTANTIATE_TEST_SUITE_P(Backends, Reduce, ::testing::Values("cuda", "emulated")
                          [](const ::testing::TestParamInfo<const char*>& i) { return std::string(i.param); });
 
 }  // namespace
+
+// The token index folded into the reduction: the reduction kernel (emulated) marks the tokens
+// that may enter their lists, token_index_column_marked reads only the marked rows, and the
+// lists must be bit-identical to TokenIndex::update over every row and token (the CPU index).
+// Three calls (layers 2, 0, 2) from an index already holding M entries per token, so the marks
+// are selective (12 tiles a row: the block's bound is refreshed too); rows random, rounded to 1/8 (ties decided by layer and neuron), flat, peaked,
+// with NaN and -inf. The third call feeds the index an lse moved from the reduction's own, as
+// the re-scoring of --gemm bf16 does: up (marks still valid), and down by more than kMarkMove
+// (that row is read whole).
+TEST(TokenMarks, FusedIndexMatchesCpuUpdate) {
+  const int64_t V = 12000, M = 4, rows = 6, words = (V + 31) / 32;
+  fi::TokenIndex want(V, M), got(V, M);
+  std::vector<float> prior = fi::test::normal(size_t(V), 1.f, 51);
+  for (int64_t v = 0; v < V; ++v)
+    for (fi::TokenIndex* t : {&want, &got})
+      for (int64_t j = 0; j < M; ++j) {
+        t->logp[size_t(v * M + j)] = -5 + double(prior[size_t(v)]) - 0.25 * double(j);
+        t->layer[size_t(v * M + j)] = 1;
+        t->neuron[size_t(v * M + j)] = int32_t(v % 7 + 10 * j);
+      }
+  want.refresh_worst();
+  got.refresh_worst();
+  std::vector<float> worst_f(static_cast<size_t>(V));
+  for (int64_t v = 0; v < V; ++v) worst_f[size_t(v)] = fi::gpu::round_down_f32(got.worst[size_t(v)]);
+  const fi::gpu::TokenIndexLists lists{got.logp.data(), got.layer.data(), got.neuron.data(),
+                                       got.worst.data(), worst_f.data(), M};
+  const int32_t layers[3] = {2, 0, 2};
+  int64_t marked = 0, total = 0;
+  for (int call = 0; call < 3; ++call) {
+    std::vector<float> x = fi::test::normal(size_t(rows * V), 2.f, 300 + uint64_t(call));
+    for (int64_t v = 0; v < V; ++v) {
+      x[size_t(0 * V + v)] = std::round(x[size_t(v)] * 8) / 8;  // ties
+      x[size_t(1 * V + v)] *= 0.01f;                            // flat
+      x[size_t(2 * V + v)] *= 0.5f;
+    }
+    x[size_t(2 * V + 1234)] = 25.f;  // peaked
+    x[size_t(3 * V + 17)] = NAN;
+    for (int64_t v = 0; v < V; v += 5) x[size_t(4 * V + v)] = -INFINITY;
+    std::vector<uint32_t> marks(size_t(rows * words), 0xdeadbeefu);  // every word gets written
+    fi::ChunkResult out;
+    fi::test::reduce_rows_emulated_marked(x.data(), rows, V, 20, 0, worst_f.data(), marks.data(),
+                                          words, out);
+    std::vector<float> lse = out.lse;
+    if (call == 2) {
+      lse[0] -= 0.01f;  // below the marks' lse by more than kMarkMove: row 0 read whole
+      lse[5] += 0.05f;  // above: fewer tokens can enter, the marks still hold
+    }
+    std::vector<double> lse_d(lse.begin(), lse.end());
+    want.update(x.data(), V, rows, lse_d.data(), layers[call], call * 100, 0, V);
+    for (int64_t v = 0; v < V; ++v)
+      fi::gpu::token_index_column_marked(x.data(), V, rows, lse.data(), marks.data(), words,
+                                         out.lse.data(), layers[call], call * 100, v, lists);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t v = 0; v < V; ++v) marked += (marks[size_t(r * words + v / 32)] >> (v % 32)) & 1u;
+    total += rows * V;
+    for (int64_t v = 0; v < V; ++v)
+      ASSERT_EQ(worst_f[size_t(v)], fi::gpu::round_down_f32(got.worst[size_t(v)])) << "token " << v;
+  }
+  EXPECT_EQ(got.logp, want.logp);
+  EXPECT_EQ(got.layer, want.layer);
+  EXPECT_EQ(got.neuron, want.neuron);
+  EXPECT_EQ(got.worst, want.worst);
+  int64_t layer0 = 0;
+  for (int32_t l : got.layer) layer0 += l == 0;
+  EXPECT_GT(layer0, 0);  // the second call's rows did enter
+  // The marks must be selective for the fold to pay: most tokens of most rows stay unmarked.
+  std::printf("token marks: %lld of %lld (token, row) pairs marked (%.1f%%)\n", (long long)marked,
+              (long long)total, 100.0 * double(marked) / double(total));
+  EXPECT_LT(marked, total / 2);
+}

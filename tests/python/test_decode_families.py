@@ -56,7 +56,7 @@ def check_family(name, tmp):
     if ref.softcap:  # the re-scoring's lse correction assumes plain logits: refused by name
         p = t.run(["decode", "--model", model, "--out", out + ".bf16", "--gemm", "bf16"], check=False)
         t.check(t.one_line_error(p, "final_logit_softcapping", "--gemm exact"), f"{name}: --gemm bf16: {p.stderr}")
-    worst = dict(logit=0.0, lse=0.0, prob=0.0, ties=0)
+    worst = dict(logit=0.0, lse=0.0, prob=0.0, ties=0, entropy=0.0, margin=0.0)
     with h5py.File(out, "r") as f:
         t.check(int(f.attrs["vocab_size"]) == V, f"{name}: map vocab_size {f.attrs['vocab_size']}")
         for matrix in ("up", "gate", "down"):
@@ -79,8 +79,17 @@ def check_family(name, tmp):
                 pref = np.exp(logits[rows[:, None], ids] - lse[:, None])
                 prel = float((np.abs(g["top_probs"][li][rows] - pref) / np.maximum(pref, 1e-30)).max())
                 t.check(prel <= PROB_REL, f"{where}: top probability off by {prel:.3g} relative")
+                # entropy and margin of the same (soft-capped, where the model caps) logits
+                h_ref = lse - (np.exp(logits - lse[:, None]) * logits).sum(axis=1)
+                h_err = float((np.abs(g["entropy"][li][rows] - h_ref) / np.maximum(np.abs(h_ref), 1e-3)).max())
+                # (the fp32 logits' own error, ~1e-6 of the row's scale, enters H weighted by log p)
+                t.check(h_err <= 1e-4, f"{where}: entropy off by {h_err:.3g} relative")
+                srt = -np.partition(-logits, 1, axis=1)[:, :2]  # the best two, in order
+                m_err = float((np.abs(g["margin"][li][rows] - (srt[:, 0] - srt[:, 1])) / scale).max())
+                t.check(m_err <= 2e-5, f"{where}: margin off by {m_err:.3g} of the row's scale")
                 worst = dict(logit=max(worst["logit"], lerr), lse=max(worst["lse"], lse_err),
-                             prob=max(worst["prob"], prel), ties=worst["ties"] + ties + bties)
+                             prob=max(worst["prob"], prel), ties=worst["ties"] + ties + bties,
+                             entropy=max(worst["entropy"], h_err), margin=max(worst["margin"], m_err))
         want = expected_vocab(model, V)
         got = f["vocab/bytes"][...]
         t.check(len(got) == V, f"{name}: /vocab/bytes has {len(got)} entries, want {V}")
@@ -89,7 +98,8 @@ def check_family(name, tmp):
             i = bad[0]
             t.fail(f"{name}: /vocab/bytes wrong for {len(bad)} ids, first id {i}: {bytes(got[i])!r}, want {want[i]!r}")
     print(f"  {name:12s} V {V:6d}: logit err {worst['logit']:.1e} (of row scale), lse {worst['lse']:.1e}, "
-          f"prob rel {worst['prob']:.1e}, tie swaps {worst['ties']}; vocab bytes exact", flush=True)
+          f"prob rel {worst['prob']:.1e}, entropy rel {worst['entropy']:.1e}, margin {worst['margin']:.1e}, "
+          f"tie swaps {worst['ties']}; vocab bytes exact", flush=True)
 
 
 def main():

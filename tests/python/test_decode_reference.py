@@ -1,6 +1,7 @@
 """The map agrees with an independent float64 decode (numpy over the safetensors bytes): top-k and
 bottom-k ids up to exact ties, probabilities within 1e-4 relative, log-sum-exp within 1e-5, for
-bf16/f16/f32, tied and untied, norms rms/gamma/none; planted neurons decode to their token at top-1;
+bf16/f16/f32, tied and untied, norms rms/gamma/none; the per-neuron entropy within 1e-5 relative
+and the rank-1 margin within the logits' tolerance; planted neurons decode to their token at top-1;
 the attributes, shapes and vocabulary of schema version 1 are as specified.
 """
 import json
@@ -20,6 +21,7 @@ SAMPLE = 48          # random neurons checked per matrix and layer (plus the pla
 TIE_REL = 1e-5       # two logits closer than this (relative to the row's scale) are a tie
 PROB_REL = 1e-4
 LSE_ABS = 1e-5
+ENTROPY_REL = 1e-5   # the map's float32 entropy against -sum p log p in float64
 
 # Each dtype tied and untied, each norm mode, every matrix, bottom-k, a layer range, chunking.
 CASES = [
@@ -116,11 +118,25 @@ def check_matrix(ref, f, matrix, layer_ids, norm, top_k, bottom_k, planted, rng,
             blog = g["bottom_logits"][li][rows].astype(np.float64)
             _, bties = check_ranking(where + " bottom", bids, blog, logits, bottom_k, lowest=True)
             ties += bties
-        stats.append((lerr, lse_err, prel.max(), ties, len(rows)))
+        # Entropy H = lse - sum p x and margin = top-1 minus top-2 logit, both in float64.
+        p_all = np.exp(logits - lse[:, None])
+        h_ref = lse - (p_all * logits).sum(axis=1)
+        h_map = g["entropy"][li][rows].astype(np.float64)
+        h_err = (np.abs(h_map - h_ref) / np.maximum(np.abs(h_ref), 1e-3)).max()
+        t.check(h_err <= ENTROPY_REL, f"{where}: entropy off by {h_err:.3g} relative (map {h_map[0]}, "
+                                      f"float64 {h_ref[0]})")
+        srt = -np.partition(-logits, 1, axis=1)[:, :2]  # the best two, in order
+        m_ref = srt[:, 0] - srt[:, 1]
+        m_map = g["margin"][li][rows].astype(np.float64)
+        scale = np.maximum(1.0, np.abs(logits).max(axis=1))
+        m_err = (np.abs(m_map - m_ref) / scale).max()
+        t.check(m_err <= 2 * TIE_REL, f"{where}: margin off by {m_err:.3g} (rel. to row scale)")
+        stats.append((lerr, lse_err, prel.max(), ties, len(rows), h_err, m_err))
     s_ = np.array(stats)
     print(f"  {name} /{matrix}: {int(s_[:, 4].sum())} neurons over layers {layer_ids}: "
           f"max logit err {s_[:, 0].max():.2e} (rel. to row scale), lse err {s_[:, 1].max():.2e}, "
-          f"prob rel err {s_[:, 2].max():.2e}, tie swaps {int(s_[:, 3].sum())}")
+          f"prob rel err {s_[:, 2].max():.2e}, entropy rel err {s_[:, 5].max():.2e}, "
+          f"margin err {s_[:, 6].max():.2e}, tie swaps {int(s_[:, 3].sum())}")
 
 
 def check_schema(f, case, cfg, model_dir):
@@ -150,7 +166,8 @@ def check_schema(f, case, cfg, model_dir):
         t.check(list(np.asarray(g.attrs["layers"]).reshape(-1)) == layer_ids,
                 f"/{m} layers attribute {g.attrs['layers']}, want {layer_ids}")
         shapes = {"top_ids": ((nl, n, k), np.int32), "top_logits": ((nl, n, k), np.float32),
-                  "top_probs": ((nl, n, k), np.float32), "logsumexp": ((nl, n), np.float32)}
+                  "top_probs": ((nl, n, k), np.float32), "logsumexp": ((nl, n), np.float32),
+                  "entropy": ((nl, n), np.float32), "margin": ((nl, n), np.float32)}
         if b:
             shapes.update(bottom_ids=((nl, n, b), np.int32), bottom_logits=((nl, n, b), np.float32))
         else:

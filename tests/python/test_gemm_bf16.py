@@ -1,6 +1,8 @@
 """decode --gemm bf16 (one bf16 GEMM, candidates re-scored exactly, lse corrected) against an
 independent float64 decode: top-k and bottom-k ids equal up to ties, top-k probabilities within
-the documented 1e-3 relative (README, Numerics), lse within 1e-3; on a synthetic LM-head of
+the documented 1e-3 relative (README, Numerics), lse within 1e-3, the corrected entropy within
+1e-3 relative (the tail's logit errors weigh ~log V more in it than in the lse: docs/MAP_FORMAT.md)
+and the margin within the exact logits' tolerance; on a synthetic LM-head of
 realistic structure (tests/python/realistic_head.py) and a demo checkpoint; through oneDNN where
 the CPU has bf16 instructions and through the OpenBLAS fallback (ONEDNN_MAX_CPU_ISA=AVX2 hides
 them); with the token index on, under 2 ranks; rows the error bound cannot certify are decoded
@@ -19,6 +21,7 @@ import realistic_head as rh  # noqa: E402
 PROB_REL = 1e-3
 LSE_ABS = 1e-3
 TIE_REL = 1e-5
+ENTROPY_REL = 1e-3
 
 
 def check_map(where, path, ref, top_k, bottom_k, rows):
@@ -31,6 +34,7 @@ def check_map(where, path, ref, top_k, bottom_k, rows):
         g = f["up"]
         ids, probs = g["top_ids"][0][:rows], g["top_probs"][0][:rows].astype(np.float64)
         mlse, bids = g["logsumexp"][0][:rows].astype(np.float64), g["bottom_ids"][0][:rows]
+        ent, marg = g["entropy"][0][:rows].astype(np.float64), g["margin"][0][:rows].astype(np.float64)
         backend = f.attrs["backend"]
     backend = backend.decode() if isinstance(backend, bytes) else str(backend)
     t.check(backend == "cpu+bf16", f"{where}: backend attribute {backend!r}, want 'cpu+bf16'")
@@ -42,6 +46,14 @@ def check_map(where, path, ref, top_k, bottom_k, rows):
     rel = np.abs(probs - want) / want
     t.check(rel.max() <= PROB_REL, f"{where}: worst relative probability error {rel.max():.3g} > {PROB_REL}")
     t.check(np.abs(mlse - lse).max() <= LSE_ABS, f"{where}: worst lse error {np.abs(mlse - lse).max():.3g}")
+    h_ref = lse - (np.exp(lg - lse[:, None]) * lg).sum(axis=1)
+    h_err = (np.abs(ent - h_ref) / np.maximum(np.abs(h_ref), 1e-3)).max()
+    t.check(h_err <= ENTROPY_REL, f"{where}: worst relative entropy error {h_err:.3g} > {ENTROPY_REL}")
+    srt = -np.partition(-lg, 1, axis=1)[:, :2]  # the best two, in order
+    m_err = (np.abs(marg - (srt[:, 0] - srt[:, 1])) / np.maximum(1.0, np.abs(lg).max(axis=1))).max()
+    t.check(m_err <= 2 * TIE_REL, f"{where}: worst margin error {m_err:.3g} (rel. to row scale)")
+    print(f"  {where}: prob rel err {rel.max():.2e}, lse err {np.abs(mlse - lse).max():.2e}, "
+          f"entropy rel err {h_err:.2e}, margin err {m_err:.2e}")
     return rel.max()
 
 

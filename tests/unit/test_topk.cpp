@@ -181,3 +181,78 @@ TEST(RowReducer, SplitOverThreadsEqualsOneReducer) {
     EXPECT_EQ(o.lse, a.lse);
   }
 }
+
+namespace {
+
+// -sum p log p and the top-1 minus top-2 logit, in long double over the whole row.
+void expect_stats(const std::vector<float>& x, int k, int64_t block) {
+  fi::RowReducer r(k, 0);
+  for (int64_t v0 = 0; v0 < int64_t(x.size()); v0 += block)
+    r.add_block(x.data() + v0, v0, std::min<int64_t>(block, int64_t(x.size()) - v0));
+  long double m = -INFINITY;
+  for (float v : x) m = std::max(m, (long double)v);
+  long double s = 0, sx = 0;
+  for (float v : x) {
+    const long double e = std::exp((long double)v - m);
+    s += e;
+    sx += e * ((long double)v - m);
+  }
+  const double h = double(std::log(s) - sx / s);
+  EXPECT_NEAR(r.entropy(), h, 1e-7 * std::max(1.0, h)) << "vocab " << x.size() << " block " << block;
+  std::vector<float> sorted = x;
+  std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+  EXPECT_EQ(r.margin(), sorted[0] - sorted[1]) << "k " << k;
+}
+
+}  // namespace
+
+// The entropy and margin kept in the same pass: any block size, k = 1 (the reducer keeps two
+// for the margin), peaked and flat rows, ties at the top (margin 0), and the undefined cases.
+TEST(RowReducer, EntropyAndMargin) {
+  for (int64_t V : {2, 1000, 4099, 128256}) {
+    auto x = randn(size_t(V), 3.f, uint32_t(V) + 5);
+    for (int64_t block : {1, 13, 2048, 1 << 20}) {
+      if (V > 5000 && block < 1000) continue;
+      for (int k : {1, 20}) expect_stats(x, k, block);
+    }
+  }
+  auto peaked = randn(50000, 1.f, 31);
+  peaked[777] = 40.f;  // p(777) ~ 1 - 1e-12: entropy ~ 1e-10, exact relative to itself
+  expect_stats(peaked, 5, 2048);
+  std::vector<float> flat(4096, 0.5f);  // uniform: log V, margin 0
+  expect_stats(flat, 1, 1000);
+  fi::RowReducer r(3, 0);
+  r.add_block(flat.data(), 0, 4096);
+  EXPECT_NEAR(r.entropy(), std::log(4096.0), 1e-12);
+  EXPECT_EQ(r.margin(), 0.f);
+  fi::RowReducer one(3, 0), nan(3, 0), none(3, 0);
+  one.add_block(flat.data(), 0, 1);
+  EXPECT_NEAR(one.entropy(), 0.0, 1e-15);
+  EXPECT_TRUE(std::isnan(one.margin()));  // fewer than two tokens
+  std::vector<float> withnan = flat;
+  withnan[9] = std::numeric_limits<float>::quiet_NaN();
+  nan.add_block(withnan.data(), 0, 4096);
+  EXPECT_TRUE(std::isnan(nan.entropy()));
+  EXPECT_EQ(nan.margin(), 0.f);  // NaN never ranks
+  std::vector<float> ninf(10, -std::numeric_limits<float>::infinity());
+  none.add_block(ninf.data(), 0, 10);
+  EXPECT_TRUE(std::isnan(none.entropy()));
+}
+
+// The CPU backend's split (stats folded in token order, candidates merged): the same bits.
+TEST(RowReducer, EntropySplitOverThreadsEqualsOneReducer) {
+  auto x = randn(10000, 2.f, 41);
+  const int64_t block = 512, nb = (10000 + block - 1) / block;
+  fi::RowReducer one(1, 0), a(1, 0), b(1, 0);
+  std::vector<fi::RowReducer::BlockStats> stats(nb);
+  for (int64_t bl = 0; bl < nb; ++bl) {
+    const int64_t v0 = bl * block, n = std::min<int64_t>(block, 10000 - v0);
+    one.add_block(x.data() + v0, v0, n);
+    stats[bl] = fi::RowReducer::block_stats(x.data() + v0, n);
+    (bl % 2 ? b : a).add_candidates(x.data() + v0, v0, n);
+  }
+  a.merge_candidates(b);
+  for (auto st : stats) a.add_stats(st);
+  EXPECT_EQ(a.entropy(), one.entropy());
+  EXPECT_EQ(a.margin(), one.margin());
+}

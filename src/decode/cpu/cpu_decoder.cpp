@@ -212,6 +212,8 @@ class CpuDecoder final : public Decoder {
     const int64_t K = p_.top_k, B = p_.bottom_k;
     RowReducer& red = reducers_[0][r];
     row_lse_[to] = red.lse();
+    out.entropy[to] = float(red.entropy());
+    out.margin[to] = red.margin();
     red.finish(out.top_ids.data() + to * K, out.top_logits.data() + to * K,
                out.top_probs.data() + to * K, out.lse.data() + to, out.bottom_ids.data() + to * B,
                out.bottom_logits.data() + to * B);
@@ -237,7 +239,7 @@ class CpuDecoder final : public Decoder {
       float lse_dummy;
       for (int64_t r = rows * t / threads_; r < rows * (t + 1) / threads_; ++r) {
         RowReducer& red = reducers_[0][r];
-        const double lse_approx = red.lse();
+        const double lse_approx = red.lse(), entropy_approx = red.entropy();
         red.finish(ti.data(), tl.data(), tp.data(), &lse_dummy, bi.data(), bl.data());
         const float* xr = xn_.data() + r * H;
         auto rescore = [&](const std::vector<int32_t>& ids, std::vector<double>& ex, int cap) {
@@ -258,7 +260,10 @@ class CpuDecoder final : public Decoder {
         certified[r] = finish_rescored_row(
             top, bot, lse, logit_error_bound(res, hstats_), int(K), int(B),
             out.top_ids.data() + r * K, out.top_logits.data() + r * K, out.top_probs.data() + r * K,
-            out.lse.data() + r, out.bottom_ids.data() + r * B, out.bottom_logits.data() + r * B);
+            out.lse.data() + r, out.bottom_ids.data() + r * B, out.bottom_logits.data() + r * B,
+            out.margin.data() + r);
+        out.entropy[r] = float(corrected_entropy(lse_approx, entropy_approx, tl.data(), te.data(), nt,
+                                                 res.shift, lse));
         row_lse_[r] = lse;
         if (keep) {  // the index sees the exact logits where they are known
           for (int i = 0; i < nt; ++i) keep[r * V + ti[i]] = float(te[i]);

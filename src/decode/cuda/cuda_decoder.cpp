@@ -89,6 +89,7 @@ struct CudaDecoder::Impl {
     DeviceBuffer hi, lo;   // [max_sub, H] head dtype: normed rows (lo with split or rescore)
     DeviceBuffer xn;       // [max_sub, H] fp32: the exact normed rows (rescore only)
     DeviceBuffer logits;   // [max_sub, ld] fp32
+    DeviceBuffer marks;    // [max_sub, ld / 32] uint32: token index marks (made on first use)
     PinnedBuffer staging;  // [max_sub, H] fp32 bytes of host staging (host input; made on first use)
     Event h2d_done, norm_done, gemm_done, reduce_done;
   };
@@ -101,7 +102,7 @@ struct CudaDecoder::Impl {
   // The token index: a device copy of each target TokenIndex (made from the host one on first
   // use, brought back by sync_token_index), and the target of the next run().
   struct DeviceIndex {
-    DeviceBuffer logp, layer, neuron, worst;
+    DeviceBuffer logp, layer, neuron, worst, worst_f;
     TokenIndexLists lists;
   };
   std::map<TokenIndex*, DeviceIndex> indexes;
@@ -183,12 +184,17 @@ struct CudaDecoder::Impl {
     d.layer = DeviceBuffer(n * 4, "the token index");
     d.neuron = DeviceBuffer(n * 4, "the token index");
     d.worst = DeviceBuffer(size_t(t->vocab) * 8, "the token index");
+    d.worst_f = DeviceBuffer(size_t(t->vocab) * 4, "the token index");
+    std::vector<float> wf(size_t(t->vocab));
+    for (int64_t v = 0; v < t->vocab; ++v) wf[size_t(v)] = round_down_f32(t->worst[size_t(v)]);
+    FI_CUDA_CHECK(cudaMemcpy(d.worst_f.get(), wf.data(), wf.size() * 4, cudaMemcpyHostToDevice));
     FI_CUDA_CHECK(cudaMemcpy(d.logp.get(), t->logp.data(), n * 8, cudaMemcpyHostToDevice));
     FI_CUDA_CHECK(cudaMemcpy(d.layer.get(), t->layer.data(), n * 4, cudaMemcpyHostToDevice));
     FI_CUDA_CHECK(cudaMemcpy(d.neuron.get(), t->neuron.data(), n * 4, cudaMemcpyHostToDevice));
     FI_CUDA_CHECK(cudaMemcpy(d.worst.get(), t->worst.data(), size_t(t->vocab) * 8, cudaMemcpyHostToDevice));
     d.lists = {static_cast<double*>(d.logp.get()), static_cast<int32_t*>(d.layer.get()),
-               static_cast<int32_t*>(d.neuron.get()), static_cast<double*>(d.worst.get()), t->m};
+               static_cast<int32_t*>(d.neuron.get()), static_cast<double*>(d.worst.get()),
+               static_cast<float*>(d.worst_f.get()), t->m};
     return indexes.emplace(t, std::move(d)).first->second;
   }
 
@@ -211,7 +217,7 @@ struct CudaDecoder::Impl {
   void plan_and_allocate() {
     const size_t es = dtype_size(head.dtype);
     const size_t per_row = size_t(H) * 4 + size_t(H) * es * (split || rescore ? 2 : 1) +
-                           (rescore ? size_t(H) * 4 : 0) + size_t(ld) * 4;
+                           (rescore ? size_t(H) * 4 : 0) + size_t(ld) * 4 + size_t(ld) / 8;  // + marks
     const size_t reserve = size_t(512) << 20;
     const size_t free = free_device_bytes();
     int64_t sub = std::max<int64_t>(1, o.sub_rows > 0 ? o.sub_rows : o.max_sub_rows);
@@ -282,8 +288,12 @@ struct CudaDecoder::Impl {
       if (!finish_rescored_row(top, bot, st[r * 4], logit_error_bound(res, hstats), k, b,
                                out.top_ids.data() + r * k, out.top_logits.data() + r * k,
                                out.top_probs.data() + r * k, out.lse.data() + r,
-                               out.bottom_ids.data() + r * b, out.bottom_logits.data() + r * b))
+                               out.bottom_ids.data() + r * b, out.bottom_logits.data() + r * b,
+                               out.margin.data() + r))
         redo.push_back(r);
+      // The reduction's lse and entropy are those of the one-GEMM logits (fp32 sums).
+      out.entropy[r] = float(corrected_entropy(h.lse[r], h.entropy[r], h.top_logits + r * kc, ex + r * nc,
+                                               nt, res.shift, st[r * 4]));
     }
     return redo;
   }
@@ -409,7 +419,14 @@ struct CudaDecoder::Impl {
       FI_CUDA_CHECK(cudaEventRecord(s.gemm_done.e, sg));
       FI_CUDA_CHECK(cudaStreamWaitEvent(sr, s.gemm_done.e, 0));
       const RowOutputs piece_out = all.from_row(r0, kr, br);
-      launch_row_reduce(logits, n, V, ld, kr, br, piece_out, sr);
+      // With the token index the reduction marks its candidates (token_index_kernel.cuh), so
+      // the index kernel reads only their logits.
+      TokenMarks tm;
+      if (lists) {
+        if (!s.marks.get()) s.marks = DeviceBuffer(size_t(max_sub) * size_t(ld / 32) * 4, "the token marks");
+        tm = {lists->worst_f, static_cast<uint32_t*>(s.marks.get()), ld / 32};
+      }
+      launch_row_reduce(logits, n, V, ld, kr, br, piece_out, tm, sr);
       const float* lse_piece = piece_out.lse;
       if (rs) {  // exact candidates, corrected lse, and the exact values into the logits
         float* fixed = static_cast<float*>(lse_fixed.get()) + r0;
@@ -417,11 +434,12 @@ struct CudaDecoder::Impl {
                        head.dtype == DType::BF16, n, H, static_cast<const double*>(mean.get()),
                        hstats.spread, piece_out, kc, bc,
                        static_cast<double*>(exact.get()) + r0 * (kc + bc),
-                       static_cast<double*>(stats.get()) + r0 * 4, fixed, logits, ld, sr);
+                       static_cast<double*>(stats.get()) + r0 * 4, fixed, logits, ld, tm.marks, tm.ld, sr);
         lse_piece = fixed;
       }
       if (lists)  // after the reduction on the same stream: it needs the rows' lse
-        launch_token_index(logits, ld, n, V, lse_piece, ti_layer, ti_row0 + r0, *lists, sr);
+        launch_token_index(logits, ld, n, V, lse_piece, tm.marks, tm.ld, piece_out.lse, ti_layer,
+                           ti_row0 + r0, *lists, sr);
       FI_CUDA_CHECK(cudaEventRecord(s.reduce_done.e, sr));
     }
     // Every upload precedes a norm on the GEMM stream, and every GEMM-stream operation precedes

@@ -25,10 +25,13 @@ struct RowOutputs {
   float* lse = nullptr;            // [rows]
   int32_t* bottom_ids = nullptr;   // [rows, b]
   float* bottom_logits = nullptr;  // [rows, b]
+  float* entropy = nullptr;        // [rows]
+  float* margin = nullptr;         // [rows]
 
   // Field i of kChunkFields, as 4-byte elements.
   char* field(int i) const {
-    void* const f[kNumChunkFields] = {top_ids, top_logits, top_probs, lse, bottom_ids, bottom_logits};
+    void* const f[kNumChunkFields] = {top_ids,    top_logits,    top_probs, lse,
+                                      bottom_ids, bottom_logits, entropy,   margin};
     return static_cast<char*>(f[i]);
   }
   void set(int i, void* p) {
@@ -38,7 +41,9 @@ struct RowOutputs {
       case 2: top_probs = static_cast<float*>(p); break;
       case 3: lse = static_cast<float*>(p); break;
       case 4: bottom_ids = static_cast<int32_t*>(p); break;
-      default: bottom_logits = static_cast<float*>(p); break;
+      case 5: bottom_logits = static_cast<float*>(p); break;
+      case 6: entropy = static_cast<float*>(p); break;
+      default: margin = static_cast<float*>(p); break;
     }
   }
   // The same fields from row r0 on.
@@ -77,17 +82,25 @@ inline RowOutputs host_results(ChunkResult& r) {
 // Gemma 2's final soft-cap in place: logits[r, v] = cap·tanh(logits[r, v] / cap) (softcap.cu).
 void launch_softcap(float* logits, int64_t rows, int64_t vocab, int64_t ld, float cap, cudaStream_t stream);
 
+// The row reduction (row_reduce_kernel.cuh); with marks.marks, it also marks the tokens that may
+// enter their token index lists (token_index_kernel.cuh TokenMarks).
+struct TokenMarks;
 void launch_row_reduce(const float* logits, int64_t rows, int64_t vocab, int64_t ld, int k, int b,
                        const RowOutputs& out, cudaStream_t stream);
+void launch_row_reduce(const float* logits, int64_t rows, int64_t vocab, int64_t ld, int k, int b,
+                       const RowOutputs& out, const TokenMarks& marks, cudaStream_t stream);
 
 struct TokenIndexLists;  // token_index_kernel.cuh
 
 // The token index update of one logits piece: rows [rows, ld] fp32 (device) are neurons row0..
-// of model layer `layer`, lse: [rows] their log-sum-exp (device, from launch_row_reduce); every
-// token's list in t (device) takes the rows that beat its M-th entry.
+// of model layer `layer`, lse: [rows] their log-sum-exp (device, from launch_row_reduce or the
+// re-scoring); every token's list in t (device) takes the rows that beat its M-th entry, reading
+// only the marked rows' logits (marks: [rows, marks_ld] from launch_row_reduce, made against
+// lse_marks, the reduction's own lse; null: every row read).
 void launch_token_index(const float* logits, int64_t ld, int64_t rows, int64_t vocab,
-                        const float* lse, int32_t layer, int64_t row0, const TokenIndexLists& t,
-                        cudaStream_t stream);
+                        const float* lse, const uint32_t* marks, int64_t marks_ld,
+                        const float* lse_marks, int32_t layer, int64_t row0,
+                        const TokenIndexLists& t, cudaStream_t stream);
 
 // gpu::launch_norm_split (gpu/norm_split.h) with the decode's norm (p.norm, norm_plus_one, eps):
 // x: [rows, hidden] of x_dtype (device); gamma: [hidden] fp32 (device; unused for None).
@@ -102,11 +115,12 @@ void launch_norm_convert(const void* x, DType x_dtype, void* hi, void* lo, DType
 // 16-bit LM-head (bf16: bf16, else f16); mean: [hidden] double, its mean row; spread: tr(C)/H.
 // cand: the reduction's outputs with kc / bc candidates per row. Out: exact [rows, kc + bc]
 // double, stats [rows, 4] double (corrected lse, |x~ - x|, |x~|, shift), lse_out [rows] float;
-// logits[r, id] (row stride ld) overwritten with the exact value of every candidate.
+// logits[r, id] (row stride ld) overwritten with the exact value of every candidate, and its bit
+// set in marks (the token marks of launch_row_reduce, marks_ld words per row; null: none).
 void launch_rescore(const float* xn, const void* xg, const void* w, bool bf16, int64_t rows,
                     int64_t hidden, const double* mean, double spread, const RowOutputs& cand,
                     int kc, int bc, double* exact, double* stats, float* lse_out, float* logits,
-                    int64_t ld, cudaStream_t stream);
+                    int64_t ld, uint32_t* marks, int64_t marks_ld, cudaStream_t stream);
 
 // Fills n values of dtype at dst with uniform random numbers in [-scale, scale) from a
 // counter-based hash of (seed, index): reproducible, no state. For tests and the benchmark.

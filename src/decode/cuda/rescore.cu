@@ -11,7 +11,7 @@ namespace fi::gpu {
 void launch_rescore(const float* xn, const void* xg, const void* w, bool bf16, int64_t rows,
                     int64_t hidden, const double* mean, double spread, const RowOutputs& cand,
                     int kc, int bc, double* exact, double* stats, float* lse_out, float* logits,
-                    int64_t ld, cudaStream_t stream) {
+                    int64_t ld, uint32_t* marks, int64_t marks_ld, cudaStream_t stream) {
   using namespace rescore_detail;
   if (rows <= 0) return;
   if (rows > INT_MAX) FI_FAIL("CUDA decode: too many rows in one launch: " + std::to_string(rows));
@@ -19,7 +19,7 @@ void launch_rescore(const float* xn, const void* xg, const void* w, bool bf16, i
   rescore_kernel<<<unsigned(rows), kThreads, smem, stream>>>(
       xn, static_cast<const uint16_t*>(xg), static_cast<const uint16_t*>(w), bf16, hidden, mean,
       spread, cand.top_ids, cand.top_logits, kc, cand.bottom_ids, bc, cand.lse, exact, stats,
-      lse_out, logits, ld);
+      lse_out, logits, ld, marks, marks_ld);
   FI_CUDA_CHECK(cudaGetLastError());
 }
 

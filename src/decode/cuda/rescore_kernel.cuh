@@ -3,10 +3,11 @@
 // row against the 16-bit LM-head rows, summed in double), the row's residual statistics, and the
 // corrected log-sum-exp (the same formulas as fi::row_residual and fi::corrected_lse, for a
 // 16-bit head, where W~ = W). It also writes the exact values into the logits buffer, so the
-// token index kernel after it sees them, with the corrected lse.
+// token index kernel after it sees them, with the corrected lse; it marks them too (the row
+// reduction's marks were made on the one-GEMM logits; token_index_kernel.cuh).
 // Included by rescore.cu (nvcc) and, unchanged, by tests/cuda/rescore_emulated.cpp (CPU threads,
 // cuda_emulation.h). So: no CUDA header; only threadIdx/blockIdx, __syncthreads,
-// __shfl_xor_sync, exp, log, memcpy, and one extern __shared__ array.
+// __shfl_xor_sync, atomicOr, exp, log, memcpy, and one extern __shared__ array.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -60,7 +61,8 @@ __device__ __forceinline__ double warp_sum(double v) {
 // top_ids/top_logits: [rows, kc] and bottom_ids/bottom_logits: [rows, bc] the candidates (ids -1
 // past the end) with their one-GEMM logits; lse_approx: [rows] the one-GEMM log-sum-exp.
 // Out: exact [rows, kc + bc] double (top then bottom; unset past the end), stats [rows, kStats],
-// lse_out [rows] float (corrected), and logits[r, id] = exact for every candidate (ld: row stride).
+// lse_out [rows] float (corrected), and logits[r, id] = exact for every candidate (ld: row stride);
+// marks (optional, marks_ld words per row): each candidate's bit set.
 __global__ void __launch_bounds__(kThreads)
     rescore_kernel(const float* __restrict__ xn, const uint16_t* __restrict__ xg,
                    const uint16_t* __restrict__ w, bool bf16, int64_t H, const double* __restrict__ mean,
@@ -68,7 +70,7 @@ __global__ void __launch_bounds__(kThreads)
                    int kc, const int32_t* __restrict__ bottom_ids, int bc,
                    const float* __restrict__ lse_approx, double* __restrict__ exact,
                    double* __restrict__ stats, float* __restrict__ lse_out, float* __restrict__ logits,
-                   int64_t ld) {
+                   int64_t ld, uint32_t* __restrict__ marks, int64_t marks_ld) {
   extern __shared__ __align__(16) unsigned char fi_rescore_smem[];
   double* red = reinterpret_cast<double*>(fi_rescore_smem);  // [4][kWarps]
   const int64_t r = blockIdx.x;
@@ -88,6 +90,7 @@ __global__ void __launch_bounds__(kThreads)
     if (lane == 0) {
       exact[r * nc + c] = acc;
       logits[r * ld + id] = float(acc);
+      if (marks) atomicOr(&marks[r * marks_ld + id / 32], 1u << (id % 32));
     }
   }
 

@@ -12,6 +12,11 @@ namespace fi::gpu {
 
 void launch_row_reduce(const float* logits, int64_t rows, int64_t vocab, int64_t ld, int k, int b,
                        const RowOutputs& out, cudaStream_t stream) {
+  launch_row_reduce(logits, rows, vocab, ld, k, b, out, TokenMarks{}, stream);
+}
+
+void launch_row_reduce(const float* logits, int64_t rows, int64_t vocab, int64_t ld, int k, int b,
+                       const RowOutputs& out, const TokenMarks& marks, cudaStream_t stream) {
   using namespace reduce_detail;
   if (k < 0 || k > kMaxK || b < 0 || b > kMaxK)
     FI_FAIL("CUDA decode: top_k and bottom_k must be in [0, " + std::to_string(kMaxK) + "], got " +
@@ -24,17 +29,19 @@ void launch_row_reduce(const float* logits, int64_t rows, int64_t vocab, int64_t
   // <= 48 KiB for k, b <= kMaxK, so no cudaFuncSetAttribute is needed.
   static_assert(kStateBytes + 2 * 2048 * 8 <= 48 * 1024, "reduction shared memory over 48 KiB");
   const size_t smem = smem_bytes(k, b);
-  row_reduce_kernel<<<unsigned(rows), kThreads, smem, stream>>>(logits, ld, int(vocab), k, b, out);
+  if (marks.marks && marks.ld * 32 < vocab) FI_FAIL("CUDA decode: token marks narrower than the vocabulary");
+  row_reduce_kernel<<<unsigned(rows), kThreads, smem, stream>>>(logits, ld, int(vocab), k, b, out, marks);
   FI_CUDA_CHECK(cudaGetLastError());
 }
 
 void launch_token_index(const float* logits, int64_t ld, int64_t rows, int64_t vocab,
-                        const float* lse, int32_t layer, int64_t row0, const TokenIndexLists& t,
-                        cudaStream_t stream) {
+                        const float* lse, const uint32_t* marks, int64_t marks_ld,
+                        const float* lse_marks, int32_t layer, int64_t row0,
+                        const TokenIndexLists& t, cudaStream_t stream) {
   if (rows <= 0 || vocab <= 0) return;
   if (t.m <= 0) FI_FAIL("CUDA decode: token index with M = " + std::to_string(t.m));
-  token_index_kernel<<<unsigned((vocab + 255) / 256), 256, 0, stream>>>(logits, ld, rows, vocab, lse,
-                                                                        layer, row0, t);
+  token_index_kernel<<<unsigned((vocab + 255) / 256), 256, 0, stream>>>(
+      logits, ld, rows, vocab, lse, marks, marks_ld, lse_marks, layer, row0, t);
   FI_CUDA_CHECK(cudaGetLastError());
 }
 
