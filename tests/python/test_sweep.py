@@ -136,7 +136,13 @@ def check_analysis(mp, out, tmp, s, k):
 
 
 def check_select(model, mp, tmp):
-    with h5py.File(mp, "r") as f:
+    # top:K by top-1 probability: a map without the exact entropies (as maps before them were)
+    shutil.copy(mp, f"{tmp}/noent.h5")
+    mp = f"{tmp}/noent.h5"
+    with h5py.File(mp, "r+") as f:
+        for m in ("up", "gate", "down"):
+            if "entropy" in f[m]:
+                del f[m]["entropy"]
         prob = {m: f[m]["top_probs"][:, :, 0] for m in ("up", "gate", "down")}
         layers = {m: list(f[m].attrs["layers"]) for m in prob}
     cand = sorted((-float(prob[m][li, n]), layers[m][li], MATRIX[m], n)
@@ -152,13 +158,15 @@ def check_select(model, mp, tmp):
     got, _ = read(f"{tmp}/layer.h5")
     t.check(list(got["neuron"]) == list(range(128)) * 2 and set(got["layer"]) == {1} and
             list(got["matrix"]) == [0] * 128 + [2] * 128, "layer:1 --matrices down,up: not the 2 x 128 neurons of layer 1")
-    # A map with exact entropies (/<group>/entropy [L, N], from the decode's reduction stats):
-    # top:K takes the lowest, and the file keeps them.
+    # A map with exact entropies (/<group>/entropy [L, N], from the decode's reduction stats),
+    # here replaced by planted ones: top:K takes the lowest, and the file keeps them.
     shutil.copy(smp, f"{tmp}/small-ent.h5")
     rng = np.random.default_rng(3)
     with h5py.File(f"{tmp}/small-ent.h5", "r+") as f:
         ent = {m: rng.uniform(0.5, 11.0, (2, 128)).astype(np.float32) for m in ("up", "down")}
-        for m in ent:
+        for m in ent:  # replaces the decode's own (planted values, an order numpy knows)
+            if "entropy" in f[m]:
+                del f[m]["entropy"]
             f[m].create_dataset("entropy", data=ent[m])
     cand = sorted((float(ent[m][li, n]), li, MATRIX[m], n) for m in ent for li in range(2) for n in range(128))
     p = sweep(small, f"{tmp}/small-ent.h5", f"{tmp}/ent.h5", "top:5", values=[0, 5], prompts="p1.txt", extra=["--json"])
