@@ -4,10 +4,12 @@
 // widened exactly, FP8 codes looked up in the host's table and multiplied by their scale in one
 // fp32 rounding, columns transposed.
 // Included by widen.cu (nvcc) and, unchanged, by tests/cuda/widen_emulated.cpp (CPU threads,
-// cuda_emulation.h). So: no CUDA header; only threadIdx/blockIdx and __fmul_rn.
+// cuda_emulation.h). So: no CUDA header; only threadIdx/blockIdx and __fmul_rn (and half_bits.cuh).
 #pragma once
 #include <cstdint>
 #include <cstring>
+
+#include "gpu/half_bits.cuh"
 
 namespace fi::gpu {
 namespace widen_detail {
@@ -28,30 +30,6 @@ struct WidenArgs {
   const float* scale = nullptr;  // kFp8: scale(r, c) = scale[(r / br) * sc + c / bc]
   int64_t br = 1, bc = 1, sc = 1;
 };
-
-// IEEE half bits -> fp32, exactly (as fi::f16_to_f32).
-__device__ __forceinline__ float half_bits_to_f32(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000u) << 16, ex = (h >> 10) & 0x1fu, man = h & 0x3ffu;
-  uint32_t u;
-  if (ex == 0x1f) {
-    u = sign | 0x7f800000u | (man << 13);
-  } else if (ex != 0) {
-    u = sign | ((ex + 112u) << 23) | (man << 13);
-  } else if (man == 0) {
-    u = sign;
-  } else {  // subnormal: normalise
-    int e = -1;
-    uint32_t m = man;
-    do {
-      m <<= 1;
-      ++e;
-    } while ((m & 0x400u) == 0);
-    u = sign | (uint32_t(112 - e) << 23) | ((m & 0x3ffu) << 13);
-  }
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
 
 // Shape: grid = ceil(count * width / kThreads) blocks of kThreads, one output element each, in
 // output order (consecutive threads write consecutive floats). out: [count, width] fp32.

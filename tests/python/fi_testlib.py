@@ -393,6 +393,18 @@ class Reference:
         return self.softcap * np.tanh(x / self.softcap) if self.softcap else x
 
 
+def read_dump(path, rows, vocab):
+    """The raw float32 logits a --dump-logits option wrote, [rows, vocab] as float64."""
+    a = np.fromfile(path, dtype="<f4")
+    check(a.size == rows * vocab, f"{path}: {a.size} floats, expected {rows} x {vocab}")
+    return a.reshape(rows, vocab).astype(np.float64)
+
+
+def logit_err(ours, ref):
+    """The forward tests' error: max |ours - ref| / max(1, |ref|)."""
+    return float(np.max(np.abs(ours - ref) / np.maximum(1.0, np.abs(ref))))
+
+
 def logsumexp(logits):
     m = logits.max(axis=1, keepdims=True)
     return (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))[:, 0]

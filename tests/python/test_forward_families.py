@@ -28,14 +28,6 @@ TOL = {"cpu": 1e-4, "cuda": 1e-3}
 STEPS = 3
 
 
-def read_dump(path, rows, vocab):
-    a = np.fromfile(path, dtype="<f4")
-    t.check(a.size == rows * vocab, f"{path}: {a.size} floats, expected {rows} x {vocab}")
-    return a.reshape(rows, vocab).astype(np.float64)
-
-
-def err(ours, ref):
-    return float(np.max(np.abs(ours - ref) / np.maximum(1.0, np.abs(ref))))
 
 
 def cuda_usable(name, tmp):
@@ -58,7 +50,7 @@ def check_family(name, tmp, backend="cpu"):
 
     def compare(what, ours, ref_logits):
         nonlocal worst
-        d = err(ours, ref_logits)
+        d = t.logit_err(ours, ref_logits)
         worst = max(worst, d)
         t.check(d < tol, f"{name} [{backend}]: {what}: logits differ from torch by {d:.3g} (> {tol})")
 
@@ -68,7 +60,7 @@ def check_family(name, tmp, backend="cpu"):
         t.run(["clamp", "--model", model, "--layer", layer, "--neuron", neuron, "--values",
                ",".join(map(str, values)), "--clamp-site", site, "--prompt-ids", ",".join(map(str, ids)),
                "--dump-logits", dump, "--backend", backend])
-        ours = read_dump(dump, len(values) + 1, V)
+        ours = t.read_dump(dump, len(values) + 1, V)
         for r, value in enumerate([None, *values]):
             clamps = [] if value is None else [(layer, neuron, value)]
             compare(f"clamp site {site} value {value}", ours[r], ref.logits(ids, clamps, site)[-1].numpy())
@@ -82,7 +74,7 @@ def check_family(name, tmp, backend="cpu"):
         args += ["--clamp", f"{layer}:{neuron}={value}"]
     new = [int(x) for x in t.run(args).stdout.split()]
     t.check(len(new) == STEPS, f"{name} [{backend}]: generated {len(new)} tokens, expected {STEPS}")
-    ours = read_dump(dump, STEPS, V)
+    ours = t.read_dump(dump, STEPS, V)
     seq = list(ids)
     for s in range(STEPS):  # torch recomputes the whole sequence each step, no cache
         ref_logits = ref.logits(seq, clamps, "act")[-1].numpy()

@@ -31,14 +31,6 @@ TOL = 1e-4
 STEPS = 3
 
 
-def read_dump(path, rows, vocab):
-    a = np.fromfile(path, dtype="<f4")
-    t.check(a.size == rows * vocab, f"{path}: {a.size} floats, expected {rows} x {vocab}")
-    return a.reshape(rows, vocab).astype(np.float64)
-
-
-def err(ours, ref):
-    return float(np.max(np.abs(ours - ref) / np.maximum(1.0, np.abs(ref))))
 
 
 def check_model(name, tmp):
@@ -54,7 +46,7 @@ def check_model(name, tmp):
 
     def compare(what, ours, ref_logits):
         nonlocal worst
-        d = err(ours, ref_logits)
+        d = t.logit_err(ours, ref_logits)
         worst = max(worst, d)
         t.check(d < TOL, f"{name}: {what}: logits differ from torch by {d:.3g} (> {TOL})")
 
@@ -75,9 +67,9 @@ def check_model(name, tmp):
             p = t.run(args, np_=np_ if np_ > 1 else None)
             if expert not in (None, "s"):
                 t.check("router sends" in p.stderr, f"{name}: no notice that an expert clamp acts where routed: {p.stderr!r}")
-            ours = read_dump(dump, len(values) + 1, V)
+            ours = t.read_dump(dump, len(values) + 1, V)
             # the clamp must matter (a routed expert is chosen for some position and moves the logits)
-            t.check(err(ours[-1], ours[0]) > 1e-3, f"{name}: clamp {layer}:{expert}:{neuron} changes nothing")
+            t.check(t.logit_err(ours[-1], ours[0]) > 1e-3, f"{name}: clamp {layer}:{expert}:{neuron} changes nothing")
             for r, value in enumerate([None, *values]):
                 if value is None:
                     clamps = []
@@ -99,7 +91,7 @@ def check_model(name, tmp):
         args += ["--clamp", f"{layer}:{'s' if e == 's' else f'e{e}'}:{neuron}={value}"]
     new = [int(x) for x in t.run(args).stdout.split()]
     t.check(len(new) == STEPS, f"{name}: generated {len(new)} tokens, expected {STEPS}")
-    ours = read_dump(dump, STEPS, V)
+    ours = t.read_dump(dump, STEPS, V)
     seq = list(ids)
     for s in range(STEPS):
         ref_logits = ref.logits(seq, clamps, "act")[-1].numpy()

@@ -36,14 +36,9 @@ def tol():
     return TOL[backend["name"]]
 
 
-def read_dump(path, rows, vocab):
-    a = np.fromfile(path, dtype="<f4")
-    t.check(a.size == rows * vocab, f"{path}: {a.size} floats, expected {rows} x {vocab}")
-    return a.reshape(rows, vocab).astype(np.float64)
-
 
 def compare_logits(what, ours, ref):
-    d = float(np.max(np.abs(ours - ref) / np.maximum(1.0, np.abs(ref))))
+    d = t.logit_err(ours, ref)
     worst["logit"] = max(worst["logit"], d)
     t.check(d < tol(), f"{what} [{backend['name']}]: logits differ from torch by {d:.3g} (> {tol()})")
 
@@ -76,7 +71,7 @@ def check_clamp(name, model, ref, tmp, layer, neuron, values, site, prompt_args)
     t.check(out["site"] == site and out["layer"] == layer and out["neuron"] == neuron, f"{name}: header")
     ids = out["prompt_ids"]
     watch_ids = [w["id"] for w in out["watch"]]
-    ours = read_dump(dump, len(values) + 1, ref.head.shape[0])
+    ours = t.read_dump(dump, len(values) + 1, ref.head.shape[0])
     for r, (row, value) in enumerate(zip(out["rows"], [None, *values])):
         clamps = [] if value is None else [(layer, neuron, value)]
         ref_logits = ref.logits(ids, clamps, site)[-1].numpy()
@@ -94,7 +89,7 @@ def check_generate(name, model, ref, tmp, ids, clamps, site, steps=4):
         args += ["--clamp", f"{layer}:{neuron}={value}"]
     new = [int(x) for x in t.run(args).stdout.split()]
     t.check(len(new) == steps, f"{name}: generated {len(new)} tokens, expected {steps}")
-    ours = read_dump(dump, steps, ref.head.shape[0])
+    ours = t.read_dump(dump, steps, ref.head.shape[0])
     seq = list(ids)
     for s in range(steps):  # each step's logits, computed by torch without a cache
         ref_logits = ref.logits(seq, clamps, site)[-1].numpy()

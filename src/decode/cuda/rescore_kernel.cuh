@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "gpu/half_bits.cuh"
+
 namespace fi::gpu {
 namespace rescore_detail {
 namespace {  // internal linkage: the emulated test compiles this file a second time
@@ -24,30 +26,7 @@ constexpr int kStats = 4;  // per row: corrected lse, |x~ - x|, |x~|, shift
 
 // 16-bit bits -> fp32 (bf16, or IEEE half when !bf16), exactly.
 __device__ __forceinline__ float bits_to_f32(uint16_t h, bool bf16) {
-  uint32_t u;
-  if (bf16) {
-    u = uint32_t(h) << 16;
-  } else {
-    const uint32_t sign = uint32_t(h & 0x8000u) << 16, ex = (h >> 10) & 0x1fu, man = h & 0x3ffu;
-    if (ex == 0x1f) {
-      u = sign | 0x7f800000u | (man << 13);
-    } else if (ex != 0) {
-      u = sign | ((ex + 112u) << 23) | (man << 13);
-    } else if (man == 0) {
-      u = sign;
-    } else {  // subnormal: normalise
-      int e = -1;
-      uint32_t m = man;
-      do {
-        ++e;
-        m <<= 1;
-      } while ((m & 0x400u) == 0);
-      u = sign | (uint32_t(112 - e) << 23) | ((m & 0x3ffu) << 13);
-    }
-  }
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
+  return bf16 ? bf16_bits_to_f32(h) : half_bits_to_f32(h);
 }
 
 __device__ __forceinline__ double warp_sum(double v) {
