@@ -42,7 +42,8 @@ def attr_json(obj):
 
 def frame(title, body, link, static_prefix="/static/"):
     """The page around body: head (title, the style sheet), navigation, the script at the end."""
-    nav = [("overview", link("overview")), ("search", link("search")), ("compare", link("compare"))]
+    nav = [("overview", link("overview")), ("search", link("search")), ("compare", link("compare")),
+           ("sweep", link("sweep"))]
     nav_html = "".join(f'<a id="nav-{k}" href="{esc(u)}">{k}</a>' for k, u in nav if u)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
             f'<link rel="stylesheet" href="{static_prefix}style.css"></head><body>'
@@ -139,8 +140,9 @@ def neighbours(d, link):
     return '<p class="neighbours">' + " · ".join(out) + "</p>" if out else ""
 
 
-def neuron_page(d, link, other=None, static_prefix="/static/"):
-    """A neuron page: d from neuron_data; other: the same neuron in a second map (side by side)."""
+def neuron_page(d, link, other=None, static_prefix="/static/", extra=""):
+    """A neuron page: d from neuron_data; other: the same neuron in a second map (side by side);
+    extra: HTML after the tokens (serve's causal score)."""
     title = f'/{d["matrix"]} layer {d["layer"]} neuron {d["neuron"]}'
     body = [f"<h1>{esc(title)}</h1>", neighbours(d, link)]
     if other is not None:
@@ -148,7 +150,35 @@ def neuron_page(d, link, other=None, static_prefix="/static/"):
                     '<div id="map-b">' + neuron_body(other, "map B: " + other["map"]) + "</div></div>")
     else:
         body.append(neuron_body(d))
+    body.append(extra)
     return frame(title, "".join(body), link, static_prefix)
+
+
+def scatter(points, xlabel, ylabel, link, ident=None, size=(640, 360)):
+    """An SVG scatter of [(x, y, matrix, layer, neuron)], each point a link to its neuron's page
+    (with a tooltip); no script needed."""
+    W, Hh, pad = size[0], size[1], 48
+    if not points:
+        return "<p>no points</p>"
+    xs = [p[0] for p in points]
+    ys = [p[1] for p in points]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys + [0.0]), max(ys + [0.0])
+    sx = lambda v: pad + (v - x0) / ((x1 - x0) or 1) * (W - 2 * pad)  # noqa: E731
+    sy = lambda v: Hh - pad - (v - y0) / ((y1 - y0) or 1) * (Hh - 2 * pad)  # noqa: E731
+    h = [f'<svg class="scatter"{f" id={esc(ident)!r}" if ident else ""} width="{W}" height="{Hh}" '
+         f'viewBox="0 0 {W} {Hh}" role="img">',
+         f'<line x1="{pad}" y1="{sy(0):.1f}" x2="{W - pad}" y2="{sy(0):.1f}" stroke="#bbb"/>',
+         f'<text x="{W / 2:.0f}" y="{Hh - 8}" text-anchor="middle">{esc(xlabel)}</text>',
+         f'<text x="12" y="{Hh / 2:.0f}" transform="rotate(-90 12 {Hh / 2:.0f})" text-anchor="middle">{esc(ylabel)}</text>',
+         f'<text x="{pad}" y="{Hh - pad + 16}">{x0:.4g}</text><text x="{W - pad}" y="{Hh - pad + 16}" '
+         f'text-anchor="end">{x1:.4g}</text><text x="{pad - 4}" y="{sy(y1):.1f}" text-anchor="end">{y1:.3g}</text>'
+         f'<text x="{pad - 4}" y="{sy(y0):.1f}" text-anchor="end">{y0:.3g}</text>']
+    for x, y, m, l, n in points:
+        h.append(f'<a class="point" href="{esc(link("neuron", matrix=m, layer=l, neuron=n))}" data-layer="{l}" '
+                 f'data-neuron="{n}"><circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="#36c">'
+                 f'<title>/{esc(m)} layer {l} neuron {n}: {x:.4g}, {y:+.4f}</title></circle></a>')
+    return "".join(h) + "</svg>"
 
 
 # ---- charts and tables shared by the overview, layer and compare pages ---------------------------

@@ -1,12 +1,14 @@
 """serve: a flashinterp map in a browser. A local web server (the standard library's http.server)
 over one map, or two for a side-by-side view and a compare page; stopped with Ctrl-C.
 
-    analysis/serve map.h5 [other.h5] [--port 8000] [--host 127.0.0.1] [--concepts FILE] [--partial]
+    analysis/serve map.h5 [other.h5] [--port 8000] [--host 127.0.0.1] [--concepts FILE] [--sweep FILE] [--partial]
 Addresses (shareable): /  (overview: per-layer charts, click a layer), /layer/<matrix>/<layer>
 (its most specialised neurons), /neuron/<matrix>/<layer>/<neuron>  (top and bottom tokens, entropy,
 margin, the same neuron in the second map, links to neighbours; ?expert=E is refused: format
 version 1 has no experts), /search?q=<word>[&variants=case,plural&regex=&set=&matrix=],
-/compare[?matrix=up&layer=L]  (per-layer agreement, the neurons that changed most).
+/compare[?matrix=up&layer=L]  (per-layer agreement, the neurons that changed most),
+/sweep[?matrix=down&layer=L]  (with --sweep: decoded specialisation against causal score, the
+neurons where they disagree most; neuron pages then show their score).
 Pages read the map by slices (one neuron, one layer); the per-layer overview and agreement are
 computed once at start. --port 0 picks a free port; the first line printed is the address.
 """
@@ -21,6 +23,7 @@ import urllib.parse
 import numpy as np
 
 import flashinterp_map as fm
+import flashinterp_sweep as fsw
 from flashinterp_analysis import concepts as cc
 from flashinterp_analysis import pages as pg
 from flashinterp_analysis import search as sr
@@ -38,15 +41,21 @@ def link(kind, **w):
         return f"/neuron/{w['matrix']}/{int(w['layer'])}/{int(w['neuron'])}"
     if kind == "layer":
         return f"/layer/{w['matrix']}/{int(w['layer'])}"
-    return {"overview": "/", "search": "/search", "compare": "/compare"}[kind]
+    return {"overview": "/", "search": "/search", "compare": "/compare", "sweep": "/sweep"}[kind]
 
 
 class Site:
     """The open maps and what is computed once: per-layer statistics of every matrix, the
     vocabulary lexicon, and with two maps the per-layer agreement."""
 
-    def __init__(self, path, other=None, partial=False, concepts_file=None):
+    def __init__(self, path, other=None, partial=False, concepts_file=None, sweep_file=None):
         self.a = fm.open_map(path, partial=partial)
+        self.sweep = None
+        if sweep_file:
+            try:
+                self.sweep = fsw.open_sweep(sweep_file)
+            except (fsw.SweepError, OSError, KeyError) as e:
+                raise fm.MapError(fm._first_line(e)) from None
         self.b = fm.open_map(other, partial=partial) if other else None
         self.concepts_file = concepts_file
         if concepts_file:
@@ -191,7 +200,64 @@ class Site:
         other = None
         if self.b is not None and mat in self.agreement:
             other = pg.neuron_data(self.b, mat, layer, n)
-        return pg.neuron_page(d, link, other)
+        return pg.neuron_page(d, link, other, extra=self._causal(mat, layer, n))
+
+    def _causal(self, mat, layer, n):
+        """The neuron's causal score from the sweep file (flashinterp sweep), when it was swept."""
+        if self.sweep is None:
+            return ""
+        c = self.sweep.lookup(mat, layer, n)
+        if c is None:
+            return f"<p id='causal'>causal score: not in {pg.esc(self.sweep.path)}</p>"
+        per = ", ".join(f"{d['value']:g}: {d['dlogp']:+.3f}" for d in c["dlogp"])
+        return (f"<p id='causal'>causal score <b>{c['score']:+.4f}</b> (change in log p of its top token per unit "
+                f"of clamp; top-1 in {c['top1_share']:.0%} of prompts; by value {pg.esc(per)})"
+                + ("" if self.sweep.matches(self.a.attrs) else " — <b>warning</b>: the sweep was made from another map")
+                + "</p>")
+
+    def page_sweep(self, q):
+        s = self.sweep
+        if s is None:
+            return pg.frame("sweep", "<h1>Causal scores</h1><p>Start the server with a sweep file "
+                            "(<code>analysis/serve map.h5 --sweep sweep.h5</code>, from <code>flashinterp sweep</code>) "
+                            "to see them.</p>", link)
+        names = [fsw.MATRICES[int(m)] for m in s.matrix]
+        mats = sorted(set(names), key=fsw.MATRICES.index)
+        if not mats:
+            raise NotFound(f"{s.path}: no neurons")
+        mat = q.get("matrix", mats[0])
+        if mat not in mats:
+            raise NotFound(f"no matrix {mat!r} in {s.path} (it has {', '.join(mats)})")
+        spec, spec_name = s.specialisation()
+        done = np.asarray(s.done, dtype=bool)
+        sel = [i for i in range(len(names)) if names[i] == mat and done[i]]
+        layers = sorted({int(s.layer[i]) for i in sel})
+        layer = q.get("layer")
+        if layer is not None:
+            layer = self._layer(mat, layer)
+            sel = [i for i in sel if int(s.layer[i]) == layer]
+        pts = [(float(spec[i]), float(s.score[i]), mat, int(s.layer[i]), int(s.neuron[i])) for i in sel]
+        per_layer = [float(np.mean([s.score[i] for i in range(len(names)) if names[i] == mat and done[i]
+                                    and int(s.layer[i]) == l])) for l in layers]
+        idx, diff = fsw.disagreements(s, len(names))
+        shown = set(sel)
+        rows = [(int(i), float(d_)) for i, d_ in zip(idx, diff) if i in shown][:30]
+        body = [f"<h1>Causal scores /{pg.esc(mat)}" + (f" layer {layer}" if layer is not None else "") + "</h1>",
+                f"<p>{pg.esc(s.path)}: {len(sel)} neurons shown; score = slope of the change in log p of the "
+                f"neuron's decoded top token over the clamp values {pg.esc([float(v) for v in s.values])}, averaged "
+                f"over prompts. Specialisation: {pg.esc(spec_name)} (higher: more specialised).</p>",
+                "" if s.matches(self.a.attrs) else "<p><b>Warning:</b> this sweep was made from another map.</p>",
+                pg.chart(layers, [("mean causal score", per_layer)], "layer", "score",
+                         href=f"/sweep?matrix={mat}&layer=", ident="chart-sweep"),
+                pg.scatter(pts, spec_name, "causal score", link, ident="scatter-sweep"),
+                "<h2>Where specialisation and score disagree most</h2><table id='disagree'><tr><th>layer</th>"
+                "<th>neuron</th><th>specialisation</th><th>score</th><th>rank difference</th></tr>"]
+        for i, d_ in rows:
+            u = link("neuron", matrix=mat, layer=int(s.layer[i]), neuron=int(s.neuron[i]))
+            body.append(f"<tr class='nrow'><td>{int(s.layer[i])}</td><td><a class='nlink' href='{u}'>{int(s.neuron[i])}"
+                        f"</a></td><td>{spec[i]:.4g}</td><td>{s.score[i]:+.4f}</td><td>{d_:+.2f}</td></tr>")
+        body.append("</table>")
+        return pg.frame(f"sweep /{mat}", "".join(body), link)
 
     def page_search(self, q):
         mat = q.get("matrix", "up" if "up" in self.a.matrices() else self.a.matrices()[0])
@@ -344,10 +410,12 @@ def make_handler(site):
                     self.send(200, site.page_search(q))
                 elif parts == ["compare"]:
                     self.send(200, site.page_compare(q))
+                elif parts == ["sweep"]:
+                    self.send(200, site.page_sweep(q))
                 elif parts == ["favicon.ico"]:
                     self.send(204, b"", "image/x-icon")
                 else:
-                    raise NotFound(f"no page {url.path!r} (pages: /, /layer/M/L, /neuron/M/L/N, /search, /compare)")
+                    raise NotFound(f"no page {url.path!r} (pages: /, /layer/M/L, /neuron/M/L/N, /search, /compare, /sweep)")
             except NotFound as e:
                 self.error_page(404, str(e))
             except (ValueError, fm.MapError) as e:
@@ -366,6 +434,7 @@ def parse_args(argv):
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: a free one)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--concepts", metavar="FILE", help="concepts file (JSON name -> words) for the search page's sets")
+    p.add_argument("--sweep", metavar="FILE", help="a flashinterp sweep file: causal scores on neuron pages and /sweep")
     p.add_argument("--partial", action="store_true", help="read maps whose decode did not finish")
     a = p.parse_args(argv)
     if not 0 <= a.port <= 65535:
@@ -376,7 +445,7 @@ def parse_args(argv):
 def run(argv):
     a = parse_args(argv)
     t0 = time.time()
-    site = Site(a.map, a.other, a.partial, a.concepts)
+    site = Site(a.map, a.other, a.partial, a.concepts, a.sweep)
     try:
         httpd = http.server.HTTPServer((a.host, a.port), make_handler(site))
     except OSError as e:

@@ -13,20 +13,24 @@
 - mpirun -np 1, 2, 3 give bit-identical datasets; --select top:K (by top-1 probability, or by
   exact entropy where the map has it) and layer:L pick what numpy picks from the map; a sweep killed at three points (or stopped by SIGUSR1, exit 75) resumes
   to the same bits; bad input is one error line (expert neurons, a malformed list line, a
-  partial without --resume, a resume with other values).
+  partial without --resume, a resume with other values); analysis/serve --sweep plots and links the
+  swept neurons and shows each one's score on its page.
 """
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import h5py
 import numpy as np
 
-import fi_testlib as t
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+import fi_testlib as t  # noqa: E402
 
 try:
     import torch
@@ -133,6 +137,30 @@ def check_analysis(mp, out, tmp, s, k):
     t.check(p.returncode == 0 and os.path.getsize(f"{tmp}/rep/sweep_per_layer.png") > 0, f"report --sweep: {p.stderr}")
     with open(f"{tmp}/rep/index.html", encoding="utf-8") as f:
         t.check("Causal scores" in f.read(), "report --sweep: no causal score section")
+
+
+def check_serve(mp, out, tmp, s, k):
+    """analysis/serve --sweep: /sweep plots one point per swept neuron of the matrix (each a link
+    to its page) and lists disagreements; a swept neuron's page shows its score from the file, an
+    unswept one says so."""
+    from test_serve import Server
+    srv = Server(tmp, mp, "--sweep", out)
+    try:
+        code, page = srv.get("/sweep?matrix=down")
+        t.check(code == 200, f"/sweep: {code} {page[:300]}")
+        pts = re.findall(r"<a class=\"point\" href=\"/neuron/down/(\d+)/(\d+)\"", page)
+        want = sorted((int(l), int(n)) for m, l, n, d in zip(s["matrix"], s["layer"], s["neuron"], s["done"]) if m == 2 and d)
+        t.check(sorted((int(l), int(n)) for l, n in pts) == want, f"/sweep points {pts}, sweep file {want}")
+        t.check("id='disagree'" in page and "Warning" not in page, "/sweep: no disagreement table, or a fingerprint warning")
+        code, page = srv.get(f"/neuron/down/{int(s['layer'][k])}/{int(s['neuron'][k])}")
+        t.check(code == 200 and f"causal score <b>{float(s['score'][k]):+.4f}</b>" in page, f"neuron page: {page[-600:]}")
+        swept = {(int(m), int(l), int(n)) for m, l, n in zip(s["matrix"], s["layer"], s["neuron"])}
+        free = next(n for n in range(1024) if (0, 0, n) not in swept)
+        code, page = srv.get(f"/neuron/up/0/{free}")
+        t.check(code == 200 and "causal score: not in" in page, "an unswept neuron's page")
+    finally:
+        t.check(srv.stop() == 0, "serve did not stop cleanly on Ctrl-C")
+    print(f"  serve --sweep: {len(want)} down neurons plotted (links to their pages), scores on neuron pages")
 
 
 def check_select(model, mp, tmp):
@@ -271,6 +299,7 @@ def test():
         with h5py.File(mp, "r") as f:
             t.check(attrs["map_fingerprint"] == f.attrs["fingerprint"], "map_fingerprint is not the map's")
         check_analysis(mp, outs[1], tmp, s, k_paris)
+        check_serve(mp, outs[1], tmp, s, k_paris)
         stamp("torch, analysis")
         check_select(model, mp, tmp)
         stamp("select")
