@@ -19,6 +19,11 @@
 #include "map/map_reader.h"
 
 namespace fi {
+
+bool file_exists(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0;
+}
 namespace {
 
 std::string os_error() { return std::strerror(errno); }

@@ -1,9 +1,15 @@
 // What a decode may do to its --out: checked on rank 0 before any work, and a lock file held for
 // the whole job so that two decodes of one OUT can never write into each other's files.
 #pragma once
+#include <chrono>
 #include <string>
 
 namespace fi {
+
+bool file_exists(const std::string& path);  // stat() succeeds (any kind of file)
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
 
 // Throws (one line naming the path) unless OUT may be written: a missing path in an existing
 // directory, or (with --overwrite / --resume) an existing regular file that is a flashinterp

@@ -119,28 +119,27 @@ def check_dense_decode(model, name, layer, tmp):
     print(f"  {name:12s} dense layer {layer}: worst logit/lse error {worst:.1e} of the row's scale", flush=True)
 
 
-def check_bad_experts(tmp):
-    """A config naming one more expert than the checkpoint has, and an expert of the wrong width."""
-    src = fm.cached("mixtral")
-    bad = os.path.join(tmp, "mixtral-bad")
-    shutil.copytree(src, bad)
+def edited_copy(name, tmp, field, delta):
+    """A copy of family `name`'s checkpoint whose config.json has `field` increased by delta;
+    returns (directory, the edited config)."""
+    bad = os.path.join(tmp, f"{name}-bad")
+    shutil.copytree(fm.cached(name), bad)
     with open(os.path.join(bad, "config.json")) as f:
         cfg = json.load(f)
-    cfg["num_local_experts"] += 1
+    cfg[field] += delta
     with open(os.path.join(bad, "config.json"), "w") as f:
         json.dump(cfg, f)
+    return bad, cfg
+
+
+def check_bad_experts(tmp):
+    """A config naming one more expert than the checkpoint has, and an expert of the wrong width."""
+    bad, cfg = edited_copy("mixtral", tmp, "num_local_experts", 1)
     e = cfg["num_local_experts"] - 1
     p = t.run(["inspect", "--model", bad], check=False)
     t.check(t.one_line_error(p, "missing tensor", f"block_sparse_moe.experts.{e}."),
             f"missing expert: {p.stderr!r}")
-    src = fm.cached("qwen3_moe")
-    bad = os.path.join(tmp, "qwen3-bad")
-    shutil.copytree(src, bad)
-    with open(os.path.join(bad, "config.json")) as f:
-        cfg = json.load(f)
-    cfg["moe_intermediate_size"] += 8
-    with open(os.path.join(bad, "config.json"), "w") as f:
-        json.dump(cfg, f)
+    bad, _ = edited_copy("qwen3_moe", tmp, "moe_intermediate_size", 8)
     p = t.run(["inspect", "--model", bad], check=False)
     t.check(t.one_line_error(p, "mlp.experts.0.", "moe_intermediate_size="), f"wrong expert width: {p.stderr!r}")
 
