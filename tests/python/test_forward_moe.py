@@ -109,6 +109,15 @@ def check_model(name, tmp):
         p = t.run(["generate", "--model", model, "--prompt-ids", "1", "--max-new-tokens", 1, "--backend", "cpu",
                    *sum((["--clamp", x] for x in specs), [])], check=False)
         t.check(t.one_line_error(p, words), f"{name}: --clamp {specs}: rc {p.returncode} {p.stderr!r}")
+    # malformed expert specs, and clamp --expert: a bad value, and --map (maps hold no experts yet)
+    for spec in (f"{ml}:e:0=1", f"{ml}:e-1:0=1", f"{ml}:x:0=1"):
+        p = t.run(["generate", "--model", model, "--prompt-ids", "1", "--max-new-tokens", 1, "--clamp", spec], check=False)
+        t.check(t.one_line_error(p, "LAYER:eEXPERT:NEURON=VALUE"), f"{name}: --clamp {spec}: {p.stderr!r}")
+    for extra, words in ((["--expert", "x"], "--expert: expected an expert number"),
+                         (["--expert", "0", "--map", os.path.join(tmp, "none.h5")], "maps do not hold expert neurons")):
+        p = t.run(["clamp", "--model", model, "--layer", ml, "--neuron", 0, "--values", "1", "--prompt-ids", "1",
+                   "--backend", "cpu", *extra], check=False)
+        t.check(t.one_line_error(p, words), f"{name}: clamp {extra}: {p.stderr!r}")
     return worst
 
 
