@@ -18,10 +18,10 @@ struct ClampArgs {
   std::string model, matrix = "up", site = "act", values, map, dump_logits, backend = "auto", expert;
   int64_t layer = -1, neuron = -1;
   // The neuron as a clamp of value v (--expert E or s: an MoE layer's).
-  Clamp at(float v) const { return {layer, neuron, v, expert.empty() ? kDenseMlp : parse_expert(expert)}; }
+  Clamp at(float v) const { return {layer, neuron, v, expert.empty() ? kDenseMlp : parse_expert(expert), force_route}; }
   PromptArgs prompt;
   std::vector<std::string> watch;
-  bool json = false;
+  bool json = false, force_route = false;
 };
 
 struct Row {
@@ -64,6 +64,7 @@ void print_json(const ClampArgs& a, const Tokenizer& tok, const std::vector<int3
   nlohmann::ordered_json j = {{"prompt_ids", ids}, {"layer", a.layer}, {"neuron", a.neuron},
                       {"matrix", a.matrix}, {"site", a.site}};
   if (!a.expert.empty()) j["expert"] = a.expert == "s" ? nlohmann::ordered_json("shared") : nlohmann::ordered_json(parse_expert(a.expert));
+  if (a.force_route) j["force_route"] = true;
   j["watch"] = nlohmann::ordered_json::array();
   for (size_t w = 0; w < watch.size(); ++w) j["watch"].push_back({{"text", words[w]}, {"id", watch[w]}});
   j["rows"] = nlohmann::ordered_json::array();
@@ -82,7 +83,7 @@ void print_json(const ClampArgs& a, const Tokenizer& tok, const std::vector<int3
 void print_table(const ClampArgs& a, const Tokenizer& tok, const std::vector<int32_t>& ids,
                  const std::vector<std::string>& words, const std::vector<int32_t>& watch,
                  const std::vector<Row>& rows) {
-  const std::string expert = a.expert.empty() ? "" : a.expert == "s" ? ", shared expert" : ", expert " + a.expert;
+  const std::string expert = a.expert.empty() ? "" : a.expert == "s" ? ", shared expert" : ", expert " + a.expert + (a.force_route ? " (force-routed)" : "");
   std::printf("prompt: %zu tokens | layer %lld%s, neuron %lld (%s) | clamp site %s\n", ids.size(),
               (long long)a.layer, expert.c_str(), (long long)a.neuron, a.matrix.c_str(), a.site.c_str());
   std::printf("%-10s", "value");
@@ -117,9 +118,8 @@ int run_clamp(ClampArgs& a, const Comms& comms) {
     check_clamps(c, {a.at(0.f)});
     if (!a.expert.empty() && !a.map.empty())
       FI_FAIL("--map with --expert: maps do not hold expert neurons yet (dense layers only)");
-    if (!a.expert.empty() && a.expert != "s" && comms.rank == 0)
-      std::fprintf(stderr, "flashinterp: notice: the clamp of expert %s acts at the positions the router sends to it\n",
-                   a.expert.c_str());
+    if (a.at(0.f).expert >= 0 && comms.rank == 0)
+      std::fprintf(stderr, "flashinterp: notice: %s\n", route_notice(a.at(0.f)).c_str());
     tok = std::make_unique<Tokenizer>(a.model + "/tokenizer.json");
     ids = prompt_tokens(*tok, a.prompt, c.vocab_size);
     // Notices (multi-token watch words) once, from rank 0.
@@ -171,6 +171,8 @@ std::function<int(int*, char***)> add_clamp(CLI::App& app) {
   cmd->add_option("--neuron", a->neuron, "neuron index (row of up/gate, column of down)")->required();
   cmd->add_option("--expert", a->expert, "an MoE layer's neuron: E for routed expert E (acting where the router "
                   "sends a position to it), s for the shared expert");
+  cmd->add_flag("--force-route", a->force_route, "with --expert E: route every position to expert E (in place of "
+                "the router's last choice where it did not choose it), so the clamp acts everywhere");
   cmd->add_option("--matrix", a->matrix, "the map the neuron comes from: up | gate | down "
                                          "(a label, and where --map looks)")->capture_default_str();
   cmd->add_option("--clamp-site", a->site,

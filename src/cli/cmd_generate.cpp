@@ -19,7 +19,7 @@ struct GenerateArgs {
   PromptArgs prompt;
   std::vector<std::string> clamps;
   GenerateOptions opt;
-  bool print_ids = false, stats = false;
+  bool print_ids = false, stats = false, force_route = false;
 };
 
 // Every rank runs this (a pipeline when launched with mpirun -np N); rank 0 prints.
@@ -33,11 +33,12 @@ int run_generate(GenerateArgs& a, const Comms& comms) {
     model = std::make_unique<Model>(a.model);
     site = parse_clamp_site(a.site);
     for (const std::string& s : a.clamps) clamps.push_back(parse_clamp(s));
+    bool routed = false;
+    for (Clamp& k : clamps) routed |= (k.force_route = a.force_route && k.expert >= 0);
+    FI_CHECK(routed || !a.force_route, "--force-route: no --clamp names a routed expert's neuron (LAYER:eEXPERT:NEURON=VALUE)");
     check_clamps(model->cfg, clamps);
     for (const Clamp& k : clamps)
-      if (k.expert >= 0 && comms.rank == 0)
-        std::fprintf(stderr, "flashinterp: notice: clamp %s acts at the positions the router sends to expert %lld\n",
-                     clamp_name(k).c_str(), (long long)k.expert);
+      if (k.expert >= 0 && comms.rank == 0) std::fprintf(stderr, "flashinterp: notice: %s\n", route_notice(k).c_str());
     FI_CHECK(a.opt.max_new_tokens >= 0, "--max-new-tokens must be >= 0");
     FI_CHECK(a.opt.temperature >= 0 && std::isfinite(a.opt.temperature),
              "--temperature must be a finite number >= 0");
@@ -94,6 +95,8 @@ std::function<int(int*, char***)> add_generate(CLI::App& app) {
   add_backend_option(cmd, a->backend);
   cmd->add_option("--clamp", a->clamps, "LAYER:NEURON=VALUE (an MoE layer: LAYER:eEXPERT:NEURON=VALUE or LAYER:s:NEURON=VALUE), repeatable: clamp that neuron at "
                                         "every position");
+  cmd->add_flag("--force-route", a->force_route, "route every position to the experts that --clamp names "
+                "(LAYER:eEXPERT:...), in place of the router's last choice where it did not choose them");
   cmd->add_option("--clamp-site", a->site,
                   "act: set the down_proj input act(gate)*up; up: set the up_proj output before "
                   "the multiply (still gated by act(gate))")->capture_default_str();

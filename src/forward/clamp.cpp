@@ -77,6 +77,16 @@ std::string clamp_name(const Clamp& c) {
   return l + n;
 }
 
+std::string route_notice(const Clamp& c) {
+  if (c.expert < 0) return "";
+  const std::string e = std::to_string(c.expert);
+  if (c.force_route)
+    return "clamp " + clamp_name(c) + ": every position is routed to expert " + e +
+           " (--force-route; in place of the router's last choice where it did not choose it)";
+  return "clamp " + clamp_name(c) + " acts at the positions the router sends to expert " + e +
+         " (--force-route: at every position)";
+}
+
 std::vector<float> parse_values(const std::string& list, const std::string& option) {
   std::vector<float> out;
   std::stringstream ss(list);

@@ -253,6 +253,9 @@ void check_clamps(const ModelConfig& c, const std::vector<Clamp>& clamps) {
     if (k.expert >= c.moe.experts)
       FI_FAIL(at + "expert " + std::to_string(k.expert) + " is out of range (the layer has " +
               std::to_string(c.moe.experts) + " experts)");
+    if (k.force_route && k.expert < 0)
+      FI_FAIL(at + "--force-route applies to a routed expert's neuron (LAYER:eEXPERT:NEURON), not to " +
+              (k.expert == kSharedExpert ? "the shared expert, which sees every position" : "a dense layer's"));
     if (k.expert == kSharedExpert && c.moe.shared_size == 0) FI_FAIL(at + "the model has no shared expert");
     const int64_t n = k.expert == kDenseMlp ? c.intermediate_size
                       : k.expert == kSharedExpert ? c.moe.shared_size : c.moe.expert_size;

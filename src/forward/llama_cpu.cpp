@@ -466,7 +466,8 @@ void CpuStage::route_groups(const Layer& w, std::vector<float>& choice) const {
 // router's softmax (fp32) over the experts, the top experts_per_token of it (lower index first
 // on a tie), renormalised to sum 1 where norm_topk_prob (Mixtral always); out = sum of weight x
 // expert(x), plus Qwen2-MoE's shared expert times sigmoid(shared_expert_gate·x). Each expert runs
-// on the tokens routed to it, so a clamp on it acts at those positions only.
+// on the tokens routed to it, so a clamp on it acts at those positions only (unless the clamp
+// forces the route: then the expert is among every position's chosen ones).
 void CpuStage::moe_mlp(int64_t l, Layer& w, const float* xn, int64_t T, float* out) {
   const ModelConfig& c = config();
   const int64_t H = c.hidden_size, E = c.moe.experts, K = c.moe.experts_per_token, N = c.moe.expert_size;
@@ -490,6 +491,8 @@ void CpuStage::moe_mlp(int64_t l, Layer& w, const float* xn, int64_t T, float* o
     }
     choice = p;
     if (sigmoid) route_groups(w, choice);
+    for (const Clamp& k : clamps_of(t))  // --force-route: chosen first, whatever its score
+      if (k.force_route && k.layer == l && k.expert >= 0) choice[size_t(k.expert)] = INFINITY;
     for (int64_t e = 0; e < E; ++e) order[size_t(e)] = e;
     std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return choice[size_t(a)] > choice[size_t(b)]; });
     float top = 0;

@@ -6,6 +6,9 @@ does) rather than gathering tokens per expert as the C++ does:
 - clamp --dump-logits: unclamped, a routed expert's neuron (`--expert E`, which acts where the
   router sends a position to it), the shared expert's (`--expert s`) and a dense layer's neuron,
   at both sites;
+- `clamp --force-route`: the clamped expert chosen at every position (torch: its score set to
+  +inf before the top-k), unlike the router's own choice; --force-route on the shared expert or
+  without an expert clamp, one error line each;
 - generate with `--clamp L:eE:N=V` and `L:s:N=V` through the KV cache;
 - under mpirun -np 2 (a two-stage pipeline) the same logits;
 - the clamp errors: a dense-style clamp on an MoE layer, an expert out of range, a shared clamp
@@ -81,6 +84,27 @@ def check_model(name, tmp):
                         ref.logits(ids, clamps, site)[-1].numpy())
             if np_ == 2:
                 break  # one pipeline case is enough
+
+    # --force-route: the last expert chosen at every position, against torch doing the same, and
+    # different from the router's own choice (which skips it at some position).
+    e_last = str(experts - 1)
+    dump = os.path.join(tmp, f"{name}.force.f32")
+    base = ["clamp", "--model", model, "--layer", ml, "--neuron", 4, "--expert", e_last, "--values", "3",
+            "--prompt-ids", ",".join(map(str, ids)), "--backend", "cpu"]
+    p = t.run(base + ["--force-route", "--dump-logits", dump])
+    t.check("every position is routed to expert" in p.stderr, f"{name}: no --force-route notice: {p.stderr!r}")
+    forced = t.read_dump(dump, 2, V)
+    t.run(base + ["--dump-logits", dump])
+    routed = t.read_dump(dump, 2, V)
+    compare(f"--force-route clamp {ml}:e{e_last}:4=3", forced[1],
+            ref.logits(ids, [(ml, experts - 1, 4, 3.0)], "act", force_route=True)[-1].numpy())
+    compare("--force-route unclamped row", forced[0], ref.logits(ids)[-1].numpy())
+    t.check(t.logit_err(forced[1], routed[1]) > 1e-3, f"{name}: --force-route changes nothing")
+    for args, words in ((base[:-7] + ["s", "--values", "1", "--prompt-ids", "1", "--force-route"], "routed expert"),
+                        (["generate", "--model", model, "--prompt-ids", "1", "--max-new-tokens", 1,
+                          "--force-route"], "--force-route")):
+        p = t.run(args, check=False)
+        t.check(t.one_line_error(p, words), f"{name}: {args[-1]}: {p.stderr!r}")
 
     # generate through the KV cache with an expert clamp and, where there is one, a shared one.
     clamps = [(ml, 0, n - 1, 3.0)] + ([(ml, "s", 1, -2.0)] if shared else [])

@@ -222,12 +222,13 @@ class TorchLlama:
                 a[:, n] = val
         return a @ down.T
 
-    def moe(self, m, h, clamps, site):
+    def moe(self, m, h, clamps, site, force=()):
         """The MoE block as transformers' Mixtral/Qwen2-MoE/Qwen3-MoE modules compute it, here every
         expert on every token and weighted by the routing (zero where not routed): softmax over
         the router's logits, top num_experts_per_tok, renormalised where norm_topk_prob (Mixtral
         always); Qwen2-MoE adds sigmoid(shared_expert_gate h) * shared_expert(h). clamps:
-        [(expert or "s", neuron, value)]."""
+        [(expert or "s", neuron, value)]; force: routed experts chosen at every position (their
+        score set to +inf before the top-k, as --force-route)."""
         K = self.cfg["num_experts_per_tok"]
         if self.model_type == "deepseek_v3":  # DeepseekV3TopkRouter
             p = torch.sigmoid(h @ m["router"].T)
@@ -236,6 +237,7 @@ class TorchLlama:
             groups = choice.view(-1, G, E // G).topk(min(2, E // G), dim=-1)[0].sum(-1)
             keep = torch.zeros_like(groups).scatter(1, groups.topk(self.cfg["topk_group"], dim=-1)[1], 1)
             choice = choice.masked_fill(~keep.repeat_interleave(E // G, dim=1).bool(), 0.0)
+            choice[:, list(force)] = float("inf")
             idx = choice.topk(K, dim=-1)[1]
             top = p.gather(1, idx)
             if self.cfg.get("norm_topk_prob"):
@@ -243,7 +245,10 @@ class TorchLlama:
             top = top * self.cfg.get("routed_scaling_factor", 1.0)
         else:
             p = torch.softmax(h @ m["router"].T, dim=-1)
-            top, idx = torch.topk(p, K, dim=-1)
+            choice = p.clone()
+            choice[:, list(force)] = float("inf")
+            idx = choice.topk(K, dim=-1)[1]
+            top = p.gather(1, idx)
             if self.model_type == "mixtral" or self.cfg.get("norm_topk_prob"):
                 top = top / top.sum(-1, keepdim=True)
         weight = torch.zeros_like(p).scatter(1, idx, top)
@@ -287,9 +292,10 @@ class TorchLlama:
                                                                 float("-inf"))
         return (torch.softmax(s, -1) @ v).transpose(0, 1).reshape(T, nh * vd) @ w["o"].T
 
-    def logits(self, ids, clamps=(), site="act"):
+    def logits(self, ids, clamps=(), site="act", force_route=False):
         """[T, V] float64 logits of every position; clamps: (layer, neuron, value) triples, or
-        (layer, expert, neuron, value) with expert an index or "s" (the shared expert)."""
+        (layer, expert, neuron, value) with expert an index or "s" (the shared expert);
+        force_route: the clamped routed experts are chosen at every position."""
         T = len(ids)
         x = self.embed[torch.tensor(ids)]
         if self.gemma:
@@ -300,7 +306,9 @@ class TorchLlama:
             x = x + self.norm(attend(w, self.norm(x, w["in_norm"]), pos), w["post_attn"])
             h = self.norm(x, w["pre_ff"])
             if w["moe"]:
-                x = x + self.moe(w["moe"], h, [c[1:] for c in clamps if len(c) == 4 and c[0] == li], site)
+                mine = [c[1:] for c in clamps if len(c) == 4 and c[0] == li]
+                force = sorted({e for e, _, _ in mine if e != "s"}) if force_route else ()
+                x = x + self.moe(w["moe"], h, mine, site, force)
                 continue
             clamps3 = [c for c in clamps if len(c) == 3]
             g, u = h @ w["gate"].T, h @ w["up"].T
