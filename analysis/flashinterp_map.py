@@ -1020,8 +1020,11 @@ def check_comparable(a, b, matrix):
     la, lb = list(a.layers(matrix)), list(b.layers(matrix))
     if la != lb:
         raise MapError(f"{b.path}: /{matrix}@layers: layers {_ranges(lb)} differ from {a.path}'s {_ranges(la)}")
-    for what, sa, sb in (("neurons", ga["top_ids"].shape[1], gb["top_ids"].shape[1]),
-                         ("top-k", ga["top_ids"].shape[2], gb["top_ids"].shape[2])):
+    ea, eb = a.experts(matrix), b.experts(matrix)
+    if ea is not None and list(ea) != list(eb):
+        raise MapError(f"{b.path}: /{matrix}@experts: experts {_ranges(eb)} differ from {a.path}'s {_ranges(ea)}")
+    for what, sa, sb in (("neurons", ga["top_ids"].shape[-2], gb["top_ids"].shape[-2]),
+                         ("top-k", ga["top_ids"].shape[-1], gb["top_ids"].shape[-1])):
         if sa != sb:
             raise MapError(f"{b.path}: /{matrix}/top_ids: {sb} {what}, {a.path} has {sa}")
     if a.vocab_size != b.vocab_size:
@@ -1055,61 +1058,78 @@ def topk_jaccard(ids_a, ids_b):
     return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
+PER_LAYER_KEYS = ("neurons", "same_top1", "same_top1_share", "top1_in_other_topk_share", "jaccard_mean",
+                  "jaccard_median", "jaccard_q25", "jaccard_q75")
+
+
+def _agreement(jac, same, in_other):
+    """compare_maps' statistics of one layer (or one expert of a layer) from its counted neurons:
+    a dict of PER_LAYER_KEYS (NaN shares when no neuron counted)."""
+    nan = float("nan")
+    if not jac.size:
+        return dict(neurons=0, same_top1=0, same_top1_share=nan, top1_in_other_topk_share=nan,
+                    jaccard_mean=nan, jaccard_median=nan, jaccard_q25=nan, jaccard_q75=nan)
+    q25, med, q75 = np.percentile(jac, [25, 50, 75])
+    return dict(neurons=int(jac.size), same_top1=int(same.sum()), same_top1_share=float(same.mean()),
+                top1_in_other_topk_share=float(in_other.mean()), jaccard_mean=float(jac.mean()),
+                jaccard_median=float(med), jaccard_q25=float(q25), jaccard_q75=float(q75))
+
+
 def compare_maps(a, b, matrix="up", most=20):
     """The same matrix in two maps, layer by layer (whole layers read at once). Returns a dict:
     layers [L], neurons N, top_k K, per layer: neurons (counted), same_top1 (count),
     same_top1_share, top1_in_other_topk_share, jaccard_mean, jaccard_median, jaccard_q25,
     jaccard_q75; overall the same over all counted neurons; left_out: neurons not counted;
     most_changed: the `most` neurons with the lowest Jaccard (ties: top-1 changed first, then the
-    more confident neuron, then the lower (layer, neuron)).
+    more confident neuron, then the lower (layer, expert, neuron)).
+    A routed group (moe/*, format version 2): per_layer pools each layer's experts, per_expert
+    holds the same statistics for every (layer, expert), most_changed entries name the expert.
     Only neurons whose chunk is marked in `done` in both maps count (all of them for two complete
     maps): a chunk not written holds the fill value 0 (token 0), which is no data."""
     check_comparable(a, b, matrix)
     layers = a.layers(matrix)
     n, k = a.num_neurons(matrix), a.top_k(matrix)
-    counted = a.written_mask(matrix) & b.written_mask(matrix)     # [L, N]
-    per = {key: [] for key in ("neurons", "same_top1", "same_top1_share", "top1_in_other_topk_share",
-                               "jaccard_mean", "jaccard_median", "jaccard_q25", "jaccard_q75")}
-    nan = float("nan")
+    counted = a.written_mask(matrix) & b.written_mask(matrix)     # [L, N] (moe/*: [L, E, N])
+    per = {key: [] for key in PER_LAYER_KEYS}
+    per_expert = []
     cand = []
-    all_j, all_same, all_in = [], [], []
-    for li, layer in enumerate(layers):
-        rows = np.nonzero(counted[li])[0]
-        per["neurons"].append(int(rows.size))
-        if rows.size == 0:
-            for key in per:
-                if key not in ("neurons",):
-                    per[key].append(0 if key == "same_top1" else nan)
-            continue
-        ia, pa = a.layer_top(matrix, layer)
-        ib, pb = b.layer_top(matrix, layer)
-        ia, pa, ib, pb = ia[rows], pa[rows], ib[rows], pb[rows]
-        same = ia[:, 0] == ib[:, 0]
-        in_other = ((ia[:, :1] == ib) & (ib >= 0)).any(axis=1) & (ia[:, 0] >= 0)
-        jac = topk_jaccard(ia, ib)
-        q25, med, q75 = np.percentile(jac, [25, 50, 75])
-        per["same_top1"].append(int(same.sum()))
-        per["same_top1_share"].append(float(same.mean()))
-        per["top1_in_other_topk_share"].append(float(in_other.mean()))
-        per["jaccard_mean"].append(float(jac.mean()))
-        per["jaccard_median"].append(float(med))
-        per["jaccard_q25"].append(float(q25))
-        per["jaccard_q75"].append(float(q75))
-        all_j.append(jac)
-        all_same.append(same)
-        all_in.append(in_other)
-        conf = np.maximum(pa[:, 0], pb[:, 0]).astype(np.float64)
-        order = np.lexsort((rows, -conf, same, jac))[:most]
-        cand += [(float(jac[i]), bool(same[i]), -float(conf[i]), int(layer), int(rows[i])) for i in order]
+    by_layer = {int(x): ([], [], []) for x in layers}       # jac, same, in_other of each layer's units
+    for pos, layer, expert in a.units(matrix):
+        rows = np.nonzero(counted[pos])[0]
+        jac, same, in_other = np.zeros(0), np.zeros(0, bool), np.zeros(0, bool)
+        if rows.size:
+            ia, pa = a.layer_top(matrix, layer, expert)
+            ib, pb = b.layer_top(matrix, layer, expert)
+            ia, pa, ib, pb = ia[rows], pa[rows], ib[rows], pb[rows]
+            same = ia[:, 0] == ib[:, 0]
+            in_other = ((ia[:, :1] == ib) & (ib >= 0)).any(axis=1) & (ia[:, 0] >= 0)
+            jac = topk_jaccard(ia, ib)
+            conf = np.maximum(pa[:, 0], pb[:, 0]).astype(np.float64)
+            order = np.lexsort((rows, -conf, same, jac))[:most]
+            e = -1 if expert is None else expert
+            cand += [(float(jac[i]), bool(same[i]), -float(conf[i]), int(layer), e, int(rows[i])) for i in order]
+        for lst, x in zip(by_layer[layer], (jac, same, in_other)):
+            lst.append(x)
+        if expert is not None:
+            per_expert.append(dict(layer=layer, expert=expert, **_agreement(jac, same, in_other)))
     cat = lambda x, dt: np.concatenate(x) if x else np.zeros(0, dt)   # noqa: E731
-    all_j, all_same, all_in = cat(all_j, np.float64), cat(all_same, bool), cat(all_in, bool)
+    for layer in layers:
+        jac, same, in_other = (cat(x, dt) for x, dt in zip(by_layer[int(layer)], (np.float64, bool, bool)))
+        for key, v in _agreement(jac, same, in_other).items():
+            per[key].append(v)
+    all_j, all_same, all_in = (cat([x for v in by_layer.values() for x in v[i]], dt)
+                               for i, dt in ((0, np.float64), (1, bool), (2, bool)))
+    nan = float("nan")
     cand.sort()
     changed = []
-    for jac, same, negconf, layer, i in cand[:most]:
-        ta, tb = a.top(matrix, layer, i, k=5), b.top(matrix, layer, i, k=5)
-        changed.append(dict(layer=layer, neuron=i, jaccard=jac, same_top1=same,
-                            a_top=_tokens_json(ta), b_top=_tokens_json(tb)))
-    return dict(matrix=matrix, a=a.path, b=b.path, layers=[int(x) for x in layers], neurons=n, top_k=k,
+    for jac, same, negconf, layer, e, i in cand[:most]:
+        e = None if e < 0 else e
+        ta, tb = a.top(matrix, layer, i, k=5, expert=e), b.top(matrix, layer, i, k=5, expert=e)
+        changed.append(dict(layer=layer, **({} if e is None else dict(expert=e)), neuron=i, jaccard=jac,
+                            same_top1=same, a_top=_tokens_json(ta), b_top=_tokens_json(tb)))
+    extra = {} if a.experts(matrix) is None else dict(experts=[int(x) for x in a.experts(matrix)],
+                                                      per_expert=per_expert)
+    return dict(matrix=matrix, a=a.path, b=b.path, layers=[int(x) for x in layers], **extra, neurons=n, top_k=k,
                 per_layer=per, left_out=int(counted.size - all_j.size),
                 overall=dict(neurons=int(all_j.size), same_top1=int(all_same.sum()),
                              same_top1_share=float(all_same.mean()) if all_j.size else nan,
