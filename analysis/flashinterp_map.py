@@ -812,6 +812,9 @@ class MapFile:
         probability 0 (the fill value of a slot never saved) is empty, and in a partial map so is
         any slot outside the chunks marked in token_index/included. MapError when the index
         cannot be used (index_coverage) or holds a slot that cannot be right."""
+        if self.version >= 2:
+            raise MapError(f"{self.path}: /token_index/{base_matrix(matrix)}: a version 2 token index (with group "
+                           "and expert columns): read it with token_index_v2()")
         g = self.group(matrix)
         if "token_index" not in g:
             raise MapError(f"{self.path}: /{matrix}/token_index: no token index in this map "

@@ -515,7 +515,8 @@ def run(argv):
     write_neuron_pages(a.out, pages)
     path = os.path.join(a.out, "index.html")
     with open(path, "w", encoding="utf-8") as f:
-        note = "The table holds " + "; ".join(notes) + "."
+        note = ("The table holds " + "; ".join(notes) + "." if notes else "The table is empty: this map's groups "
+                "are all routed experts (their summaries are above).")
         extra = sweep_section(a.sweep, a.out, attrs, plt) if a.sweep else ""
         f.write(page(a.map, attrs, complete, mats, files, specialised, table, note, extra, experts))
     print(f"report: {path} ({sum(len(v) for v in files.values()) + len(experts)} plots, {len(table)} table rows)")

@@ -335,9 +335,10 @@ def _group(f, path, unit_shape, N, a, V, rng, plant, s):
         if B:
             ds["bottom_ids"][u], ds["bottom_logits"][u] = _bottom(rng, ids, logits, B, V)
         ids_all[u], lg_all[u], lse_all[u] = ids, logits, lse
-    for name in ("done",) + (("included",) if a.token_index else ()):
-        d = g.create_dataset(name, data=np.ones(unit_shape + (C,), np.uint8), chunks=lead + (C,))
-        d.attrs["chunk_rows"] = np.int64(a.chunk_rows)
+    g.create_dataset("done", data=np.ones(unit_shape + (C,), np.uint8), chunks=lead + (C,))
+    g["done"].attrs["chunk_rows"] = np.int64(a.chunk_rows)
+    if a.token_index:       # the token index's inclusion bits, one per chunk as done
+        g.create_dataset("included", data=np.ones(unit_shape + (C,), np.uint8), chunks=lead + (C,))
     g.attrs["axis"] = s("columns" if path.endswith("down") else "rows")
     g.attrs["chunk_rows"] = np.int64(a.chunk_rows)
     return ids_all, lg_all, lse_all
