@@ -12,6 +12,10 @@ keyword expert=). Version 1 maps hold only up/gate/down and read exactly as befo
         ids = m.find_tokens(fm.word_variants("dog"))   # {variant: [token ids]}
         hits = m.search("up", [5679], top=20)          # best neurons for those tokens
     fm.compare_maps(a, b, "up")                          # top-1 agreement, Jaccard, most changed
+    with fm.open_map("moe.h5") as m:                      # format version 2
+        t = m.top("moe/up", layer=3, neuron=17, expert=5)
+        hits, _ = m.search("up", [5679])                  # every up group; hits["group"], ["expert"]
+        for pos, layer, expert in m.units("moe/up"): ...  # each (layer, expert) slice
 Requires h5py and numpy (Debian: /usr/bin/python3). Everything is vectorised over neurons; whole
 layers are read at once (one layer of the 8B shape is 14336 x 20 values).
 """
@@ -899,7 +903,11 @@ class MapFile:
     def _search_v2(self, matrix, ids, top, info):
         """search() of a version 2 map: every group of the matrix name (a group path such as
         "moe/up" keeps that group's hits only); hits carry group codes and experts."""
-        groups = self.index_groups(matrix) if matrix in MATRICES else [self.group(matrix) and matrix]
+        if matrix in MATRICES:
+            groups = self.index_groups(matrix)
+        else:
+            self.group(matrix)      # refuses a group the map does not hold
+            groups = [matrix]
         if not groups:
             raise MapError(f"{self.path}: /{matrix}: no {matrix} group in this map (present: {self.groups()})")
         codes = [GROUP_PREFIXES.index(g[:len(g) - len(base_matrix(g))]) for g in groups]

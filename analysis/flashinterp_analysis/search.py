@@ -107,9 +107,11 @@ def _multi_rows(m, group, cand, neurons):
 def search(m, lex, matrix, word=None, kinds=(), regex=None, set_name=None, concepts_file=None, top=20,
            tokens=5):
     """The whole search as one JSON-able dict (what --json prints; serve shows the same)."""
-    groups = [m.group(matrix) and matrix] if m.version < 2 or matrix not in fm.MATRICES else m.index_groups(matrix)
+    # Version 1, or one group: that group; a version 2 map's plain matrix: every group of it.
+    groups = m.index_groups(matrix) if m.version >= 2 and matrix in fm.MATRICES else []
     if not groups:
-        m.group(matrix)         # the refusal naming the groups present
+        m.group(matrix)         # refuses a group the map does not hold, naming those present
+        groups = [matrix]
     # The multi-token sum runs over one [L, N] group: the dense one (version 1: the matrix).
     dense = matrix if matrix in m.groups() and not fm.is_routed(matrix) else None
     text = lex.text
