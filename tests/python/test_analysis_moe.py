@@ -141,11 +141,16 @@ def check_partial_and_scan(tmp, a, planted):
         hits, src = m.search("up", [tok], top=6, info=info)
         inc = {g: np.repeat(f[g]["included"][...].astype(bool), 8, axis=-1)[..., :f[g]["top_ids"].shape[-2]]
                for g in ("up", "moe/up", "shared/up")}
+        name = {c: g for g, c in CODE.items()}
+
+        def included(e):        # e = (prob, layer, group code, expert, neuron)
+            g = name[e[2]]
+            li = list(f[g].attrs["layers"]).index(e[1])
+            ei = (list(f[g].attrs["experts"]).index(e[3]),) if e[2] == 1 else ()
+            return inc[g][(li,) + ei + (e[4],)]
         # The index holds each token's best 6 entries; those in chunks not included are dropped.
-        stored = [e for e in entries(f, tok)[:6]]
-        want = [e for e in stored if inc[{0: "up", 1: "moe/up", 2: "shared/up"}[e[2]]][
-            (list(f[{0: "up", 1: "moe/up", 2: "shared/up"}[e[2]]].attrs["layers"]).index(e[1]),)
-            + ((e[3],) if e[2] == 1 else ()) + (e[4],)]]
+        stored = entries(f, tok)[:6]
+        want = [e for e in stored if included(e)]
         got = [(float(h["prob"]), int(h["layer"]), int(h["group"]), int(h["expert"]), int(h["neuron"])) for h in hits]
         same_hits(got, want, "partial map search")
         t.check(info["note"] and "covers only" in info["note"] and "included" in info["note"], f"note {info}")
@@ -213,7 +218,7 @@ def check_search(a, planted):
             j = t.analysis_json("search", a, p["token"].strip(), "--top", 6)
             want = entries(f, p["token_id"])[:6]
             # The word's two spellings (with and without the space): the space one is the planted token.
-            got = [h for h in hits_of(j["results"])]
+            got = hits_of(j["results"])
             other = [i for i in j["token_ids"] if i != p["token_id"]]
             every = sorted(entries(f, p["token_id"]) + sum((entries(f, i) for i in other), []),
                            key=lambda x: (-x[0], x[1], x[2], x[3], x[4]))
@@ -226,7 +231,7 @@ def check_search(a, planted):
     rows = list(csv.DictReader(r.stdout.splitlines()))
     t.check(rows and rows[0]["group"] == "moe/up" and int(rows[0]["expert"]) == p["expert"] and
             int(rows[0]["neuron"]) == p["neuron"], f"search --csv: {rows[:1]}")
-    print(f"  search: hits across up, moe/up, shared/up named by group/layer/expert/neuron (text, --json, --csv)")
+    print("  search: hits across up, moe/up, shared/up named by group/layer/expert/neuron (text, --json, --csv)")
 
 
 def check_compare(tmp, a):
