@@ -8,6 +8,9 @@ neurons that changed most (lowest Jaccard; ties: top-1 changed, then the more co
 Both maps must hold the same layers, neuron count and top-k, and the same vocabulary (bytes and
 special flags). With --out: compare_layers.csv (one row per layer and an `all` row),
 compare_changed.csv, compare.json, and top1_agreement.png, top1_in_topk.png, jaccard.png.
+Format version 2 maps (mixture of experts): --matrix moe/up (or plain up where the map has no
+dense up) compares the routed experts per layer (pooled over the experts) and per (layer, expert)
+(also compare_experts.csv with --out); shared/up like a dense matrix.
 """
 import argparse
 import csv
@@ -24,7 +27,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="compare", description=__doc__.split("\n\n")[0])
     p.add_argument("a", help="map A (e.g. the base model's)")
     p.add_argument("b", help="map B (e.g. the fine-tuned model's)")
-    p.add_argument("--matrix", default="up", choices=fm.MATRICES, help="which MLP matrix (default up)")
+    p.add_argument("--matrix", default="up", choices=fm.GROUPS,
+                   help="which MLP matrix (default up); version 2 maps also moe/up... and shared/up...")
     p.add_argument("--out", metavar="DIR", help="write CSV, JSON and PNG plots into DIR")
     p.add_argument("--most", type=int, default=20, metavar="N", help="most-changed neurons to list (default 20)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
@@ -47,14 +51,20 @@ def write_csv(res, out):
         o = res["overall"]
         w.writerow(["all", o["neurons"], o["same_top1"], o["same_top1_share"], o["top1_in_other_topk_share"],
                     o["jaccard_mean"], o["jaccard_median"], "", ""])
+    if "per_expert" in res:
+        with open(os.path.join(out, "compare_experts.csv"), "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["layer", "expert", "neurons", *COLUMNS])
+            for r in res["per_expert"]:
+                w.writerow([r["layer"], r["expert"], r["neurons"], *(r[c] for c in COLUMNS)])
     with open(os.path.join(out, "compare_changed.csv"), "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["layer", "neuron", "jaccard", "same_top1", "a_top1", "a_top1_prob", "b_top1", "b_top1_prob",
+        w.writerow(["layer", *(["expert"] if "per_expert" in res else []), "neuron", "jaccard", "same_top1", "a_top1", "a_top1_prob", "b_top1", "b_top1_prob",
                     "a_top5", "b_top5"])
         for c in res["most_changed"]:
             a1 = c["a_top"][0] if c["a_top"] else dict(token="", prob=float("nan"))
             b1 = c["b_top"][0] if c["b_top"] else dict(token="", prob=float("nan"))
-            w.writerow([c["layer"], c["neuron"], c["jaccard"], int(c["same_top1"]), a1["token"], a1["prob"],
+            w.writerow([c["layer"], *([c["expert"]] if "per_expert" in res else []), c["neuron"], c["jaccard"], int(c["same_top1"]), a1["token"], a1["prob"],
                         b1["token"], b1["prob"], " | ".join(x["token"] for x in c["a_top"]),
                         " | ".join(x["token"] for x in c["b_top"])])
     with open(os.path.join(out, "compare.json"), "w") as f:
@@ -123,19 +133,28 @@ def print_text(res):
     print(f"{'all':>5}  {o['same_top1']:>10}  {o['same_top1_share']:>7.2%}  {o['top1_in_other_topk_share']:>18.2%}  "
           f"{o['jaccard_mean']:>12.4f}  {o['jaccard_median']:>6.3f}")
     print(f"overall: {o['same_top1_share']:.1%} of {o['neurons']} neurons keep their top-1 token")
+    moe = "per_expert" in res
+    if moe:
+        print(f"per expert ({len(res['experts'])} experts per layer):")
+        print(f"{'layer':>5}  {'expert':>6}  {'neurons':>7}  {'same top-1':>10}  {'share':>7}  {'Jaccard mean':>12}")
+        for r in res["per_expert"]:
+            print(f"{r['layer']:>5}  {r['expert']:>6}  {r['neurons']:>7}  {r['same_top1']:>10}  "
+                  f"{r['same_top1_share']:>7.2%}  {r['jaccard_mean']:>12.4f}")
     if res["most_changed"]:
         print(f"most changed neurons (lowest top-{res['top_k']} Jaccard):")
-        print(f"{'layer':>5}  {'neuron':>6}  {'Jaccard':>7}  A top tokens  ->  B top tokens")
+        print(f"{'layer':>5}  {'expert  ' if moe else ''}{'neuron':>6}  {'Jaccard':>7}  A top tokens  ->  B top tokens")
         for c in res["most_changed"]:
             ta = ", ".join(fm.short(x["token"]) for x in c["a_top"][:3])
             tb = ", ".join(fm.short(x["token"]) for x in c["b_top"][:3])
-            print(f"{c['layer']:>5}  {c['neuron']:>6}  {c['jaccard']:>7.3f}  {ta}  ->  {tb}")
+            ex = f"{c['expert']:>6}  " if moe else ""
+            print(f"{c['layer']:>5}  {ex}{c['neuron']:>6}  {c['jaccard']:>7.3f}  {ta}  ->  {tb}")
 
 
 def run(argv):
     a = parse_args(argv)
     with fm.open_map(a.a, partial=a.partial) as ma, fm.open_map(a.b, partial=a.partial) as mb:
-        res = fm.compare_maps(ma, mb, a.matrix, most=a.most)
+        g = ma.resolve(a.matrix)
+        res = fm.compare_maps(ma, mb, g, most=a.most)
         na, nb = ma.attrs.get("norm"), mb.attrs.get("norm")
     res["warnings"] = [f"norm differs: A {na}, B {nb}"] if na != nb else []
     if res["left_out"]:
@@ -145,7 +164,8 @@ def run(argv):
                                f"{res['overall']['neurons']}")
     if a.out:
         os.makedirs(a.out, exist_ok=True)
-        res["files"] = ["compare_layers.csv", "compare_changed.csv", "compare.json"] + plot(res, a.out)
+        res["files"] = (["compare_layers.csv"] + (["compare_experts.csv"] if "per_expert" in res else [])
+                        + ["compare_changed.csv", "compare.json"] + plot(res, a.out))
         write_csv(res, a.out)
     if a.json:
         fm.print_json(res)

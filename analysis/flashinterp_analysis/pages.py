@@ -5,6 +5,7 @@ from this package, nothing fetched from the network).
 Each page is data (a dict, gathered here from an open MapFile by slices: one neuron, one layer)
 rendered by a function that takes a `link(kind, **where)` callback, which returns the address of
 another page or None where it does not exist (the static report holds only some neurons).
+A neuron of a routed-expert group (format version 2, moe/*) is linked with expert=E as well.
 """
 import html
 import json
@@ -51,23 +52,26 @@ def frame(title, body, link, static_prefix="/static/"):
 
 
 # ---- one neuron ------------------------------------------------------------------------------
-def neuron_data(m, matrix, layer, neuron, k=None):
+def neuron_data(m, matrix, layer, neuron, k=None, expert=None):
     """Everything a neuron page shows, read from the map by slices (this neuron's rows only)."""
-    top = m.top(matrix, layer, neuron, k)
-    bottom = m.bottom(matrix, layer, neuron, k)
-    st = m.stats(matrix, layer, [int(neuron)])
+    top = m.top(matrix, layer, neuron, k, expert=expert)
+    bottom = m.bottom(matrix, layer, neuron, k, expert=expert)
+    st = m.stats(matrix, layer, [int(neuron)], expert=expert)
     d = dict(map=m.path, matrix=matrix, layer=int(layer), neuron=int(neuron), n=m.num_neurons(matrix),
+             expert=None if expert is None else int(expert),
              layers=[int(x) for x in m.layers(matrix)], lse=top.lse, top=fm.tokens_json(top),
              bottom=fm.tokens_json(bottom) if bottom is not None else None,
              entropy=float(st["entropy"][0]), entropy_lower=float(st["entropy_lower"][0]),
              entropy_exact=st["entropy_exact"], margin=float(st["margin"][0]), margin_exact=st["margin_exact"],
-             written=True if m.complete else m.written(matrix, layer, neuron),
+             written=True if m.complete else m.written(matrix, layer, neuron, expert=expert),
              max_entropy=float(np.log(m.vocab_size)), concept_mass=None,
-             matrices=[x for x in m.matrices() if m.num_neurons(x) == m.num_neurons(matrix)])
+             matrices=[x for x in (m.matrices() if expert is None else
+                                   [g for g in m.groups() if fm.is_routed(g) and int(layer) in m.layers(g)])
+                       if m.num_neurons(x) == m.num_neurons(matrix)])
     g = m.group(matrix)
     if "concept_mass" in g:
         names = [fm._attr_str(x) for x in np.asarray(g["concept_mass"].attrs.get("concepts", [])).reshape(-1)]
-        mass = m._read(matrix, "concept_mass", (m.layer_index(matrix, layer), int(neuron))).astype(float)
+        mass = m._read(matrix, "concept_mass", m.pos(matrix, layer, expert) + (int(neuron),)).astype(float)
         d["concept_mass"] = [(names[i] if i < len(names) else f"#{i}", float(x)) for i, x in enumerate(mass)]
     return d
 
@@ -120,7 +124,8 @@ def neuron_body(d, label=None):
 
 def neighbours(d, link):
     """Links to the previous / next neuron, the same neuron one layer up and down, other matrices."""
-    mat, layer, n, layers = d["matrix"], d["layer"], d["neuron"], d["layers"]
+    mat, layer, n, layers, e = d["matrix"], d["layer"], d["neuron"], d["layers"], d.get("expert")
+    ex = {} if e is None else dict(expert=e)
     out = []
     li = layers.index(layer)
     for ident, text, (lay, nn, mm) in (
@@ -129,12 +134,12 @@ def neighbours(d, link):
             ("up", "layer above", (layers[li + 1] if li + 1 < len(layers) else None, n, mat))):
         if lay is None or not 0 <= nn < d["n"]:
             continue
-        u = link("neuron", matrix=mm, layer=lay, neuron=nn)
+        u = link("neuron", matrix=mm, layer=lay, neuron=nn, **ex)
         if u:
             out.append(f'<a id="{ident}" href="{esc(u)}">{esc(text)}</a>')
     for other in d["matrices"]:
         if other != mat:
-            u = link("neuron", matrix=other, layer=layer, neuron=n)
+            u = link("neuron", matrix=other, layer=layer, neuron=n, **ex)
             if u:
                 out.append(f'<a class="matrix" href="{esc(u)}">/{other}</a>')
     return '<p class="neighbours">' + " · ".join(out) + "</p>" if out else ""
@@ -143,7 +148,8 @@ def neighbours(d, link):
 def neuron_page(d, link, other=None, static_prefix="/static/", extra=""):
     """A neuron page: d from neuron_data; other: the same neuron in a second map (side by side);
     extra: HTML after the tokens (serve's causal score)."""
-    title = f'/{d["matrix"]} layer {d["layer"]} neuron {d["neuron"]}'
+    title = (f'/{d["matrix"]} layer {d["layer"]}' + ("" if d.get("expert") is None else f' expert {d["expert"]}')
+             + f' neuron {d["neuron"]}')
     body = [f"<h1>{esc(title)}</h1>", neighbours(d, link)]
     if other is not None:
         body.append('<div class="side"><div id="map-a">' + neuron_body(d, "map A: " + d["map"]) + "</div>"
@@ -193,14 +199,21 @@ def neuron_rows(rows, link, cols):
     """A table of neurons: rows of dicts with matrix, layer, neuron, neuron_top and the keys of cols
     [(key, header, format)] (format: a float format, None for str(), "repr" for token text); the
     neuron links to its page."""
-    h = ["<table class='neurons'><tr><th>rank</th><th>layer</th><th>neuron</th>"
+    moe = any(row.get("expert") is not None or "group" in row for row in rows)   # version 2: group, expert
+    h = ["<table class='neurons'><tr><th>rank</th>" + ("<th>group</th>" if moe else "") + "<th>layer</th>"
+         + ("<th>expert</th>" if moe else "") + "<th>neuron</th>"
          + "".join(f"<th>{esc(c[1])}</th>" for c in cols) + "<th class='l'>top tokens</th></tr>"]
     for r, row in enumerate(rows, 1):
-        u = link("neuron", matrix=row["matrix"], layer=row["layer"], neuron=row["neuron"])
+        e = row.get("expert")
+        u = link("neuron", matrix=row["matrix"], layer=row["layer"], neuron=row["neuron"],
+                 **({} if e is None else dict(expert=e)))
         cell = f'<a class="nlink" href="{esc(u)}">{row["neuron"]}</a>' if u else str(row["neuron"])
         toks = ", ".join(f'<span class="tok">{esc(repr(t["token"]))}</span> {t["prob"]:.3g}' for t in row["neuron_top"])
         vals = "".join(f"<td class='l'><span class='tok'>{esc(repr(row[k]))}</span></td>" if fmt == "repr" else
                        f"<td>{esc(row[k]) if fmt is None else num(row[k], fmt)}</td>" for k, _, fmt in cols)
-        h.append(f'<tr class="nrow" data-layer="{row["layer"]}" data-neuron="{row["neuron"]}"><td>{r}</td>'
-                 f'<td>{row["layer"]}</td><td>{cell}</td>{vals}<td class="l">{toks}</td></tr>')
+        grp = f'<td class="l">{esc(row["matrix"])}</td>' if moe else ""
+        exc = f'<td>{"" if e is None else int(e)}</td>' if moe else ""
+        dat = f' data-group="{esc(row["matrix"])}" data-expert="{"" if e is None else int(e)}"' if moe else ""
+        h.append(f'<tr class="nrow" data-layer="{row["layer"]}" data-neuron="{row["neuron"]}"{dat}><td>{r}</td>'
+                 f'{grp}<td>{row["layer"]}</td>{exc}<td>{cell}</td>{vals}<td class="l">{toks}</td></tr>')
     return "".join(h) + "</table>"

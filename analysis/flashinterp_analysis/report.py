@@ -14,6 +14,11 @@ tokens, an upper bound); the margin (top-1 minus top-2 logit) is /<matrix>/margi
 value, from the stored list. With --partial, only neurons
 whose chunk is marked done are reported. A map whose data cannot be right (token ids outside the
 vocabulary, probabilities outside 0..1) is refused with one line.
+A format version 2 map (mixture of experts) reports every group: dense and shared ones as above,
+each routed group (moe/*) as per-expert summaries: mean entropy, margin and top-1 probability of
+every (layer, expert) (a table, a heatmap PNG, and in the page's fi-stats JSON), the most
+specialised experts (lowest mean entropy) and the group's most specialised neurons, with pages
+DIR/neuron/moe_up/<layer>/e<expert>/<neuron>.html. Routed neurons are not in the searchable table.
 """
 import argparse
 import html
@@ -35,8 +40,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="report", description=__doc__.split("\n\n")[0])
     p.add_argument("map", help="the HDF5 map written by `flashinterp decode`")
     p.add_argument("--out", required=True, metavar="DIR", help="directory for index.html and the plots")
-    p.add_argument("--matrix", choices=fm.MATRICES, action="append",
-                   help="matrix to report (repeatable; default: every matrix in the map)")
+    p.add_argument("--matrix", choices=fm.GROUPS, action="append",
+                   help="matrix (or version 2 group, e.g. moe/up) to report (repeatable; default: every one in the map)")
     p.add_argument("--specialised", type=int, default=50, metavar="N",
                    help="most specialised neurons listed per matrix (default 50)")
     p.add_argument("--specialised-by", default="auto", choices=("auto", "entropy", "margin", "top1"),
@@ -114,8 +119,95 @@ def specialised_order(d, by="top1"):
     return order[d["written"].reshape(-1)[order]]
 
 
+def safe_name(group):
+    """A group's name in file names: "moe/up" -> "moe_up" (a version 1 matrix stays as it is)."""
+    return group.replace("/", "_")
+
+
+def expert_data(m, group, most=50):
+    """Per-expert summaries of a routed group (moe/*): one row per (layer, expert) of its written
+    neurons: neurons, entropy_mean, margin_mean, top1_prob_mean, entropy_min; the experts ranked
+    by lowest mean entropy (NaN last, ties to the lower (layer, expert)); and the group's `most`
+    most specialised neurons (lowest entropy, ties to the lower (layer, expert, neuron)) as
+    [layer, expert, neuron, top-1 prob, entropy, [[token, prob], ...], margin]."""
+    written = m.written_mask(group)
+    rows, cand = [], []
+    nan = float("nan")
+    exact = m.has_exact_entropy(group)
+    for pos, layer, expert in m.units(group):
+        w = written[pos]
+        st = m.stats(group, layer, expert=expert)
+        ids, probs = m.layer_top(group, layer, expert)
+        ent, mar, p1 = st["entropy"][w], st["margin"][w], probs[w, 0].astype(np.float64)
+        rows.append(dict(layer=layer, expert=expert, neurons=int(w.sum()),
+                         entropy_mean=float(ent.mean()) if ent.size else nan,
+                         margin_mean=float(np.nanmean(mar)) if mar.size else nan,
+                         top1_prob_mean=float(p1.mean()) if p1.size else nan,
+                         entropy_min=float(ent.min()) if ent.size else nan))
+        key = np.where(w & np.isfinite(st["entropy"]), st["entropy"], np.inf)
+        for n in np.lexsort((np.arange(key.size), key))[:most]:
+            if np.isfinite(key[n]):
+                cand.append((float(key[n]), layer, expert, int(n), float(probs[n, 0]), float(st["margin"][n]), ids[n], probs[n]))
+    cand.sort(key=lambda c: c[:4])
+    neurons = []
+    for ent, layer, expert, n, p1, mar, ids, probs in cand[:most]:
+        keep = ids[:TABLE_TOKENS] >= 0
+        toks = [[t, round(float(p), 6)] for t, p in zip(m.token_text(ids[:TABLE_TOKENS][keep]), probs[:TABLE_TOKENS][keep])]
+        neurons.append([layer, expert, n, round(p1, 6), round(ent, 4), toks, round(mar, 4)])
+    order = sorted(range(len(rows)), key=lambda i: (np.isnan(rows[i]["entropy_mean"]), rows[i]["entropy_mean"],
+                                                    rows[i]["layer"], rows[i]["expert"]))
+    return dict(matrix=group, rows=rows, ranked=[rows[i] for i in order], neurons=neurons, entropy_exact=exact,
+                layers=[int(x) for x in m.layers(group)], experts=[int(x) for x in m.experts(group)],
+                n=m.num_neurons(group), k=m.top_k(group))
+
+
+def expert_heatmap(d, out, plt):
+    """PNG: mean entropy of every (layer, expert), layers down, experts across."""
+    grid = np.full((len(d["layers"]), len(d["experts"])), np.nan)
+    for r in d["rows"]:
+        grid[d["layers"].index(r["layer"]), d["experts"].index(r["expert"])] = r["entropy_mean"]
+    fig, ax = plt.subplots(figsize=(min(14, 3 + 0.25 * grid.shape[1]), min(12, 2 + 0.3 * grid.shape[0])))
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_xlabel("expert")
+    ax.set_ylabel("layer")
+    ax.set_yticks(range(len(d["layers"])))
+    ax.set_yticklabels([str(x) for x in d["layers"]], fontsize=7)
+    fig.colorbar(im, ax=ax, label="mean entropy (nats)" + ("" if d["entropy_exact"] else ", estimate"))
+    ax.set_title(f"/{d['matrix']}: mean entropy per expert")
+    fig.tight_layout()
+    name = f"{safe_name(d['matrix'])}_entropy_per_expert.png"
+    fig.savefig(os.path.join(out, name), dpi=90)
+    plt.close(fig)
+    return name
+
+
+def expert_section(d, png, most):
+    """The HTML of one routed group's per-expert summaries."""
+    mat = d["matrix"]
+    h = [f"<h2>/{esc(mat)}: {len(d['layers'])} layers &times; {len(d['experts'])} experts &times; {d['n']} neurons, "
+         f"top-{d['k']}</h2>", f"<p><img src='{esc(png)}' alt='{esc(png)}'></p>",
+         f"<h3>Most specialised experts (lowest mean {'exact' if d['entropy_exact'] else 'estimated'} entropy)</h3>"
+         f"<table id='experts-{esc(mat)}'><tr><th>rank</th><th>layer</th><th>expert</th><th>neurons</th>"
+         "<th>entropy mean</th><th>entropy min</th><th>margin mean</th><th>top-1 prob mean</th></tr>"]
+    for r, row in enumerate(d["ranked"][:most], 1):
+        h.append(f"<tr><td>{r}</td><td>{row['layer']}</td><td>{row['expert']}</td><td>{row['neurons']}</td>"
+                 f"<td>{row['entropy_mean']:.4f}</td><td>{row['entropy_min']:.4f}</td><td>{row['margin_mean']:.4f}</td>"
+                 f"<td>{row['top1_prob_mean']:.4g}</td></tr>")
+    h.append(f"</table><h3>Most specialised neurons (lowest entropy; each links to its page)</h3>"
+             f"<table id='specialised-{esc(mat)}'><tr><th>rank</th><th>layer</th><th>expert</th><th>neuron</th>"
+             "<th>top-1 prob</th><th>entropy (nats)</th><th>margin</th><th>top tokens</th></tr>")
+    for r, row in enumerate(d["neurons"], 1):
+        toks = ", ".join(f"{repr(t)} {p:.3g}" for t, p in row[5])
+        h.append(f"<tr><td>{r}</td><td>{row[0]}</td><td>{row[1]}</td><td><a href='"
+                 f"{esc(static_link(mat, row[0], row[2], row[1]))}'>{row[2]}</a></td><td>{row[3]:.4g}</td>"
+                 f"<td>{row[4]:.3f}</td><td>{row[6]:.3f}</td><td class='tok'>{esc(toks)}</td></tr>")
+    h.append("</table>")
+    return "\n".join(h)
+
+
 def plots(d, out, plt):
     m, layers = d["matrix"], d["layers"]
+    fm_ = safe_name(m)
     files = []
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers) + 2), 4))
     data = [np.maximum(d["top1_p"][li][d["written"][li]].astype(np.float64), 1e-12) for li in range(len(layers))]
@@ -127,7 +219,7 @@ def plots(d, out, plt):
     ax.set_ylabel("top-1 probability (box: 25-75%, whiskers: 5-95%)")
     ax.set_title(f"/{m}: top-1 probability of each neuron, per layer")
     fig.tight_layout()
-    files.append(f"{m}_top1_prob_per_layer.png")
+    files.append(f"{fm_}_top1_prob_per_layer.png")
     fig.savefig(os.path.join(out, files[-1]), dpi=90)
     plt.close(fig)
 
@@ -138,7 +230,7 @@ def plots(d, out, plt):
     ax.set_ylabel("mean entropy, exact (nats)" if d["entropy_exact"] else "mean entropy estimate (nats)")
     ax.set_title(f"/{m}: entropy of the decoded distribution, mean per layer")
     fig.tight_layout()
-    files.append(f"{m}_entropy_per_layer.png")
+    files.append(f"{fm_}_entropy_per_layer.png")
     fig.savefig(os.path.join(out, files[-1]), dpi=90)
     plt.close(fig)
 
@@ -164,7 +256,7 @@ def plots(d, out, plt):
     a2.set_ylabel("tokens that are top-1 of exactly c neurons")
     a2.set_title(f"{used.size} distinct top-1 tokens")
     fig.tight_layout()
-    files.append(f"{m}_neurons_per_token.png")
+    files.append(f"{fm_}_neurons_per_token.png")
     fig.savefig(os.path.join(out, files[-1]), dpi=90)
     plt.close(fig)
     return files
@@ -259,7 +351,7 @@ code, .tok { font-family: ui-monospace, monospace; }
 """
 
 
-def page(m_path, attrs, complete, mats, files, specialised, table, table_note, extra=""):
+def page(m_path, attrs, complete, mats, files, specialised, table, table_note, extra="", experts=()):
     h = []
     h.append("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>")
     h.append(f"<title>flashinterp map: {esc(os.path.basename(m_path))}</title>")
@@ -304,6 +396,8 @@ def page(m_path, attrs, complete, mats, files, specialised, table, table_note, e
                      f"{row[1]}</a></td><td>{row[2]:.4g}</td><td>{row[3]:.3f}</td><td>{row[5]:.3f}</td>"
                      f"<td class='tok'>{esc(toks)}</td></tr>")
         h.append("</table>")
+    for d, png, most in experts:
+        h.append(expert_section(d, png, most))
     h.append(extra)
     h.append("<h2>Search the neurons</h2>")
     h.append("<p>Type part of a token (all words must match one of a neuron's top tokens; start with a space "
@@ -316,6 +410,7 @@ def page(m_path, attrs, complete, mats, files, specialised, table, table_note, e
              "<th>entropy</th><th>top tokens</th></tr></thead><tbody id='tbody'></tbody></table>")
     h.append(f"<script type='application/json' id='fi-table'>{script_json(table)}</script>")
     stats = {d["matrix"]: d["stats"] for d in mats}
+    stats.update({d["matrix"]: d["rows"] for d, _, _ in experts})   # routed groups: per (layer, expert)
     h.append(f"<script type='application/json' id='fi-stats'>{script_json(stats)}</script>")
     h.append(f"<script>{PAGE_JS}</script>")
     h.append(f"<p><small>written by analysis/report on {esc(time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime()))}"
@@ -323,31 +418,35 @@ def page(m_path, attrs, complete, mats, files, specialised, table, table_note, e
     return "\n".join(h)
 
 
-def static_link(matrix, layer, neuron):
+def static_link(matrix, layer, neuron, expert=None):
     """Where the report writes a neuron's page, relative to DIR."""
-    return f"neuron/{matrix}/{int(layer)}/{int(neuron)}.html"
+    ex = "" if expert is None else f"e{int(expert)}/"
+    return f"neuron/{safe_name(matrix)}/{int(layer)}/{ex}{int(neuron)}.html"
 
 
 def write_neuron_pages(out, pages):
     """The neuron pages of the specialised neurons, in serve's design: links only between pages
     the report holds (and back to index.html), the style sheet and script copied to DIR/static."""
-    have = {(d["matrix"], d["layer"], d["neuron"]) for d in pages}
+    have = {(d["matrix"], d["layer"], d.get("expert"), d["neuron"]) for d in pages}
+    up = "../../../"
 
-    def link(kind, **w):   # from DIR/neuron/<m>/<l>/ to DIR
+    def link(kind, **w):   # from DIR/neuron/<m>/<l>/ (routed: DIR/neuron/<m>/<l>/e<E>/) to DIR
         if kind == "overview":
-            return "../../../index.html"
-        if kind == "neuron" and (w["matrix"], int(w["layer"]), int(w["neuron"])) in have:
-            return "../../../" + static_link(w["matrix"], w["layer"], w["neuron"])
+            return up + "index.html"
+        if kind == "neuron" and (w["matrix"], int(w["layer"]), w.get("expert"), int(w["neuron"])) in have:
+            return up + static_link(w["matrix"], w["layer"], w["neuron"], w.get("expert"))
         return None
     os.makedirs(os.path.join(out, "static"), exist_ok=True)
     for name in pg.STATIC_FILES:
         with open(os.path.join(pg.WEB_DIR, name), "rb") as src, open(os.path.join(out, "static", name), "wb") as dst:
             dst.write(src.read())
     for d in pages:
-        path = os.path.join(out, static_link(d["matrix"], d["layer"], d["neuron"]))
+        rel = static_link(d["matrix"], d["layer"], d["neuron"], d.get("expert"))
+        up = "../" * (rel.count("/"))
+        path = os.path.join(out, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
-            f.write(pg.neuron_page(d, link, static_prefix="../../../static/"))
+            f.write(pg.neuron_page(d, link, static_prefix=up + "static/"))
 
 
 def sweep_section(path, out, attrs, plt, n=20):
@@ -384,15 +483,20 @@ def run(argv):
     warnings.filterwarnings("ignore", message="Glyph .* missing from")
     warnings.filterwarnings("ignore", message="Matplotlib currently does not support")
     with fm.open_map(a.map, partial=a.partial) as m:
-        mats_present = m.matrices()
-        want = a.matrix or mats_present
+        mats_present = m.groups()
+        want = [m.resolve(x) for x in a.matrix] if a.matrix else mats_present
         for mat in want:
             m.group(mat)
         attrs, complete = m.attrs, m.complete
         os.makedirs(a.out, exist_ok=True)
         mats, files, specialised, table, notes = [], {}, {}, [], []
-        pages = []
+        pages, experts = [], []
         for mat in dict.fromkeys(want):
+            if fm.is_routed(mat):       # per-expert summaries instead of the per-layer tables
+                d = expert_data(m, mat, a.specialised)
+                experts.append((d, expert_heatmap(d, a.out, plt), a.specialised))
+                pages += [pg.neuron_data(m, mat, row[0], row[2], expert=row[1]) for row in d["neurons"]]
+                continue
             d = matrix_data(m, mat)
             d["text"] = m.token_text
             d["specialised_by"] = specialised_by(d, a.specialised_by)
@@ -411,10 +515,11 @@ def run(argv):
     write_neuron_pages(a.out, pages)
     path = os.path.join(a.out, "index.html")
     with open(path, "w", encoding="utf-8") as f:
-        note = "The table holds " + "; ".join(notes) + "."
+        note = ("The table holds " + "; ".join(notes) + "." if notes else "The table is empty: this map's groups "
+                "are all routed experts (their summaries are above).")
         extra = sweep_section(a.sweep, a.out, attrs, plt) if a.sweep else ""
-        f.write(page(a.map, attrs, complete, mats, files, specialised, table, note, extra))
-    print(f"report: {path} ({sum(len(v) for v in files.values())} plots, {len(table)} table rows)")
+        f.write(page(a.map, attrs, complete, mats, files, specialised, table, note, extra, experts))
+    print(f"report: {path} ({sum(len(v) for v in files.values()) + len(experts)} plots, {len(table)} table rows)")
     return 0
 
 

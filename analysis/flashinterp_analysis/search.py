@@ -15,6 +15,10 @@ with its entropy, margin and own top tokens.
     analysis/search map.h5 --regex '^ ?[Dd]og' | --set animals [--concepts concepts.json]
 A map decoded without an index is searched by a scan of every neuron's stored top-k instead (said
 in the output): then only neurons holding the token in their top-k are found.
+A format version 2 map (mixture of experts) is searched over every group of the matrix (dense
+/up, routed /moe/up, shared /shared/up; --matrix moe/up keeps one group): each hit names its
+group, layer, expert and neuron (text "moe/up L3 E5 N17"; JSON and CSV: group, expert). The
+multi-token sum-of-log-probabilities match covers the dense group only.
 """
 import argparse
 import csv
@@ -32,7 +36,8 @@ def parse_args(argv):
     p.add_argument("map", help="the HDF5 map written by `flashinterp decode`")
     p.add_argument("word", nargs="?", help="the word to look up (a leading space is added and removed "
                                            "automatically)")
-    p.add_argument("--matrix", default="up", choices=fm.MATRICES, help="which MLP matrix (default up)")
+    p.add_argument("--matrix", default="up", choices=fm.GROUPS,
+                   help="which MLP matrix (default up; on a version 2 map every group of it, or one group: moe/up...)")
     p.add_argument("--top", type=int, default=20, metavar="N", help="neurons to list (default 20)")
     p.add_argument("--variants", default="", metavar="KINDS", help=cc.VARIANTS_HELP)
     p.add_argument("--case", action="store_true", help="the same as --variants case")
@@ -54,46 +59,67 @@ def parse_args(argv):
     return a
 
 
-def _neurons(m, matrix, pairs, k):
-    """[(NeuronTokens, stats dict)] for pairs [(layer, neuron)], one read per layer."""
-    tops = m.neurons_top(matrix, pairs, k=k)
-    by_layer = {}
-    for lay, n in pairs:
-        by_layer.setdefault(int(lay), set()).add(int(n))
-    st = {}
-    for lay, ns in by_layer.items():
+def _neurons(m, keys, k):
+    """{key: (NeuronTokens, stats dict)} for keys (group, layer, expert, neuron), expert None
+    outside moe/*; one read per (group, layer, expert) slice."""
+    by_unit = {}
+    for g, lay, e, n in keys:
+        by_unit.setdefault((g, lay, e), set()).add(int(n))
+    out = {}
+    for (g, lay, e), ns in by_unit.items():
         ns = sorted(ns)
-        s = m.stats(matrix, lay, ns)
-        for j, n in enumerate(ns):
-            st[(lay, n)] = dict(entropy=float(s["entropy"][j]), entropy_exact=s["entropy_exact"],
-                                margin=float(s["margin"][j]))
-    return [(t, st[(int(lay), int(n))]) for t, (lay, n) in zip(tops, pairs)]
+        tops = m.neurons_top(g, [(lay, n) if e is None else (lay, e, n) for n in ns], k=k)
+        s = m.stats(g, lay, ns, expert=e)
+        for j, (n, t) in enumerate(zip(ns, tops)):
+            out[(g, lay, e, n)] = (t, dict(entropy=float(s["entropy"][j]), entropy_exact=s["entropy_exact"],
+                                           margin=float(s["margin"][j])))
+    return out
 
 
-def _rows(hits, text, neurons):
-    """Result rows from a hit array of flashinterp_map.search; neurons: {(layer, neuron): (tokens, stats)}."""
+def _key(m, matrix, h):
+    """(group, layer, expert, neuron) of a search hit."""
+    if m.version < 2:
+        return (matrix, int(h["layer"]), None, int(h["neuron"]))
+    return (fm.group_name(h["group"], matrix), int(h["layer"]), None if h["expert"] < 0 else int(h["expert"]),
+            int(h["neuron"]))
+
+
+def _rows(m, matrix, hits, text, neurons):
+    """Result rows from a hit array of flashinterp_map.search; neurons: {key: (tokens, stats)}.
+    A version 2 map's rows also name the group and the expert (None outside moe/*)."""
     rows = []
     for r, h in enumerate(hits, 1):
-        t, st = neurons[(int(h["layer"]), int(h["neuron"]))]
-        rows.append(dict(rank=r, layer=int(h["layer"]), neuron=int(h["neuron"]), prob=float(h["prob"]),
+        key = _key(m, matrix, h)
+        t, st = neurons[key]
+        where = dict(group=key[0], expert=key[2]) if m.version >= 2 else {}
+        rows.append(dict(rank=r, layer=int(h["layer"]), neuron=int(h["neuron"]), **where, prob=float(h["prob"]),
                          token_id=int(h["token"]), token=text[int(h["token"])], **st,
                          neuron_top=fm.tokens_json(t)))
     return rows
 
 
-def _multi_rows(cand, neurons):
-    return [dict(rank=r, layer=lay, neuron=n, sum_logp=s, **neurons[(lay, n)][1],
-                 neuron_top=fm.tokens_json(neurons[(lay, n)][0])) for r, (s, lay, n) in enumerate(cand, 1)]
+def _multi_rows(m, group, cand, neurons):
+    where = dict(group=group, expert=None) if m.version >= 2 else {}
+    return [dict(rank=r, layer=lay, neuron=n, **where, sum_logp=s, **neurons[(group, lay, None, n)][1],
+                 neuron_top=fm.tokens_json(neurons[(group, lay, None, n)][0])) for r, (s, lay, n) in enumerate(cand, 1)]
 
 
 def search(m, lex, matrix, word=None, kinds=(), regex=None, set_name=None, concepts_file=None, top=20,
            tokens=5):
     """The whole search as one JSON-able dict (what --json prints; serve shows the same)."""
-    m.group(matrix)
+    # Version 1, or one group: that group; a version 2 map's plain matrix: every group of it.
+    groups = m.index_groups(matrix) if m.version >= 2 and matrix in fm.MATRICES else []
+    if not groups:
+        m.group(matrix)         # refuses a group the map does not hold, naming those present
+        groups = [matrix]
+    # The multi-token sum runs over one [L, N] group: the dense one (version 1: the matrix).
+    dense = matrix if matrix in m.groups() and not fm.is_routed(matrix) else None
     text = lex.text
     res = dict(map=m.path, matrix=matrix, word=word, regex=regex, set=set_name, variant_kinds=list(kinds),
-               token_index_m=m.token_index_m(matrix), top_k=m.top_k(matrix),
-               layers_searched=len(m.layers(matrix)), variants=[], multi_token=[])
+               token_index_m=m.token_index_m(matrix), top_k=max(m.top_k(g) for g in groups),
+               layers_searched=len({int(x) for g in groups for x in m.layers(g)}), variants=[], multi_token=[])
+    if m.version >= 2:
+        res["groups"] = groups
     if word is not None:
         for v, how in cc.variants(word, kinds):
             ids = lex.single(v)
@@ -123,25 +149,25 @@ def search(m, lex, matrix, word=None, kinds=(), regex=None, set_name=None, conce
         if v["split"] and len(v["split"]) >= 2 and tuple(v["split"]) not in seen:
             seen.add(tuple(v["split"]))
             multi.append(v)
-    scored = cc.multi_token_hits(m, matrix, [v["split"] for v in multi], top) if multi else []
+    scored = cc.multi_token_hits(m, dense, [v["split"] for v in multi], top) if multi and dense else \
+        [dict(top=[], bottom=None) for _ in multi]
     first = {}                      # first token -> (hits, source), each searched once
     for v in multi:
         if v["split"][0] not in first:
             first[v["split"][0]] = m.search(matrix, v["split"][:1], top)
     # Every neuron listed anywhere, read once (one read per layer).
-    pairs = {(int(h["layer"]), int(h["neuron"])) for h in hits}
-    pairs |= {(int(h["layer"]), int(h["neuron"])) for f, _ in first.values() for h in f}
-    pairs |= {(lay, n) for sc in scored for part in sc.values() if part for _, lay, n in part}
-    pairs = sorted(pairs)
-    neurons = dict(zip(pairs, _neurons(m, matrix, pairs, tokens)))
-    res["results"] = _rows(hits, text, neurons)
+    keys = {_key(m, matrix, h) for h in hits}
+    keys |= {_key(m, matrix, h) for f, _ in first.values() for h in f}
+    keys |= {(dense, lay, None, n) for sc in scored for part in sc.values() if part for _, lay, n in part}
+    neurons = _neurons(m, sorted(keys, key=lambda x: (x[0], x[1], -1 if x[2] is None else x[2], x[3])), tokens)
+    res["results"] = _rows(m, matrix, hits, text, neurons)
     for v, sc in zip(multi, scored):
         fh, src = first[v["split"][0]]
         res["multi_token"].append(dict(
             text=v["text"], split=v["split"], split_text=v["split_text"], first_token_source=src,
-            by_first_token=_rows(fh, text, neurons),
-            by_sum_logp_top=_multi_rows(sc["top"], neurons),
-            by_sum_logp_bottom=None if sc["bottom"] is None else _multi_rows(sc["bottom"], neurons)))
+            by_first_token=_rows(m, matrix, fh, text, neurons),
+            by_sum_logp_top=_multi_rows(m, dense, sc["top"], neurons),
+            by_sum_logp_bottom=None if sc["bottom"] is None else _multi_rows(m, dense, sc["bottom"], neurons)))
     return res
 
 
@@ -170,12 +196,14 @@ def print_csv(res):
     """One row per listed neuron: match = 'token' (the single-token search), 'first:<text>' or
     'sum_top:<text>' / 'sum_bottom:<text>' for a multi-token spelling."""
     w = csv.writer(sys.stdout, lineterminator="\n")
-    w.writerow(CSV_FIELDS)
+    v2 = "groups" in res        # a version 2 map: group and expert columns after the rank
+    w.writerow(CSV_FIELDS[:2] + ("group", "layer", "expert") + CSV_FIELDS[3:] if v2 else CSV_FIELDS)
 
     def emit(match, rows):
         for r in rows or []:
             top = " ".join(f"{x['id']}:{x['prob']:.6g}" for x in r["neuron_top"])
-            w.writerow([match, r["rank"], r["layer"], r["neuron"], r.get("prob", ""), r.get("sum_logp", ""),
+            where = ([r["group"], r["layer"], "" if r["expert"] is None else r["expert"]] if v2 else [r["layer"]])
+            w.writerow([match, r["rank"], *where, r["neuron"], r.get("prob", ""), r.get("sum_logp", ""),
                         r.get("token_id", ""), r.get("token", ""), f"{r['entropy']:.6g}",
                         int(r["entropy_exact"]), f"{r['margin']:.6g}", top])
     emit("token", res["results"])
@@ -189,12 +217,16 @@ def _table(rows, score):
     if not rows:
         print("  none")
         return
-    print(f"{'rank':>4}  {'layer':>5}  {'neuron':>6}  {score:>10}  {'entropy':>7}  {'margin':>7}  "
+    v2 = "group" in rows[0]     # a version 2 map: the neuron named as "moe/up L3 E5 N17"
+    where = f"{'neuron':<24}" if v2 else f"{'layer':>5}  {'neuron':>6}"
+    print(f"{'rank':>4}  {where}  {score:>10}  {'entropy':>7}  {'margin':>7}  "
           f"{'token':<14}  top tokens of the neuron")
     for r in rows:
         own = ", ".join(f"{fm.short(x['token'])} {x['prob']:.3g}" for x in r["neuron_top"])
         val = r["prob"] if "prob" in r else r["sum_logp"]
-        print(f"{r['rank']:>4}  {r['layer']:>5}  {r['neuron']:>6}  {val:>10.6g}  {r['entropy']:>7.3f}  "
+        where = (f"{fm.neuron_label(r['group'], r['layer'], r['expert'], r['neuron']):<24}" if v2 else
+                 f"{r['layer']:>5}  {r['neuron']:>6}")
+        print(f"{r['rank']:>4}  {where}  {val:>10.6g}  {r['entropy']:>7.3f}  "
               f"{r['margin']:>7.3f}  {fm.short(r.get('token', ''), 14):<14}  {own}")
 
 
@@ -225,11 +257,14 @@ def print_table(res):
     elif res["source"]:
         print(f"source: scan of every neuron's stored top-k (this map's token index cannot be used): only "
               f"neurons that hold the token in their top-{res['top_k']} are found")
+    if res.get("groups"):
+        print("groups: " + ", ".join("/" + g for g in res["groups"]))
     if res["note"]:
         print("note: " + res["note"])
     ent = res["results"][0]["entropy_exact"] if res["results"] else None
     if ent is not None:
-        print("entropy: " + ("exact (/" + mat + "/entropy)" if ent else
+        src = "/" + mat + "/entropy" if not res.get("groups") else "each group's /entropy"
+        print("entropy: " + ("exact (" + src + ")" if ent else
                              "estimate from the top-k (the rest spread evenly, an upper bound)"))
     if res["token_ids"]:
         print("single-token matches:" if res["results"] else "single-token matches: no neuron found")

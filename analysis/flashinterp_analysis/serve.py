@@ -11,6 +11,11 @@ version 1 has no experts), /search?q=<word>[&variants=case,plural&regex=&set=&ma
 neurons where they disagree most; neuron pages then show their score).
 Pages read the map by slices (one neuron, one layer); the per-layer overview and agreement are
 computed once at start. --port 0 picks a free port; the first line printed is the address.
+A format version 2 map (mixture of experts) also has its moe/* and shared/* groups browsable:
+/layer/moe/up/<layer> lists that layer's experts (mean entropy, margin, the most specialised
+neuron of each), /layer/moe/up/<layer>?expert=E that expert's most specialised neurons,
+/neuron/moe/up/<layer>/<neuron>?expert=E an expert neuron; search hits name and link them.
+The compare page covers the dense groups only.
 """
 import argparse
 import http.server
@@ -38,7 +43,8 @@ class NotFound(Exception):
 def link(kind, **w):
     """Addresses of the served pages (see pages.py for the callback's contract)."""
     if kind == "neuron":
-        return f"/neuron/{w['matrix']}/{int(w['layer'])}/{int(w['neuron'])}"
+        ex = "" if w.get("expert") is None else f"?expert={int(w['expert'])}"
+        return f"/neuron/{w['matrix']}/{int(w['layer'])}/{int(w['neuron'])}{ex}"
     if kind == "layer":
         return f"/layer/{w['matrix']}/{int(w['layer'])}"
     return {"overview": "/", "search": "/search", "compare": "/compare", "sweep": "/sweep"}[kind]
@@ -61,7 +67,7 @@ class Site:
         if concepts_file:
             cc.load_concepts(concepts_file)        # a bad file is refused at start, not on a page
         self.lex = cc.Lexicon(self.a)
-        self.overview = {mat: self._layer_stats(mat) for mat in self.a.matrices()}
+        self.overview = {mat: self._layer_stats(mat) for mat in self.a.groups()}
         self.agreement = {}
         if self.b is not None:
             for mat in self.a.matrices():
@@ -74,15 +80,24 @@ class Site:
         if self.b is not None:
             self.b.close()
 
+    def _unit_stats(self, mat, layer, expert=None):
+        """(written [N], stats, top-1 probability [N], top-1 id [N]) of one layer (one expert)."""
+        m = self.a
+        pos = m.pos(mat, layer, expert)
+        w = m.written_mask(mat)[pos]
+        top1 = m._read(mat, "top_probs", pos + (slice(None), 0)).astype(np.float64)
+        return w, m.stats(mat, layer, expert=expert), top1, m.top1(mat, layer, expert)
+
     def _layer_stats(self, mat):
+        """Per-layer rows of the overview (a routed group: each layer's experts pooled)."""
         m, rows = self.a, []
-        written = m.written_mask(mat)
         counts = np.zeros(m.vocab_size, np.int64)
-        for li, layer in enumerate(m.layers(mat)):
-            w = written[li]
-            st = m.stats(mat, layer)
-            top1 = m._read(mat, "top_probs", (li, slice(None), 0)).astype(np.float64)
-            ids = m.top1(mat, layer)
+        for layer in m.layers(mat):
+            parts = [self._unit_stats(mat, layer, e) for e in (m.experts(mat) if fm.is_routed(mat) else [None])]
+            w = np.concatenate([p[0] for p in parts])
+            st = {k: np.concatenate([p[1][k] for p in parts]) for k in ("entropy", "margin")}
+            top1 = np.concatenate([p[2] for p in parts])
+            ids = np.concatenate([p[3] for p in parts])
             counts += np.bincount(ids[w & (ids >= 0)], minlength=m.vocab_size)
             mean = lambda x: float(np.nanmean(x[w])) if w.any() else float("nan")   # noqa: E731
             rows.append(dict(layer=int(layer), neurons=int(w.sum()), entropy_mean=mean(st["entropy"]),
@@ -144,9 +159,57 @@ class Site:
         return pg.frame(f"flashinterp: {m.path}", "".join(body), link)
 
     def _matrix(self, mat):
-        if mat not in self.a.matrices():
-            raise NotFound(f"no matrix {mat!r} in this map (present: {', '.join(self.a.matrices())})")
+        if mat not in self.a.groups():
+            raise NotFound(f"no matrix {mat!r} in this map (present: {', '.join(self.a.groups())})")
         return mat
+
+    def _expert(self, q, mat):
+        """The ?expert=E of a page of a routed group (None for other groups; refused where it
+        means nothing)."""
+        if "expert" not in q:
+            if fm.is_routed(mat):
+                raise NotFound(f"/{mat} is a routed-expert group: add ?expert=E")
+            return None
+        if self.a.version < 2:
+            raise NotFound(f"expert={q['expert']}: this map (format version {self.a.version}) has no experts")
+        try:
+            e = int(q["expert"])
+            self.a.expert_index(mat, e)
+        except ValueError:
+            raise NotFound(f"expert {q['expert']!r} is not a number") from None
+        except fm.MapError as e:
+            raise NotFound(fm._first_line(e)) from None
+        return e
+
+    def page_experts(self, q, mat, layer):
+        """A routed layer: every expert with its mean entropy and margin and its most specialised
+        neuron (lowest entropy), each linking to the expert's own layer page."""
+        m = self.a
+        rows = []
+        for e in m.experts(mat):
+            w, st, top1, _ = self._unit_stats(mat, layer, int(e))
+            ent = np.where(w, st["entropy"], np.inf)
+            best = int(np.argmin(ent)) if w.any() else None
+            rows.append((int(e), int(w.sum()), float(np.mean(st["entropy"][w])) if w.any() else float("nan"),
+                         float(np.mean(st["margin"][w])) if w.any() else float("nan"), best))
+        body = [f"<h1>/{mat} layer {layer}: {len(rows)} experts</h1><p>Mean entropy and margin of each expert's "
+                "neurons, and its most specialised neuron (lowest entropy); an expert opens its neurons.</p>",
+                pg.chart([r[0] for r in rows], [("mean entropy", [r[2] for r in rows])], "expert", "entropy (nats)",
+                         href=f"/layer/{mat}/{layer}?expert=", ident="chart-experts"),
+                "<table id='experts'><tr><th>expert</th><th>neurons</th><th>mean entropy</th><th>mean margin</th>"
+                "<th class='l'>most specialised neuron</th></tr>"]
+        tops = m.neurons_top(mat, [(layer, r[0], r[4]) for r in rows if r[4] is not None], k=3)
+        tops = iter(tops)
+        for e, n, ent, mar, best in rows:
+            cell = ""
+            if best is not None:
+                t = next(tops)
+                toks = ", ".join(f"<span class='tok'>{pg.esc(repr(x))}</span>" for x in t.text)
+                cell = f"<a class='nlink' href='{link('neuron', matrix=mat, layer=layer, neuron=best, expert=e)}'>{best}</a> {toks}"
+            body.append(f"<tr class='erow' data-expert='{e}'><td><a href='/layer/{mat}/{layer}?expert={e}'>{e}</a></td>"
+                        f"<td>{n}</td><td>{pg.num(ent)}</td><td>{pg.num(mar)}</td><td class='l'>{cell}</td></tr>")
+        body.append("</table>")
+        return pg.frame(f"/{mat} layer {layer}", "".join(body), link)
 
     def _layer(self, mat, layer):
         try:
@@ -158,41 +221,46 @@ class Site:
     def page_layer(self, q, mat, layer):
         m, mat = self.a, self._matrix(mat)
         layer = self._layer(mat, layer)
+        if fm.is_routed(mat) and "expert" not in q:
+            return self.page_experts(q, mat, layer)
+        e = self._expert(q, mat)
+        ex = {} if e is None else dict(expert=e)
         by = q.get("by", "entropy")
         if by not in SPECIALISED_BY:
             raise ValueError(f"by={by!r}: one of {', '.join(SPECIALISED_BY)}")
         count = min(max(int(q.get("n", 50)), 1), 1000)
-        st = m.stats(mat, layer)
-        top1 = m._read(mat, "top_probs", (m.layer_index(mat, layer), slice(None), 0)).astype(np.float64)
-        w = m.written_mask(mat)[m.layer_index(mat, layer)]
+        w, st, top1, _ = self._unit_stats(mat, layer, e)
         key = {"entropy": st["entropy"], "margin": -st["margin"], "top1": -top1}[by]
         key = np.where(w & np.isfinite(key), key, np.inf)
         order = np.lexsort((np.arange(key.size), key))[:count]
         order = order[np.isfinite(key[order])]
-        tops = m.neurons_top(mat, [(layer, int(n)) for n in order], k=5)
-        rows = [dict(matrix=mat, layer=layer, neuron=int(n), entropy=float(st["entropy"][n]),
+        tops = m.neurons_top(mat, [(layer, int(n)) if e is None else (layer, e, int(n)) for n in order], k=5)
+        rows = [dict(matrix=mat, layer=layer, **ex, neuron=int(n), entropy=float(st["entropy"][n]),
                      margin=float(st["margin"][n]), top1=float(top1[n]), neuron_top=fm.tokens_json(t))
                 for n, t in zip(order, tops)]
         ent = st["entropy"][w]
         hist, edges = np.histogram(ent[np.isfinite(ent)], bins=30) if ent.size else (np.zeros(0), np.zeros(1))
         kind = "exact" if st["entropy_exact"] else "estimated (upper bound)"
-        sel = " ".join(f"<a href='/layer/{mat}/{layer}?by={b}'>{pg.esc(t)}</a>" for b, t in SPECIALISED_BY.items())
-        body = [f"<h1>/{mat} layer {layer}</h1><p>Most specialised by {SPECIALISED_BY[by]} (order by: {sel}); "
+        eq = "" if e is None else f"expert={e}&"
+        sel = " ".join(f"<a href='/layer/{mat}/{layer}?{eq}by={b}'>{pg.esc(t)}</a>" for b, t in SPECIALISED_BY.items())
+        title = f"/{mat} layer {layer}" + ("" if e is None else f" expert {e}")
+        body = [f"<h1>{title}</h1><p>Most specialised by {SPECIALISED_BY[by]} (order by: {sel}); "
                 f"entropy {kind}.</p>",
                 pg.chart([f"{x:.2f}" for x in edges[:-1]], [("neurons", hist.tolist())], "entropy (nats, bin start)",
                          "neurons", ident="chart-hist"),
                 pg.neuron_rows(rows, link, [("entropy", "entropy", ".4f"), ("margin", "margin", ".4f"),
                                             ("top1", "top-1 prob", ".4g")])]
-        return pg.frame(f"/{mat} layer {layer}", "".join(body), link)
+        return pg.frame(title, "".join(body), link)
 
     def page_neuron(self, q, mat, layer, neuron):
-        if "expert" in q:
-            raise NotFound(f"expert={q['expert']}: this map (format version {fm.FORMAT_VERSION}) has no experts")
+        if "expert" in q and self.a.version < 2:
+            raise NotFound(f"expert={q['expert']}: this map (format version {self.a.version}) has no experts")
         mat = self._matrix(mat)
         layer = self._layer(mat, layer)
+        e = self._expert(q, mat)
         try:
             n = int(neuron)
-            d = pg.neuron_data(self.a, mat, layer, n)
+            d = pg.neuron_data(self.a, mat, layer, n, expert=e)
         except ValueError:
             raise NotFound(f"neuron {neuron!r} is not a number") from None
         except fm.MapError as e:
@@ -200,7 +268,7 @@ class Site:
         other = None
         if self.b is not None and mat in self.agreement:
             other = pg.neuron_data(self.b, mat, layer, n)
-        return pg.neuron_page(d, link, other, extra=self._causal(mat, layer, n))
+        return pg.neuron_page(d, link, other, extra=self._causal(mat, layer, n) if e is None else "")
 
     def _causal(self, mat, layer, n):
         """The neuron's causal score from the sweep file (flashinterp sweep), when it was swept."""
@@ -260,8 +328,9 @@ class Site:
         return pg.frame(f"sweep /{mat}", "".join(body), link)
 
     def page_search(self, q):
-        mat = q.get("matrix", "up" if "up" in self.a.matrices() else self.a.matrices()[0])
-        mat = self._matrix(mat)
+        mat = q.get("matrix", "up" if "up" in self.a.groups() or self.a.version >= 2 else self.a.matrices()[0])
+        if mat not in fm.MATRICES or self.a.version < 2:    # a version 2 map's "up": every up group
+            mat = self._matrix(mat)
         word, regex, sname = q.get("q") or None, q.get("regex") or None, q.get("set") or None
         kinds = cc.parse_kinds(",".join(q.getall("variants")) if hasattr(q, "getall") else q.get("variants", ""))
         sets = sorted(set(self.a.concepts()) | (set(cc.load_concepts(self.concepts_file)) if self.concepts_file else set()))
@@ -274,7 +343,10 @@ class Site:
                 "<p>or concept set <select id='set' name='set'><option value=''></option>"
                 + "".join(f"<option{' selected' if s == sname else ''}>{pg.esc(s)}</option>" for s in sets)
                 + "</select> matrix <select name='matrix'>"
-                + "".join(f"<option{' selected' if x == mat else ''}>{x}</option>" for x in self.a.matrices())
+                + "".join(f"<option{' selected' if x == mat else ''}>{x}</option>"
+                          for x in (self.a.matrices() if self.a.version < 2 else
+                                    list(dict.fromkeys([fm.base_matrix(g) for g in self.a.groups()]
+                                                       + self.a.groups()))))
                 + "</select> <button id='go' type='submit'>search</button></p></form>"]
         given = [x for x in (word, regex, sname) if x is not None]
         if not given:
@@ -299,13 +371,13 @@ class Site:
         cols = [("prob", "prob", ".4g"), ("token", "token", "repr"), ("entropy", "entropy", ".4f"),
                 ("margin", "margin", ".4f")]
         for r in res["results"]:
-            r["matrix"] = mat
+            r["matrix"] = r.get("group", mat)
         body.append("<h2>Neurons for the single-token matches</h2><div id='results'>"
                     + (pg.neuron_rows(res["results"], link, cols) if res["results"] else "<p>none</p>") + "</div>")
         for i, mt in enumerate(res["multi_token"]):
             for part in ("by_first_token", "by_sum_logp_top", "by_sum_logp_bottom"):
                 for r in mt[part] or []:
-                    r["matrix"] = mat
+                    r["matrix"] = r.get("group", mat)
             body.append(f"<h2>Multi-token {pg.esc(repr(mt['text']))} = "
                         + " + ".join(pg.esc(repr(s)) for s in mt["split_text"]) + "</h2>")
             body.append(f"<h3>by its first token ({mt['first_token_source']})</h3>"
@@ -394,6 +466,8 @@ def make_handler(site):
         def do_GET(self):
             url = urllib.parse.urlsplit(self.path)
             parts = [urllib.parse.unquote(p) for p in url.path.split("/") if p]
+            if len(parts) > 2 and parts[0] in ("neuron", "layer") and parts[1] in ("moe", "shared"):
+                parts[1:3] = [parts[1] + "/" + parts[2]]        # a version 2 group: /layer/moe/up/3
             q = Query(url.query)
             try:
                 if not parts:

@@ -47,6 +47,17 @@ def parse_args(argv):
     p.add_argument("--changed", type=float, default=0.0, help="fraction of neurons per layer redrawn")
     p.add_argument("--no-stats", action="store_true", help="no entropy/margin datasets (as today's binary)")
     p.add_argument("--concepts", metavar="FILE", help="JSON {name: [words]}: write /concepts/<name>")
+    moe = p.add_argument_group("format version 2 (a mixture-of-experts model's map, --moe E)")
+    moe.add_argument("--moe", type=int, default=0, metavar="E",
+                     help="write format version 2: /moe/<matrix> with E routed experts per MoE layer")
+    moe.add_argument("--experts", metavar="A-B", help="decoded expert ids (default all E)")
+    moe.add_argument("--expert-neurons", type=int, default=0, metavar="N",
+                     help="neurons per expert (expert_size; default --neurons)")
+    moe.add_argument("--shared", type=int, default=0, metavar="S",
+                     help="shared_size: /shared/<matrix> with S neurons per MoE layer (0: none)")
+    moe.add_argument("--dense-layers", type=int, default=0, metavar="D",
+                     help="the first D layers are dense (/<matrix>), the others MoE")
+    moe.add_argument("--bottom-k", type=int, default=0, metavar="B", help="bottom_ids/bottom_logits (v2 only)")
     return p.parse_args(argv)
 
 
@@ -166,6 +177,8 @@ def token_index(ids, probs, layer_ids, M, V):
 
 def main(argv):
     a = parse_args(argv)
+    if a.moe:
+        return main_moe(a, argv)
     t0 = time.time()
     L, N, V, K, M = a.layers, a.neurons, a.vocab, a.top_k, a.token_index
     vbytes, special = vocabulary(V)
@@ -271,6 +284,183 @@ def main(argv):
     os.replace(tmp, a.out)
     print(f"{a.out}: {len(mats)} matrix x {L} layers x {N} neurons, V {V}, K {K}, M {M}, "
           f"changed {a.changed}, {os.path.getsize(a.out) / 1e6:.0f} MB in {time.time() - t0:.1f} s")
+    return 0
+
+
+# ---- format version 2 ------------------------------------------------------------------------
+GROUP_CODE = {"": 0, "moe/": 1, "shared/": 2}   # /token_index/<matrix>/group
+
+
+def _bottom(rng, ids, logits, B, V):
+    """B lowest-logit tokens of each row (ids not in its top-k, distinct), lowest first."""
+    n, K = ids.shape
+    out = np.empty((n, B), np.int32)
+    for r in range(n):      # small maps only
+        free = np.setdiff1d(np.arange(V), ids[r])
+        out[r] = rng.choice(free, size=B, replace=False)
+    low = logits[:, -1:].astype(np.float64) - 8.0 - np.cumsum(rng.exponential(0.3, size=(n, B)), axis=1)
+    return out, low[:, ::-1].astype(np.float32)        # ascending: the lowest logit first
+
+
+def _group(f, path, unit_shape, N, a, V, rng, plant, s):
+    """One group: /<path> with leading dims unit_shape ((L,) or (L, E)), N neurons, drawn rows.
+    plant: {unit index tuple: [(neuron, token id)]} rows made to have that token as top-1.
+    Returns the group's flat entries (ids, probs, logp, unit index tuple per row) for the index."""
+    K, B, R = a.top_k, a.bottom_k, min(a.chunk_rows, N)
+    C = -(-N // R)
+    g = f.create_group(path)
+    lead = (1,) * len(unit_shape)
+    mk = lambda name, tail, dt: g.create_dataset(name, unit_shape + tail, dtype=dt,   # noqa: E731
+                                                 chunks=lead + tuple(min(x, R) if i == 0 else x
+                                                                     for i, x in enumerate(tail)))
+    ds = {n: mk(n, (N, K), dt) for n, dt in (("top_ids", np.int32), ("top_logits", np.float32),
+                                              ("top_probs", np.float32))}
+    for n in ("logsumexp", "entropy", "margin"):
+        ds[n] = mk(n, (N,), np.float32)
+    if B:
+        ds["bottom_ids"], ds["bottom_logits"] = mk("bottom_ids", (N, B), np.int32), mk("bottom_logits", (N, B), np.float32)
+    ids_all = np.empty(unit_shape + (N, K), np.int32)
+    lg_all = np.empty(unit_shape + (N, K), np.float32)
+    lse_all = np.empty(unit_shape + (N,), np.float32)
+    for u in np.ndindex(*unit_shape):
+        ids, logits, probs, lse, w = draw_rows(rng, N, V, K)
+        for n, tok in plant.get(u, []):
+            row = ids[n]
+            ids[n] = np.concatenate([[tok], row[row != tok][:K - 1]])
+            logits[n] = np.concatenate([[20.0], np.linspace(17, 8, K - 1)])
+            lse[n] = np.logaddexp.reduce(logits[n].astype(np.float64)) + 0.1
+            probs[n] = np.exp(logits[n].astype(np.float64) - lse[n])
+        ds["top_ids"][u], ds["top_logits"][u], ds["top_probs"][u], ds["logsumexp"][u] = ids, logits, probs, lse
+        ds["entropy"][u], ds["margin"][u], _ = exact_stats(logits, lse, w, V)
+        if B:
+            ds["bottom_ids"][u], ds["bottom_logits"][u] = _bottom(rng, ids, logits, B, V)
+        ids_all[u], lg_all[u], lse_all[u] = ids, logits, lse
+    g.create_dataset("done", data=np.ones(unit_shape + (C,), np.uint8), chunks=lead + (C,))
+    g["done"].attrs["chunk_rows"] = np.int64(a.chunk_rows)
+    if a.token_index:       # the token index's inclusion bits, one per chunk as done
+        g.create_dataset("included", data=np.ones(unit_shape + (C,), np.uint8), chunks=lead + (C,))
+    g.attrs["axis"] = s("columns" if path.endswith("down") else "rows")
+    g.attrs["chunk_rows"] = np.int64(a.chunk_rows)
+    return ids_all, lg_all, lse_all
+
+
+def token_index_v2(entries, M, V):
+    """/token_index/<matrix>/ from every group's top-k entries: entries = [(group code, layer ids [L],
+    expert ids [E] or None, ids, logits, lse)]. The agreed order: higher logp, then lower layer id,
+    group code, expert, neuron. Returns {name: [V, M] array}."""
+    cols = {k: [] for k in ("tok", "logp", "prob", "group", "layer", "expert", "neuron")}
+    for code, layers, experts, ids, logits, lse in entries:
+        shape = ids.shape                      # [L, (E,) N, K]
+        logp = logits.astype(np.float64) - lse.astype(np.float64)[..., None]
+        idx = np.indices(shape)
+        cols["tok"].append(ids.reshape(-1).astype(np.int64))
+        cols["logp"].append(logp.reshape(-1))
+        cols["prob"].append(np.exp(logp).astype(np.float32).reshape(-1))
+        cols["group"].append(np.full(ids.size, code, np.int8))
+        cols["layer"].append(np.asarray(layers, np.int32)[idx[0]].reshape(-1))
+        cols["expert"].append((np.asarray(experts, np.int32)[idx[1]] if experts is not None
+                               else np.full(shape, -1, np.int32)).reshape(-1))
+        cols["neuron"].append(idx[-2].astype(np.int32).reshape(-1))
+    c = {k: np.concatenate(v) for k, v in cols.items()}
+    order = np.lexsort((c["neuron"], c["expert"], c["group"], c["layer"], -c["logp"], c["tok"]))
+    tok_s = c["tok"][order]
+    rank = np.arange(tok_s.size) - np.searchsorted(tok_s, np.arange(V))[tok_s]
+    keep = rank < M
+    sel, row, col = order[keep], tok_s[keep], rank[keep]
+    out = dict(group=np.full((V, M), -1, np.int8), layer=np.full((V, M), -1, np.int32),
+               expert=np.full((V, M), -1, np.int32), neuron=np.full((V, M), -1, np.int32),
+               probs=np.zeros((V, M), np.float32), logp=np.full((V, M), -np.inf))
+    for k, src in (("group", "group"), ("layer", "layer"), ("expert", "expert"), ("neuron", "neuron"),
+                   ("probs", "prob"), ("logp", "logp")):
+        out[k][row, col] = c[src][sel]
+    return out
+
+
+def main_moe(a, argv):
+    """Format version 2 (docs/MAP_FORMAT.md, mixture-of-experts maps): dense layers 0..D-1 in
+    /<matrix>, MoE layers D..L-1 in /moe/<matrix> [L, E, N, K] (and /shared/<matrix> with
+    --shared S), one token index per matrix at /token_index/<matrix>/. Planted: in /moe/<first
+    matrix> the middle MoE layer, expert 1 (or the first decoded), neuron 3 has " dog" as top-1 and
+    expert 2 neuron 5 " cat"; in /shared/<first matrix> neuron 2 of the last MoE layer " the"."""
+    t0 = time.time()
+    L, V, K, M, D = a.layers, a.vocab, a.top_k, a.token_index, a.dense_layers
+    N, NE, S = a.neurons, a.expert_neurons or a.neurons, a.shared
+    experts = list(range(a.moe))
+    if a.experts:
+        lo, hi = (int(x) for x in a.experts.split("-"))
+        experts = list(range(lo, hi + 1))
+    vbytes, special = vocabulary(V)
+    lookup = {b: i for i, b in enumerate(vbytes)}
+    dense_l, moe_l = list(range(D)), list(range(D, L))
+    s = lambda v: np.bytes_(v.encode())  # noqa: E731
+    tmp = a.out + ".tmp"
+    planted = []
+    with h5py.File(tmp, "w") as f:
+        attrs = dict(format=s("flashinterp-map"), format_version=np.int64(2), tool_version=s("synthetic"),
+                     build=s("make_synthetic_map.py"), model_dir=s("synthetic-moe"), model_type=s("mixtral"),
+                     hidden_size=np.int64(64), intermediate_size=np.int64(N), num_layers=np.int64(L),
+                     vocab_size=np.int64(V), norm=s("rms"), top_k=np.int64(K), bottom_k=np.int64(a.bottom_k),
+                     token_index_m=np.int64(M), backend=s("synthetic"), world_size=np.int64(1),
+                     command_line=s(" ".join(["make_synthetic_map.py", *argv])),
+                     created_utc=s(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+                     elapsed_s=np.float64(0), complete=np.int64(0), num_experts=np.int64(a.moe),
+                     expert_size=np.int64(NE), shared_size=np.int64(S),
+                     fingerprint=s(f"format_version=2;synthetic;seed={a.seed};experts={experts[0]}-{experts[-1]}"))
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        g = f.create_group("vocab")
+        g.create_dataset("text", data=np.array([text_of(b) for b in vbytes], dtype=object),
+                         dtype=h5py.string_dtype("utf-8"))
+        vb = np.empty(V, dtype=object)
+        vb[:] = [np.frombuffer(b, np.uint8) for b in vbytes]
+        g.create_dataset("bytes", data=vb, dtype=h5py.vlen_dtype(np.uint8))
+        g.create_dataset("special", data=special)
+        for mi, mat in enumerate(a.matrices.split(",")):
+            rng = np.random.default_rng([a.seed, mi])
+            entries = []
+            if dense_l:
+                ids, lg, lse = _group(f, mat, (len(dense_l),), N, a, V, rng, {}, s)
+                f[mat].attrs["tensor_pattern"] = s(f"model.layers.{{}}.mlp.{mat}_proj.weight")
+                f[mat].attrs["layers"] = np.array(dense_l, np.int64)
+                entries.append((0, dense_l, None, ids, lg, lse))
+            if moe_l:
+                plant = {}
+                if mi == 0:
+                    mid, e1 = len(moe_l) // 2, min(1, len(experts) - 1)
+                    e2 = min(2, len(experts) - 1)
+                    for e, n, w in ((e1, 3, b" dog"), (e2, 5, b" cat")):
+                        if w in lookup and n < NE:
+                            plant.setdefault((mid, e), []).append((n, lookup[w]))
+                            planted.append(dict(group=f"moe/{mat}", layer=moe_l[mid], expert=experts[e], neuron=n,
+                                                token_id=lookup[w], token=text_of(w)))
+                path = f"moe/{mat}"
+                ids, lg, lse = _group(f, path, (len(moe_l), len(experts)), NE, a, V, rng, plant, s)
+                ga = f[path].attrs
+                ga["tensor_pattern"] = s(f"model.layers.{{}}.block_sparse_moe.experts.{{e}}.{mat}.weight")
+                ga["layers"] = np.array(moe_l, np.int64)
+                ga["experts"] = np.array(experts, np.int64)
+                ga["num_experts"] = np.int64(a.moe)
+                entries.append((1, moe_l, experts, ids, lg, lse))
+                if S:
+                    plant = {(len(moe_l) - 1,): [(2, lookup[b" the"])]} if mi == 0 and b" the" in lookup else {}
+                    if plant:
+                        planted.append(dict(group=f"shared/{mat}", layer=moe_l[-1], expert=None, neuron=2,
+                                            token_id=lookup[b" the"], token=" the"))
+                    path = f"shared/{mat}"
+                    ids, lg, lse = _group(f, path, (len(moe_l),), S, a, V, rng, plant, s)
+                    f[path].attrs["tensor_pattern"] = s(f"model.layers.{{}}.mlp.shared_experts.{mat}_proj.weight")
+                    f[path].attrs["layers"] = np.array(moe_l, np.int64)
+                    entries.append((2, moe_l, None, ids, lg, lse))
+            if M > 0:
+                ti = f.create_group(f"token_index/{mat}")
+                for k, v in token_index_v2(entries, M, V).items():
+                    ti.create_dataset(k, data=v, chunks=(min(V, 4096), M))
+        f.attrs["planted"] = s(json.dumps(planted))     # for the tests; not a map attribute
+        f.attrs["elapsed_s"] = np.float64(time.time() - t0)
+        f.attrs["complete"] = np.int64(1)
+    os.replace(tmp, a.out)
+    print(f"{a.out}: format 2, layers {L} ({D} dense), {len(experts)} experts x {NE} neurons, shared {S}, "
+          f"V {V}, K {K}, M {M}, {os.path.getsize(a.out) / 1e6:.1f} MB in {time.time() - t0:.1f} s")
     return 0
 
 

@@ -1,10 +1,14 @@
 """The map format has one list of names: what `flashinterp map-format --json` says the writer
 writes must be what a real decode writes (walked with h5py, every group, dataset and attribute,
 with its dtype and rank), what analysis/flashinterp_map.py knows, and what docs/MAP_FORMAT.md
-documents. Any name added on one side only fails here."""
+documents. Any name added on one side only fails here.
+Format version 2 (mixture-of-experts groups, issue 13): the reader's v2 names must be exactly
+what a v2 map holds (tests/python/make_synthetic_map.py --moe, written to the agreed layout), and
+what map-format lists once the writer lists v2 items."""
 import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 
@@ -29,7 +33,7 @@ def dtype_word(obj):
         return "string" if dt.kind == "S" or not h5py.check_vlen_dtype(dt) else "utf-8 string (variable length)"
     if h5py.check_vlen_dtype(dt) is not None:
         return "uint8 sequence (variable length)"
-    return {"i4": "int32", "i8": "int64", "f4": "float32", "f8": "float64", "u1": "uint8"}[dt.str[1:]]
+    return {"i1": "int8", "i4": "int32", "i8": "int64", "f4": "float32", "f8": "float64", "u1": "uint8"}[dt.str[1:]]
 
 
 def walk(path):
@@ -40,6 +44,8 @@ def walk(path):
             parts = name.strip("/").split("/")
             if parts[0] in fm.MATRICES:
                 parts[0] = "{matrix}"
+            elif parts[0] in ("moe", "shared", "token_index") and len(parts) > 1 and parts[1] in fm.MATRICES:
+                parts[1] = "{matrix}"       # version 2: /moe/{matrix}, /shared/{matrix}, /token_index/{matrix}
             return "/" + "/".join(parts)
 
         def attrs(obj, prefix):
@@ -62,6 +68,46 @@ def walk(path):
     return found
 
 
+def v2_names():
+    """Every version 2 item as flashinterp_map.py knows it (templates as walk() writes them)."""
+    py = {"/@" + a for a in fm.ROOT_ATTRS + fm.V2_ROOT_ATTRS}
+    py |= {"/vocab"} | {"/vocab/" + d for d in fm.VOCAB_DATASETS}
+    for g, extra in (("/{matrix}", ()), ("/moe/{matrix}", fm.V2_MOE_GROUP_ATTRS), ("/shared/{matrix}", ())):
+        py |= {g, g + "/done/@chunk_rows"} | {g + "/@" + a for a in fm.GROUP_ATTRS + extra}
+        py |= {g + "/" + d for d in fm.GROUP_DATASETS + fm.V2_GROUP_DATASETS}
+    py |= {"/moe", "/shared", "/token_index", "/token_index/{matrix}"}
+    py |= {"/token_index/{matrix}/" + d for d in fm.V2_TOKEN_INDEX_DATASETS}
+    return py
+
+
+def check_v2(tmp, items):
+    out = os.path.join(tmp, "v2.h5")
+    subprocess.run(["/usr/bin/python3", os.path.join(SOURCE_DIR, "tests", "python", "make_synthetic_map.py"), out,
+                    "--moe", "3", "--layers", "3", "--dense-layers", "1", "--neurons", "8", "--shared", "4",
+                    "--vocab", "64", "--top-k", "3", "--token-index", "2", "--chunk-rows", "4", "--bottom-k", "2",
+                    "--matrices", "up,down"], check=True, capture_output=True, timeout=120)
+    found = set(walk(out)) - {"/@planted"}           # planted: the test writer's own note
+    py = v2_names()
+    check(found == py, f"flashinterp_map.py's v2 names vs a v2 map: only Python {sorted(py - found)}, "
+          f"only in the map {sorted(found - py)}")
+    v2_only = py - v1_names()
+    listed = {p for p in items if p in v2_only or p.startswith(("/moe", "/shared", "/token_index/"))}
+    if listed:      # the writer lists version 2 items: the same names as the reader's
+        check(listed == v2_only, f"map-format's v2 items vs flashinterp_map.py: only C++ {sorted(listed - v2_only)}, "
+                                 f"only Python {sorted(v2_only - listed)}")
+    return len(py), bool(listed)
+
+
+def v1_names():
+    """Every version 1 item as flashinterp_map.py knows it."""
+    py = {"/@" + a for a in fm.ROOT_ATTRS}
+    py |= {"/vocab"} | {"/vocab/" + d for d in fm.VOCAB_DATASETS}
+    py |= {"/{matrix}"} | {"/{matrix}/@" + a for a in fm.GROUP_ATTRS}
+    py |= {"/{matrix}/" + d for d in fm.GROUP_DATASETS} | {"/{matrix}/done/@chunk_rows"}
+    py |= {"/{matrix}/token_index"} | {"/{matrix}/token_index/" + d for d in fm.TOKEN_INDEX_DATASETS}
+    return py
+
+
 def main():
     items = schema()
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,6 +122,7 @@ def main():
         run(["decode", "--model", model, "--out", plain, "--token-index", "0", "--backend", "cpu",
              "--quiet"])
         found_plain = walk(plain)
+        v2_count, v2_listed = check_v2(tmp, items)
 
     check(set(found) == set(items),
           f"the map written and map-format differ: only written {sorted(set(found) - set(items))}, "
@@ -96,13 +143,10 @@ def main():
         else:
             check((it["shape"] == "scalar") == (rank == ()), f"{p}: attribute shape {rank} vs {it['shape']}")
 
-    # The Python reader knows exactly the same names.
-    py = {"/@" + a for a in fm.ROOT_ATTRS}
-    py |= {"/vocab"} | {"/vocab/" + d for d in fm.VOCAB_DATASETS}
-    py |= {"/{matrix}"} | {"/{matrix}/@" + a for a in fm.GROUP_ATTRS}
-    py |= {"/{matrix}/" + d for d in fm.GROUP_DATASETS} | {"/{matrix}/done/@chunk_rows"}
-    py |= {"/{matrix}/token_index"} | {"/{matrix}/token_index/" + d for d in fm.TOKEN_INDEX_DATASETS}
-    check(py == set(items), f"flashinterp_map.py vs map-format: only Python {sorted(py - set(items))}, "
+    # The Python reader knows exactly the same names (the version 1 ones; v2's are checked above).
+    py = v1_names()
+    v1_items = {p for p in items if p not in v2_names() - py}
+    check(py == v1_items, f"flashinterp_map.py vs map-format: only Python {sorted(py - set(items))}, "
           f"only C++ {sorted(set(items) - py)}")
     check(set(fm.OPTIONAL_DATASETS) == {p.rsplit("/", 1)[1] for p, it in items.items()
                                        if it["when"] == "bottom_k > 0"}, "optional datasets differ")
@@ -119,7 +163,8 @@ def main():
              not in {r.replace("|  |", "| |") for r in rows}]
     check(not stale, f"docs/MAP_FORMAT.md's item table differs from map-format for {stale}")
     print(f"test_map_format: {len(items)} items: map-format, a real map (2 ranks), flashinterp_map.py "
-          f"and docs/MAP_FORMAT.md agree")
+          f"and docs/MAP_FORMAT.md agree; version 2: flashinterp_map.py's {v2_count} names = a v2 map's"
+          + (" = map-format's" if v2_listed else " (map-format lists no v2 items yet)"))
 
 
 if __name__ == "__main__":
