@@ -116,20 +116,6 @@ class Progress {
 
 }  // namespace
 
-// Spans of layer ids ("0-2, 5") where keep(l) is true.
-template <typename F>
-static std::string layer_spans(int64_t num_layers, F&& keep) {
-  std::string out;
-  for (int64_t l = 0; l < num_layers; ++l) {
-    if (!keep(l)) continue;
-    int64_t e = l;
-    while (e + 1 < num_layers && keep(e + 1)) ++e;
-    out += (out.empty() ? "" : ",") + std::to_string(l) + (e > l ? "-" + std::to_string(e) : "");
-    l = e;
-  }
-  return out;
-}
-
 // "A-B" or "A" over [0, count): the ids, or all of them for "". opt and noun name the option
 // and what it counts in the error lines ("--layers", "layers").
 static std::vector<int64_t> parse_range(const std::string& spec, int64_t count, const std::string& opt,

@@ -7,8 +7,8 @@ first layer, FP8 block scales and a multi-token-prediction layer) decoded with
 numpy decode that reads the safetensors and dequantises FP8 itself (fi_testlib.SafeTensors):
 every group (/up.., /moe/up.. [L, E, N, K], /shared/up..) up to exact ties, log-sum-exp and
 probabilities within 1e-4; the token index of each matrix over all its groups against a numpy
-brute force over every decoded neuron of that matrix. Then, on Mixtral: -np 1, 2, 3 give the same
-bytes; a decode killed after a round's done bits and resumed (3 ranks) gives the same bytes;
+brute force over every decoded neuron of that matrix. Then, on Mixtral: -np 1, 2, 3 and the serial
+writer give the same bytes; a decode killed after a round's done bits and resumed (3 ranks) gives the same bytes;
 `--experts 1-2` narrows the routed groups; a bad --experts is one error line.
 Run by ctest as /usr/bin/python3 tests/python/test_decode_moe.py.
 """
@@ -247,7 +247,12 @@ def test():
             out = os.path.join(tmp, f"np{np_}.h5")
             t.decode(model, out, *args, np_=np_)
             same_bytes(ref2, out, f"mixtral -np {np_} vs -np 2")
-        print("  mixtral: -np 1, 2, 3 give identical datasets")
+        out = os.path.join(tmp, "serial.h5")
+        p = subprocess.run([*t.mpi_prefix(3), t.binary(), "decode", "--model", model, "--out", out, "--quiet", *map(str, args)],
+                           capture_output=True, text=True, timeout=120, env=dict(os.environ, FLASHINTERP_WRITER="serial"))
+        t.check(p.returncode == 0, f"serial writer: exit {p.returncode}: {p.stderr[-300:]}")
+        same_bytes(ref2, out, "mixtral, serial writer -np 3 vs parallel -np 2")
+        print("  mixtral: -np 1, 2, 3 and the serial writer give identical datasets")
         # Killed after round 3's done bits (2 ranks), resumed with 3 ranks.
         out = os.path.join(tmp, "killed.h5")
         env = dict(os.environ, FLASHINTERP_TEST_KILL_AT="done:3")
