@@ -432,9 +432,10 @@ bool read_partial(const Job& j, const std::string& fp, Plan& plan, std::vector<u
     const std::string name = matrix_name(j.mats[mi]);
     r->read_token_index(name, plan.tis[mi], j.key);
     if (!MapReader::sane_token_index(plan.tis[mi], j.key, cfg.num_layers, widths)) {
+      const std::string where = j.version >= map::kFormatVersionMoe ? "/token_index/" + name : "/" + name;
       if (j.talk)
         std::fprintf(stderr, "flashinterp: %s: the token index of %s is damaged; indexing its chunks again\n",
-                     j.partial.c_str(), name.c_str());
+                     j.partial.c_str(), where.c_str());
       plan.tis[mi] = TokenIndex(cfg.vocab_size, j.M);
       for (size_t gi = 0; gi < j.groups.size(); ++gi)
         if (j.groups[gi].index == int(mi)) std::fill(inc[gi].begin(), inc[gi].end(), uint8_t(0));
