@@ -30,6 +30,8 @@ std::function<int(int*, char***)> add_decode(CLI::App& app) {
       ->required();
   cmd->add_option("--matrices", *matrices, "comma-separated: up,gate,down")->capture_default_str();
   cmd->add_option("--layers", opt->layers, "layer range A-B (inclusive) or A; default all");
+  cmd->add_option("--experts", opt->experts,
+                  "routed experts A-B (inclusive) or A of a mixture-of-experts model's /moe groups; default all");
   cmd->add_option("--top-k", opt->top_k, "top tokens kept per neuron")->capture_default_str();
   cmd->add_option("--bottom-k", opt->bottom_k, "bottom tokens kept per neuron")->capture_default_str();
   cmd->add_option("--norm", opt->norm, "rms (final RMSNorm) | gamma (x*gamma) | none")

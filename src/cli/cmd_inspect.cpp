@@ -282,10 +282,8 @@ int run_inspect(const InspectOptions& o) {
   std::printf("           all of %s: %.3g PFLOP, map ~%s + vocab ~%s\n", o.matrices.c_str(),
               flops * mats.size() / 1e15, human(map_bytes * mats.size()).c_str(),
               human(map::vocab_bytes(c.vocab_size)).c_str());
-  if (c.moe.moe_layer_count() > 0)
-    std::printf("           the decode reads dense layers only today (expert groups are planned, map format v2): %s\n",
-                c.moe.moe_layer_count() == c.num_layers ? "this model has none"
-                                                        : ("layers " + spans(c, false) + " (--layers A-B)").c_str());
+  if (c.moe.experts > 0)
+    std::printf("           map format version 2: every group above (/<matrix> dense, /moe/<matrix>, /shared/<matrix>)\n");
   std::printf("           LM-head replica: %s fp32 per node on CPU (shared by its ranks), %s per GPU\n",
               human(V * H * 4).c_str(), human(V * H * dtype_size(m.ckpt.info(m.lm_head_name()).dtype)).c_str());
   // Per rank: its share of the work items (each chunk of each layer, expert and matrix), its

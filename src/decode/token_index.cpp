@@ -4,11 +4,38 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <string>
 
 #include "common/error.h"
 #include "decode/token_index_list.h"
 
 namespace fi {
+
+int32_t TiKey::key(int64_t layer, int group, int64_t expert) const {
+  if (experts == 0) return int32_t(layer);
+  return int32_t((layer * 3 + group) * (experts + 1) + expert + 1);
+}
+
+void TiKey::split(int32_t key, int32_t* layer, int8_t* group, int32_t* expert) const {
+  if (key < 0) {
+    *layer = -1, *group = -1, *expert = -1;
+    return;
+  }
+  if (experts == 0) {
+    *layer = key, *group = kTiDense, *expert = -1;
+    return;
+  }
+  const int64_t e1 = experts + 1;
+  *expert = int32_t(key % e1) - 1;
+  *group = int8_t((key / e1) % 3);
+  *layer = int32_t(key / e1 / 3);
+}
+
+void TiKey::check_fits(int64_t num_layers) const {
+  FI_CHECK(double(num_layers) * 3.0 * double(experts + 1) < 2147483647.0,
+           "the token index keys of " + std::to_string(num_layers) + " layers of " + std::to_string(experts) +
+               " experts do not fit an int32");
+}
 
 TokenIndex::TokenIndex(int64_t v, int64_t mm)
     : vocab(v), m(mm), logp(size_t(v * mm), -std::numeric_limits<double>::infinity()),

@@ -1,6 +1,9 @@
 // One token's list in the token index (decode/token_index.h): its M best (logp, layer, neuron),
 // best first. The order and the insertion, shared by the CPU index and the CUDA kernel
 // (decode/cuda/token_index_kernel.cuh), so both keep exactly the same lists from the same values.
+// In a mixture-of-experts map `layer` is the entry's TiKey (decode/token_index.h): (layer, group,
+// expert) packed so that its integer order is theirs, which makes this order the version 2 one
+// (logp, layer, group, expert, neuron) with no change here or in the kernel.
 #pragma once
 #include <cstdint>
 

@@ -46,10 +46,33 @@ std::string utc_now() {
   return buf;
 }
 
+// One group of the map (map/map_writer.h MatrixLayout): a matrix of the dense MLP layers, of
+// the routed experts (version 2: /moe/<matrix>) or of the shared experts (/shared/<matrix>),
+// with the layers and experts it decodes. Its slices are layers, or (layer, expert) pairs
+// (slice = layer index * E + expert index: parallel/partition.h).
+struct Group {
+  TiGroup kind = kTiDense;
+  Matrix mat = Matrix::Up;
+  int index = 0;                 // the token index it feeds: the position of mat in --matrices
+  std::vector<int64_t> layers;   // model layer ids
+  std::vector<int64_t> experts;  // routed: expert ids; empty otherwise
+  int64_t neurons = 0;
+  std::string name;  // up, moe/up, shared/up
+  int64_t slices() const { return int64_t(layers.size()) * (experts.empty() ? 1 : int64_t(experts.size())); }
+  int64_t layer(int64_t slice) const { return layers[size_t(experts.empty() ? slice : slice / int64_t(experts.size()))]; }
+  int64_t expert(int64_t slice) const { return experts.empty() ? -1 : experts[size_t(slice % int64_t(experts.size()))]; }
+  // The tensor a slice's neurons are in, and from which row (Phi-3's fused gate_up_proj).
+  MatrixSource source(const Model& m, int64_t slice) const {
+    if (kind == kTiRouted) return {m.names.expert(mat, layer(slice), expert(slice)), 0};
+    if (kind == kTiShared) return {m.names.shared(mat, layer(slice)), 0};
+    return m.names.matrix_source(mat, layer(slice));
+  }
+};
+
 // Where a work item's neuron vectors are: rows of up/gate, columns of down (io/row_feed.h).
-FeedItem feed_item(const Model& m, Matrix mat, int64_t layer, const WorkItem& it) {
-  const MatrixSource src = m.names.matrix_source(mat, layer);
-  if (mat == Matrix::Down) return {src.tensor, it.row0, it.rows, true};
+FeedItem feed_item(const Model& m, const Group& g, const WorkItem& it) {
+  const MatrixSource src = g.source(m, it.layer_index);
+  if (g.mat == Matrix::Down) return {src.tensor, it.row0, it.rows, true};
   return {src.tensor, src.row0 + it.row0, it.rows, false};
 }
 
@@ -93,51 +116,29 @@ class Progress {
 
 }  // namespace
 
-// Spans of layer ids ("0-2, 5") where keep(l) is true.
-template <typename F>
-static std::string layer_spans(int64_t num_layers, F&& keep) {
-  std::string out;
-  for (int64_t l = 0; l < num_layers; ++l) {
-    if (!keep(l)) continue;
-    int64_t e = l;
-    while (e + 1 < num_layers && keep(e + 1)) ++e;
-    out += (out.empty() ? "" : ",") + std::to_string(l) + (e > l ? "-" + std::to_string(e) : "");
-    l = e;
-  }
-  return out;
-}
-
-// The decode reads dense MLP layers; an MoE layer's experts need the map's expert groups, which
-// do not exist yet. Refuses by layer, and says which layers it can decode.
-static void refuse_moe_layers(const ModelConfig& c, const std::vector<int64_t>& layers) {
-  for (int64_t l : layers) {
-    if (!c.is_moe_layer(l)) continue;
-    const std::string dense = layer_spans(c.num_layers, [&](int64_t x) { return !c.is_moe_layer(x); });
-    FI_FAIL(c.path + ": layer " + std::to_string(l) + " is a mixture-of-experts layer (" + std::to_string(c.moe.experts) +
-            " experts of " + std::to_string(c.moe.expert_size) + " neurons; MoE layers " +
-            layer_spans(c.num_layers, [&](int64_t x) { return c.is_moe_layer(x); }) +
-            "): decoding expert neurons is not implemented yet" +
-            (dense.empty() ? std::string(" (the model has no dense layers)")
-                           : "; dense layers: " + dense + " (choose them with --layers A-B)"));
-  }
-}
-
-std::vector<int64_t> parse_layers(const std::string& spec, int64_t num_layers) {
+// "A-B" or "A" over [0, count): the ids, or all of them for "". opt and noun name the option
+// and what it counts in the error lines ("--layers", "layers").
+static std::vector<int64_t> parse_range(const std::string& spec, int64_t count, const std::string& opt,
+                                        const std::string& noun) {
   std::vector<int64_t> out;
   if (spec.empty()) {
-    for (int64_t l = 0; l < num_layers; ++l) out.push_back(l);
+    for (int64_t l = 0; l < count; ++l) out.push_back(l);
     return out;
   }
   int64_t a = 0, b = 0;
   char dash = 0, extra = 0;
   int n = std::sscanf(spec.c_str(), "%lld%c%lld%c", (long long*)&a, &dash, (long long*)&b, &extra);
   if (n == 1) b = a;
-  else if (n != 3 || dash != '-') FI_FAIL("--layers: expected A-B or A, got '" + spec + "'");
-  if (b < a) FI_FAIL("--layers " + spec + ": the range is reversed (write A-B with A <= B)");
-  if (a < 0 || b >= num_layers)
-    FI_FAIL("--layers " + spec + ": the model has layers 0-" + std::to_string(num_layers - 1));
+  else if (n != 3 || dash != '-') FI_FAIL(opt + ": expected A-B or A, got '" + spec + "'");
+  if (b < a) FI_FAIL(opt + " " + spec + ": the range is reversed (write A-B with A <= B)");
+  if (a < 0 || b >= count)
+    FI_FAIL(opt + " " + spec + ": the model has " + noun + " 0-" + std::to_string(count - 1));
   for (int64_t l = a; l <= b; ++l) out.push_back(l);
   return out;
+}
+
+std::vector<int64_t> parse_layers(const std::string& spec, int64_t num_layers) {
+  return parse_range(spec, num_layers, "--layers", "layers");
 }
 
 namespace {
@@ -153,11 +154,38 @@ struct Job {
   DecodeParams p;
   std::vector<Matrix> mats;
   std::vector<int64_t> layers;
+  std::vector<int64_t> experts;  // --experts (a model with routed experts): the ids decoded
+  std::vector<Group> groups;     // in plan and map order: dense, routed, shared; each by --matrices
+  int64_t version = map::kFormatVersionDense;  // 2: the model has routed experts
+  TiKey key;                     // the token index's (layer, group, expert) packing
   BackendKind backend = BackendKind::Cpu;
   int M = 0;  // token index entries per token (0: none)
   std::unique_ptr<OutputLock> lock;  // rank 0: OUT.lock
-  int64_t neurons() const { return model->cfg.intermediate_size; }
 };
+
+// The map's groups: per kind, one per matrix, each with the chosen layers of its kind (a group
+// without a layer is left out). A dense model has dense groups only (a version 1 map).
+std::vector<Group> make_groups(const Job& j) {
+  const ModelConfig& c = j.model->cfg;
+  std::vector<Group> out;
+  for (TiGroup kind : {kTiDense, kTiRouted, kTiShared})
+    for (size_t mi = 0; mi < j.mats.size(); ++mi) {
+      Group g;
+      g.kind = kind;
+      g.mat = j.mats[mi];
+      g.index = int(mi);
+      for (int64_t l : j.layers)
+        if (kind == kTiDense ? !c.is_moe_layer(l) : c.is_moe_layer(l) && (kind == kTiRouted || c.moe.shared_size > 0))
+          g.layers.push_back(l);
+      if (g.layers.empty()) continue;
+      const std::string m = matrix_name(g.mat);
+      if (kind == kTiRouted) g.experts = j.experts;
+      g.neurons = kind == kTiDense ? c.intermediate_size : kind == kTiRouted ? c.moe.expert_size : c.moe.shared_size;
+      g.name = kind == kTiDense ? m : std::string(kind == kTiRouted ? map::kMoe : map::kShared) + "/" + m;
+      out.push_back(g);
+    }
+  return out;
+}
 
 // Everything that can be checked before work starts, on every rank.
 Job validate(const DecodeOptions& opt, const Comms& c) {
@@ -193,8 +221,18 @@ Job validate(const DecodeOptions& opt, const Comms& c) {
       j.lock = std::make_unique<OutputLock>(opt.out);  // held until the job ends, resume included
     }
     j.model = std::make_unique<Model>(opt.model_dir);
-    j.layers = parse_layers(opt.layers, j.model->cfg.num_layers);
-    refuse_moe_layers(j.model->cfg, j.layers);
+    const ModelConfig& mc = j.model->cfg;
+    j.layers = parse_layers(opt.layers, mc.num_layers);
+    if (mc.moe.experts > 0) {
+      j.version = map::kFormatVersionMoe;
+      j.experts = parse_range(opt.experts, mc.moe.experts, "--experts", "experts");
+      j.key.experts = mc.moe.experts;
+      j.key.check_fits(mc.num_layers);
+    } else if (!opt.experts.empty()) {
+      FI_FAIL("--experts " + opt.experts + ": " + mc.path + " has no routed experts (model_type " +
+              mc.model_type + ")");
+    }
+    j.groups = make_groups(j);
     // CUDA multiplies an fp32 LM-head in fp32 (SGEMM): nothing to round, nothing to re-score.
     if (j.backend == BackendKind::Cuda && j.p.gemm == GemmMode::Bf16 &&
         j.model->ckpt.info(j.model->lm_head_name()).dtype == DType::F32) {
@@ -213,12 +251,18 @@ Job validate(const DecodeOptions& opt, const Comms& c) {
     }
     if (c.rank == 0 && !(opt.resume && file_exists(j.partial))) {  // a partial has its space already
       const ModelConfig& m = j.model->cfg;
-      const double per = map::matrix_group_bytes(int64_t(j.layers.size()), m.intermediate_size, j.p.chunk_rows, opt.top_k,
-                                                 opt.bottom_k, m.vocab_size, opt.token_index);
-      check_free_space(opt.out, double(j.mats.size()) * per + map::vocab_bytes(m.vocab_size) + (1 << 20));
+      double bytes = map::vocab_bytes(m.vocab_size) + (1 << 20);
+      for (const Group& g : j.groups)
+        bytes += map::matrix_group_bytes(g.slices(), g.neurons, j.p.chunk_rows, opt.top_k, opt.bottom_k,
+                                         m.vocab_size, opt.token_index);
+      check_free_space(opt.out, bytes);
     }
-    for (Matrix m : j.mats)
-      for (int64_t l : j.layers) j.model->expect_matrix(m, l);
+    for (const Group& g : j.groups)
+      for (int64_t s = 0; s < g.slices(); ++s) {
+        if (g.kind == kTiRouted) j.model->expect_expert(g.mat, g.layer(s), g.expert(s));
+        else if (g.kind == kTiShared) j.model->expect_shared(g.mat, g.layer(s));
+        else j.model->expect_matrix(g.mat, g.layer(s));
+      }
   });
   const bool cuda = j.backend == BackendKind::Cuda;
   if (opt.fast_gemm && j.talk)
@@ -227,6 +271,13 @@ Job validate(const DecodeOptions& opt, const Comms& c) {
   if (opt.backend == "auto" && j.talk)
     std::fprintf(stderr, "flashinterp: backend auto: %s\n",
                  cuda ? "CUDA device found, using cuda" : "no CUDA device, using cpu");
+  const MoeConfig& moe = j.model->cfg.moe;
+  if (moe.mtp_layers > 0 && j.talk)
+    std::fprintf(stderr, "flashinterp: notice: layer%s %lld%s (num_nextn_predict_layers %lld): DeepSeek's "
+                 "multi-token-prediction layer%s, not on the model's main path: not decoded\n",
+                 moe.mtp_layers > 1 ? "s" : "", (long long)j.model->cfg.num_layers,
+                 moe.mtp_layers > 1 ? ("-" + std::to_string(j.model->cfg.num_layers + moe.mtp_layers - 1)).c_str() : "",
+                 (long long)moe.mtp_layers, moe.mtp_layers > 1 ? "s" : "");
   const ModelConfig& cfg = j.model->cfg;
   j.p.top_k = opt.top_k;
   j.p.bottom_k = opt.bottom_k;
@@ -323,10 +374,22 @@ struct Plan {
   std::vector<TokenIndex> tis;  // per matrix; rank 0 starts from the stored lists on resume
   Range share;                  // this rank's items of todo
   size_t rounds = 0;
-  size_t full_index(const WorkItem& w, size_t num_layers, int64_t chunks) const {
-    return (size_t(w.matrix) * num_layers + size_t(w.layer_index)) * size_t(chunks) + size_t(w.chunk);
+  std::vector<size_t> group_start;    // [groups] where each group's items begin in full
+  std::vector<int64_t> group_chunks;  // [groups] chunks per slice
+  size_t full_index(const WorkItem& w) const {
+    return group_start[size_t(w.matrix)] + size_t(w.layer_index) * size_t(group_chunks[size_t(w.matrix)]) +
+           size_t(w.chunk);
+  }
+  size_t group_items(size_t g) const {
+    return (g + 1 < group_start.size() ? group_start[g + 1] : full.size()) - group_start[g];
   }
 };
+
+// Group g's part of a mask over the full plan ([slices, C]).
+std::vector<uint8_t> group_part(const Plan& plan, const std::vector<uint8_t>& mask, size_t g) {
+  return std::vector<uint8_t>(mask.begin() + long(plan.group_start[g]),
+                              mask.begin() + long(plan.group_start[g] + plan.group_items(g)));
+}
 
 // Reads what a partial map has done (rank 0). Returns false when the file is unusable as a
 // start (cut off while being created), throws when it was made by another model or options.
@@ -339,9 +402,11 @@ bool read_partial(const Job& j, const std::string& fp, Plan& plan, std::vector<u
             fingerprint_difference(theirs, fp) + ")");
   plan.done.clear();
   included.clear();
-  for (size_t mi = 0; mi < j.mats.size(); ++mi) {
-    const std::string name = matrix_name(j.mats[mi]);
+  std::vector<std::vector<uint8_t>> inc(j.groups.size());
+  for (size_t gi = 0; gi < j.groups.size(); ++gi) {
+    const std::string& name = j.groups[gi].name;
     auto d = r->done(name);
+    FI_CHECK(d.size() == plan.group_items(gi), j.partial + ": /" + name + "/done does not have this run's shape");
     // A chunk marked done whose data is not sane (a damaged file) is decoded again.
     const std::vector<uint8_t> sane = r->sane_chunks(name, j.model->cfg.vocab_size, j.p.chunk_rows);
     size_t redo = 0;
@@ -352,22 +417,31 @@ bool read_partial(const Job& j, const std::string& fp, Plan& plan, std::vector<u
                    "range or non-finite values); decoding them again\n", j.partial.c_str(), redo,
                    redo > 1 ? "s" : "", name.c_str());
     plan.done.insert(plan.done.end(), d.begin(), d.end());
-    if (plan.tis.empty()) continue;
-    auto inc = r->index_included(name);
-    // Nothing included: never saved, or cut off inside a save (see MapWriter::write_token_index);
-    // the lists on disk may then hold rows that are indexed again, so start this matrix empty.
-    if (std::find(inc.begin(), inc.end(), uint8_t(1)) != inc.end()) {
-      r->read_token_index(name, plan.tis[mi]);
-      if (!MapReader::sane_token_index(plan.tis[mi], j.model->cfg.num_layers, j.neurons())) {
-        if (j.talk)
-          std::fprintf(stderr, "flashinterp: %s: the token index of /%s is damaged; indexing its chunks again\n",
-                       j.partial.c_str(), name.c_str());
-        plan.tis[mi] = TokenIndex(j.model->cfg.vocab_size, j.M);
-        std::fill(inc.begin(), inc.end(), uint8_t(0));
-      }
-    }
-    included.insert(included.end(), inc.begin(), inc.end());
+    if (!plan.tis.empty()) inc[gi] = r->index_included(name);
   }
+  // One token index per matrix over its groups. Nothing included: never saved, or cut off
+  // inside a save (see MapWriter::write_token_index); the lists on disk may then hold rows that
+  // are indexed again, so start this matrix empty.
+  const ModelConfig& cfg = j.model->cfg;
+  const int64_t widths[3] = {cfg.intermediate_size, cfg.moe.expert_size, cfg.moe.shared_size};
+  for (size_t mi = 0; mi < plan.tis.size(); ++mi) {
+    bool any = false;
+    for (size_t gi = 0; gi < j.groups.size(); ++gi)
+      if (j.groups[gi].index == int(mi)) any = any || std::find(inc[gi].begin(), inc[gi].end(), uint8_t(1)) != inc[gi].end();
+    if (!any) continue;
+    const std::string name = matrix_name(j.mats[mi]);
+    r->read_token_index(name, plan.tis[mi], j.key);
+    if (!MapReader::sane_token_index(plan.tis[mi], j.key, cfg.num_layers, widths)) {
+      const std::string where = j.version >= map::kFormatVersionMoe ? "/token_index/" + name : "/" + name;
+      if (j.talk)
+        std::fprintf(stderr, "flashinterp: %s: the token index of %s is damaged; indexing its chunks again\n",
+                     j.partial.c_str(), where.c_str());
+      plan.tis[mi] = TokenIndex(cfg.vocab_size, j.M);
+      for (size_t gi = 0; gi < j.groups.size(); ++gi)
+        if (j.groups[gi].index == int(mi)) std::fill(inc[gi].begin(), inc[gi].end(), uint8_t(0));
+    }
+  }
+  for (const auto& x : inc) included.insert(included.end(), x.begin(), x.end());
   return true;
 }
 
@@ -376,7 +450,13 @@ bool read_partial(const Job& j, const std::string& fp, Plan& plan, std::vector<u
 // until the new one replaces it by rename, so a failed run never costs the previous map.
 Plan plan_work(const Job& j, const std::string& fingerprint, const Comms& c) {
   Plan plan;
-  plan.full = make_plan(int(j.mats.size()), int(j.layers.size()), j.neurons(), j.p.chunk_rows);
+  std::vector<PlanGroup> shapes;
+  for (const Group& g : j.groups) {
+    plan.group_start.push_back(shapes.empty() ? 0 : plan.group_start.back() + size_t(shapes.back().slices * plan.group_chunks.back()));
+    plan.group_chunks.push_back(num_chunks(g.neurons, j.p.chunk_rows));
+    shapes.push_back({g.slices(), g.neurons});
+  }
+  plan.full = make_plan(shapes, j.p.chunk_rows);
   if (j.M > 0) plan.tis.assign(j.mats.size(), TokenIndex(j.model->cfg.vocab_size, j.M));
   std::vector<uint8_t> included;
   int start = int(Start::Fresh);
@@ -437,7 +517,7 @@ MapMeta map_meta(const Job& j, const Decoder& dec, const std::string& fingerprin
   meta.command_line = j.opt.command_line;
   meta.created_utc = utc_now();
   meta.hidden_size = cfg.hidden_size;
-  meta.intermediate_size = j.neurons();
+  meta.intermediate_size = cfg.intermediate_size;
   meta.num_layers = cfg.num_layers;
   meta.vocab_size = cfg.vocab_size;
   meta.top_k = j.p.top_k;
@@ -445,14 +525,23 @@ MapMeta map_meta(const Job& j, const Decoder& dec, const std::string& fingerprin
   meta.token_index_m = j.M;
   meta.world_size = c.size;
   meta.fingerprint = fingerprint;
+  meta.format_version = j.version;
+  meta.num_experts = cfg.moe.experts;
+  meta.expert_size = cfg.moe.expert_size;
+  meta.shared_size = cfg.moe.shared_size;
   return meta;
 }
 
 std::vector<MatrixLayout> map_layouts(const Job& j) {
   std::vector<MatrixLayout> layouts;
-  for (Matrix m : j.mats)
-    layouts.push_back({matrix_name(m), j.model->names.matrix_pattern(m), m == Matrix::Down, j.layers,
-                       j.neurons(), j.p.chunk_rows});
+  const TensorNames& n = j.model->names;
+  for (const Group& g : j.groups) {
+    const std::string pattern = g.kind == kTiRouted   ? n.expert_pattern(g.mat)
+                                : g.kind == kTiShared ? n.shared_pattern(g.mat)
+                                                      : n.matrix_pattern(g.mat);
+    layouts.push_back({g.name, pattern, g.mat == Matrix::Down, g.layers, g.neurons, j.p.chunk_rows, g.experts,
+                       matrix_name(g.mat)});
+  }
   return layouts;
 }
 
@@ -471,18 +560,21 @@ class IndexSaver {
   void save(size_t rounds_done) {
     if (j_.M == 0) return;
     collective(c_.world, [&] { dec_.sync_token_index(); });  // a GPU's copy back to the host
-    const int64_t chunks = num_chunks(j_.neurons(), j_.p.chunk_rows);
     std::vector<uint8_t> inc = plan_.done.empty() ? std::vector<uint8_t>(plan_.full.size(), 0) : plan_.done;
     for (int r = 0; r < c_.size; ++r) {
       Range sh = rank_share(plan_.todo.size(), r, c_.size);
       for (size_t i = sh.begin; i < sh.begin + std::min(sh.size(), rounds_done); ++i)
-        inc[plan_.full_index(plan_.todo[i], j_.layers.size(), chunks)] = 1;
+        inc[plan_.full_index(plan_.todo[i])] = 1;
     }
-    const size_t per = inc.size() / j_.mats.size();
     for (size_t mi = 0; mi < j_.mats.size(); ++mi) {
       reduce_token_index(plan_.tis[mi], c_.world);
-      writer_.write_token_index(mi, plan_.tis[mi],
-                                std::vector<uint8_t>(inc.begin() + mi * per, inc.begin() + (mi + 1) * per));
+      std::vector<uint8_t> mine;  // the masks of the matrix's groups, in map order
+      for (size_t gi = 0; gi < j_.groups.size(); ++gi)
+        if (j_.groups[gi].index == int(mi)) {
+          const std::vector<uint8_t> part = group_part(plan_, inc, gi);
+          mine.insert(mine.end(), part.begin(), part.end());
+        }
+      writer_.write_token_index(matrix_name(j_.mats[mi]), plan_.tis[mi], mine);
     }
     // Rank 0 holds everyone's entries now; the others start again from empty lists, so that
     // the next merge counts each row once.
@@ -518,13 +610,15 @@ void hold_for_stop_signal(const Comms& c, int64_t* stop) {
 int64_t run_rounds(const Job& j, Plan& plan, Decoder& dec, int widen_threads, MapWriter& writer,
                    const Comms& c) {
   IndexSaver saver(j, plan, dec, writer, c);
-  Progress progress(j.talk, int64_t(plan.todo.size() > 0 ? j.mats.size() * j.layers.size() * j.neurons() : 0));
+  int64_t total_rows = 0;
+  for (const Group& g : j.groups) total_rows += g.slices() * g.neurons;
+  Progress progress(j.talk, plan.todo.size() > 0 ? total_rows : 0);
   // The reader runs one item ahead: the next item's rows come off the disk (or page cache)
   // while this one is decoded and written.
   std::vector<FeedItem> items;
   for (size_t i = plan.share.begin; i < plan.share.begin + plan.share.size(); ++i) {
     const WorkItem& w = plan.todo[i];
-    items.push_back(feed_item(*j.model, j.mats[w.matrix], j.layers[w.layer_index], w));
+    items.push_back(feed_item(*j.model, j.groups[size_t(w.matrix)], w));
   }
   // CUDA: two threads share each read (one thread's copy out of the page cache falls short of
   // what the device could take; tests/bench/feed_bench); CPU: the decode is the bottleneck.
@@ -539,8 +633,12 @@ int64_t run_rounds(const Job& j, Plan& plan, Decoder& dec, int widen_threads, Ma
       if (round == 1 && test_fail_rank() == c.rank) FI_FAIL("rank " + std::to_string(c.rank) + ": injected failure (FLASHINTERP_TEST_FAIL_RANK)");
       if (!item) return;
       const RowBlock& b = feed.next();
-      if (j.M > 0)
-        dec.set_token_index_target(&plan.tis[item->matrix], int32_t(j.layers[item->layer_index]), item->row0);
+      if (j.M > 0) {  // the entries' (layer, group, expert) as one key (decode/token_index.h)
+        const Group& g = j.groups[size_t(item->matrix)];
+        dec.set_token_index_target(&plan.tis[size_t(g.index)],
+                                   j.key.key(g.layer(item->layer_index), g.kind, g.expert(item->layer_index)),
+                                   item->row0);
+      }
       if (dec.takes_block(b)) {  // widened by the backend (CUDA: on the device)
         dec.decode_block(b, res);
       } else {
@@ -609,6 +707,18 @@ void finish(const Job& j, MapWriter& writer, const Decoder& dec, int64_t rows_do
   std::fprintf(stderr, "%s\n", r.c_str());
 }
 
+// What the fingerprint covers; a version 2 map also every tensor of its groups, its experts and groups.
+FingerprintInputs fingerprint_inputs(const Job& j) {
+  FingerprintInputs in{*j.model, j.mats, j.layers, j.p, j.M, backend_mode(j), j.version, {}, "", ""};
+  if (j.version < map::kFormatVersionMoe) return in;
+  for (const Group& g : j.groups) {
+    for (int64_t s = 0; s < g.slices(); ++s) in.tensors.push_back(g.source(*j.model, s).tensor);
+    in.groups += (in.groups.empty() ? "" : ",") + g.name;
+  }
+  in.experts = std::to_string(j.experts.front()) + "-" + std::to_string(j.experts.back());
+  return in;
+}
+
 }  // namespace
 
 int run_decode(const DecodeOptions& opt, const Comms& c) {
@@ -620,7 +730,7 @@ int run_decode(const DecodeOptions& opt, const Comms& c) {
   Decoder& dec = *in.backend.dec;
   std::string fp;  // rank 0's; the writer puts it in the file
   collective(c.world, [&] {
-    if (c.rank == 0) fp = decode_fingerprint({*job.model, job.mats, job.layers, job.p, job.M, backend_mode(job)});
+    if (c.rank == 0) fp = decode_fingerprint(fingerprint_inputs(job));
   });
   Plan plan = plan_work(job, fp, c);
   if (plan.start == Start::NothingToDo) {

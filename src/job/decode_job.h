@@ -12,6 +12,7 @@ struct DecodeOptions {
   std::string model_dir, out;
   std::vector<std::string> matrices{"up"};
   std::string layers;  // "A-B", "A", or "" for all
+  std::string experts;  // routed experts "A-B", "A", or "" for all (a model with experts)
   int top_k = 20, bottom_k = 0, token_index = 32;
   std::string norm = "rms";
   int64_t chunk_rows = 0;  // 0: the backend's default

@@ -65,7 +65,8 @@ uint64_t hash_tensor_sample(const Model& m, const std::string& name) {
 std::string decode_fingerprint(const FingerprintInputs& in) {
   const Model& m = in.model;
   std::ostringstream o;
-  o << "format_version=" << map::kFormatVersion << ";tool_version=" << FI_VERSION << ";";
+  const bool v2 = in.format_version >= map::kFormatVersionMoe;
+  o << "format_version=" << (v2 ? map::kFormatVersionMoe : map::kFormatVersionDense) << ";tool_version=" << FI_VERSION << ";";
   for (const auto& sh : m.ckpt.shards()) {
     uint64_t size = 0, h = hash_file_prefix(sh->path(), sh->header_bytes(), &size);
     o << sh->path().substr(sh->path().find_last_of('/') + 1) << ":" << size << ":" << std::hex << h
@@ -78,8 +79,10 @@ std::string decode_fingerprint(const FingerprintInputs& in) {
   // The weights themselves, one hash over every tensor the decode reads, in a fixed order.
   uint64_t w = kFnvStart;
   std::vector<std::string> names = {m.names.final_norm, m.lm_head_name()};
-  for (Matrix x : in.mats)
-    for (int64_t l : in.layers) names.push_back(m.names.matrix(x, l));
+  if (v2) names.insert(names.end(), in.tensors.begin(), in.tensors.end());
+  else
+    for (Matrix x : in.mats)
+      for (int64_t l : in.layers) names.push_back(m.names.matrix(x, l));
   for (const std::string& n : names) {
     const uint64_t h = hash_tensor_sample(m, n);
     w = fnv1a(&h, sizeof h, w);
@@ -92,6 +95,7 @@ std::string decode_fingerprint(const FingerprintInputs& in) {
     << ";token_index=" << in.token_index << ";backend=" << in.backend;
   // Maps from before the per-neuron statistics lack their datasets: --resume refuses them here.
   o << ";stats=entropy,margin";
+  if (v2) o << ";experts=" << in.experts << ";groups=" << in.groups;
   return o.str();
 }
 

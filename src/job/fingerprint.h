@@ -16,6 +16,12 @@ struct FingerprintInputs {
   const DecodeParams& p;
   int token_index = 0;
   std::string backend;  // cpu | cuda (+ the GEMM mode): the numerics of every chunk
+  // A version 2 map (a model with experts): every tensor the groups read, in plan order (the
+  // weights hash covers them instead of mats x layers), and the items experts=A-B (the decoded
+  // routed experts) and groups=up,moe/up,... . A version 1 fingerprint has none of them.
+  int64_t format_version = 1;
+  std::vector<std::string> tensors;
+  std::string experts, groups;
 };
 
 // The format and tool versions; every model file's size and header hash, config.json and

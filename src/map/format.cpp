@@ -1,5 +1,6 @@
 // format_schema(): every item of the map with its kind, dtype, shape and when it is present.
-// Paths use {matrix} for each decoded matrix group (up, gate, down).
+// Paths use {matrix} for each decoded matrix group (up, gate, down); a version 2 map (experts)
+// adds /moe/{matrix}, /shared/{matrix} and /token_index/{matrix} ("when" names the version).
 #include "map/format.h"
 
 #include <string>
@@ -12,6 +13,10 @@ namespace {
 nlohmann::json item(const std::string& path, const char* kind, const char* dtype, const char* shape,
                     const char* when = "always") {
   return {{"path", path}, {"kind", kind}, {"dtype", dtype}, {"shape", shape}, {"when", when}};
+}
+
+void root_attr_v2(nlohmann::json& items, const char* name, const char* when) {
+  items.push_back(item(std::string("/@") + name, "attribute", "int64", "scalar", when));
 }
 
 }  // namespace
@@ -75,13 +80,56 @@ nlohmann::json format_schema() {
   items.push_back(item(g + "/" + kDone, "dataset", "uint8", "[L, C]"));
   items.push_back(item(g + "/" + kDone + "/@" + kAttrChunkRows, "attribute", "int64", "scalar"));
 
-  const std::string t = g + "/" + kTokenIndex, when = "token_index_m > 0";
+  const std::string t = g + "/" + kTokenIndex, when = "format_version 1, token_index_m > 0";
   items.push_back(item(t, "group", "", "", when.c_str()));
   items.push_back(item(t + "/" + kTiLayer, "dataset", "int32", "[V, M]", when.c_str()));
   items.push_back(item(t + "/" + kTiNeuron, "dataset", "int32", "[V, M]", when.c_str()));
   items.push_back(item(t + "/" + kTiProbs, "dataset", "float32", "[V, M]", when.c_str()));
   items.push_back(item(t + "/" + kTiLogp, "dataset", "float64", "[V, M]", when.c_str()));
   items.push_back(item(t + "/" + kTiIncluded, "dataset", "uint8", "[L, C]", when.c_str()));
+
+  // Version 2: the expert groups and the token index over all groups.
+  const char* v2 = "format_version 2";
+  const std::string v2_index = std::string(v2) + ", token_index_m > 0";
+  root_attr_v2(items, kAttrNumExperts, v2);
+  root_attr_v2(items, kAttrExpertSize, v2);
+  root_attr_v2(items, kAttrSharedSize, v2);
+  items.push_back(item(g + "/" + kTiIncluded, "dataset", "uint8", "[L, C]", v2_index.c_str()));
+  for (const char* kind : {kMoe, kShared}) {
+    const bool routed = std::string(kind) == kMoe;
+    const std::string k = std::string("/") + kind, p = k + "/{matrix}";
+    items.push_back(item(k, "group", "", "", v2));
+    items.push_back(item(p, "group", "", "", v2));
+    items.push_back(item(p + "/@" + kAttrTensorPattern, "attribute", "string", "scalar", v2));
+    items.push_back(item(p + "/@" + kAttrAxis, "attribute", "string", "scalar", v2));
+    items.push_back(item(p + "/@" + kAttrLayers, "attribute", "int64", "[L]", v2));
+    if (routed) {
+      items.push_back(item(p + "/@" + kAttrExperts, "attribute", "int64", "[E]", v2));
+      items.push_back(item(p + "/@" + kAttrNumExperts, "attribute", "int64", "scalar", v2));
+    }
+    items.push_back(item(p + "/@" + kAttrChunkRows, "attribute", "int64", "scalar", v2));
+    const std::string lead = routed ? "[L, E, N" : "[L, N";
+    const std::string bottom_when = std::string(v2) + ", bottom_k > 0";
+    for (const ChunkField& f : kChunkFields) {
+      const bool bottom = f.width == FieldWidth::BottomK;
+      const std::string shape = lead + (f.width == FieldWidth::One ? "]" : bottom ? ", B]" : ", K]");
+      items.push_back(item(p + "/" + f.name, "dataset", f.is_int ? "int32" : "float32", shape.c_str(),
+                           bottom ? bottom_when.c_str() : v2));
+    }
+    const char* cshape = routed ? "[L, E, C]" : "[L, C]";
+    items.push_back(item(p + "/" + kDone, "dataset", "uint8", cshape, v2));
+    items.push_back(item(p + "/" + kDone + "/@" + kAttrChunkRows, "attribute", "int64", "scalar", v2));
+    items.push_back(item(p + "/" + kTiIncluded, "dataset", "uint8", cshape, v2_index.c_str()));
+  }
+  const std::string ti = std::string("/") + kTokenIndex, tm = ti + "/{matrix}";
+  items.push_back(item(ti, "group", "", "", v2_index.c_str()));
+  items.push_back(item(tm, "group", "", "", v2_index.c_str()));
+  items.push_back(item(tm + "/" + kTiGroup, "dataset", "int8", "[V, M]", v2_index.c_str()));
+  items.push_back(item(tm + "/" + kTiLayer, "dataset", "int32", "[V, M]", v2_index.c_str()));
+  items.push_back(item(tm + "/" + kTiExpert, "dataset", "int32", "[V, M]", v2_index.c_str()));
+  items.push_back(item(tm + "/" + kTiNeuron, "dataset", "int32", "[V, M]", v2_index.c_str()));
+  items.push_back(item(tm + "/" + kTiProbs, "dataset", "float32", "[V, M]", v2_index.c_str()));
+  items.push_back(item(tm + "/" + kTiLogp, "dataset", "float64", "[V, M]", v2_index.c_str()));
   return {{"format", kFormat}, {"format_version", kFormatVersion}, {"items", items}};
 }
 

@@ -9,7 +9,12 @@
 namespace fi::map {
 
 inline constexpr const char* kFormat = "flashinterp-map";
-inline constexpr int64_t kFormatVersion = 1;
+// A dense model's map is version 1; a model with routed experts gets version 2 (version 1 plus
+// the /moe and /shared groups and one token index per matrix over all groups). kFormatVersion
+// is the newest; readers accept both.
+inline constexpr int64_t kFormatVersionDense = 1;
+inline constexpr int64_t kFormatVersionMoe = 2;
+inline constexpr int64_t kFormatVersion = kFormatVersionMoe;
 
 // Root attributes.
 inline constexpr const char* kAttrFormat = "format";
@@ -33,6 +38,10 @@ inline constexpr const char* kAttrCreatedUtc = "created_utc";
 inline constexpr const char* kAttrElapsedS = "elapsed_s";
 inline constexpr const char* kAttrComplete = "complete";        // 1 once every chunk is written
 inline constexpr const char* kAttrFingerprint = "fingerprint";  // written last at creation
+// Version 2 only (also on each /moe/<matrix> group: kAttrNumExperts).
+inline constexpr const char* kAttrNumExperts = "num_experts";  // routed experts per MoE layer
+inline constexpr const char* kAttrExpertSize = "expert_size";  // neurons per routed expert
+inline constexpr const char* kAttrSharedSize = "shared_size";  // shared experts' neurons (0: none)
 
 // /vocab
 inline constexpr const char* kVocab = "vocab";
@@ -48,8 +57,17 @@ inline constexpr const char* kAttrLayers = "layers";
 inline constexpr const char* kAttrChunkRows = "chunk_rows";  // on the group and on done
 inline constexpr const char* kDone = "done";
 
-// /<matrix>/token_index
+// Version 2: /moe/<matrix> (routed experts; datasets with an expert axis after the layer axis,
+// attribute kAttrExperts = the decoded expert ids) and /shared/<matrix> (the shared experts).
+inline constexpr const char* kMoe = "moe";
+inline constexpr const char* kShared = "shared";
+inline constexpr const char* kAttrExperts = "experts";
+
+// /<matrix>/token_index (version 1); version 2: /token_index/<matrix> over every group of the
+// matrix, with group and expert per entry, and each contributing group's `included`.
 inline constexpr const char* kTokenIndex = "token_index";
+inline constexpr const char* kTiGroup = "group";    // int8: 0 dense, 1 routed, 2 shared
+inline constexpr const char* kTiExpert = "expert";  // int32: -1 outside routed groups
 inline constexpr const char* kTiLayer = "layer";
 inline constexpr const char* kTiNeuron = "neuron";
 inline constexpr const char* kTiProbs = "probs";

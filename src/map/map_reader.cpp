@@ -27,11 +27,15 @@ void MapReader::require_map(bool complete) const {
   if (!h5::has_attr(f_, kAttrFormat) || h5::read_attr_string(f_, kAttrFormat) != kFormat)
     FI_FAIL(path_ + ": not a flashinterp map");
   const int64_t v = h5::has_attr(f_, kAttrFormatVersion) ? h5::read_attr_int(f_, kAttrFormatVersion) : -1;
-  if (v != kFormatVersion)
+  if (v != kFormatVersionDense && v != kFormatVersionMoe)
     FI_FAIL(path_ + ": map format_version " + std::to_string(v) + ", this flashinterp reads " +
-            std::to_string(kFormatVersion));
+            std::to_string(kFormatVersionDense) + " and " + std::to_string(kFormatVersionMoe));
   if (complete && (!h5::has_attr(f_, kAttrComplete) || h5::read_attr_int(f_, kAttrComplete) != 1))
     FI_FAIL(path_ + ": the map is incomplete (complete = 0)");
+}
+
+int64_t MapReader::format_version() const {
+  return h5::has_attr(f_, map::kAttrFormatVersion) ? h5::read_attr_int(f_, map::kAttrFormatVersion) : -1;
 }
 
 bool MapReader::has_fingerprint() const { return h5::has_attr(f_, map::kAttrFingerprint); }
@@ -48,12 +52,16 @@ std::vector<uint8_t> MapReader::done(const std::string& matrix) const {
   return h5::read_u8(f_, "/" + matrix + "/" + map::kDone);
 }
 
-std::vector<uint8_t> MapReader::index_included(const std::string& matrix) const {
-  return h5::read_u8(f_, "/" + matrix + "/" + map::kTokenIndex + "/" + map::kTiIncluded);
+std::vector<uint8_t> MapReader::index_included(const std::string& group) const {
+  const std::string v2 = "/" + group + "/" + map::kTiIncluded;  // version 2: in the group itself
+  if (h5::exists(f_, v2)) return h5::read_u8(f_, v2);
+  return h5::read_u8(f_, "/" + group + "/" + map::kTokenIndex + "/" + map::kTiIncluded);
 }
 
-void MapReader::read_token_index(const std::string& matrix, TokenIndex& ti) const {
-  const std::string g = "/" + matrix + "/" + map::kTokenIndex + "/";
+void MapReader::read_token_index(const std::string& matrix, TokenIndex& ti, const TiKey& key) const {
+  const std::string v2 = std::string("/") + map::kTokenIndex + "/" + matrix + "/";
+  const bool packed = h5::exists(f_, std::string("/") + map::kTokenIndex + "/" + matrix);
+  const std::string g = packed ? v2 : "/" + matrix + "/" + map::kTokenIndex + "/";
   auto read = [&](const char* name, hid_t type, void* dst) {
     h5::Handle ds = h5::open_dataset(f_, g + name);
     FI_CHECK(h5::dataset_dims(ds) == (std::vector<hsize_t>{hsize_t(ti.vocab), hsize_t(ti.m)}),
@@ -63,43 +71,78 @@ void MapReader::read_token_index(const std::string& matrix, TokenIndex& ti) cons
   read(map::kTiLayer, H5T_NATIVE_INT32, ti.layer.data());
   read(map::kTiNeuron, H5T_NATIVE_INT32, ti.neuron.data());
   read(map::kTiLogp, H5T_NATIVE_DOUBLE, ti.logp.data());
-  for (size_t i = 0; i < ti.layer.size(); ++i)
-    if (ti.layer[i] < 0 || ti.neuron[i] < 0 || (ti.layer[i] == 0 && ti.neuron[i] == 0 && ti.logp[i] == 0)) {
+  std::vector<int8_t> group(packed ? ti.layer.size() : 0);
+  std::vector<int32_t> expert(group.size());
+  if (packed) {
+    read(map::kTiGroup, H5T_NATIVE_INT8, group.data());
+    read(map::kTiExpert, H5T_NATIVE_INT32, expert.data());
+  }
+  for (size_t i = 0; i < ti.layer.size(); ++i) {
+    // A slot never written holds the fill value 0 everywhere (group 0 = dense, expert 0 would
+    // be a routed entry's: both empty); one that names no real group is dropped as damaged.
+    const bool never = ti.layer[i] == 0 && ti.neuron[i] == 0 && ti.logp[i] == 0 && (!packed || expert[i] == 0);
+    bool empty = ti.layer[i] < 0 || ti.neuron[i] < 0 || never;
+    if (packed && !empty) {
+      const int gr = group[i];
+      const bool routed = gr == kTiRouted;
+      if (gr < 0 || gr > 2 || (routed ? expert[i] < 0 || expert[i] >= key.experts : expert[i] != -1) ||
+          (key.experts == 0 && gr != kTiDense)) {
+        ti.layer[i] = int32_t(1) << 30;  // out of range: sane_token_index refuses the index
+        continue;
+      }
+      ti.layer[i] = key.key(ti.layer[i], gr, expert[i]);
+    }
+    if (empty) {
       ti.layer[i] = ti.neuron[i] = -1;
       ti.logp[i] = -INFINITY;
     }
+  }
   ti.refresh_worst();
 }
 
-std::vector<uint8_t> MapReader::sane_chunks(const std::string& matrix, int64_t vocab,
+std::vector<uint8_t> MapReader::sane_chunks(const std::string& group, int64_t vocab,
                                             int64_t chunk_rows) const {
-  const std::string g = "/" + matrix + "/";
-  h5::Handle lse = h5::open_dataset(f_, g + kChunkFields[3].name);  // logsumexp [L, N]
+  const std::string g = "/" + group + "/";
+  h5::Handle lse = h5::open_dataset(f_, g + kChunkFields[3].name);  // logsumexp [L, N] or [L, E, N]
   const std::vector<hsize_t> ld = h5::dataset_dims(lse);
-  FI_CHECK(ld.size() == 2, path_ + ": " + g + "logsumexp is not 2-D");
-  const hsize_t L = ld[0], N = ld[1];
+  FI_CHECK(ld.size() == 2 || ld.size() == 3, path_ + ": " + g + "logsumexp is not 2-D or 3-D");
+  // One read per layer: S slices (1, or the experts) of N neurons.
+  const hsize_t L = ld[0], S = ld.size() == 3 ? ld[1] : 1, N = ld.back();
   const int64_t C = (int64_t(N) + chunk_rows - 1) / chunk_rows;
-  std::vector<uint8_t> ok(size_t(L) * size_t(C), 1);
-  auto bad = [&](hsize_t l, hsize_t n) { ok[size_t(l) * size_t(C) + size_t(int64_t(n) / chunk_rows)] = 0; };
+  std::vector<uint8_t> ok(size_t(L * S) * size_t(C), 1);
+  // x: the index of a neuron within the layer's [S, N] block
+  auto bad = [&](hsize_t l, hsize_t x) {
+    ok[size_t(l * S + x / N) * size_t(C) + size_t(int64_t(x % N) / chunk_rows)] = 0;
+  };
+  auto layer_slab = [&](hsize_t l, hsize_t k, std::vector<hsize_t>* start, std::vector<hsize_t>* count) {
+    *start = {l};
+    *count = {1};
+    if (ld.size() == 3) start->push_back(0), count->push_back(S);
+    start->push_back(0), count->push_back(N);
+    if (k > 0) start->push_back(0), count->push_back(k);
+  };
+  std::vector<hsize_t> start, count;
   for (hsize_t l = 0; l < L; ++l) {
-    std::vector<float> v(N);
-    h5::read_slab(lse, H5T_NATIVE_FLOAT, {l, 0}, {1, N}, v.data());
-    for (hsize_t n = 0; n < N; ++n)
+    std::vector<float> v(S * N);
+    layer_slab(l, 0, &start, &count);
+    h5::read_slab(lse, H5T_NATIVE_FLOAT, start, count, v.data());
+    for (hsize_t n = 0; n < S * N; ++n)
       if (!std::isfinite(v[n])) bad(l, n);
     for (int i : {0, 2, 4}) {  // top_ids, top_probs, bottom_ids
       const std::string name = g + kChunkFields[i].name;
       if (!h5::exists(f_, name)) continue;
       h5::Handle d = h5::open_dataset(f_, name);
-      const hsize_t K = h5::dataset_dims(d).at(2);
+      const hsize_t K = h5::dataset_dims(d).back();
       if (K == 0) continue;
+      layer_slab(l, K, &start, &count);
       if (kChunkFields[i].is_int) {
-        std::vector<int32_t> ids(size_t(N * K));
-        h5::read_slab(d, H5T_NATIVE_INT32, {l, 0, 0}, {1, N, K}, ids.data());
+        std::vector<int32_t> ids(size_t(S * N * K));
+        h5::read_slab(d, H5T_NATIVE_INT32, start, count, ids.data());
         for (size_t x = 0; x < ids.size(); ++x)
           if (ids[x] < -1 || ids[x] >= vocab) bad(l, x / K);
       } else {
-        std::vector<float> p(size_t(N * K));
-        h5::read_slab(d, H5T_NATIVE_FLOAT, {l, 0, 0}, {1, N, K}, p.data());
+        std::vector<float> p(size_t(S * N * K));
+        h5::read_slab(d, H5T_NATIVE_FLOAT, start, count, p.data());
         for (size_t x = 0; x < p.size(); ++x)
           if (!(p[x] >= 0.f && p[x] <= 1.f)) bad(l, x / K);
       }
@@ -108,10 +151,14 @@ std::vector<uint8_t> MapReader::sane_chunks(const std::string& matrix, int64_t v
   return ok;
 }
 
-bool MapReader::sane_token_index(const TokenIndex& ti, int64_t num_layers, int64_t neurons) {
+bool MapReader::sane_token_index(const TokenIndex& ti, const TiKey& key, int64_t num_layers,
+                                 const int64_t neurons[3]) {
   for (size_t i = 0; i < ti.layer.size(); ++i) {
     if (ti.layer[i] < 0) continue;  // empty
-    if (ti.layer[i] >= num_layers || ti.neuron[i] < 0 || ti.neuron[i] >= neurons || !(ti.logp[i] <= 0))
+    int32_t layer = 0, expert = 0;
+    int8_t group = 0;
+    key.split(ti.layer[i], &layer, &group, &expert);
+    if (layer >= num_layers || ti.neuron[i] < 0 || ti.neuron[i] >= neurons[group] || !(ti.logp[i] <= 0))
       return false;
   }
   return true;

@@ -1,6 +1,7 @@
 // MapWriter: the map file (map/format.h), written by all ranks in collective rounds.
 #include "map/map_writer.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -18,6 +19,26 @@ struct MapWriter::Datasets {
 
 namespace {
 hid_t field_type(const ChunkField& f) { return f.is_int ? H5T_NATIVE_INT32 : H5T_NATIVE_FLOAT; }
+
+// The leading dataset coordinates of slice s: {layer index} or, in a routed group, {layer
+// index, expert index} (slice = layer index * E + expert index).
+std::vector<hsize_t> lead(const MatrixLayout& m, int64_t s) {
+  if (m.experts.empty()) return {hsize_t(s)};
+  const int64_t E = int64_t(m.experts.size());
+  return {hsize_t(s / E), hsize_t(s % E)};
+}
+
+// The leading dimensions of a group's datasets: [L] or [L, E].
+std::vector<hsize_t> lead_dims(const MatrixLayout& m) {
+  std::vector<hsize_t> d{hsize_t(m.layers.size())};
+  if (!m.experts.empty()) d.push_back(hsize_t(m.experts.size()));
+  return d;
+}
+
+std::vector<hsize_t> cat(std::vector<hsize_t> a, const std::vector<hsize_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
 }  // namespace
 
 WriterKind default_writer_kind() {
@@ -33,7 +54,8 @@ WriterKind default_writer_kind() {
 MapWriter::MapWriter(MPI_Comm comm, const std::string& path, const MapMeta& meta,
                      const std::vector<MatrixLayout>& matrices, const Vocab& vocab, WriterKind kind,
                      bool resume)
-    : comm_(comm), path_(path), mats_(matrices), k_(meta.top_k), b_(meta.bottom_k), kind_(kind) {
+    : comm_(comm), path_(path), mats_(matrices), k_(meta.top_k), b_(meta.bottom_k),
+      version_(meta.format_version), experts_(meta.num_experts), kind_(kind) {
   MPI_Comm_rank(comm, &rank_);
   MPI_Comm_size(comm, &size_);
 #ifndef FI_PARALLEL_HDF5
@@ -69,7 +91,7 @@ void MapWriter::create_file(const MapMeta& meta, const Vocab& vocab) {
   h5::Handle f = h5::create_file(path_);
   using namespace map;
   h5::attr_string(f, kAttrFormat, kFormat);
-  h5::attr_int(f, kAttrFormatVersion, kFormatVersion);
+  h5::attr_int(f, kAttrFormatVersion, meta.format_version);
   h5::attr_string(f, kAttrToolVersion, FI_VERSION);
   h5::attr_string(f, kAttrBuild, build_line());
   h5::attr_string(f, kAttrModelDir, meta.model_dir);
@@ -88,6 +110,11 @@ void MapWriter::create_file(const MapMeta& meta, const Vocab& vocab) {
   h5::attr_string(f, kAttrCreatedUtc, meta.created_utc);
   h5::attr_double(f, kAttrElapsedS, 0.0);
   h5::attr_int(f, kAttrComplete, 0);
+  if (meta.format_version >= kFormatVersionMoe) {
+    h5::attr_int(f, kAttrNumExperts, meta.num_experts);
+    h5::attr_int(f, kAttrExpertSize, meta.expert_size);
+    h5::attr_int(f, kAttrSharedSize, meta.shared_size);
+  }
 
   // /vocab: variable-length data can't go through MPI-IO, so it is written here, serially.
   const hsize_t V = hsize_t(vocab.size());
@@ -129,34 +156,62 @@ void MapWriter::create_file(const MapMeta& meta, const Vocab& vocab) {
   // unfiltered, early-allocated chunk is written in place. That keeps collective writes simple
   // and makes a kill at any moment leave a readable file for --resume. The map is small
   // (8B, top-20: ~110 MB per matrix).
+  const bool v2 = meta.format_version >= kFormatVersionMoe;
+  const hsize_t M = hsize_t(meta.token_index_m);  // V: the vocabulary's, checked above
+  const hsize_t cv = std::min<hsize_t>(V, 4096);
+  std::vector<std::string> parents, indexes;  // /moe, /shared; the token indexes (version 2)
   for (const MatrixLayout& m : mats_) {
+    const size_t slash = m.name.find('/');
+    if (slash != std::string::npos && std::find(parents.begin(), parents.end(), m.name.substr(0, slash)) == parents.end()) {
+      parents.push_back(m.name.substr(0, slash));
+      h5::create_group(f, parents.back());
+    }
     h5::Handle mg = h5::create_group(f, m.name);
     h5::attr_string(mg, kAttrTensorPattern, m.pattern);
     h5::attr_string(mg, kAttrAxis, m.columns ? "columns" : "rows");
     h5::attr_ints(mg, kAttrLayers, m.layers);
-    const hsize_t L = m.layers.size(), N = hsize_t(m.neurons);
+    if (!m.experts.empty()) {
+      h5::attr_ints(mg, kAttrExperts, m.experts);
+      h5::attr_int(mg, kAttrNumExperts, meta.num_experts);
+    }
+    const hsize_t N = hsize_t(m.neurons);
     const hsize_t cr = std::min<hsize_t>(hsize_t(m.chunk_rows), N);
     const hsize_t C = hsize_t(num_chunks(m.neurons, m.chunk_rows));
+    const std::vector<hsize_t> ld = lead_dims(m), ones(ld.size(), 1);
     for (const ChunkField& fd : kChunkFields) {
       const hsize_t k = hsize_t(field_width(fd, meta.top_k, meta.bottom_k));
-      if (fd.width == FieldWidth::One) h5::create_dataset(mg, fd.name, field_type(fd), {L, N}, {1, cr}, false);
-      else if (k > 0) h5::create_dataset(mg, fd.name, field_type(fd), {L, N, k}, {1, cr, k}, false);
+      if (fd.width == FieldWidth::One) h5::create_dataset(mg, fd.name, field_type(fd), cat(ld, {N}), cat(ones, {cr}), false);
+      else if (k > 0) h5::create_dataset(mg, fd.name, field_type(fd), cat(ld, {N, k}), cat(ones, {cr, k}), false);
     }
-    if (meta.token_index_m > 0) {
+    if (meta.token_index_m > 0 && !v2) {
       // token_index/{layer,neuron,probs} is the index; logp (float64) and included (which
       // chunks the stored index covers) let --resume continue the index exactly.
-      const hsize_t V = hsize_t(meta.vocab_size), M = hsize_t(meta.token_index_m);
-      const hsize_t cv = std::min<hsize_t>(V, 4096);
       h5::Handle tg = h5::create_group(mg, kTokenIndex);
       h5::create_dataset(tg, kTiLayer, H5T_NATIVE_INT32, {V, M}, {cv, M}, false);
       h5::create_dataset(tg, kTiNeuron, H5T_NATIVE_INT32, {V, M}, {cv, M}, false);
       h5::create_dataset(tg, kTiProbs, H5T_NATIVE_FLOAT, {V, M}, {cv, M}, false);
       h5::create_dataset(tg, kTiLogp, H5T_NATIVE_DOUBLE, {V, M}, {cv, M}, false);
-      h5::create_dataset(tg, kTiIncluded, H5T_NATIVE_UINT8, {L, C}, {1, C}, false);
+      h5::create_dataset(tg, kTiIncluded, H5T_NATIVE_UINT8, cat(ld, {C}), cat(ones, {C}), false);
     }
-    h5::Handle done = h5::create_dataset(mg, kDone, H5T_NATIVE_UINT8, {L, C}, {1, C}, false);
+    if (meta.token_index_m > 0 && v2) {  // the lists are in /token_index/<matrix>, below
+      h5::create_dataset(mg, kTiIncluded, H5T_NATIVE_UINT8, cat(ld, {C}), cat(ones, {C}), false);
+      if (std::find(indexes.begin(), indexes.end(), m.index_name()) == indexes.end()) indexes.push_back(m.index_name());
+    }
+    h5::Handle done = h5::create_dataset(mg, kDone, H5T_NATIVE_UINT8, cat(ld, {C}), cat(ones, {C}), false);
     h5::attr_int(done, kAttrChunkRows, m.chunk_rows);  // chunk c holds neurons [c·R, (c+1)·R)
     h5::attr_int(mg, kAttrChunkRows, m.chunk_rows);
+  }
+  if (!indexes.empty()) {
+    h5::Handle root = h5::create_group(f, kTokenIndex);
+    for (const std::string& x : indexes) {
+      h5::Handle tg = h5::create_group(root, x);
+      h5::create_dataset(tg, kTiGroup, H5T_NATIVE_INT8, {V, M}, {cv, M}, false);
+      h5::create_dataset(tg, kTiLayer, H5T_NATIVE_INT32, {V, M}, {cv, M}, false);
+      h5::create_dataset(tg, kTiExpert, H5T_NATIVE_INT32, {V, M}, {cv, M}, false);
+      h5::create_dataset(tg, kTiNeuron, H5T_NATIVE_INT32, {V, M}, {cv, M}, false);
+      h5::create_dataset(tg, kTiProbs, H5T_NATIVE_FLOAT, {V, M}, {cv, M}, false);
+      h5::create_dataset(tg, kTiLogp, H5T_NATIVE_DOUBLE, {V, M}, {cv, M}, false);
+    }
   }
   h5::check(H5Fflush(f, H5F_SCOPE_GLOBAL), "flush");
   // Last: a partial file without a fingerprint was cut off while being created; --resume
@@ -183,12 +238,13 @@ void MapWriter::write_local(const WorkItem& it, const ChunkResult& r, hid_t dxpl
   for (size_t mi = 0; mi < mats_.size(); ++mi) {
     const bool mine = it.rows > 0 && size_t(it.matrix) == mi;
     Datasets& d = ds_[mi];
-    const hsize_t l = hsize_t(it.layer_index), r0 = hsize_t(it.row0), n = hsize_t(it.rows);
+    const hsize_t r0 = hsize_t(it.row0), n = hsize_t(it.rows);
+    const std::vector<hsize_t> at = lead(mats_[mi], mine ? it.layer_index : 0), ones(at.size(), 1);
     for (int i = 0; i < kNumChunkFields; ++i) {
       const ChunkField& f = kChunkFields[i];
       const hsize_t k = hsize_t(field_width(f, k_, b_));
       if (f.width != FieldWidth::One && k == 0) continue;
-      std::vector<hsize_t> start{l, r0}, count{1, n};
+      std::vector<hsize_t> start = cat(at, {r0}), count = cat(ones, {n});
       if (f.width != FieldWidth::One) start.push_back(0), count.push_back(k);
       if (mine) h5::write_slab(d.field[i], field_type(f), start, count, r.data(i), dxpl);
       else h5::write_slab(d.field[i], field_type(f), {}, {}, nullptr, dxpl);
@@ -199,9 +255,11 @@ void MapWriter::write_local(const WorkItem& it, const ChunkResult& r, hid_t dxpl
 void MapWriter::write_done(const WorkItem* it, hid_t dxpl) {
   const uint8_t one = 1;
   for (size_t mi = 0; mi < mats_.size(); ++mi) {
-    if (it && it->rows > 0 && size_t(it->matrix) == mi)
-      h5::write_slab(ds_[mi].done, H5T_NATIVE_UINT8, {hsize_t(it->layer_index), hsize_t(it->chunk)},
-                     {1, 1}, &one, dxpl);
+    if (it && it->rows > 0 && size_t(it->matrix) == mi) {
+      const std::vector<hsize_t> at = lead(mats_[mi], it->layer_index);
+      h5::write_slab(ds_[mi].done, H5T_NATIVE_UINT8, cat(at, {hsize_t(it->chunk)}), std::vector<hsize_t>(at.size() + 1, 1),
+                     &one, dxpl);
+    }
     else if (kind_ == WriterKind::Parallel)
       h5::write_slab(ds_[mi].done, H5T_NATIVE_UINT8, {}, {}, nullptr, dxpl);
   }
@@ -280,34 +338,65 @@ void MapWriter::write_round(const WorkItem* item, const ChunkResult* result) {
   });
 }
 
-void MapWriter::write_token_index(size_t mi, const TokenIndex& ti, const std::vector<uint8_t>& inc) {
+void MapWriter::write_token_index(const std::string& matrix, const TokenIndex& ti, const std::vector<uint8_t>& inc) {
   collective(comm_, [&] {
     const bool par = kind_ == WriterKind::Parallel;
     if (!par && rank_ != 0) return;
     const hid_t dxpl = par ? hid_t(dxpl_) : H5P_DEFAULT;
-    const std::string g = "/" + mats_[mi].name + "/" + map::kTokenIndex + "/";
+    const bool v2 = version_ >= map::kFormatVersionMoe;
+    // The contributing groups, and where each one's mask starts in inc.
+    std::vector<size_t> groups, offset;
+    size_t total = 0;
+    for (size_t i = 0; i < mats_.size(); ++i)
+      if (mats_[i].index_name() == matrix) {
+        groups.push_back(i);
+        offset.push_back(total);
+        total += size_t(mats_[i].slices() * num_chunks(mats_[i].neurons, mats_[i].chunk_rows));
+      }
+    FI_CHECK(!groups.empty() && inc.size() == total && (v2 || groups.size() == 1),
+             path_ + ": token index of '" + matrix + "' does not match the map's groups");
+    const std::string lists = v2 ? std::string("/") + map::kTokenIndex + "/" + matrix + "/"
+                                 : "/" + matrix + "/" + map::kTokenIndex + "/";
     const hsize_t V = hsize_t(ti.vocab), M = hsize_t(ti.m);
-    const hsize_t L = mats_[mi].layers.size(), C = hsize_t(num_chunks(mats_[mi].neurons, mats_[mi].chunk_rows));
     std::vector<float> probs = rank_ == 0 ? ti.probs() : std::vector<float>();
-    auto put = [&](const std::string& name, hid_t type, std::vector<hsize_t> count, const void* mem) {
-      h5::Handle d = h5::open_dataset(file_, g + name);
-      if (rank_ == 0) h5::write_slab(d, type, {0, 0}, count, mem, dxpl);
+    auto put = [&](const std::string& path, hid_t type, std::vector<hsize_t> count, const void* mem) {
+      h5::Handle d = h5::open_dataset(file_, path);
+      if (rank_ == 0) h5::write_slab(d, type, std::vector<hsize_t>(count.size(), 0), count, mem, dxpl);
       else h5::write_slab(d, type, {}, {}, nullptr, dxpl);
     };
-    // Crash-safe order: the included mask is cleared and flushed before the lists change and
+    auto put_included = [&](const uint8_t* mask) {  // every contributing group's mask
+      for (size_t j = 0; j < groups.size(); ++j) {
+        const MatrixLayout& m = mats_[groups[j]];
+        const std::string path = v2 ? "/" + m.name + "/" + map::kTiIncluded : lists + map::kTiIncluded;
+        put(path, H5T_NATIVE_UINT8, cat(lead_dims(m), {hsize_t(num_chunks(m.neurons, m.chunk_rows))}),
+            mask ? mask + offset[j] : nullptr);
+      }
+    };
+    // Crash-safe order: the included masks are cleared and flushed before the lists change and
     // set again after they are flushed, so a kill at any moment leaves either lists that
     // cover exactly the chunks marked included, or nothing marked (read_partial then drops the
     // lists and those chunks are indexed again).
     const std::vector<uint8_t> none(rank_ == 0 ? inc.size() : 0, 0);
-    put(map::kTiIncluded, H5T_NATIVE_UINT8, {L, C}, none.data());
+    put_included(rank_ == 0 ? none.data() : nullptr);
     h5::check(H5Fflush(file_, H5F_SCOPE_GLOBAL), path_ + ": flush failed");
-    put(map::kTiLayer, H5T_NATIVE_INT32, {V, M}, ti.layer.data());
-    put(map::kTiNeuron, H5T_NATIVE_INT32, {V, M}, ti.neuron.data());
-    put(map::kTiProbs, H5T_NATIVE_FLOAT, {V, M}, probs.data());
-    put(map::kTiLogp, H5T_NATIVE_DOUBLE, {V, M}, ti.logp.data());
+    if (v2) {  // the packed keys (decode/token_index.h TiKey) as group, layer, expert
+      const TiKey codec{experts_};
+      const size_t n = rank_ == 0 ? ti.layer.size() : 0;
+      std::vector<int8_t> group(n);
+      std::vector<int32_t> layer(n), expert(n);
+      for (size_t i = 0; i < n; ++i) codec.split(ti.layer[i], &layer[i], &group[i], &expert[i]);
+      put(lists + map::kTiGroup, H5T_NATIVE_INT8, {V, M}, group.data());
+      put(lists + map::kTiLayer, H5T_NATIVE_INT32, {V, M}, layer.data());
+      put(lists + map::kTiExpert, H5T_NATIVE_INT32, {V, M}, expert.data());
+    } else {
+      put(lists + map::kTiLayer, H5T_NATIVE_INT32, {V, M}, ti.layer.data());
+    }
+    put(lists + map::kTiNeuron, H5T_NATIVE_INT32, {V, M}, ti.neuron.data());
+    put(lists + map::kTiProbs, H5T_NATIVE_FLOAT, {V, M}, probs.data());
+    put(lists + map::kTiLogp, H5T_NATIVE_DOUBLE, {V, M}, ti.logp.data());
     h5::check(H5Fflush(file_, H5F_SCOPE_GLOBAL), path_ + ": flush failed");
     if (rank_ == 0) test_kill_point("index:" + std::to_string(++index_writes_));
-    put(map::kTiIncluded, H5T_NATIVE_UINT8, {L, C}, inc.data());
+    put_included(rank_ == 0 ? inc.data() : nullptr);
   });
 }
 

@@ -496,16 +496,31 @@ MatrixSource TensorNames::matrix_source(Matrix m, int64_t l) const {
   return {layer(l, std::string("mlp.") + matrix_name(m) + "_proj.weight"), 0};
 }
 
-std::string TensorNames::expert(Matrix m, int64_t l, int64_t e) const {
-  if (model_type == "mixtral")
-    return layer(l, "block_sparse_moe.experts." + std::to_string(e) + "." +
-                        (m == Matrix::Gate ? "w1" : m == Matrix::Up ? "w3" : "w2") + ".weight");
-  return layer(l, "mlp.experts." + std::to_string(e) + "." + matrix_name(m) + "_proj.weight");
+// The suffix after layers.L. of routed expert e (spelled as given) and of the shared expert(s).
+static std::string expert_suffix(const std::string& type, Matrix m, const std::string& e) {
+  if (type == "mixtral")
+    return "block_sparse_moe.experts." + e + "." + (m == Matrix::Gate ? "w1" : m == Matrix::Up ? "w3" : "w2") +
+           ".weight";
+  return "mlp.experts." + e + "." + matrix_name(m) + "_proj.weight";
 }
 
-std::string TensorNames::shared(Matrix m, int64_t l) const {
-  const std::string group = model_type == "deepseek_v3" ? "mlp.shared_experts." : "mlp.shared_expert.";
-  return layer(l, group + matrix_name(m) + "_proj.weight");
+static std::string shared_suffix(const std::string& type, Matrix m) {
+  const std::string group = type == "deepseek_v3" ? "mlp.shared_experts." : "mlp.shared_expert.";
+  return group + matrix_name(m) + "_proj.weight";
+}
+
+std::string TensorNames::expert(Matrix m, int64_t l, int64_t e) const {
+  return layer(l, expert_suffix(model_type, m, std::to_string(e)));
+}
+
+std::string TensorNames::shared(Matrix m, int64_t l) const { return layer(l, shared_suffix(model_type, m)); }
+
+std::string TensorNames::expert_pattern(Matrix m) const {
+  return prefix + "layers.{}." + expert_suffix(model_type, m, "{e}");
+}
+
+std::string TensorNames::shared_pattern(Matrix m) const {
+  return prefix + "layers.{}." + shared_suffix(model_type, m);
 }
 
 int64_t MoeConfig::moe_layer_count() const {

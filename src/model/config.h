@@ -126,6 +126,9 @@ struct TensorNames {
   std::string model_type;
   std::string expert(Matrix m, int64_t layer, int64_t e) const;
   std::string shared(Matrix m, int64_t layer) const;
+  // The same with {} for the layer and {e} for the expert (a map group's tensor_pattern).
+  std::string expert_pattern(Matrix m) const;
+  std::string shared_pattern(Matrix m) const;
 };
 
 // A checkpoint with its config, every tensor the decode needs checked against the config.

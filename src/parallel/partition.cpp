@@ -12,17 +12,22 @@ int64_t num_chunks(int64_t neurons, int64_t chunk_rows) {
   return (neurons + chunk_rows - 1) / chunk_rows;
 }
 
-std::vector<WorkItem> make_plan(int num_matrices, int num_layers, int64_t neurons,
-                                int64_t chunk_rows) {
+std::vector<WorkItem> make_plan(const std::vector<PlanGroup>& groups, int64_t chunk_rows) {
   std::vector<WorkItem> plan;
-  const int64_t C = num_chunks(neurons, chunk_rows);
-  for (int m = 0; m < num_matrices; ++m)
-    for (int l = 0; l < num_layers; ++l)
+  for (size_t g = 0; g < groups.size(); ++g) {
+    const int64_t N = groups[g].neurons, C = num_chunks(N, chunk_rows);
+    for (int64_t s = 0; s < groups[g].slices; ++s)
       for (int64_t c = 0; c < C; ++c) {
         int64_t row0 = c * chunk_rows;
-        plan.push_back({m, l, c, row0, std::min(chunk_rows, neurons - row0)});
+        plan.push_back({int(g), int(s), c, row0, std::min(chunk_rows, N - row0)});
       }
+  }
   return plan;
+}
+
+std::vector<WorkItem> make_plan(int num_matrices, int num_layers, int64_t neurons,
+                                int64_t chunk_rows) {
+  return make_plan(std::vector<PlanGroup>(size_t(num_matrices), PlanGroup{num_layers, neurons}), chunk_rows);
 }
 
 // The first (items % world) ranks take one item more: sizes differ by at most one.

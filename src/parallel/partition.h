@@ -1,7 +1,10 @@
-// The decode plan, pure (no MPI): the work list of (matrix, layer, row chunk) and its split
-// over ranks. Items are ordered matrix, layer, chunk; rank r gets one contiguous run, and no
-// rank has more than one item more than another. Chunks depend only on chunk_rows, never on
-// the number of ranks, so every rank count computes the same rows the same way.
+// The decode plan, pure (no MPI): the work list of (group, slice, row chunk) and its split
+// over ranks. A group is one map group (/up, or in a version 2 map also /moe/up, /shared/up);
+// a slice is one [N] run of neurons of it: a layer of a dense or shared group, a (layer, expert)
+// of a routed group (slice = layer_index * E + expert_index). Items are ordered group, slice,
+// chunk; rank r gets one contiguous run, and no rank has more than one item more than another.
+// Chunks depend only on chunk_rows, never on the number of ranks, so every rank count computes
+// the same rows the same way.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -10,12 +13,19 @@
 namespace fi {
 
 struct WorkItem {
-  int matrix = 0;       // index into the decode's matrix list
-  int layer_index = 0;  // index into the decode's layer list (the dataset's first axis)
-  int64_t chunk = 0;    // chunk number within the layer
+  int matrix = 0;       // index into the decode's group list (a version 1 map: its matrices)
+  int layer_index = 0;  // the slice: layer index (dense, shared) or layer_index * E + expert index
+  int64_t chunk = 0;    // chunk number within the slice
   int64_t row0 = 0, rows = 0;
 };
 
+// One group of the plan: `slices` runs of `neurons` rows each.
+struct PlanGroup {
+  int64_t slices = 0, neurons = 0;
+};
+
+std::vector<WorkItem> make_plan(const std::vector<PlanGroup>& groups, int64_t chunk_rows);
+// The dense case: num_matrices groups of num_layers slices of `neurons`.
 std::vector<WorkItem> make_plan(int num_matrices, int num_layers, int64_t neurons,
                                 int64_t chunk_rows);
 int64_t num_chunks(int64_t neurons, int64_t chunk_rows);

@@ -1,10 +1,11 @@
 """The map format has one list of names: what `flashinterp map-format --json` says the writer
 writes must be what a real decode writes (walked with h5py, every group, dataset and attribute,
 with its dtype and rank), what analysis/flashinterp_map.py knows, and what docs/MAP_FORMAT.md
-documents. Any name added on one side only fails here.
-Format version 2 (mixture-of-experts groups, issue 13): the reader's v2 names must be exactly
-what a v2 map holds (tests/python/make_synthetic_map.py --moe, written to the agreed layout), and
-what map-format lists once the writer lists v2 items."""
+documents. Any name added on one side only fails here. Version 2 items (a mixture-of-experts
+map: /moe/{matrix}, /shared/{matrix}, /token_index/{matrix}) are checked against a real decode of
+the tiny Qwen2-MoE (dense, routed and shared groups); version 1 items against a dense map. The
+Python reader's names are checked for both versions, and its v2 names also against a v2 map that
+tests/python/make_synthetic_map.py --moe writes (the maps the analysis tests use)."""
 import json
 import os
 import re
@@ -16,12 +17,14 @@ import h5py
 import numpy as np
 
 from fi_testlib import SOURCE_DIR, check, demo_model, fail, run
+import family_models
 import flashinterp_map as fm
 
 
 def schema():
     s = json.loads(run(["map-format", "--json"]).stdout)
-    check(s["format"] == fm.FORMAT and s["format_version"] == fm.FORMAT_VERSION,
+    # The binary writes versions 1 and 2 and names the newest; the reader reads both.
+    check(s["format"] == fm.FORMAT and s["format_version"] == max(fm.FORMAT_VERSIONS),
           f"format {s['format']} v{s['format_version']} vs the reader's {fm.FORMAT} v{fm.FORMAT_VERSION}")
     return {it["path"]: it for it in s["items"]}
 
@@ -80,7 +83,8 @@ def v2_names():
     return py
 
 
-def check_v2(tmp, items):
+def check_synthetic_v2(tmp):
+    """The test generator's v2 map (what the analysis tests read) holds the reader's v2 names."""
     out = os.path.join(tmp, "v2.h5")
     subprocess.run(["/usr/bin/python3", os.path.join(SOURCE_DIR, "tests", "python", "make_synthetic_map.py"), out,
                     "--moe", "3", "--layers", "3", "--dense-layers", "1", "--neurons", "8", "--shared", "4",
@@ -88,14 +92,8 @@ def check_v2(tmp, items):
                     "--matrices", "up,down"], check=True, capture_output=True, timeout=120)
     found = set(walk(out)) - {"/@planted"}           # planted: the test writer's own note
     py = v2_names()
-    check(found == py, f"flashinterp_map.py's v2 names vs a v2 map: only Python {sorted(py - found)}, "
-          f"only in the map {sorted(found - py)}")
-    v2_only = py - v1_names()
-    listed = {p for p in items if p in v2_only or p.startswith(("/moe", "/shared", "/token_index/"))}
-    if listed:      # the writer lists version 2 items: the same names as the reader's
-        check(listed == v2_only, f"map-format's v2 items vs flashinterp_map.py: only C++ {sorted(listed - v2_only)}, "
-                                 f"only Python {sorted(v2_only - listed)}")
-    return len(py), bool(listed)
+    check(found == py, f"flashinterp_map.py's v2 names vs make_synthetic_map's v2 map: only Python "
+          f"{sorted(py - found)}, only in the map {sorted(found - py)}")
 
 
 def v1_names():
@@ -122,7 +120,19 @@ def main():
         run(["decode", "--model", model, "--out", plain, "--token-index", "0", "--backend", "cpu",
              "--quiet"])
         found_plain = walk(plain)
-        v2_count, v2_listed = check_v2(tmp, items)
+        # Version 2: every optional item of a mixture-of-experts map.
+        moe = os.path.join(tmp, "moe.h5")
+        run(["decode", "--model", family_models.cached("qwen2_moe"), "--out", moe, "--matrices", "up", "--layers", "0-1",
+             "--bottom-k", "3", "--token-index", "4", "--backend", "cpu", "--quiet"], np_=2)
+        found_moe = walk(moe)
+        check_synthetic_v2(tmp)
+
+    v2 = {p: it for p, it in items.items() if not it["when"].startswith("format_version 1")}
+    check(set(found_moe) == set(v2),
+          f"the MoE map written and map-format's version 2 items differ: only written {sorted(set(found_moe) - set(v2))}, "
+          f"only listed {sorted(set(v2) - set(found_moe))}")
+    all_items = items
+    items = {p: it for p, it in items.items() if not it["when"].startswith("format_version 2")}
 
     check(set(found) == set(items),
           f"the map written and map-format differ: only written {sorted(set(found) - set(items))}, "
@@ -131,8 +141,8 @@ def main():
     check(set(found_plain) == always,
           f"a map without options: unexpected {sorted(set(found_plain) - always)}, "
           f"missing {sorted(always - set(found_plain))}")
-    for p, (kind, dtype, rank) in found.items():
-        it = items[p]
+    for p, (kind, dtype, rank) in list(found.items()) + list(found_moe.items()):
+        it = all_items[p]
         check(it["kind"] == kind, f"{p}: written as {kind}, listed as {it['kind']}")
         if kind == "group":
             continue
@@ -143,13 +153,16 @@ def main():
         else:
             check((it["shape"] == "scalar") == (rank == ()), f"{p}: attribute shape {rank} vs {it['shape']}")
 
-    # The Python reader knows exactly the same names (the version 1 ones; v2's are checked above).
+    # The Python reader knows exactly the same names, for each version.
     py = v1_names()
-    v1_items = {p for p in items if p not in v2_names() - py}
-    check(py == v1_items, f"flashinterp_map.py vs map-format: only Python {sorted(py - set(items))}, "
+    check(py == set(items), f"flashinterp_map.py vs map-format (version 1): only Python {sorted(py - set(items))}, "
           f"only C++ {sorted(set(items) - py)}")
+    py2 = v2_names()
+    check(py2 == set(v2), f"flashinterp_map.py vs map-format (version 2): only Python {sorted(py2 - set(v2))}, "
+          f"only C++ {sorted(set(v2) - py2)}")
     check(set(fm.OPTIONAL_DATASETS) == {p.rsplit("/", 1)[1] for p, it in items.items()
                                        if it["when"] == "bottom_k > 0"}, "optional datasets differ")
+    items = all_items
 
     # The document names every item (as `name` in backticks) and the version.
     doc = open(os.path.join(SOURCE_DIR, "docs", "MAP_FORMAT.md"), encoding="utf-8").read()
@@ -163,8 +176,7 @@ def main():
              not in {r.replace("|  |", "| |") for r in rows}]
     check(not stale, f"docs/MAP_FORMAT.md's item table differs from map-format for {stale}")
     print(f"test_map_format: {len(items)} items: map-format, a real map (2 ranks), flashinterp_map.py "
-          f"and docs/MAP_FORMAT.md agree; version 2: flashinterp_map.py's {v2_count} names = a v2 map's"
-          + (" = map-format's" if v2_listed else " (map-format lists no v2 items yet)"))
+          f"and docs/MAP_FORMAT.md agree; version 2: {len(v2)} items, a real MoE map and make_synthetic_map's agree")
 
 
 if __name__ == "__main__":

@@ -99,3 +99,28 @@ TEST(Partition, SplitLayersIsOptimalAndValid) {
   EXPECT_EQ(fi::split_layers(80, 4, 1.23, 1.23), (std::vector<int64_t>{0, 19, 40, 61, 80}));
   EXPECT_THROW(fi::split_layers(3, 4, 0, 0), std::exception);  // more ranks than layers
 }
+
+// Groups of different widths (a version 2 map: dense, routed, shared): in group, slice, chunk
+// order, each slice's rows once, and the dense overload the same as one group per matrix.
+TEST(Partition, GroupsOfDifferentWidths) {
+  const std::vector<fi::PlanGroup> groups = {{2, 96}, {2 * 4, 32}, {2, 48}};
+  const int64_t cr = 16;
+  auto plan = fi::make_plan(groups, cr);
+  size_t i = 0;
+  for (size_t g = 0; g < groups.size(); ++g)
+    for (int64_t s = 0; s < groups[g].slices; ++s)
+      for (int64_t c = 0; c < fi::num_chunks(groups[g].neurons, cr); ++c, ++i) {
+        ASSERT_LT(i, plan.size());
+        EXPECT_EQ(plan[i].matrix, int(g));
+        EXPECT_EQ(plan[i].layer_index, int(s));
+        EXPECT_EQ(plan[i].chunk, c);
+        EXPECT_EQ(plan[i].row0, c * cr);
+        EXPECT_EQ(plan[i].rows, std::min(cr, groups[g].neurons - c * cr));
+      }
+  EXPECT_EQ(i, plan.size());
+  auto dense = fi::make_plan(3, 4, 100, 7), same = fi::make_plan(std::vector<fi::PlanGroup>(3, {4, 100}), 7);
+  ASSERT_EQ(dense.size(), same.size());
+  for (size_t k = 0; k < dense.size(); ++k)
+    EXPECT_TRUE(dense[k].matrix == same[k].matrix && dense[k].layer_index == same[k].layer_index &&
+                dense[k].chunk == same[k].chunk && dense[k].row0 == same[k].row0 && dense[k].rows == same[k].rows);
+}
