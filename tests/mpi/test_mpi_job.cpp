@@ -65,8 +65,8 @@ void fill(const fi::WorkItem& it, int k, int b, fi::ChunkResult& r) {
 std::string write_map(const std::string& path, fi::WriterKind kind) {
   const int k = 4, b = 2;
   const int64_t N = 37, cr = 5;
-  std::vector<fi::MatrixLayout> mats = {{"up", "model.layers.{}.mlp.up_proj.weight", false, {2, 3}, N, cr},
-                                        {"down", "model.layers.{}.mlp.down_proj.weight", true, {2, 3}, N, cr}};
+  std::vector<fi::MatrixLayout> mats = {{"up", "model.layers.{}.mlp.up_proj.weight", false, {2, 3}, N, cr, {}, ""},
+                                        {"down", "model.layers.{}.mlp.down_proj.weight", true, {2, 3}, N, cr, {}, ""}};
   fi::MapMeta meta;
   meta.top_k = k;
   meta.bottom_k = b;
