@@ -30,11 +30,13 @@ struct Row {
   std::vector<float> probs;  // [V]
 };
 
-// The neuron's top token in a complete flashinterp map.
-int32_t map_top_token(const std::string& path, const std::string& matrix, int64_t layer, int64_t neuron) {
+// The neuron's top token in a complete flashinterp map: a dense layer's in /<matrix>, a routed
+// expert's in /moe/<matrix>, a shared expert's in /shared/<matrix> (format version 2).
+int32_t map_top_token(const std::string& path, const std::string& matrix, const Clamp& k) {
   MapReader map(path);
   map.require_map(true);
-  return map.top_token(matrix, layer, neuron);
+  const std::string group = k.expert == kSharedExpert ? "shared/" + matrix : k.expert >= 0 ? "moe/" + matrix : matrix;
+  return map.top_token(group, k.layer, k.neuron, k.expert);
 }
 
 // A watched word's token: its only token, or its first with a notice on stderr.
@@ -116,16 +118,12 @@ int run_clamp(ClampArgs& a, const Comms& comms) {
     site = parse_clamp_site(a.site);
     values = parse_values(a.values, "--values");
     check_clamps(c, {a.at(0.f)});
-    if (!a.expert.empty() && !a.map.empty())
-      FI_FAIL("--map with --expert: maps do not hold expert neurons yet (dense layers only)");
-    if (a.at(0.f).expert >= 0 && comms.rank == 0)
-      std::fprintf(stderr, "flashinterp: notice: %s\n", route_notice(a.at(0.f)).c_str());
     tok = std::make_unique<Tokenizer>(a.model + "/tokenizer.json");
     ids = prompt_tokens(*tok, a.prompt, c.vocab_size);
     // Notices (multi-token watch words) once, from rank 0.
     for (const std::string& w : words) watch.push_back(watch_token(*tok, w, comms.rank == 0));
     if (!a.map.empty()) {
-      const int32_t id = map_top_token(a.map, a.matrix, a.layer, a.neuron);
+      const int32_t id = map_top_token(a.map, a.matrix, a.at(0.f));
       FI_CHECK(id >= 0 && id < c.vocab_size, a.map + ": top token id " + std::to_string(id) + " is out of range");
       words.push_back(token_text(*tok, id));
       watch.push_back(id);
@@ -133,6 +131,8 @@ int run_clamp(ClampArgs& a, const Comms& comms) {
     for (int32_t id : watch)
       FI_CHECK(id < c.vocab_size, "--watch: token id " + std::to_string(id) + " is past the model's vocab_size");
   });
+  if (a.at(0.f).expert >= 0 && comms.rank == 0)  // once every check has passed
+    std::fprintf(stderr, "flashinterp: notice: %s\n", route_notice(a.at(0.f)).c_str());
   const Tokenizer& t = *tok;
   Forward fwd(*model, {a.backend, comms.world, comms.node});
   // Row 0 unclamped, then one row per value: independent prompts, pipelined over the ranks.

@@ -1,6 +1,8 @@
 // MapReader: the read side of map/format.h over the h5/ wrappers.
 #include "map/map_reader.h"
 
+#include <algorithm>
+
 #include <cmath>
 
 #include "common/error.h"
@@ -164,20 +166,30 @@ bool MapReader::sane_token_index(const TokenIndex& ti, const TiKey& key, int64_t
   return true;
 }
 
-int32_t MapReader::top_token(const std::string& matrix, int64_t layer, int64_t neuron) const {
-  const std::vector<int64_t> ls = layers(matrix);
-  int64_t li = -1;
-  for (size_t i = 0; i < ls.size(); ++i)
-    if (ls[i] == layer) li = int64_t(i);
-  if (li < 0) FI_FAIL(path_ + ": the map has no layer " + std::to_string(layer) + " for " + matrix);
-  const std::string name = "/" + matrix + "/" + kChunkFields[0].name;  // top_ids
+int32_t MapReader::top_token(const std::string& group, int64_t layer, int64_t neuron, int64_t expert) const {
+  const std::vector<int64_t> ls = layers(group);
+  const auto li = std::find(ls.begin(), ls.end(), layer);
+  if (li == ls.end()) FI_FAIL(path_ + ": the map has no layer " + std::to_string(layer) + " in /" + group);
+  std::vector<hsize_t> at = {hsize_t(li - ls.begin())};
+  const bool routed = group.rfind("moe/", 0) == 0;
+  if (routed) {  // the expert's index along axis 1
+    h5::Handle g(H5Gopen2(f_, group.c_str(), H5P_DEFAULT), H5Gclose, path_ + ": cannot open /" + group);
+    const std::vector<int64_t> es = h5::has_attr(g, map::kAttrExperts) ? h5::read_attr_ints(g, map::kAttrExperts)
+                                                                       : std::vector<int64_t>{};
+    const auto ei = std::find(es.begin(), es.end(), expert);
+    if (ei == es.end()) FI_FAIL(path_ + ": the map has no expert " + std::to_string(expert) + " in /" + group);
+    at.push_back(hsize_t(ei - es.begin()));
+  }
+  const std::string name = "/" + group + "/" + kChunkFields[0].name;  // top_ids
   h5::Handle d = h5::open_dataset(f_, name);
   const std::vector<hsize_t> dims = h5::dataset_dims(d);
-  if (dims.size() != 3) FI_FAIL(path_ + ": " + name + " is not 3-D");
-  if (hsize_t(neuron) >= dims[1] || dims[2] == 0)
+  if (dims.size() != at.size() + 2) FI_FAIL(path_ + ": " + name + " is not " + std::to_string(at.size() + 2) + "-D");
+  if (neuron < 0 || hsize_t(neuron) >= dims[at.size()] || dims.back() == 0)
     FI_FAIL(path_ + ": neuron " + std::to_string(neuron) + " is not in " + name);
+  at.push_back(hsize_t(neuron));
+  at.push_back(0);
   int32_t id = -1;
-  h5::read_slab(d, H5T_NATIVE_INT32, {hsize_t(li), hsize_t(neuron), 0}, {1, 1, 1}, &id);
+  h5::read_slab(d, H5T_NATIVE_INT32, at, std::vector<hsize_t>(at.size(), 1), &id);
   return id;
 }
 

@@ -43,8 +43,9 @@ class MapReader {
   // log-probabilities <= 0.
   static bool sane_token_index(const TokenIndex& ti, const TiKey& key, int64_t num_layers,
                                const int64_t neurons[3]);
-  // top_ids[index of layer, neuron, 0]
-  int32_t top_token(const std::string& matrix, int64_t layer, int64_t neuron) const;
+  // A neuron's top token: top_ids[index of layer, neuron, 0] of a group (up, gate, down,
+  // shared/<matrix>), or top_ids[index of layer, index of expert, neuron, 0] of moe/<matrix>.
+  int32_t top_token(const std::string& group, int64_t layer, int64_t neuron, int64_t expert = -1) const;
 
  private:
   MapReader(const std::string& path, h5::Handle f) : path_(path), f_(std::move(f)) {}

@@ -11,13 +11,16 @@ does) rather than gathering tokens per expert as the C++ does:
   without an expert clamp, one error line each;
 - generate with `--clamp L:eE:N=V` and `L:s:N=V` through the KV cache;
 - under mpirun -np 2 (a two-stage pipeline) the same logits;
+- `clamp --map --expert E` (and `--expert s`) watches the neuron's top token from a version 2 map;
 - the clamp errors: a dense-style clamp on an MoE layer, an expert out of range, a shared clamp
   on a model without one, an expert clamp on a dense layer.
 Logits within 1e-4 of torch's (relative to max(1, |logit|)).
 """
+import json
 import os
 import sys
 
+import h5py
 import numpy as np
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
@@ -133,15 +136,31 @@ def check_model(name, tmp):
         p = t.run(["generate", "--model", model, "--prompt-ids", "1", "--max-new-tokens", 1, "--backend", "cpu",
                    *sum((["--clamp", x] for x in specs), [])], check=False)
         t.check(t.one_line_error(p, words), f"{name}: --clamp {specs}: rc {p.returncode} {p.stderr!r}")
-    # malformed expert specs, and clamp --expert: a bad value, and --map (maps hold no experts yet)
+    # malformed expert specs, and clamp --expert with a bad value
     for spec in (f"{ml}:e:0=1", f"{ml}:e-1:0=1", f"{ml}:x:0=1"):
         p = t.run(["generate", "--model", model, "--prompt-ids", "1", "--max-new-tokens", 1, "--clamp", spec], check=False)
         t.check(t.one_line_error(p, "LAYER:eEXPERT:NEURON=VALUE"), f"{name}: --clamp {spec}: {p.stderr!r}")
-    for extra, words in ((["--expert", "x"], "--expert: expected an expert number"),
-                         (["--expert", "0", "--map", os.path.join(tmp, "none.h5")], "maps do not hold expert neurons")):
-        p = t.run(["clamp", "--model", model, "--layer", ml, "--neuron", 0, "--values", "1", "--prompt-ids", "1",
-                   "--backend", "cpu", *extra], check=False)
-        t.check(t.one_line_error(p, words), f"{name}: clamp {extra}: {p.stderr!r}")
+    p = t.run(["clamp", "--model", model, "--layer", ml, "--neuron", 0, "--values", "1", "--prompt-ids", "1",
+               "--backend", "cpu", "--expert", "x"], check=False)
+    t.check(t.one_line_error(p, "--expert: expected an expert number"), f"{name}: clamp --expert x: {p.stderr!r}")
+
+    # clamp --map --expert: the routed (and shared) neuron's top token from a version 2 map, as
+    # h5py reads it there; an expert the map lacks is one error line.
+    mp = os.path.join(tmp, f"{name}.map.h5")
+    t.run(["decode", "--model", model, "--out", mp, "--matrices", "up", "--layers", f"{ml}-{ml}", "--experts", "1-2",
+           "--top-k", 2, "--token-index", 0, "--backend", "cpu", "--quiet"])
+    with h5py.File(mp, "r") as f:
+        want = {"1": int(f["moe/up/top_ids"][0, 0, 6, 0])}
+        if shared:
+            want["s"] = int(f["shared/up/top_ids"][0, 6, 0])
+    for e, tok in want.items():
+        p = t.run(["clamp", "--model", model, "--layer", ml, "--neuron", 6, "--expert", e, "--values", "1",
+                   "--prompt-ids", "1", "--backend", "cpu", "--map", mp, "--json"])
+        got = [w["id"] for w in json.loads(p.stdout)["watch"]]
+        t.check(got == [tok], f"{name}: clamp --expert {e} --map: watched {got}, the map's top token is {tok}")
+    p = t.run(["clamp", "--model", model, "--layer", ml, "--neuron", 6, "--expert", "0", "--values", "1",
+               "--prompt-ids", "1", "--backend", "cpu", "--map", mp], check=False)
+    t.check(t.one_line_error(p, "no expert 0"), f"{name}: clamp --expert 0 with a map of experts 1-2: {p.stderr!r}")
     return worst
 
 
