@@ -40,6 +40,7 @@ struct InspectOptions {
   bool sweep = false;  // the cost model of `flashinterp sweep`
   int64_t sweep_neurons = 1000, sweep_values = 4, sweep_prompts = 8, sweep_tokens = 8, sweep_batch = 64;
   double gpu_tbps = 4.8, cpu_gbps = 10;
+  double read_gbs = 2;  // GB/s a node reads the checkpoint at (page cache, NVMe, a parallel FS client)
 };
 
 std::string human_time(double s) {
@@ -308,6 +309,16 @@ int run_inspect(const InspectOptions& o) {
   std::printf("time       CPU ranks at %.0f GFLOP/s per core, %d cores per rank: ~%.0f s;  GPU ranks at %.0f TFLOP/s: ~%.1f s\n",
               o.cpu_gflops_per_core, o.cores_per_rank, rank_flops / (o.cpu_gflops_per_core * 1e9 * o.cores_per_rank),
               o.gpu_tflops, rank_flops / (o.gpu_tflops * 1e12));
+  // The decode reads every decoded matrix once, in its stored dtype: with an MoE model in FP8
+  // this, not the GEMM, is what bounds a GPU rank.
+  const int64_t top = c.num_layers - 1;  // a layer with the model's MLP tensors, for their dtype
+  const std::string mlp = c.is_moe_layer(top) ? m.names.expert(Matrix::Up, top, 0) : m.names.matrix(Matrix::Up, top);
+  const double read = rows * H * dtype_size(m.ckpt.info(mlp).dtype) * double(mats.size());
+  const double rank_read = read * double(first.size()) / std::max<double>(double(total_items), 1);
+  std::printf("read       the decoded matrices: %s (%s), %s per rank; at %.3g GB/s per node read by %d ranks: ~%s "
+              "per rank (a lower bound on the decode time, whatever the GEMM speed)\n",
+              human(read).c_str(), dtype_name(m.ckpt.info(mlp).dtype), human(rank_read).c_str(), o.read_gbs, rpn,
+              human_time(rank_read * rpn / (o.read_gbs * 1e9)).c_str());
   print_forward_plan(m, o.ranks);
   if (o.sweep) print_sweep_cost(c, o);
   return 0;
@@ -328,6 +339,7 @@ std::function<int()> add_inspect(CLI::App& app) {
   cmd->add_option("--cores-per-rank", o->cores_per_rank, "CPU cores per rank, for the CPU estimate")->capture_default_str();
   cmd->add_option("--cpu-gflops", o->cpu_gflops_per_core, "assumed sgemm GFLOP/s per core")->capture_default_str();
   cmd->add_option("--gpu-tflops", o->gpu_tflops, "assumed GEMM TFLOP/s per GPU (H100 bf16: ~600)")->capture_default_str();
+  cmd->add_option("--read-gbs", o->read_gbs, "assumed GB/s a node reads the checkpoint at")->capture_default_str();
   cmd->add_flag("--sweep", o->sweep, "also print the cost model of flashinterp sweep");
   cmd->add_option("--sweep-neurons", o->sweep_neurons, "neurons for the sweep estimate")->capture_default_str();
   cmd->add_option("--sweep-values", o->sweep_values, "clamp values per neuron")->capture_default_str();

@@ -247,7 +247,20 @@ def check_real_shapes(tmp):
             out = t.run(["inspect", "--model", d, "--ranks", 8], timeout=600).stdout
         else:
             out = check_inspect(d, cfg, name, "--ranks", 8)
-        keep = [x for x in out.splitlines() if x.split(" ", 1)[0] in ("experts", "decode", "ranks", "memory", "time")
+        # the bytes a decode of all three matrices reads, from the config: every MLP weight once
+        # (1 byte in FP8, 2 in bf16)
+        L, H = cfg["num_hidden_layers"], cfg["hidden_size"]
+        if cfg["model_type"] == "llama":
+            neurons = L * cfg["intermediate_size"]
+        else:
+            moe = fm.moe_layers(cfg)
+            experts, n, shared = fm.moe_sizes(cfg)
+            neurons = sum(experts * n + shared if m else cfg["intermediate_size"] for m in moe[:L])
+        want = 3 * neurons * H * (1 if quant else 2) / 2**30
+        got = re.search(r"^read +the decoded matrices: ([0-9.]+) GiB", out, re.M)
+        t.check(got and abs(float(got.group(1)) - want) <= 0.06 + 1e-3 * want,
+                f"{name}: inspect's read line {got and got.group(0)!r}, want {want:.1f} GiB")
+        keep = [x for x in out.splitlines() if x.split(" ", 1)[0] in ("experts", "decode", "ranks", "memory", "time", "read")
                 or x.startswith("           ")]
         print(f"  {name} (header-only copy), inspect --ranks 8:\n    " + "\n    ".join(keep), flush=True)
         shutil.rmtree(d)
