@@ -79,8 +79,15 @@ std::string decode_fingerprint(const FingerprintInputs& in) {
   // The weights themselves, one hash over every tensor the decode reads, in a fixed order.
   uint64_t w = kFnvStart;
   std::vector<std::string> names = {m.names.final_norm, m.lm_head_name()};
-  if (v2) names.insert(names.end(), in.tensors.begin(), in.tensors.end());
-  else
+  if (v2) {
+    // An MoE checkpoint has tens of thousands of expert tensors (DeepSeek-V3: ~44k of the decode's):
+    // sample at most kMaxSampled of them, evenly spaced in plan order, first and last included,
+    // so rank 0's start-up reads stay ~4k blocks. A fine-tune or another seed differs in all of them.
+    constexpr size_t kMaxSampled = 254;
+    const size_t n = in.tensors.size();
+    for (size_t i = 0; i < std::min(n, kMaxSampled); ++i)
+      names.push_back(in.tensors[n <= kMaxSampled ? i : i * (n - 1) / (kMaxSampled - 1)]);
+  } else
     for (Matrix x : in.mats)
       for (int64_t l : in.layers) names.push_back(m.names.matrix(x, l));
   for (const std::string& n : names) {
