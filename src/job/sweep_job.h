@@ -24,7 +24,8 @@ struct SweepOptions {
   std::vector<float> values;
   std::vector<std::vector<int32_t>> prompts;  // token ids, BOS first
   std::vector<std::string> prompt_texts;
-  int64_t round_neurons = 4;  // neurons per rank per round (the resume granularity)
+  int64_t round_neurons = 4;  // neurons per pipeline per round (the resume granularity)
+  int64_t stages = 0;         // ranks per pipeline; 0: the fewest whose share of the model fits
   bool overwrite = false, resume = false, quiet = false;
   std::string command_line;
 };
