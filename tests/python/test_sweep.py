@@ -10,7 +10,8 @@
   tenth (a clamp of 10 still moves their token either way). Planted up/gate neurons read their
   concept but write a random direction, so they are not expected at the top (test_clamp.py).
 - analysis/show --sweep prints the neuron's score from the file, analysis/report --sweep its plot.
-- mpirun -np 1, 2, 3 give bit-identical datasets; --select top:K (by top-1 probability, or by
+- mpirun -np 1, 2, 3 give bit-identical datasets, and so do pipelines (--stages 2: each rank holds
+  half the layers) under -np 2 and -np 4 (two pipelines), also when resumed after a kill; --select top:K (by top-1 probability, or by
   exact entropy where the map has it) and layer:L pick what numpy picks from the map; a sweep killed at three points (or stopped by SIGUSR1, exit 75) resumes
   to the same bits; bad input is one error line (expert neurons, a malformed list line, a
   partial without --resume, a resume with other values); analysis/serve --sweep plots and links the
@@ -222,6 +223,14 @@ def check_resume(model, mp, tmp):
         sweep(model, mp, out, f"list:{tmp}/small.txt", np_=2, values=args["values"],
               extra=[*args["extra"], "--resume"], prompts="p1.txt")
         same(ref, out, f"resumed after a kill at {point}")
+    # Pipelines: killed under one pipeline of 2 stages, resumed by two.
+    out = f"{tmp}/r-pipe.h5"
+    p = sweep(model, mp, out, f"list:{tmp}/small.txt", np_=2, check=False, values=args["values"],
+              extra=[*args["extra"], "--stages", "2"], prompts="p1.txt", env={"FLASHINTERP_TEST_KILL_AT": "sweep-data:1"})
+    t.check(p.returncode != 0 and not os.path.exists(out), f"pipeline kill: exit {p.returncode}")
+    sweep(model, mp, out, f"list:{tmp}/small.txt", np_=4, values=args["values"],
+          extra=[*args["extra"], "--stages", "2", "--resume"], prompts="p1.txt")
+    same(ref, out, "a pipeline sweep resumed after a kill")
     # A stop signal: exit 75, the rounds so far kept; --resume finishes the same bits.
     out = f"{tmp}/r-stop.h5"
     cmd = [*t.mpi_prefix(2), t.binary(), "sweep", "--model", model, "--map", mp, "--out", out, "--select",
@@ -240,6 +249,28 @@ def check_resume(model, mp, tmp):
     p = sweep(model, mp, out, f"list:{tmp}/small.txt", np_=None, values=[0, 6], extra=[*args["extra"], "--resume"],
               check=False, prompts="p1.txt")
     t.check(t.one_line_error(p, "other inputs or options"), f"resume with other values: {p.stderr!r}")
+
+
+def check_pipeline(model, mp, tmp, ref):
+    """--stages 2: pipelines of two ranks (layers 0-1 | 2-3 of the demo model), the neurons split
+    over the pipelines; the same bits as one rank holding the whole model (np 1's file)."""
+    for np_ in (2, 4):  # one pipeline; two pipelines of two stages
+        out = f"{tmp}/pipe{np_}.h5"
+        sweep(model, mp, out, f"list:{tmp}/list.txt", np_=np_, extra=["--stages", "2", "--round-neurons", "3"])
+        same(ref, out, f"-np {np_} --stages 2 vs np 1")
+        t.check(int(read(out)[1]["stages"]) == 2, f"-np {np_} --stages 2: attribute stages is not 2")
+    t.check(int(read(ref)[1]["stages"]) == 1, "np 1: attribute stages is not 1")
+    p = sweep(model, mp, f"{tmp}/bad.h5", f"list:{tmp}/list.txt", np_=None, extra=["--stages", "2"], check=False)
+    t.check(t.one_line_error(p, "--stages 2", "do not split"), f"--stages 2 on one rank: {p.stderr!r}")
+    p = sweep(model, mp, f"{tmp}/bad.h5", f"list:{tmp}/list.txt", np_=None, extra=["--stages", "two"], check=False)
+    t.check(t.one_line_error(p, "--stages", "'two'"), f"--stages two: {p.stderr!r}")
+    # A rank failing in a pipeline: one error line from it and a non-zero exit, not a hang.
+    p = sweep(model, mp, f"{tmp}/bad.h5", f"list:{tmp}/list.txt", np_=2, check=False,
+              extra=["--stages", "2", "--round-neurons", "1"], env={"FLASHINTERP_TEST_FAIL_RANK": "1"})
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("flashinterp: error:")]
+    t.check(p.returncode != 0 and len(errors) == 1 and "rank 1: injected failure" in errors[0],
+            f"a failing stage: exit {p.returncode}, {p.stderr!r}")
+    print("  --stages 2 under -np 2 and -np 4 (2 pipelines): the same bits as -np 1")
 
 
 def check_errors(model, mp, tmp):
@@ -301,6 +332,8 @@ def test():
         check_analysis(mp, outs[1], tmp, s, k_paris)
         check_serve(mp, outs[1], tmp, s, k_paris)
         stamp("torch, analysis")
+        check_pipeline(model, mp, tmp, outs[1])
+        stamp("pipelines")
         check_select(model, mp, tmp)
         stamp("select")
         check_resume(model, mp, tmp)
