@@ -1,9 +1,10 @@
 // `flashinterp sweep` as its phases (see sweep_job.h): checked options and the selected neurons
-// (from the map) -> the fingerprint and resume state -> the forward on every rank and the
-// unclamped log-probabilities -> rounds: each rank sweeps the next few neurons of its share,
-// rank 0 writes them and their done bits -> complete, rename. Every neuron's numbers depend on
-// the neuron alone (its layer's prefix states are the same bits however they were reached), so
-// the file is the same for any number of ranks and after any resume.
+// (from the map) -> the stages per pipeline and each rank's stage of the forward -> the
+// fingerprint and resume state -> the unclamped log-probabilities -> rounds: each pipeline
+// sweeps the next few neurons of its share, rank 0 writes them and their done bits -> complete,
+// rename. Every neuron's numbers depend on the neuron alone (its layer's prefix states are the
+// same bits however they were reached, each layer the same computation wherever it runs), so the
+// file is the same for any number of ranks or stages and after any resume.
 #include "job/sweep_job.h"
 
 #include <sys/stat.h>
