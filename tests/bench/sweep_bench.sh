@@ -6,8 +6,9 @@
 # and one of Llama 3.1 8B width (hidden 4096, 14336 neurons, 32/8 heads, vocab 128256) with 2
 # layers and a synthetic map of that shape (tests/python/make_synthetic_map.py; the sweep only
 # reads the map's top tokens). Default prompts (8) and values (0,2,5,10), so a neuron is 32 clamped
-# runs of the layers from its own to the LM-head. Each sweep runs under mpirun -np 1 and -np 2,
-# and as one pipeline of 2 stages (-np 2 --stages 2).
+# runs of the layers from its own to the LM-head. Each sweep runs under mpirun -np 1 (one core:
+# mpirun binds the rank) and -np 2, and as one pipeline of 2 stages (-np 2 --stages 2); torch runs
+# on one core (taskset, against -np 1) and on all (against the others).
 # "loop" figures leave out the model load and the unclamped runs (the same for both programs).
 # usage: sweep_bench.sh [DEMO_NEURONS] [NEURONS_PER_LAYER_8B]
 set -euo pipefail
@@ -33,19 +34,23 @@ bench() {  # name model map select
       --stages "$2" --overwrite 2> "$dir/$name-np$1-s$2.log"
     echo "flashinterp -np $1 --stages $2: $(grep 'sweep done' "$dir/$name-np$1-s$2.log" | sed 's/.*sweep done: //; s/ ->.*//')"
   done
-  $PY "$ROOT/tests/bench/torch_sweep_bench.py" "$model" "$dir/$name-np1-s1.h5" > "$dir/$name-torch.json"
-  echo "torch: $(cat "$dir/$name-torch.json")"
-  local tr fr
-  tr=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['neurons_per_s'])" "$dir/$name-torch.json")
+  # torch on the cores the sweep had: one (mpirun -np 1 binds its rank to one core) and all.
+  taskset -c 0 $PY "$ROOT/tests/bench/torch_sweep_bench.py" "$model" "$dir/$name-np1-s1.h5" > "$dir/$name-torch1.json"
+  $PY "$ROOT/tests/bench/torch_sweep_bench.py" "$model" "$dir/$name-np1-s1.h5" > "$dir/$name-torch$(nproc).json"
+  local tr fr c
   for f in "$dir/$name"-np*.log; do
+    case "$f" in *-np1-*) c=1 ;; *) c=$(nproc) ;; esac
+    tr=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['neurons_per_s'])" "$dir/$name-torch$c.json")
     fr=$(fi_rate "$f")
-    echo "ratio $(basename "$f" .log) / torch (neurons/s of the loop): $fr / $tr = $($PY -c "print(f'{$fr / $tr:.2f}')")"
+    echo "ratio $(basename "$f" .log) / torch on $c core(s) (neurons/s of the loop): $fr / $tr = $($PY -c "print(f'{$fr / $tr:.2f}')")"
   done
+  echo "torch, 1 core: $(cat "$dir/$name-torch1.json")"
+  echo "torch, $(nproc) cores: $(cat "$dir/$name-torch$(nproc).json")"
   # The cost model for the same neurons, values, prompts and mean prompt length, one rank.
   local k tok
   read -r k tok < <($PY -c "import h5py,sys; f=h5py.File(sys.argv[1],'r'); print(len(f['neuron']), round(float(f['prompt_len'][()].mean())))" "$dir/$name-np1-s1.h5")
-  echo "inspect --sweep --sweep-neurons $k --sweep-tokens $tok (cores per rank $(nproc)):"
-  "$FI" inspect --model "$model" --sweep --sweep-neurons "$k" --sweep-tokens "$tok" --cores-per-rank "$(nproc)" \
+  echo "inspect --sweep --sweep-neurons $k --sweep-tokens $tok --cores-per-rank 1 (as -np 1 is bound):"
+  "$FI" inspect --model "$model" --sweep --sweep-neurons "$k" --sweep-tokens "$tok" --cores-per-rank 1 \
     | grep -A1 "^sweep" | sed 's/^ */  /'
   echo "  measured: the neuron loop $(fi_loop "$dir/$name-np1-s1.log") s on 1 rank"
 }
