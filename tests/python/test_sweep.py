@@ -16,6 +16,8 @@
   to the same bits; bad input is one error line (expert neurons, a malformed list line, a
   partial without --resume, a resume with other values); analysis/serve --sweep plots and links the
   swept neurons and shows each one's score on its page.
+- Where a GPU is usable (skipped otherwise): sweep --backend cuda's deltas within 1e-3 of the
+  CPU's, and its -np 2 --stages 2 file the same bits as its -np 1 file.
 """
 import json
 import os
@@ -273,6 +275,26 @@ def check_pipeline(model, mp, tmp, ref):
     print("  --stages 2 under -np 2 and -np 4 (2 pipelines): the same bits as -np 1")
 
 
+def check_cuda(model, mp, tmp, ref):
+    """Where a GPU is usable: the CUDA stage's batch of a neuron's values (layer_range_batch)
+    against the CPU's file, and its 2-stage pipelines bit-identical to its one rank."""
+    probe = t.run(["generate", "--model", model, "--backend", "cuda", "--prompt-ids", "1", "--max-new-tokens", "1"],
+                  check=False)
+    if probe.returncode != 0:
+        print(f"  sweep --backend cuda: SKIPPED (no CUDA device: {probe.stderr.strip()[:120]})")
+        return
+    cpu = read(ref)[0]
+    outs = {}
+    for np_, extra in ((1, []), (2, ["--stages", "2"])):
+        outs[np_] = f"{tmp}/cuda{np_}.h5"
+        sweep(model, mp, outs[np_], f"list:{tmp}/list.txt", np_=np_, extra=["--backend", "cuda", *extra])
+    got = read(outs[1])[0]
+    err = float(np.abs(got["delta"] - cpu["delta"]).max())
+    t.check(err < 1e-3, f"sweep --backend cuda: delta off the CPU's by {err}")
+    same(outs[1], outs[2], "cuda -np 2 --stages 2 vs cuda -np 1")
+    print(f"  sweep --backend cuda: delta within {err:.1e} of the CPU's; its pipeline bit-identical")
+
+
 def check_errors(model, mp, tmp):
     for text, words in [("moe/up 1 3 5\n", "expert neurons: the map has no moe group"),
                         ("up 1\n", "small-bad.txt:1: expected MATRIX LAYER NEURON"),
@@ -333,6 +355,7 @@ def test():
         check_serve(mp, outs[1], tmp, s, k_paris)
         stamp("torch, analysis")
         check_pipeline(model, mp, tmp, outs[1])
+        check_cuda(model, mp, tmp, outs[1])
         stamp("pipelines")
         check_select(model, mp, tmp)
         stamp("select")
