@@ -11,7 +11,8 @@
   concept but write a random direction, so they are not expected at the top (test_clamp.py).
 - analysis/show --sweep prints the neuron's score from the file, analysis/report --sweep its plot.
 - mpirun -np 1, 2, 3 give bit-identical datasets, and so do pipelines (--stages 2: each rank holds
-  half the layers) under -np 2 and -np 4 (two pipelines), also when resumed after a kill; --select top:K (by top-1 probability, or by
+  half the layers) under -np 2 and -np 4 (two pipelines), also when resumed after a kill, and
+  --stages auto picks pipelines where a (test) memory limit holds less than the whole model; --select top:K (by top-1 probability, or by
   exact entropy where the map has it) and layer:L pick what numpy picks from the map; a sweep killed at three points (or stopped by SIGUSR1, exit 75) resumes
   to the same bits; bad input is one error line (expert neurons, a malformed list line, a
   partial without --resume, a resume with other values); analysis/serve --sweep plots and links the
@@ -262,6 +263,23 @@ def check_pipeline(model, mp, tmp, ref):
         same(ref, out, f"-np {np_} --stages 2 vs np 1")
         t.check(int(read(out)[1]["stages"]) == 2, f"-np {np_} --stages 2: attribute stages is not 2")
     t.check(int(read(ref)[1]["stages"]) == 1, "np 1: attribute stages is not 1")
+    # --stages auto (the default) where one rank's memory holds less than the whole model: the
+    # fewest stages that fit, a divisor of the rank count (FLASHINTERP_TEST_STAGE_MIB stands in
+    # for the machine's limits). Each rank asks for its heaviest stage's weights x 1.05 + 256 MiB;
+    # the whole model does not fit a budget of (all but half the LM-head), a half does.
+    st = t.SafeTensors(model)
+    size = {n: w[1]["data_offsets"][1] - w[1]["data_offsets"][0] for n, w in st.where.items()}
+    total, head = sum(size.values()), size["lm_head.weight"]
+    mib = ((total - head / 2) * 1.05 + 256 * 2**20) / 2**20
+    for np_, want in ((2, 2), (3, 3)):  # 3 ranks: pipelines of 3 (no 2-stage split of 3 ranks)
+        out = f"{tmp}/auto{np_}.h5"
+        sweep(model, mp, out, f"list:{tmp}/list.txt", np_=np_, extra=["--round-neurons", "5"],
+              env={"FLASHINTERP_TEST_STAGE_MIB": f"{mib:.1f}"})
+        same(ref, out, f"-np {np_} --stages auto under a memory limit vs np 1")
+        t.check(int(read(out)[1]["stages"]) == want, f"-np {np_} auto: {read(out)[1]['stages']} stages, not {want}")
+    p = sweep(model, mp, f"{tmp}/bad.h5", f"list:{tmp}/list.txt", np_=None, check=False,
+              env={"FLASHINTERP_TEST_STAGE_MIB": "10"})
+    t.check(t.one_line_error(p, "needs", "MiB", "split over as many ranks"), f"auto, nothing fits: {p.stderr!r}")
     p = sweep(model, mp, f"{tmp}/bad.h5", f"list:{tmp}/list.txt", np_=None, extra=["--stages", "2"], check=False)
     t.check(t.one_line_error(p, "--stages 2", "do not split"), f"--stages 2 on one rank: {p.stderr!r}")
     p = sweep(model, mp, f"{tmp}/bad.h5", f"list:{tmp}/list.txt", np_=None, extra=["--stages", "two"], check=False)
@@ -272,7 +290,8 @@ def check_pipeline(model, mp, tmp, ref):
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("flashinterp: error:")]
     t.check(p.returncode != 0 and len(errors) == 1 and "rank 1: injected failure" in errors[0],
             f"a failing stage: exit {p.returncode}, {p.stderr!r}")
-    print("  --stages 2 under -np 2 and -np 4 (2 pipelines): the same bits as -np 1")
+    print("  --stages 2 under -np 2 and -np 4 (2 pipelines), auto under a memory limit (-np 2, 3): "
+          "the same bits as -np 1")
 
 
 def check_cuda(model, mp, tmp, ref):
