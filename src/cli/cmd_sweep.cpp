@@ -3,6 +3,7 @@
 // log-probability moves. This file: options, the prompts (the shipped neutral ones or --prompts
 // FILE) as token ids, and --json from the finished file.
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -31,7 +32,7 @@ const char* const kNeutralPrompts[] = {
 
 struct SweepArgs {
   SweepOptions o;
-  std::string prompts_file, values = "0,2,5,10";
+  std::string prompts_file, values = "0,2,5,10", stages = "auto";
   bool json = false, no_bos = false;
 };
 
@@ -71,6 +72,12 @@ int run(SweepArgs& a, const Comms& c) {
   std::unique_ptr<Tokenizer> tok;
   collective(c.world, [&] {
     a.o.values = parse_values(a.values, "--values");
+    if (a.stages != "auto") {
+      char* end = nullptr;
+      a.o.stages = std::strtoll(a.stages.c_str(), &end, 10);
+      if (a.stages.empty() || *end || a.o.stages <= 0)
+        FI_FAIL("--stages: expected auto or a positive number of ranks per pipeline, got '" + a.stages + "'");
+    }
     tok = std::make_unique<Tokenizer>(a.o.model_dir + "/tokenizer.json");
     a.o.prompt_texts = read_prompts(a.prompts_file);
     for (const std::string& p : a.o.prompt_texts) {
@@ -109,7 +116,11 @@ std::function<int(int*, char***)> add_sweep(CLI::App& app) {
   cmd->add_option("--clamp-site", o.site, "act | up (as in clamp)")->capture_default_str();
   add_backend_option(cmd, o.backend);
   cmd->add_option("--round-neurons", o.round_neurons,
-                  "neurons per rank between two writes (what a kill can lose)")->capture_default_str();
+                  "neurons per pipeline between two writes (what a kill can lose)")->capture_default_str();
+  cmd->add_option("--stages", a->stages,
+                  "ranks per pipeline, each holding a share of the layers (the neurons are split over the "
+                  "pipelines); auto: 1 (every rank holds the whole model) unless the model does not fit a "
+                  "rank's memory, then the fewest that fit")->capture_default_str();
   cmd->add_flag("--json", a->json, "also print one JSON object per neuron on stdout");
   cmd->add_flag("--overwrite", o.overwrite, "replace an existing sweep file (or its .partial)");
   cmd->add_flag("--resume", o.resume, "continue OUT.partial (same inputs and options)");

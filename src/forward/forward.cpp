@@ -183,7 +183,7 @@ std::vector<std::vector<float>> Forward::forward_each(const std::vector<std::vec
 }
 
 std::vector<float> Forward::embed(const std::vector<int32_t>& tokens) {
-  FI_CHECK(size_ == 1, "forward: embed() of a prefix needs the whole model in one stage");
+  FI_CHECK(span_.embed, "forward: embed() on a stage without the embedding");
   check_tokens(tokens, 1);
   reset();
   std::vector<float> x(tokens.size() * size_t(config().hidden_size));
@@ -194,8 +194,7 @@ std::vector<float> Forward::embed(const std::vector<int32_t>& tokens) {
 std::vector<float> Forward::run_layers(float* x, int64_t T, int64_t first, int64_t last,
                                        const std::vector<Clamp>& clamps, ClampSite site) {
   const ModelConfig& c = config();
-  FI_CHECK(size_ == 1, "forward: run_layers() needs the whole model in one stage");
-  FI_CHECK(T > 0 && 0 <= first && first <= last && last <= c.num_layers,
+  FI_CHECK(T > 0 && span_.first <= first && first <= last && last <= span_.last,
            "forward: run_layers() of layers " + std::to_string(first) + ".." + std::to_string(last));
   check_clamps(c, clamps);
   reset();
@@ -216,24 +215,40 @@ std::vector<std::vector<float>> Forward::run_batch(const float* x, int64_t T, in
   const int64_t B = int64_t(clamps.size()), H = c.hidden_size, V = c.vocab_size, L = c.num_layers;
   FI_CHECK(size_ == 1, "forward: run_batch() needs the whole model in one stage");
   FI_CHECK(B > 0 && T > 0 && 0 <= first && first <= L, "forward: run_batch() of layers from " + std::to_string(first));
-  for (const std::vector<Clamp>& k : clamps) check_clamps(c, k);
-  reset();
   std::vector<float> xb(size_t(B * T * H));
   for (int64_t b = 0; b < B; ++b) std::copy(x, x + T * H, xb.begin() + b * T * H);
-  if (first < L && !stage_->layer_range_batch(xb.data(), B, T, first, L, clamps, site))
-    for (int64_t b = 0; b < B; ++b) {  // a stage that cannot batch: one sequence at a time
-      stage_->set_clamps(clamps[size_t(b)], site);
-      stage_->layer_range(xb.data() + b * T * H, T, first, L);
-    }
-  stage_->set_clamps({}, site);
-  reset();
-  std::vector<float> last(size_t(B * H)), logits(size_t(B * V));
+  batch_layers(xb.data(), B, T, first, L, clamps, site);
+  std::vector<float> last(size_t(B * H));
   for (int64_t b = 0; b < B; ++b)
     std::copy_n(xb.begin() + (b * T + T - 1) * H, H, last.begin() + b * H);
-  stage_->head(last.data(), B, logits.data());
+  const std::vector<float> logits = head(last.data(), B);
   std::vector<std::vector<float>> out;
   for (int64_t b = 0; b < B; ++b) out.emplace_back(logits.begin() + b * V, logits.begin() + (b + 1) * V);
   return out;
+}
+
+void Forward::batch_layers(float* xb, int64_t B, int64_t T, int64_t first, int64_t last,
+                           const std::vector<std::vector<Clamp>>& clamps, ClampSite site) {
+  const int64_t H = config().hidden_size;
+  FI_CHECK(B > 0 && T > 0 && int64_t(clamps.size()) == B && span_.first <= first && first <= last &&
+               last <= span_.last,
+           "forward: batch_layers() of layers " + std::to_string(first) + ".." + std::to_string(last));
+  for (const std::vector<Clamp>& k : clamps) check_clamps(config(), k);
+  reset();
+  if (first < last && !stage_->layer_range_batch(xb, B, T, first, last, clamps, site))
+    for (int64_t b = 0; b < B; ++b) {  // a stage that cannot batch: one sequence at a time
+      stage_->set_clamps(clamps[size_t(b)], site);
+      stage_->layer_range(xb + b * T * H, T, first, last);
+    }
+  stage_->set_clamps({}, site);
+  reset();
+}
+
+std::vector<float> Forward::head(const float* x, int64_t n) {
+  FI_CHECK(span_.head && n > 0, "forward: head() on a stage without the LM-head");
+  std::vector<float> logits(size_t(n * config().vocab_size));
+  stage_->head(x, n, logits.data());
+  return logits;
 }
 
 void check_clamps(const ModelConfig& c, const std::vector<Clamp>& clamps) {

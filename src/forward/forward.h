@@ -56,13 +56,16 @@ class Forward {
 
   // The sweep's reuse of an unclamped prefix: with a clamp only at layer L, the hidden states
   // entering L are those of the unclamped run, so they are computed once and every clamp runs
-  // layers L.. only. One stage only (no pipeline); both clear the KV cache.
-  // Token ids -> the hidden states entering layer 0, [T, hidden].
+  // layers L.. only. No communication: on a pipeline stage they run this rank's layers only
+  // (span()) and the caller moves the hidden states between stages (job/sweep_job.cpp). They
+  // clear the KV cache.
+  const StageSpan& span() const { return span_; }
+  // Token ids -> the hidden states entering layer 0, [T, hidden] (the first stage).
   std::vector<float> embed(const std::vector<int32_t>& tokens);
-  // Runs layers [first, last) on x [T, hidden] in place as a new sequence (positions 0..T-1),
-  // with the clamps given (checked; those outside the range do nothing). x must hold the hidden
-  // states entering layer `first`. When last is the model's layer count, returns the last
-  // position's logits [V] (the same bits as forward() of the whole prompt), else nothing.
+  // Runs layers [first, last) (within span()) on x [T, hidden] in place as a new sequence
+  // (positions 0..T-1), with the clamps given (checked; those outside the range do nothing). x
+  // must hold the hidden states entering layer `first`. When last is the model's layer count,
+  // returns the last position's logits [V] (the same bits as forward() of the whole prompt).
   std::vector<float> run_layers(float* x, int64_t T, int64_t first, int64_t last,
                                 const std::vector<Clamp>& clamps, ClampSite site);
   // run_layers(x, T, first, num_layers) of B = clamps.size() copies of x [T, hidden] (left as
@@ -71,6 +74,12 @@ class Forward {
   // from run_layers' in the last place (other GEMM shapes), never with the rank count.
   std::vector<std::vector<float>> run_batch(const float* x, int64_t T, int64_t first,
                                             const std::vector<std::vector<Clamp>>& clamps, ClampSite site);
+  // run_batch's two halves, for a pipeline stage: layers [first, last) (within span()) of the B
+  // sequences xb [B * T, hidden] in place, copy b clamped by clamps[b]; and the final norm and
+  // LM-head of rows x [n, hidden] -> logits [n * V] (the last stage).
+  void batch_layers(float* xb, int64_t B, int64_t T, int64_t first, int64_t last,
+                    const std::vector<std::vector<Clamp>>& clamps, ClampSite site);
+  std::vector<float> head(const float* x, int64_t n);
 
  private:
   void check_tokens(const std::vector<int32_t>& tokens, int64_t logit_rows) const;

@@ -62,6 +62,7 @@ Writer::Writer(const std::string& path, const Meta& m, const std::vector<Neuron>
   h5::attr_string(f_, "prompts", m.prompts_json);
   h5::attr_string(f_, "matrix_names", "up,gate,down");
   h5::attr_int(f_, "world_size", m.world_size);
+  h5::attr_int(f_, "stages", m.stages);
   h5::attr_string(f_, "command_line", m.command_line);
   h5::attr_string(f_, "created_utc", utc_now());
   h5::attr_double(f_, "elapsed_s", 0);

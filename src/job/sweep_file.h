@@ -36,6 +36,7 @@ struct Meta {
   std::string model_dir, map_path, map_fingerprint, fingerprint, site, backend, command_line;
   std::string prompts_json;  // the prompt texts as a JSON array (ids are the prompt_ids dataset)
   int64_t world_size = 1;
+  int64_t stages = 1;  // ranks per pipeline (1: each rank held the whole model)
 };
 
 // Writes OUT.partial on rank 0: creates it with every dataset allocated (neurons, values and

@@ -1,9 +1,10 @@
 // `flashinterp sweep` as its phases (see sweep_job.h): checked options and the selected neurons
-// (from the map) -> the fingerprint and resume state -> the forward on every rank and the
-// unclamped log-probabilities -> rounds: each rank sweeps the next few neurons of its share,
-// rank 0 writes them and their done bits -> complete, rename. Every neuron's numbers depend on
-// the neuron alone (its layer's prefix states are the same bits however they were reached), so
-// the file is the same for any number of ranks and after any resume.
+// (from the map) -> the stages per pipeline and each rank's stage of the forward -> the
+// fingerprint and resume state -> the unclamped log-probabilities -> rounds: each pipeline
+// sweeps the next few neurons of its share, rank 0 writes them and their done bits -> complete,
+// rename. Every neuron's numbers depend on the neuron alone (its layer's prefix states are the
+// same bits however they were reached, each layer the same computation wherever it runs), so the
+// file is the same for any number of ranks or stages and after any resume.
 #include "job/sweep_job.h"
 
 #include <sys/stat.h>
@@ -14,6 +15,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -28,6 +30,7 @@
 #include "job/output.h"
 #include "map/map_reader.h"
 #include "model/layer_tensors.h"
+#include "parallel/memory.h"
 #include "parallel/partition.h"
 
 namespace fi {
@@ -250,16 +253,43 @@ int32_t argmax(const std::vector<float>& l) {  // the lower id on ties
   return int32_t(std::max_element(l.begin(), l.end()) - l.begin());
 }
 
-// The hidden states entering `layer`, per prompt: advanced layer by layer as the rank's neurons
-// go up the model, so each prompt's prefix is run once per rank.
+// This rank's place in the sweep: G pipelines of S stages (S = 1: each rank holds the whole
+// model); pipeline g is world ranks g*S .. g*S+S-1, stage s holds layers [first, last).
+struct Pipe {
+  int stages = 1, pipelines = 1, pipeline = 0, stage = 0;
+  int prev = -1, next = -1;  // world ranks of the stages before and after this one (-1: none)
+  int64_t first = 0, last = 0;
+};
+
+struct PipeComm {  // frees the pipeline's communicator
+  MPI_Comm comm = MPI_COMM_NULL;
+  ~PipeComm() {
+    if (comm != MPI_COMM_NULL) MPI_Comm_free(&comm);
+  }
+};
+
+constexpr int kTagStates = 23;
+
+// Hidden states between stages (world ranks, blocking: every stage walks the same neurons and
+// prompts in the same order, so each send meets its receive).
+void send_states(const Pipe& pp, const std::vector<float>& x) {
+  MPI_Send(x.data(), int(x.size()), MPI_FLOAT, pp.next, kTagStates, MPI_COMM_WORLD);
+}
+void recv_states(const Pipe& pp, std::vector<float>& x) {
+  MPI_Recv(x.data(), int(x.size()), MPI_FLOAT, pp.prev, kTagStates, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+}
+
+// The hidden states entering `layer` (within this stage), per prompt: advanced layer by layer as
+// the pipeline's neurons go up the model, from the unclamped states entering the stage (`in`),
+// so each prompt's prefix is run once per pipeline.
 struct Prefix {
   int64_t layer = -1;
-  std::vector<std::vector<float>> x;  // [P][T_p * hidden]
-  void advance(Forward& fwd, const std::vector<std::vector<int32_t>>& prompts, int64_t to, ClampSite site) {
+  std::vector<std::vector<float>> in, x;  // [P][T_p * hidden]: entering pp.first, entering layer
+  void advance(Forward& fwd, const Pipe& pp, const std::vector<std::vector<int32_t>>& prompts, int64_t to,
+               ClampSite site) {
     if (layer < 0 || to < layer) {
-      x.clear();
-      for (const auto& p : prompts) x.push_back(fwd.embed(p));
-      layer = 0;
+      x = in;
+      layer = pp.first;
     }
     if (to == layer) return;
     for (size_t p = 0; p < prompts.size(); ++p)
@@ -268,44 +298,156 @@ struct Prefix {
   }
 };
 
-sweep::Result sweep_neuron(Forward& fwd, Prefix& pre, const SweepOptions& o, ClampSite site,
-                           const std::vector<std::vector<double>>& base, const sweep::Neuron& n) {
-  const int64_t P = int64_t(o.prompts.size()), nv = int64_t(o.values.size());
-  pre.advance(fwd, o.prompts, n.layer, site);
-  sweep::Result r;
-  r.base_logp.resize(size_t(P));
-  r.delta.resize(size_t(nv * P));
-  r.delta_top5.resize(size_t(nv * P));
-  r.top1.resize(size_t(nv * P));
+// The unclamped pass of every prompt through the pipeline: keeps the states entering this
+// stage in pre.in; returns the log-probabilities of each prompt's next token [P][V] on the last
+// stage (empty elsewhere).
+std::vector<std::vector<double>> unclamped(Forward& fwd, const Pipe& pp, const SweepOptions& o, ClampSite site,
+                                           Prefix& pre) {
+  const int64_t H = fwd.config().hidden_size;
+  std::vector<std::vector<double>> base;
+  for (const auto& p : o.prompts) {
+    std::vector<float> x(p.size() * size_t(H));
+    if (pp.prev < 0) x = fwd.embed(p);
+    else recv_states(pp, x);
+    pre.in.push_back(x);
+    const std::vector<float> l = fwd.run_layers(x.data(), int64_t(p.size()), pp.first, pp.last, {}, site);
+    if (pp.next >= 0) send_states(pp, x);
+    else base.push_back(log_softmax(l));
+  }
+  return base;
+}
+
+// This stage's part of one neuron: the stage holding its layer runs the clamped copies (one batch
+// per prompt, the neuron at every value: one weight read for all on the CPU) from that layer,
+// later stages continue them, the last applies the head and returns the result (true); stages
+// below the neuron's layer do nothing.
+bool sweep_neuron(Forward& fwd, const Pipe& pp, Prefix& pre, const SweepOptions& o, ClampSite site,
+                  const std::vector<std::vector<double>>& base, const sweep::Neuron& n, sweep::Result& r) {
+  if (n.layer >= pp.last) return false;
+  const int64_t P = int64_t(o.prompts.size()), nv = int64_t(o.values.size()), H = fwd.config().hidden_size;
+  const bool origin = n.layer >= pp.first;
+  if (origin) pre.advance(fwd, pp, o.prompts, n.layer, site);
+  std::vector<std::vector<Clamp>> clamps;
+  for (float v : o.values) clamps.push_back({{n.layer, n.neuron, v}});
+  const bool head = pp.next < 0;
+  if (head) {
+    r.base_logp.resize(size_t(P));
+    r.delta.resize(size_t(nv * P));
+    r.delta_top5.resize(size_t(nv * P));
+    r.top1.resize(size_t(nv * P));
+  }
   std::vector<double> d(size_t(nv * P));
   const int32_t t = n.top[0];
   int tops = 0;
   while (tops < sweep::kTopN && n.top[tops] >= 0) ++tops;
-  for (int64_t p = 0; p < P; ++p) r.base_logp[size_t(p)] = float(base[size_t(p)][size_t(t)]);
-  // One batch per prompt: the neuron at every value (one weight read for all on the CPU).
-  std::vector<std::vector<Clamp>> clamps;
-  for (float v : o.values) clamps.push_back({{n.layer, n.neuron, v}});
   for (int64_t p = 0; p < P; ++p) {
-    const std::vector<std::vector<float>> logits =
-        fwd.run_batch(pre.x[size_t(p)].data(), int64_t(o.prompts[size_t(p)].size()), n.layer, clamps, site);
+    const int64_t T = int64_t(o.prompts[size_t(p)].size());
+    std::vector<float> xb(size_t(nv * T * H));  // [nV * T, hidden]: one copy per value
+    if (origin) {
+      for (int64_t v = 0; v < nv; ++v) std::copy(pre.x[size_t(p)].begin(), pre.x[size_t(p)].end(), xb.begin() + v * T * H);
+    } else {
+      recv_states(pp, xb);
+    }
+    fwd.batch_layers(xb.data(), nv, T, origin ? n.layer : pp.first, pp.last, clamps, site);
+    if (!head) {
+      send_states(pp, xb);
+      continue;
+    }
+    std::vector<float> rows(size_t(nv * H));  // each copy's last position
+    for (int64_t v = 0; v < nv; ++v) std::copy_n(xb.begin() + (v * T + T - 1) * H, H, rows.begin() + v * H);
+    const std::vector<float> all = fwd.head(rows.data(), nv);
+    const int64_t V = fwd.config().vocab_size;
     const std::vector<double>& b = base[size_t(p)];
+    r.base_logp[size_t(p)] = float(b[size_t(t)]);
     for (int64_t v = 0; v < nv; ++v) {
-      const std::vector<double> lp = log_softmax(logits[size_t(v)]);
+      const std::vector<float> logits(all.begin() + v * V, all.begin() + (v + 1) * V);
+      const std::vector<double> lp = log_softmax(logits);
       const size_t i = size_t(v * P + p);
       d[i] = lp[size_t(t)] - b[size_t(t)];
       double s = 0;
       for (int j = 0; j < tops; ++j) s += lp[size_t(n.top[j])] - b[size_t(n.top[j])];
       r.delta[i] = float(d[i]);
       r.delta_top5[i] = float(s / tops);
-      r.top1[i] = argmax(logits[size_t(v)]) == t;
+      r.top1[i] = argmax(logits) == t;
     }
   }
+  if (!head) return false;
   r.score = float(sweep_slope(o.values, d, P));
   const int64_t vmax = int64_t(std::max_element(o.values.begin(), o.values.end()) - o.values.begin());
   int hits = 0;
   for (int64_t p = 0; p < P; ++p) hits += r.top1[size_t(vmax * P + p)];
   r.top1_share = float(double(hits) / double(P));
-  return r;
+  return true;
+}
+
+// Work that sends and receives between the stages of a pipeline: an error on one rank would
+// leave its neighbours waiting, so it ends the job with that rank's one error line. With one
+// stage a rank waits on nobody and the usual agreement (collective) applies.
+template <typename F>
+void stage_work(const Pipe& pp, MPI_Comm world, F&& f) {
+  if (pp.stages == 1) return collective(world, f);
+  try {
+    f();
+  } catch (const std::bad_alloc&) {
+    print_error_line("out of memory: an allocation failed (" + memory_report() + ")");
+    MPI_Abort(world, 1);
+  } catch (const std::exception& e) {
+    print_error_line(e.what());
+    MPI_Abort(world, 1);
+  }
+}
+
+// The weights one stage holds with the model split into `stages` (split_layers, as Forward
+// splits it): the heaviest stage's, in bytes as the CPU stage keeps them (the checkpoint's dtype).
+double stage_bytes(const Model& m, int stages) {
+  const ModelConfig& c = m.cfg;
+  const double e = embedding_layer_equivalents(c);
+  const std::vector<int64_t> b = split_layers(c.num_layers, stages, e, e);
+  const double embed = double(model_tensor(m, Role::Embed).bytes()), head = double(model_tensor(m, Role::LmHead).bytes());
+  double most = 0;
+  for (int s = 0; s < stages; ++s) {
+    double bytes = (s == 0 ? embed : 0) + (s == stages - 1 ? head : 0);
+    for (int64_t l = b[size_t(s)]; l < b[size_t(s) + 1]; ++l)
+      for (const ModelTensor& t : layer_tensors(m, l).tensors) bytes += double(t.bytes());
+    most = std::max(most, bytes);
+  }
+  return most;
+}
+
+// Stages per pipeline: --stages, else the fewest (a divisor of the rank count, at most the layer
+// count) whose heaviest stage fits every rank's memory as check_memory sees it, with every rank
+// of the node holding one. Collective.
+int choose_stages(const SweepOptions& o, const Model& m, const Comms& c) {
+  const int64_t L = m.cfg.num_layers;
+  if (o.stages > 0) {
+    FI_CHECK(c.size % o.stages == 0, "--stages " + std::to_string(o.stages) + ": the " + std::to_string(c.size) +
+                                         " ranks do not split into pipelines of that many");
+    FI_CHECK(o.stages <= L, "--stages " + std::to_string(o.stages) + ": more stages than the model's " +
+                                std::to_string(L) + " layers");
+    return int(o.stages);
+  }
+  // For the tests: $FLASHINTERP_TEST_STAGE_MIB stands in for check_memory's limits (MiB a rank has).
+  const char* test_mib = std::getenv("FLASHINTERP_TEST_STAGE_MIB");
+  std::string why;
+  for (int s = 1; s <= c.size && s <= L; ++s) {
+    if (c.size % s) continue;
+    int fits = 1, all = 0;
+    try {
+      const double b = stage_bytes(m, s) * 1.05 + 256.0 * 1048576;  // and activations, buffers
+      const std::string what = "the sweep's stage of " + std::to_string(s) + " (weights)";
+      if (test_mib && b > std::atof(test_mib) * 1048576)
+        FI_FAIL(what + " needs " + std::to_string(int64_t(b / 1048576)) + " MiB, has " + test_mib +
+                " (FLASHINTERP_TEST_STAGE_MIB)");
+      if (!test_mib) check_memory(what, b, b * c.local_size);
+    } catch (const Error& e) {
+      fits = 0;
+      why = e.what();
+    }
+    MPI_Allreduce(&fits, &all, 1, MPI_INT, MPI_LAND, c.world);
+    if (all) return s;
+  }
+  FI_FAIL(why.empty() ? "the model does not fit the ranks' memory, split over all of them"
+                      : why + " (split over as many ranks as it can be; more ranks split it further)");
 }
 
 // A Result as floats for MPI: [score, share, base[P], delta[nV P], delta_top5[nV P], top1[nV P]].
@@ -548,15 +690,48 @@ int run_sweep(const SweepOptions& o, const Comms& c) {
     neurons = describe(select_keys(o, *map, model->cfg), *map, model->cfg.vocab_size);
     if (c.rank == 0) lock = std::make_unique<OutputLock>(o.out);
   });
-  const ModelConfig& cfg = model->cfg;
   const auto tl = Clock::now();
-  Forward fwd(*model, {o.backend, MPI_COMM_NULL, c.node});  // the whole model on every rank
+  Pipe pp;
+  collective(c.world, [&] { pp.stages = choose_stages(o, *model, c); });
+  pp.pipelines = c.size / pp.stages;
+  pp.pipeline = c.rank / pp.stages;
+  pp.stage = c.rank % pp.stages;
+  pp.prev = pp.stage > 0 ? c.rank - 1 : -1;
+  pp.next = pp.stage + 1 < pp.stages ? c.rank + 1 : -1;
+  PipeComm pc;  // the pipeline's ranks, for Forward's split and load
+  if (pp.stages > 1) MPI_Comm_split(c.world, pp.pipeline, pp.stage, &pc.comm);
+  std::unique_ptr<Forward> fwd_p;
+  if (pp.stages == 1) {  // the whole model on every rank
+    collective(c.world, [&] { fwd_p = std::make_unique<Forward>(*model, ForwardOptions{o.backend, MPI_COMM_NULL, c.node}); });
+  } else {  // collective over the pipeline; then every pipeline learns whether one failed
+    int bad = 0, any = 0;
+    try {
+      fwd_p = std::make_unique<Forward>(*model, ForwardOptions{o.backend, pc.comm, c.node});
+    } catch (const JobFailed&) {
+      bad = 1;
+    }
+    MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, c.world);
+    if (any) throw JobFailed{};
+  }
+  Forward& fwd = *fwd_p;
+  pp.first = fwd.span().first;
+  pp.last = fwd.span().last;
   const int64_t K = int64_t(neurons.size()), P = int64_t(o.prompts.size()), nv = int64_t(o.values.size());
   const std::string fp = fingerprint_of(o, *model, map->fingerprint, neurons, fwd.backend());
-  if (talk)
-    std::fprintf(stderr, "flashinterp: sweep: %lld neurons x %lld values x %lld prompts on %d ranks "
+  if (talk) {
+    std::string layout;
+    if (pp.stages > 1) {
+      layout = ", " + std::to_string(pp.pipelines) + " pipeline" + (pp.pipelines > 1 ? "s" : "") + " of " +
+               std::to_string(pp.stages) + " stages (layers";
+      for (int s = 0; s < pp.stages; ++s)
+        layout += (s ? " | " : " ") + std::to_string(fwd.bounds()[size_t(s)]) + "-" +
+                  std::to_string(fwd.bounds()[size_t(s) + 1] - 1);
+      layout += ")";
+    }
+    std::fprintf(stderr, "flashinterp: sweep: %lld neurons x %lld values x %lld prompts on %d ranks%s "
                  "(backend %s, model loaded in %.1f s)\n", (long long)K, (long long)nv, (long long)P,
-                 c.size, fwd.backend(), seconds_since(tl));
+                 c.size, layout.c_str(), fwd.backend(), seconds_since(tl));
+  }
 
   Start st;
   collective(c.world, [&] {
@@ -581,41 +756,42 @@ int run_sweep(const SweepOptions& o, const Comms& c) {
       std::remove(partial.c_str());
       nlohmann::json texts = o.prompt_texts;
       sweep::Meta m{o.model_dir, o.map, map->fingerprint, fp, o.site, fwd.backend(), o.command_line,
-                    texts.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), c.size};
+                    texts.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), c.size, pp.stages};
       writer = std::make_unique<sweep::Writer>(partial, m, neurons, o.values, o.prompts);
     }
   });
 
-  // The unclamped log-probabilities of every prompt's next token: [P][V].
+  // The unclamped log-probabilities of every prompt's next token, [P][V] (on each pipeline's
+  // last stage), and the states entering each stage.
   std::vector<std::vector<double>> base;
-  collective(c.world, [&] {
-    for (const auto& p : o.prompts) {
-      std::vector<float> x = fwd.embed(p);
-      base.push_back(log_softmax(fwd.run_layers(x.data(), int64_t(p.size()), 0, cfg.num_layers, {}, site)));
-    }
-  });
+  Prefix pre;
+  stage_work(pp, c.world, [&] { base = unclamped(fwd, pp, o, site, pre); });
+  const auto tw = Clock::now();  // the neuron loop from here (what tests/bench/sweep_bench.sh compares)
 
   std::vector<int64_t> todo;
   for (int64_t i = 0; i < K; ++i)
     if (!st.done[size_t(i)]) todo.push_back(i);
-  const Range share = rank_share(todo.size(), c.rank, c.size);
+  const Range share = rank_share(todo.size(), pp.pipeline, pp.pipelines);
   int64_t most = 0, mine = int64_t(share.size());
   MPI_Allreduce(&mine, &most, 1, MPI_INT64_T, MPI_MAX, c.world);
   const int64_t B = o.round_neurons, rounds = (most + B - 1) / B;
   const int64_t rec = 2 + P + 3 * nv * P;  // floats per packed result
   Progress progress{talk, K, K - int64_t(todo.size())};
   int64_t done = K - int64_t(todo.size());
-  Prefix pre;
   for (int64_t round = 0; round < rounds; ++round) {
     std::vector<int64_t> idx;
     std::vector<float> buf;
     collective(c.world, [&] {
       if (round == 1 && test_fail_rank() == c.rank)
         FI_FAIL("rank " + std::to_string(c.rank) + ": injected failure (FLASHINTERP_TEST_FAIL_RANK)");
+    });
+    stage_work(pp, c.world, [&] {
       for (int64_t j = round * B; j < std::min<int64_t>((round + 1) * B, mine); ++j) {
         const int64_t i = todo[share.begin + size_t(j)];
+        sweep::Result r;  // computed on the pipeline's last stage
+        if (!sweep_neuron(fwd, pp, pre, o, site, base, neurons[size_t(i)], r)) continue;
         idx.push_back(i);
-        pack(sweep_neuron(fwd, pre, o, site, base, neurons[size_t(i)]), buf);
+        pack(r, buf);
       }
     });
     const int64_t total = gather_and_write(c, idx, buf, rec, nv, P, int(round), writer.get());
@@ -644,8 +820,10 @@ int run_sweep(const SweepOptions& o, const Comms& c) {
   });
   if (talk) {
     const double s = seconds_since(t0);
-    std::fprintf(stderr, "flashinterp: sweep done: %lld neurons in %.2f s (%.2f neurons/s) -> %s\n",
-                 (long long)(int64_t(todo.size())), s, double(todo.size()) / s, o.out.c_str());
+    const double w = seconds_since(tw);
+    std::fprintf(stderr, "flashinterp: sweep done: %lld neurons in %.2f s (%.3g neurons/s; the neuron loop "
+                 "%.2f s, %.3g neurons/s) -> %s\n", (long long)(int64_t(todo.size())), s,
+                 double(todo.size()) / s, w, double(todo.size()) / w, o.out.c_str());
   }
   return 0;
 }

@@ -1,8 +1,9 @@
 // `flashinterp sweep`: a causal score for many decoded neurons at once. For each selected neuron
 // of a map, clamp it at each value over each prompt and record how the log-probability of its
 // decoded top token (and top-5) at the next position changes against the unclamped run. The
-// neurons are split over the ranks (each rank holds the whole model); the hidden states entering
-// a layer are computed once per prompt and reused for every neuron and value of that layer, so a
+// neurons are split over pipelines of S ranks (S = 1: each rank holds the whole model; else each
+// stage a layer range, for a model that does not fit one rank); the hidden states entering a
+// layer are computed once per prompt and reused for every neuron and value of that layer, so a
 // neuron costs (layers from its own) x values x prompts. Resumable like decode. The file:
 // job/sweep_file.h, docs/SWEEP_FORMAT.md.
 #pragma once
@@ -24,7 +25,8 @@ struct SweepOptions {
   std::vector<float> values;
   std::vector<std::vector<int32_t>> prompts;  // token ids, BOS first
   std::vector<std::string> prompt_texts;
-  int64_t round_neurons = 4;  // neurons per rank per round (the resume granularity)
+  int64_t round_neurons = 4;  // neurons per pipeline per round (the resume granularity)
+  int64_t stages = 0;         // ranks per pipeline; 0: the fewest whose share of the model fits
   bool overwrite = false, resume = false, quiet = false;
   std::string command_line;
 };

@@ -10,11 +10,15 @@
   tenth (a clamp of 10 still moves their token either way). Planted up/gate neurons read their
   concept but write a random direction, so they are not expected at the top (test_clamp.py).
 - analysis/show --sweep prints the neuron's score from the file, analysis/report --sweep its plot.
-- mpirun -np 1, 2, 3 give bit-identical datasets; --select top:K (by top-1 probability, or by
+- mpirun -np 1, 2, 3 give bit-identical datasets, and so do pipelines (--stages 2: each rank holds
+  half the layers) under -np 2 and -np 4 (two pipelines), also when resumed after a kill, and
+  --stages auto picks pipelines where a (test) memory limit holds less than the whole model; --select top:K (by top-1 probability, or by
   exact entropy where the map has it) and layer:L pick what numpy picks from the map; a sweep killed at three points (or stopped by SIGUSR1, exit 75) resumes
   to the same bits; bad input is one error line (expert neurons, a malformed list line, a
   partial without --resume, a resume with other values); analysis/serve --sweep plots and links the
   swept neurons and shows each one's score on its page.
+- Where a GPU is usable (skipped otherwise): sweep --backend cuda's deltas within 1e-3 of the
+  CPU's, and its -np 2 --stages 2 file the same bits as its -np 1 file.
 """
 import json
 import os
@@ -222,6 +226,14 @@ def check_resume(model, mp, tmp):
         sweep(model, mp, out, f"list:{tmp}/small.txt", np_=2, values=args["values"],
               extra=[*args["extra"], "--resume"], prompts="p1.txt")
         same(ref, out, f"resumed after a kill at {point}")
+    # Pipelines: killed under one pipeline of 2 stages, resumed by two.
+    out = f"{tmp}/r-pipe.h5"
+    p = sweep(model, mp, out, f"list:{tmp}/small.txt", np_=2, check=False, values=args["values"],
+              extra=[*args["extra"], "--stages", "2"], prompts="p1.txt", env={"FLASHINTERP_TEST_KILL_AT": "sweep-data:1"})
+    t.check(p.returncode != 0 and not os.path.exists(out), f"pipeline kill: exit {p.returncode}")
+    sweep(model, mp, out, f"list:{tmp}/small.txt", np_=4, values=args["values"],
+          extra=[*args["extra"], "--stages", "2", "--resume"], prompts="p1.txt")
+    same(ref, out, "a pipeline sweep resumed after a kill")
     # A stop signal: exit 75, the rounds so far kept; --resume finishes the same bits.
     out = f"{tmp}/r-stop.h5"
     cmd = [*t.mpi_prefix(2), t.binary(), "sweep", "--model", model, "--map", mp, "--out", out, "--select",
@@ -240,6 +252,66 @@ def check_resume(model, mp, tmp):
     p = sweep(model, mp, out, f"list:{tmp}/small.txt", np_=None, values=[0, 6], extra=[*args["extra"], "--resume"],
               check=False, prompts="p1.txt")
     t.check(t.one_line_error(p, "other inputs or options"), f"resume with other values: {p.stderr!r}")
+
+
+def check_pipeline(model, mp, tmp, ref):
+    """--stages 2: pipelines of two ranks (layers 0-1 | 2-3 of the demo model), the neurons split
+    over the pipelines; the same bits as one rank holding the whole model (np 1's file)."""
+    for np_ in (2, 4):  # one pipeline; two pipelines of two stages
+        out = f"{tmp}/pipe{np_}.h5"
+        sweep(model, mp, out, f"list:{tmp}/list.txt", np_=np_, extra=["--stages", "2", "--round-neurons", "3"])
+        same(ref, out, f"-np {np_} --stages 2 vs np 1")
+        t.check(int(read(out)[1]["stages"]) == 2, f"-np {np_} --stages 2: attribute stages is not 2")
+    t.check(int(read(ref)[1]["stages"]) == 1, "np 1: attribute stages is not 1")
+    # --stages auto (the default) where one rank's memory holds less than the whole model: the
+    # fewest stages that fit, a divisor of the rank count (FLASHINTERP_TEST_STAGE_MIB stands in
+    # for the machine's limits). Each rank asks for its heaviest stage's weights x 1.05 + 256 MiB;
+    # the whole model does not fit a budget of (all but half the LM-head), a half does.
+    st = t.SafeTensors(model)
+    size = {n: w[1]["data_offsets"][1] - w[1]["data_offsets"][0] for n, w in st.where.items()}
+    total, head = sum(size.values()), size["lm_head.weight"]
+    mib = ((total - head / 2) * 1.05 + 256 * 2**20) / 2**20
+    for np_, want in ((2, 2), (3, 3)):  # 3 ranks: pipelines of 3 (no 2-stage split of 3 ranks)
+        out = f"{tmp}/auto{np_}.h5"
+        sweep(model, mp, out, f"list:{tmp}/list.txt", np_=np_, extra=["--round-neurons", "5"],
+              env={"FLASHINTERP_TEST_STAGE_MIB": f"{mib:.1f}"})
+        same(ref, out, f"-np {np_} --stages auto under a memory limit vs np 1")
+        t.check(int(read(out)[1]["stages"]) == want, f"-np {np_} auto: {read(out)[1]['stages']} stages, not {want}")
+    p = sweep(model, mp, f"{tmp}/bad.h5", f"list:{tmp}/list.txt", np_=None, check=False,
+              env={"FLASHINTERP_TEST_STAGE_MIB": "10"})
+    t.check(t.one_line_error(p, "needs", "MiB", "split over as many ranks"), f"auto, nothing fits: {p.stderr!r}")
+    p = sweep(model, mp, f"{tmp}/bad.h5", f"list:{tmp}/list.txt", np_=None, extra=["--stages", "2"], check=False)
+    t.check(t.one_line_error(p, "--stages 2", "do not split"), f"--stages 2 on one rank: {p.stderr!r}")
+    p = sweep(model, mp, f"{tmp}/bad.h5", f"list:{tmp}/list.txt", np_=None, extra=["--stages", "two"], check=False)
+    t.check(t.one_line_error(p, "--stages", "'two'"), f"--stages two: {p.stderr!r}")
+    # A rank failing in a pipeline: one error line from it and a non-zero exit, not a hang.
+    p = sweep(model, mp, f"{tmp}/bad.h5", f"list:{tmp}/list.txt", np_=2, check=False,
+              extra=["--stages", "2", "--round-neurons", "1"], env={"FLASHINTERP_TEST_FAIL_RANK": "1"})
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("flashinterp: error:")]
+    t.check(p.returncode != 0 and len(errors) == 1 and "rank 1: injected failure" in errors[0],
+            f"a failing stage: exit {p.returncode}, {p.stderr!r}")
+    print("  --stages 2 under -np 2 and -np 4 (2 pipelines), auto under a memory limit (-np 2, 3): "
+          "the same bits as -np 1")
+
+
+def check_cuda(model, mp, tmp, ref):
+    """Where a GPU is usable: the CUDA stage's batch of a neuron's values (layer_range_batch)
+    against the CPU's file, and its 2-stage pipelines bit-identical to its one rank."""
+    probe = t.run(["generate", "--model", model, "--backend", "cuda", "--prompt-ids", "1", "--max-new-tokens", "1"],
+                  check=False)
+    if probe.returncode != 0:
+        print(f"  sweep --backend cuda: SKIPPED (no CUDA device: {probe.stderr.strip()[:120]})")
+        return
+    cpu = read(ref)[0]
+    outs = {}
+    for np_, extra in ((1, []), (2, ["--stages", "2"])):
+        outs[np_] = f"{tmp}/cuda{np_}.h5"
+        sweep(model, mp, outs[np_], f"list:{tmp}/list.txt", np_=np_, extra=["--backend", "cuda", *extra])
+    got = read(outs[1])[0]
+    err = float(np.abs(got["delta"] - cpu["delta"]).max())
+    t.check(err < 1e-3, f"sweep --backend cuda: delta off the CPU's by {err}")
+    same(outs[1], outs[2], "cuda -np 2 --stages 2 vs cuda -np 1")
+    print(f"  sweep --backend cuda: delta within {err:.1e} of the CPU's; its pipeline bit-identical")
 
 
 def check_errors(model, mp, tmp):
@@ -301,6 +373,9 @@ def test():
         check_analysis(mp, outs[1], tmp, s, k_paris)
         check_serve(mp, outs[1], tmp, s, k_paris)
         stamp("torch, analysis")
+        check_pipeline(model, mp, tmp, outs[1])
+        check_cuda(model, mp, tmp, outs[1])
+        stamp("pipelines")
         check_select(model, mp, tmp)
         stamp("select")
         check_resume(model, mp, tmp)

@@ -115,15 +115,16 @@ __global__ void swiglu_kernel(const float* __restrict__ y, int64_t rows, int64_t
   }
 }
 
-// Shape: grid-stride over n · rows (clamp c = e / rows, row r = e % rows); same y, h as swiglu.
+// Shape: grid-stride over n · nr (clamp c = e / nr, row r = row0 + e % nr of the rows); same
+// y, h as swiglu.
 template <typename Tout>
-__global__ void clamp_kernel(const float* __restrict__ y, int64_t rows, int64_t I, int split_in,
-                             int act, const int32_t* __restrict__ neurons,
+__global__ void clamp_kernel(const float* __restrict__ y, int64_t rows, int64_t row0, int64_t nr,
+                             int64_t I, int split_in, int act, const int32_t* __restrict__ neurons,
                              const float* __restrict__ values, int64_t n, int up_site,
                              Tout* __restrict__ hi, Tout* __restrict__ lo) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n * rows; e += stride) {
-    const int64_t c = e / rows, r = e % rows, i = neurons[c];
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n * nr; e += stride) {
+    const int64_t c = e / nr, r = row0 + e % nr, i = neurons[c];
     float v = values[c];
     if (up_site) {  // up replaced before the multiply, still gated by act(gate)
       const int64_t g_at = r * 2 * I + i;
@@ -237,25 +238,27 @@ void launch_swiglu(const float* y, int64_t rows, int64_t I, bool split_in, Act a
 
 void launch_clamps(const float* y, int64_t rows, int64_t I, bool split_in, Act act,
                    const int32_t* neurons, const float* values, int64_t n, ClampSite site,
-                   void* h, DType out_dtype, cudaStream_t stream) {
-  if (rows <= 0 || n <= 0) return;
-  const unsigned g = grid_for(n * rows);
+                   void* h, DType out_dtype, cudaStream_t stream, int64_t row0, int64_t nrows) {
+  const int64_t nr = nrows < 0 ? rows - row0 : nrows;
+  if (rows <= 0 || n <= 0 || nr <= 0) return;
+  FI_CHECK(row0 >= 0 && row0 + nr <= rows, "CUDA: clamp rows out of range");
+  const unsigned g = grid_for(n * nr);
   const int s = split_in ? 1 : 0, a = act_code(act), up = site == ClampSite::Up ? 1 : 0;
   switch (out_dtype) {
     case DType::F32:
-      clamp_kernel<<<g, kThreads, 0, stream>>>(y, rows, I, s, a, neurons, values, n, up,
+      clamp_kernel<<<g, kThreads, 0, stream>>>(y, rows, row0, nr, I, s, a, neurons, values, n, up,
                                                static_cast<float*>(h),
                                                static_cast<float*>(nullptr));
       break;
     case DType::BF16:
-      clamp_kernel<<<g, kThreads, 0, stream>>>(y, rows, I, s, a, neurons, values, n, up,
+      clamp_kernel<<<g, kThreads, 0, stream>>>(y, rows, row0, nr, I, s, a, neurons, values, n, up,
                                                static_cast<__nv_bfloat16*>(h),
                                                lo_part<__nv_bfloat16>(h, rows * I));
       break;
     case DType::F8_E4M3: case DType::F8_E5M2:  // dequantised on the host (io/checkpoint.h)
       FI_FAIL("CUDA: FP8 is never a kernel's dtype");
     case DType::F16:
-      clamp_kernel<<<g, kThreads, 0, stream>>>(y, rows, I, s, a, neurons, values, n, up,
+      clamp_kernel<<<g, kThreads, 0, stream>>>(y, rows, row0, nr, I, s, a, neurons, values, n, up,
                                                static_cast<__half*>(h),
                                                lo_part<__half>(h, rows * I));
       break;

@@ -65,9 +65,11 @@ void launch_swiglu(const float* y, int64_t rows, int64_t I, bool split_in, Act a
 
 // The clamp hooks on the down GEMM's input written by launch_swiglu (same y, h, layout):
 // for each of the n clamps (neurons [n] int32, values [n] fp32, device; no neuron twice) and
-// every row: site Up: h = act(gate) * value; site Act: h = value. Nothing for n = 0.
+// rows row0..row0+nrows-1 of the rows (nrows < 0: to the last; a batch clamps each sequence's
+// rows apart): site Up: h = act(gate) * value; site Act: h = value. Nothing for n = 0.
 void launch_clamps(const float* y, int64_t rows, int64_t I, bool split_in, Act act,
                    const int32_t* neurons, const float* values, int64_t n, ClampSite site,
-                   void* h, DType out_dtype, cudaStream_t stream);
+                   void* h, DType out_dtype, cudaStream_t stream, int64_t row0 = 0,
+                   int64_t nrows = -1);
 
 }  // namespace fi::gpu

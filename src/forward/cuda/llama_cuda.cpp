@@ -129,6 +129,11 @@ class CudaStage final : public Stage {
     const int64_t a = std::max(first, span_.first), b = std::min(last, span_.last);
     if (a < b) run(x, T, 0, size_t(a - span_.first), size_t(b - span_.first));
   }
+  // The sweep's batch (forward/stage.h): B sequences of T positions in one pass, so each GEMM
+  // reads the weights once for all; attention and the clamps per sequence. Untested: compiled
+  // only, no device was lent when it was written (check sweep --backend cuda against cpu).
+  bool layer_range_batch(float* x, int64_t B, int64_t T, int64_t first, int64_t last,
+                         const std::vector<std::vector<Clamp>>& clamps, ClampSite site) override;
   void head(const float* x, int64_t n, float* logits) override;
 
  private:
@@ -158,7 +163,11 @@ class CudaStage final : public Stage {
   // out[r, :] (+)= w · norm(in[r, :]) (+ bias): gemm, then the halves summed; out: row stride ldo.
   void linear(const Weight& w, const float* in, int64_t rows, const float* gamma,
               const float* bias, float* out, int64_t ldo, bool accumulate);
-  void mlp(size_t li, float* x, int64_t rows);  // x [rows, H] += post_mlp(down(h)), clamped
+  // x [rows, H] (rows row0.. of the pass) += post_mlp(down(h)), clamped
+  void mlp(size_t li, float* x, int64_t rows, int64_t row0);
+  // Clamp lists to the device: list b's clamps of this stage's layers (the later of two for one
+  // neuron wins, as on the CPU), grouped by list then layer.
+  void upload_clamps(const std::vector<std::vector<Clamp>>& lists, ClampSite site);
   // x [rows, H] += post(y), y = the GEMM output in y2_ (split: its two halves, summed in place
   // first); post: the post-norm's gamma, or empty (none: y itself is added).
   void add_block_output(bool split, const DeviceBuffer& post, int64_t rows, float* x);
@@ -175,13 +184,14 @@ class CudaStage final : public Stage {
   Weight embed_, lm_head_own_;
   const Weight* lm_head_ = nullptr;  // &embed_ when tied
   DeviceBuffer final_norm_;          // [H] fp32
-  // Clamps: [n] int32 neurons then [n] fp32 values, grouped by layer;
-  // clamp_at_[li] = (first, count) of layer li's.
+  // Clamps: [n] int32 neurons then [n] fp32 values, grouped by list and layer;
+  // clamp_at_[b * layers + li] = (first, count) of list b's at layer li (one list unless a batch).
   DeviceBuffer clamp_buf_;
   int64_t clamp_n_ = 0;
   std::vector<std::pair<int64_t, int64_t>> clamp_at_;
   ClampSite site_ = ClampSite::Act;
   int64_t cap_ = 0, len_ = 0;  // KV cache capacity and positions held
+  int64_t seq_ = 0;            // a batch's positions per sequence (layer_range_batch); 0: none
   // Scratch, grown on demand: x [T, H], qkv [T, qd + 2 kvd], ctx [T, qd], rope [2, 2, T, hd/2]
   // (global then local RoPE, each cos then sin), ids [T], xs (GEMM input) and y2 (GEMM output) of one piece.
   DeviceBuffer x_, qkv_, ctx_, rope_, ids_, xs_, y2_;
@@ -297,20 +307,26 @@ RowNorm CudaStage::norm_params(bool rms) const {
 }
 
 void CudaStage::set_clamps(const std::vector<Clamp>& clamps, ClampSite site) {
+  upload_clamps({clamps}, site);
+}
+
+void CudaStage::upload_clamps(const std::vector<std::vector<Clamp>>& lists, ClampSite site) {
   use_device();
-  // Per layer of this stage, neuron -> value; a later clamp of the same neuron wins, as on the CPU.
-  std::vector<std::map<int64_t, float>> per(layers_.size());
-  for (const Clamp& k : clamps) {
-    if (k.layer < span_.first || k.layer >= span_.last) continue;
-    FI_CHECK(k.neuron >= 0 && k.neuron < cfg_.intermediate_size,
-             "clamp: neuron " + std::to_string(k.neuron) + " is out of range");
-    per[size_t(k.layer - span_.first)][k.neuron] = k.value;
-  }
+  const size_t L = layers_.size();
+  std::vector<std::map<int64_t, float>> per(lists.size() * L);
+  for (size_t b = 0; b < lists.size(); ++b)
+    for (const Clamp& k : lists[b]) {
+      if (k.layer < span_.first || k.layer >= span_.last) continue;
+      FI_CHECK(k.neuron >= 0 && k.neuron < cfg_.intermediate_size,
+               "clamp: neuron " + std::to_string(k.neuron) + " is out of range");
+      per[b * L + size_t(k.layer - span_.first)][k.neuron] = k.value;
+    }
   std::vector<int32_t> neurons;
   std::vector<float> values;
-  for (size_t li = 0; li < per.size(); ++li) {
-    clamp_at_[li] = {int64_t(neurons.size()), int64_t(per[li].size())};
-    for (const auto& [neuron, value] : per[li]) {
+  clamp_at_.assign(per.size(), {0, 0});
+  for (size_t i = 0; i < per.size(); ++i) {
+    clamp_at_[i] = {int64_t(neurons.size()), int64_t(per[i].size())};
+    for (const auto& [neuron, value] : per[i]) {
       neurons.push_back(int32_t(neuron));
       values.push_back(value);
     }
@@ -324,6 +340,26 @@ void CudaStage::set_clamps(const std::vector<Clamp>& clamps, ClampSite site) {
   }
   clamp_n_ = int64_t(n);
   site_ = site;
+}
+
+bool CudaStage::layer_range_batch(float* x, int64_t B, int64_t T, int64_t first, int64_t last,
+                                  const std::vector<std::vector<Clamp>>& clamps, ClampSite site) {
+  FI_CHECK(int64_t(clamps.size()) == B && B > 0 && T > 0, "forward: a batch of one clamp list per sequence");
+  const int64_t a = std::max(first, span_.first), b = std::min(last, span_.last);
+  if (a >= b) return true;
+  upload_clamps(clamps, site);
+  seq_ = T;  // the B·T rows as one pass from position 0; the cache rows b·T.. hold sequence b
+  len_ = 0;
+  try {
+    run(x, B * T, 0, size_t(a - span_.first), size_t(b - span_.first));
+  } catch (...) {
+    seq_ = 0;
+    throw;
+  }
+  seq_ = 0;
+  len_ = 0;  // the cache holds no one sequence now
+  upload_clamps({{}}, site);
+  return true;
 }
 
 void CudaStage::embed(const std::vector<int32_t>& tokens, float* x) {
@@ -385,7 +421,7 @@ void CudaStage::qk_norms(const Layer& w, float* qkv, int64_t T) {
                     c.norm_plus_one, c.rms_norm_eps, false, stream_.s);
 }
 
-void CudaStage::mlp(size_t li, float* x, int64_t rows) {
+void CudaStage::mlp(size_t li, float* x, int64_t rows, int64_t row0) {
   const Layer& w = layers_[li];
   const int64_t H = cfg_.hidden_size, I = cfg_.intermediate_size;
   const Weight &gu = w.gate_up, &dn = w.down;
@@ -399,11 +435,17 @@ void CudaStage::mlp(size_t li, float* x, int64_t rows) {
               f32(y2_), 2 * I, false, false);
   // h = act(gate) * up, then the clamps: the down GEMM's input, written over xs_
   launch_swiglu(f32(y2_), rows, I, gu.split(), act_, xs_.get(), dn.dtype, stream_.s);
-  const auto [first, count] = clamp_at_[li];
+  // Each sequence's clamps on its rows of the piece (one sequence, all of them, outside a batch).
   const int32_t* neurons = static_cast<const int32_t*>(clamp_buf_.get());
-  launch_clamps(f32(y2_), rows, I, gu.split(), act_, count ? neurons + first : nullptr,
-                count ? reinterpret_cast<const float*>(neurons + clamp_n_) + first : nullptr, count,
-                site_, xs_.get(), dn.dtype, stream_.s);
+  const int64_t S = seq_ > 0 ? seq_ : rows, L = int64_t(layers_.size());
+  for (int64_t r = 0; r < rows;) {
+    const int64_t b = seq_ > 0 ? (row0 + r) / S : 0, end = seq_ > 0 ? std::min(rows, (b + 1) * S - row0) : rows;
+    const auto [first, count] = clamp_at_[size_t(b * L) + li];
+    launch_clamps(f32(y2_), rows, I, gu.split(), act_, count ? neurons + first : nullptr,
+                  count ? reinterpret_cast<const float*>(neurons + clamp_n_) + first : nullptr, count,
+                  site_, xs_.get(), dn.dtype, stream_.s, r, end - r);
+    r = end;
+  }
   gemm_logits(blas_.h, dn.data.get(), dn.dtype, H, I, xs_.get(), dn.split() ? 2 * rows : rows,
               f32(y2_), H, false, false);
   add_block_output(dn.split(), w.post_mlp_norm, rows, x);
@@ -434,11 +476,11 @@ void CudaStage::run(float* x, int64_t T, int64_t pos, size_t li0, size_t li1) {
   // double as on the CPU: [global, local][cos, sin][T, half].
   std::vector<float> cs(size_t(4 * T * half));
   for (int local = 0; local < 2; ++local) {
-    const RopeFreqs rf = rope_freqs(c, pos + T, local != 0);
+    const RopeFreqs rf = rope_freqs(c, seq_ > 0 ? seq_ : pos + T, local != 0);
     float* out = &cs[size_t(local * 2 * T * half)];
     for (int64_t t = 0; t < T; ++t)
       for (int64_t i = 0; i < half; ++i) {
-        const double a = double(pos + t) * rf.inv_freq[size_t(i)];
+        const double a = double(seq_ > 0 ? t % seq_ : pos + t) * rf.inv_freq[size_t(i)];
         out[size_t(t * half + i)] = float(std::cos(a) * rf.attention_factor);
         out[size_t((T + t) * half + i)] = float(std::sin(a) * rf.attention_factor);
       }
@@ -458,15 +500,18 @@ void CudaStage::run(float* x, int64_t T, int64_t pos, size_t li0, size_t li1) {
     const float* rope = f32(rope_) + (w.local_rope ? 2 * T * half : 0);
     launch_rope_cache(qkv, T, nh, nkv, hd, rope, rope + T * half, f32(w.k_cache), f32(w.v_cache),
                       pos, stream_.s);
-    launch_attention(qkv, nq, f32(w.k_cache), f32(w.v_cache), T, nh, nkv, hd, pos, scale,
-                     w.sliding ? c.sliding_window : 0, float(c.attn_logit_softcapping), ctx,
-                     stream_.s);
+    // A batch: each sequence attends to its own cache rows, from position 0.
+    const int64_t S = seq_ > 0 ? seq_ : T, kvd = nkv * hd;
+    for (int64_t s0 = 0; s0 < T; s0 += S)
+      launch_attention(qkv + s0 * nq, nq, f32(w.k_cache) + s0 * kvd, f32(w.v_cache) + s0 * kvd, S, nh, nkv,
+                       hd, seq_ > 0 ? 0 : pos, scale, w.sliding ? c.sliding_window : 0,
+                       float(c.attn_logit_softcapping), ctx + s0 * qd, stream_.s);
     for (int64_t r0 = 0; r0 < T; r0 += kRows) {
       const int64_t rows = std::min(kRows, T - r0);
       gemm(w.o, ctx + r0 * qd, rows, nullptr);
       add_block_output(w.o.split(), w.post_attn_norm, rows, xd + r0 * H);
     }
-    for (int64_t r0 = 0; r0 < T; r0 += kRows) mlp(li, xd + r0 * H, std::min(kRows, T - r0));
+    for (int64_t r0 = 0; r0 < T; r0 += kRows) mlp(li, xd + r0 * H, std::min(kRows, T - r0), r0);
   }
   FI_CUDA_CHECK(cudaMemcpyAsync(x, xd, size_t(T * H) * 4, cudaMemcpyDeviceToHost, stream_.s));
   FI_CUDA_CHECK(cudaStreamSynchronize(stream_.s));
