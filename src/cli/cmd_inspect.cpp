@@ -38,7 +38,7 @@ struct InspectOptions {
   int cores_per_rank = 1;
   std::string matrices = "up,gate,down";
   bool sweep = false;  // the cost model of `flashinterp sweep`
-  int64_t sweep_neurons = 1000, sweep_values = 4, sweep_prompts = 8, sweep_tokens = 8, sweep_batch = 64;
+  int64_t sweep_neurons = 1000, sweep_values = 4, sweep_prompts = 8, sweep_tokens = 8;
   double gpu_tbps = 4.8, cpu_gbps = 10;
   double read_gbs = 2;  // GB/s a node reads the checkpoint at (page cache, NVMe, a parallel FS client)
 };
@@ -53,8 +53,9 @@ std::string human_time(double s) {
 }
 
 // `inspect --sweep`: the cost of `flashinterp sweep` from job/sweep_job.h's model of one clamped
-// run (layers from the neuron's own to the LM-head, weights read once per run), averaged over the
-// layers; times from the stated throughputs, on o.ranks ranks.
+// run (layers from the neuron's own to the LM-head), averaged over the layers; a neuron's values
+// run as one batch per prompt (both backends), so its weights are read once per prompt, not once
+// per run. Times from the stated throughputs, on o.ranks ranks.
 void print_sweep_cost(const ModelConfig& c, const InspectOptions& o) {
   double flops = 0, bytes = 0;
   for (int64_t l = 0; l < c.num_layers; ++l) {
@@ -62,20 +63,19 @@ void print_sweep_cost(const ModelConfig& c, const InspectOptions& o) {
     flops += k.flops / double(c.num_layers);
     bytes += k.weight_bytes / double(c.num_layers);
   }
-  const double runs = double(o.sweep_values * o.sweep_prompts);
+  const double runs = double(o.sweep_values * o.sweep_prompts), reads = double(o.sweep_prompts);
   std::printf("sweep      per neuron: %.0f clamped runs (%lld values x %lld prompts of %lld tokens) from its "
-              "layer on, mean over layers: %.3g GFLOP, %s of weights read\n", runs, (long long)o.sweep_values,
-              (long long)o.sweep_prompts, (long long)o.sweep_tokens, runs * flops / 1e9, human(runs * bytes).c_str());
+              "layer on, mean over layers: %.3g GFLOP, %s of weights read (once per prompt: the values run "
+              "as one batch)\n", runs, (long long)o.sweep_values, (long long)o.sweep_prompts, (long long)o.sweep_tokens,
+              runs * flops / 1e9, human(reads * bytes).c_str());
   const double all = double(c.num_layers * c.intermediate_size);
   for (double n : {double(o.sweep_neurons), all}) {
-    const double f = n * runs * flops / o.ranks, b = n * runs * bytes / o.ranks;
+    const double f = n * runs * flops / o.ranks, b = n * reads * bytes / o.ranks;
     const double cpu = std::max(f / (o.cpu_gflops_per_core * 1e9 * o.cores_per_rank), b / (o.cpu_gbps * 1e9));
     const double gpu = std::max(f / (o.gpu_tflops * 1e12), b / (o.gpu_tbps * 1e12));
-    const double batched = std::max(f / (o.gpu_tflops * 1e12), b / double(o.sweep_batch) / (o.gpu_tbps * 1e12));
-    std::printf("           %.0f neurons%s on %d rank%s: CPU ~%s; GPU ~%s one run at a time (as implemented; "
-                "%.1f TB/s of weight reads), ~%s with %lld runs batched (not implemented)\n",
+    std::printf("           %.0f neurons%s on %d rank%s: CPU ~%s; GPU ~%s (%.1f TB/s of weight reads)\n",
                 n, n == all ? " (all of one matrix)" : "", o.ranks, o.ranks > 1 ? "s" : "", human_time(cpu).c_str(),
-                human_time(gpu).c_str(), o.gpu_tbps, human_time(batched).c_str(), (long long)o.sweep_batch);
+                human_time(gpu).c_str(), o.gpu_tbps);
   }
 }
 
@@ -345,7 +345,6 @@ std::function<int()> add_inspect(CLI::App& app) {
   cmd->add_option("--sweep-values", o->sweep_values, "clamp values per neuron")->capture_default_str();
   cmd->add_option("--sweep-prompts", o->sweep_prompts, "prompts per value")->capture_default_str();
   cmd->add_option("--sweep-tokens", o->sweep_tokens, "tokens per prompt")->capture_default_str();
-  cmd->add_option("--sweep-batch", o->sweep_batch, "runs per weight read if batched")->capture_default_str();
   cmd->add_option("--cpu-gbps", o->cpu_gbps, "assumed weight-read bandwidth per CPU rank, GB/s")->capture_default_str();
   cmd->add_option("--gpu-tbps", o->gpu_tbps, "assumed memory bandwidth per GPU, TB/s (H200: 4.8)")->capture_default_str();
   return [o] { return run_inspect(*o); };

@@ -3,7 +3,9 @@ independent safetensors reader in fi_testlib): tensor counts and bytes per dtype
 rows and GEMM FLOPs, and the clamp/generate pipeline plan for 1..5 ranks: the layer split must
 cover every layer once, contiguously, and be as light as any contiguous split can be (brute force
 over every split, the embedding and LM-head counted in layer-equivalents on the end stages), and
-the weights per rank must be the bytes of the tensors each rank holds."""
+the weights per rank must be the bytes of the tensors each rank holds. `inspect --sweep`: the cost
+model docs/SWEEP_FORMAT.md states, evaluated here from config.json (FLOPs per run from each layer,
+averaged over the layers; weights read once per prompt, as the values run as one batch)."""
 import itertools
 import os
 import re
@@ -97,6 +99,31 @@ def check_model(model, tied):
     t.check(f"at most {LAYERS} ranks" in out, f"--ranks {LAYERS + 1}: {out.splitlines()[-1]}")
 
 
+def check_sweep(model):
+    import json
+    with open(os.path.join(model, "config.json")) as f:
+        c = json.load(f)
+    H, I, L, V = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
+    hd = c.get("head_dim") or H // c["num_attention_heads"]
+    q, kv = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
+    params = 2 * H * q + 2 * H * kv + 3 * H * I
+    values, prompts, tokens, neurons, ranks = 3, 5, 7, 11, 2
+    flops = sum((L - l) * (2 * params * tokens + 2 * tokens * tokens * q) + 2 * V * H for l in range(L)) / L
+    reads = sum(2 * ((L - l) * params + V * H) for l in range(L)) / L
+    out = t.run(["inspect", "--model", model, "--sweep", "--sweep-values", values, "--sweep-prompts", prompts,
+                 "--sweep-tokens", tokens, "--sweep-neurons", neurons, "--ranks", ranks, "--cpu-gflops", 1,
+                 "--cpu-gbps", 1000]).stdout
+    m = re.search(r"per neuron: (\d+) clamped runs .*: ([0-9.e+]+) GFLOP, ([0-9.]+ \w+) of weights read", out)
+    t.check(m and int(m.group(1)) == values * prompts, f"inspect --sweep: {out}")
+    gflop = values * prompts * flops / 1e9
+    t.check(abs(float(m.group(2)) - gflop) <= 0.006 * gflop, f"inspect --sweep: {m.group(2)} GFLOP, want {gflop:.4g}")
+    near(m.group(3), prompts * reads, "inspect --sweep: weights read per neuron")
+    # 1 GFLOP/s and 1 TB/s: the FLOPs bound the CPU time of `neurons` split over `ranks`
+    m = re.search(rf"{neurons} neurons on {ranks} ranks: CPU ~([0-9.]+) s", out)
+    want = neurons * values * prompts * flops / ranks / 1e9
+    t.check(m and abs(float(m.group(1)) - want) <= 0.006 * want, f"inspect --sweep: CPU time {m and m.group(1)}, want {want:.4g} s")
+
+
 def test():
     with t.tempdir() as tmp:
         size_args = ["--hidden", "64", "--intermediate", "128", "--layers", str(LAYERS)]
@@ -104,7 +131,8 @@ def test():
         check_model(t.demo_model(os.path.join(tmp, "nested", "dirs", "untied"), *size_args), tied=False)
         check_model(t.demo_model(os.path.join(tmp, "tied"), *size_args, "--tied", "--dtype", "f32", "--shards", "2"),
                     tied=True)
-        print(f"  inspect: counts, bytes, FLOPs and the pipeline plan for 1..{LAYERS} ranks agree")
+        check_sweep(os.path.join(tmp, "tied"))
+        print(f"  inspect: counts, bytes, FLOPs and the pipeline plan for 1..{LAYERS} ranks agree; --sweep's cost model")
 
 
 t.main(test)
