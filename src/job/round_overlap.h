@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <functional>
 #include <future>
+#include <system_error>
 #include <utility>
 
 #include "decode/chunk_result.h"
@@ -26,21 +27,19 @@ class RoundOverlap {
   RoundOverlap(const RoundOverlap&) = delete;
   RoundOverlap& operator=(const RoundOverlap&) = delete;
 
-  // Starts round r's decode on the worker thread (once; round r - 1's must be collected).
+  // Starts round r's decode on the worker thread (round r - 1's must be collected). Never
+  // throws: the caller is outside any collective check here, so a thread that cannot be made
+  // leaves the decode to collect(), which reports the failure.
   void start(size_t round) {
-    if (started_ && round_ == round) return;
-    round_ = round;
-    started_ = true;
-    inflight_ = std::async(std::launch::async, [this, round] {
-      const auto t0 = std::chrono::steady_clock::now();
-      decode_(round, res_[round % 2]);
-      decode_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    });
+    try {
+      launch(round);
+    } catch (const std::system_error&) {
+    }
   }
   // Round r's result (its decode started here if it was not yet); valid until round r + 2
   // starts. Rethrows the decode's error.
   ChunkResult& collect(size_t round) {
-    start(round);
+    launch(round);
     const auto t0 = std::chrono::steady_clock::now();
     started_ = false;
     inflight_.get();
@@ -53,6 +52,17 @@ class RoundOverlap {
   double wait_s() const { return wait_s_; }
 
  private:
+  void launch(size_t round) {
+    if (started_ && round_ == round) return;
+    inflight_ = std::async(std::launch::async, [this, round] {
+      const auto t0 = std::chrono::steady_clock::now();
+      decode_(round, res_[round % 2]);
+      decode_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    });
+    round_ = round;
+    started_ = true;
+  }
+
   std::function<void(size_t, ChunkResult&)> decode_;
   ChunkResult res_[2];
   std::future<void> inflight_;
