@@ -71,6 +71,10 @@ class Decoder {
   // rest (all of the CPU backend's) itself.
   virtual bool takes_block(const RowBlock&) const { return false; }
   virtual void decode_block(const RowBlock& b, ChunkResult& out);
+  // Memory for the row feed's buffers (io/row_feed.h): the default, or (CUDA) pinned memory that
+  // decode_block uploads from directly. The decode calls come from one worker thread at a time
+  // (job/round_overlap.h), not always the thread that made the decoder.
+  virtual HostAlloc host_alloc() const { return {}; }
   // How the logits are computed, for the start line (e.g. "bf16 GEMM: oneDNN ... + re-scoring").
   virtual std::string gemm_info() const { return ""; }
   // GemmMode::Bf16: rows so far whose ids the error bound could not certify, decoded again

@@ -113,7 +113,7 @@ void widen_block(const RowBlock& b, float* x, int threads) {
 }
 
 RowFeed::RowFeed(const Checkpoint& ck, std::vector<FeedItem> items, HostAlloc mem, int readers)
-    : ck_(ck), items_(std::move(items)), mem_(mem), readers_(std::max(1, readers)) {
+    : ck_(ck), items_(std::move(items)), mem_(std::move(mem)), readers_(std::max(1, readers)) {
   if (!items_.empty()) reader_ = std::thread(&RowFeed::run, this);
 }
 

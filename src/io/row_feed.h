@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
@@ -39,11 +40,12 @@ struct RowBlock {
 // read_cols_f32 give (the same single fp32 rounding for FP8). threads >= 1 share the neurons.
 void widen_block(const RowBlock& b, float* x, int threads);
 
-// Memory for the stored bytes: page-aligned host memory by default; a CUDA build can pass pinned
-// memory (cudaHostAlloc) so that uploads from it are asynchronous.
+// Memory for the stored bytes: page-aligned host memory by default; the CUDA backend gives
+// pinned memory (cudaHostAlloc, Decoder::host_alloc) so that uploads from it need no staging
+// copy and run asynchronously. Both are called on the reader thread (release also at the end).
 struct HostAlloc {
-  void* (*alloc)(size_t bytes) = nullptr;  // null: aligned_alloc(4096, ...)
-  void (*release)(void* p) = nullptr;
+  std::function<void*(size_t bytes)> alloc;  // empty: aligned_alloc(4096, ...); null: out of memory
+  std::function<void(void* p)> release;
 };
 
 // Reads the items in order on its own thread, at most one ahead of the one the caller holds.

@@ -26,6 +26,7 @@
 #include "io/row_feed.h"
 #include "job/fingerprint.h"
 #include "job/output.h"
+#include "job/round_overlap.h"
 #include "map/format.h"
 #include "map/map_reader.h"
 #include "map/map_writer.h"
@@ -605,8 +606,29 @@ void hold_for_stop_signal(const Comms& c, int64_t* stop) {
   }
 }
 
+// Per-round time split on rank 0 (FLASHINTERP_ROUND_TIMES=1): each round's decode, how long the
+// main thread waited for it (what the previous write did not hide), and its write.
+struct RoundTimes {
+  bool on = false, overlap = false;
+  double decode = 0, wait = 0, write = 0;
+  void add(size_t round, double d, double w, double wr) {
+    decode += d, wait += w, write += wr;
+    if (on) std::fprintf(stderr, "flashinterp: round %zu: decode %.4f s, waited %.4f s, write %.4f s\n", round, d, w, wr);
+  }
+  void report(size_t rounds) const {
+    if (on) std::fprintf(stderr, "flashinterp: %zu rounds (overlap %s): decode %.3f s, waited for decodes %.3f s, "
+                         "writes %.3f s\n", rounds, overlap ? "on" : "off", decode, wait, write);
+  }
+};
+
 // Returns the rows decoded over all ranks, or -1 when a stop signal ended the rounds early
 // (the work so far kept in OUT.partial, the index saved).
+//
+// Round r: collect this rank's decode of r; agree on (rows, stop, save due); start the decode of
+// r + 1 on the worker (round_overlap.h) unless round r ends in a save or a stop; write r while it
+// runs. The token index is thus touched by one decode at a time, and at a save or a stop after
+// round r no decode of r + 1 has added rows to it: `included` names exactly rounds 0..r, whose
+// data the write has flushed (docs/MAP_FORMAT.md, "How a map is written").
 int64_t run_rounds(const Job& j, Plan& plan, Decoder& dec, int widen_threads, MapWriter& writer,
                    const Comms& c) {
   IndexSaver saver(j, plan, dec, writer, c);
@@ -623,31 +645,46 @@ int64_t run_rounds(const Job& j, Plan& plan, Decoder& dec, int widen_threads, Ma
   // CUDA: two threads share each read (one thread's copy out of the page cache falls short of
   // what the device could take; tests/bench/feed_bench); CPU: the decode is the bottleneck.
   const int readers = j.backend == BackendKind::Cuda ? std::min(2, affinity_cores()) : 1;
-  RowFeed feed(j.model->ckpt, std::move(items), {}, readers);
+  RowFeed feed(j.model->ckpt, std::move(items), dec.host_alloc(), readers);
   std::vector<float> x;
-  ChunkResult res;
+  auto item_of = [&](size_t round) { return round < plan.share.size() ? &plan.todo[plan.share.begin + round] : nullptr; };
+  // This rank's item of a round into res (on the worker thread; nothing for a round past its share).
+  RoundOverlap pipe([&](size_t round, ChunkResult& res) {
+    const WorkItem* item = item_of(round);
+    if (!item) return;
+    const RowBlock& b = feed.next();
+    if (j.M > 0) {  // the entries' (layer, group, expert) as one key (decode/token_index.h)
+      const Group& g = j.groups[size_t(item->matrix)];
+      dec.set_token_index_target(&plan.tis[size_t(g.index)],
+                                 j.key.key(g.layer(item->layer_index), g.kind, g.expert(item->layer_index)),
+                                 item->row0);
+    }
+    if (dec.takes_block(b)) {  // widened by the backend (CUDA: on the device)
+      dec.decode_block(b, res);
+    } else {
+      x.resize(size_t(b.count * b.width));
+      widen_block(b, x.data(), widen_threads);
+      dec.decode(x.data(), item->rows, res);
+    }
+  });
+  auto env_on = [](const char* name) { const char* v = std::getenv(name); return v && *v && *v != '0'; };
+  RoundTimes times;
+  times.on = c.rank == 0 && env_on("FLASHINTERP_ROUND_TIMES");
+  // The overlap is for a backend whose decode leaves the host idle (CUDA: the worker waits on
+  // the device). The CPU decode already keeps every core of the rank busy: there the write only
+  // competes with it for the cores (and MPI's busy waits), measured slower on a loaded node.
+  // FLASHINTERP_ROUND_OVERLAP=1 / =0 turns it on / off for either (the map is the same).
+  const char* ov = std::getenv("FLASHINTERP_ROUND_OVERLAP");
+  const bool overlap = ov && *ov ? env_on("FLASHINTERP_ROUND_OVERLAP") : j.backend == BackendKind::Cuda;
+  times.overlap = overlap;
   int64_t rows_done = 0;
   for (size_t round = 0; round < plan.rounds; ++round) {
-    const WorkItem* item = round < plan.share.size() ? &plan.todo[plan.share.begin + round] : nullptr;
+    const WorkItem* item = item_of(round);
+    ChunkResult* res = nullptr;
     collective(c.world, [&] {
       if (round == 1 && test_fail_rank() == c.rank) FI_FAIL("rank " + std::to_string(c.rank) + ": injected failure (FLASHINTERP_TEST_FAIL_RANK)");
-      if (!item) return;
-      const RowBlock& b = feed.next();
-      if (j.M > 0) {  // the entries' (layer, group, expert) as one key (decode/token_index.h)
-        const Group& g = j.groups[size_t(item->matrix)];
-        dec.set_token_index_target(&plan.tis[size_t(g.index)],
-                                   j.key.key(g.layer(item->layer_index), g.kind, g.expert(item->layer_index)),
-                                   item->row0);
-      }
-      if (dec.takes_block(b)) {  // widened by the backend (CUDA: on the device)
-        dec.decode_block(b, res);
-      } else {
-        x.resize(size_t(b.count * b.width));
-        widen_block(b, x.data(), widen_threads);
-        dec.decode(x.data(), item->rows, res);
-      }
+      res = &pipe.collect(round);
     });
-    writer.write_round(item, item ? &res : nullptr);
     // SIGTERM and SIGINT come from mpirun (which kills the ranks soon after forwarding them) or
     // a shell: stop at once, keeping the index as last saved. SIGUSR1 (what the Slurm scripts
     // send) also saves the index.
@@ -655,12 +692,17 @@ int64_t run_rounds(const Job& j, Plan& plan, Decoder& dec, int widen_threads, Ma
     int64_t mine[4] = {item ? item->rows : 0, int64_t(g_stop != 0), int64_t(hurried()), saver.due() ? 1 : 0};
     int64_t all[4] = {0, 0, 0, 0};
     MPI_Allreduce(mine, all, 4, MPI_INT64_T, MPI_SUM, c.world);
+    const bool more = round + 1 < plan.rounds;
+    const bool hold = all[1] == 0 && plan.start == Start::Fresh && int64_t(round) == test_hold_round();
+    if (overlap && more && all[1] == 0 && all[3] == 0 && !hold) pipe.start(round + 1);  // overlaps the write
+    const auto t_write = Clock::now();
+    writer.write_round(item, item ? res : nullptr);
+    times.add(round, pipe.decode_s(), pipe.wait_s(), seconds_since(t_write));
     rows_done += all[0];
     progress.update(rows_done);
-    if (all[1] == 0 && plan.start == Start::Fresh && int64_t(round) == test_hold_round())
-      hold_for_stop_signal(c, &all[1]);
+    if (hold) hold_for_stop_signal(c, &all[1]);
 
-    if (all[1] > 0 && round + 1 < plan.rounds) {
+    if (all[1] > 0 && more) {
       if (c.rank == 0 && all[2] == 0)
         std::fprintf(stderr, "flashinterp: stopped by a signal after %zu of %zu rounds; %s keeps the "
                      "work done, continue with --resume\n", round + 1, plan.rounds, j.partial.c_str());
@@ -673,8 +715,9 @@ int64_t run_rounds(const Job& j, Plan& plan, Decoder& dec, int widen_threads, Ma
       MPI_Barrier(c.world);
       return -1;
     }
-    if (all[3] > 0 && round + 1 < plan.rounds) saver.save(round + 1);
+    if (all[3] > 0 && more) saver.save(round + 1);
   }
+  times.report(plan.rounds);
   saver.save(plan.rounds);
   return rows_done;
 }

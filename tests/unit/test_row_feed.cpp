@@ -6,8 +6,11 @@
 #include <stdlib.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <map>
+#include <mutex>
 #include <random>
 #include <string>
 #include <vector>
@@ -190,6 +193,56 @@ TEST_F(RowFeedTest, DroppedEarly) {
   std::vector<fi::FeedItem> items(20, {"up_F32", 0, N, false});
   fi::RowFeed feed(ck, items);
   EXPECT_EQ(feed.next().count, N);
+}
+
+// A caller's allocator (the CUDA backend's pinned memory, Decoder::host_alloc) holds every
+// block: each buffer it gave is given back once, and the rows read into it are the same.
+TEST_F(RowFeedTest, TheCallersAllocator) {
+  fi::Checkpoint ck(dir_);
+  std::mutex mu;  // the reader thread allocates while the test looks
+  std::map<void*, size_t> live;
+  size_t made = 0;
+  fi::HostAlloc mem{[&](size_t n) {
+                      void* p = std::aligned_alloc(64, n);
+                      std::lock_guard<std::mutex> g(mu);
+                      live[p] = n;
+                      ++made;
+                      return p;
+                    },
+                    [&](void* p) {
+                      std::lock_guard<std::mutex> g(mu);
+                      EXPECT_EQ(live.erase(p), 1u) << "a buffer it did not give, or given back twice";
+                      std::free(p);
+                    }};
+  {
+    const std::vector<fi::FeedItem> items = {{"up_BF16", 0, 4, false}, {"up_F32", 0, N, false}, {"down_F16", 3, 10, true}};
+    fi::RowFeed feed(ck, items, mem);
+    for (const fi::FeedItem& it : items) {
+      const fi::RowBlock& b = feed.next();
+      bool inside = false;
+      std::lock_guard<std::mutex> g(mu);
+      for (const auto& [p, n] : live)
+        inside |= b.data >= static_cast<uint8_t*>(p) && b.data + b.bytes() <= static_cast<uint8_t*>(p) + n;
+      EXPECT_TRUE(inside) << it.tensor << ": the block is not in the allocator's memory";
+      std::vector<float> x(size_t(b.count * b.width));
+      fi::widen_block(b, x.data(), 1);
+      EXPECT_TRUE(same_bits(x, expected(ck, it))) << it.tensor;
+    }
+  }
+  EXPECT_GE(made, 2u);
+  EXPECT_TRUE(live.empty()) << live.size() << " buffers not given back";
+}
+
+// An allocator that cannot give the memory (pinned memory exhausted): that item's error, in turn.
+TEST_F(RowFeedTest, AnAllocatorOutOfMemory) {
+  fi::Checkpoint ck(dir_);
+  fi::RowFeed feed(ck, {{"up_F32", 0, N, false}}, {[](size_t) -> void* { return nullptr; }, [](void*) {}});
+  try {
+    feed.next();
+    FAIL() << "no error";
+  } catch (const fi::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("out of memory"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

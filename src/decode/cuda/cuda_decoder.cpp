@@ -2,8 +2,11 @@
 // piece: upload (host input) -> norm + conversion to the LM-head dtype -> cuBLAS GEMM into an
 // fp32 logits buffer [sub_rows, vocab] -> the fused reduction kernel -> small results. Two
 // buffers per stage and three streams (upload, GEMM, reduction) let the GEMM of piece i+1 run
-// while piece i is reduced and piece i+2 uploads; only the per-row results come back (one copy
-// per call into pinned memory).
+// while piece i is reduced and piece i+2 uploads; only the per-row results come back (one
+// asynchronous copy per call into pinned memory). The rows come from the row feed's pinned
+// buffers (host_alloc) without a staging copy. The job calls the decoder from a worker thread
+// (job/round_overlap.h), so the host's write of round r overlaps the device's round r + 1; every
+// entry point sets the device first.
 //
 // Precision. A bf16/f16 LM-head stays 16-bit on the device, and cuBLAS multiplies it by the
 // normed rows ROUNDED TO THE SAME 16-BIT TYPE (the CPU path keeps the normed rows fp32), with
@@ -50,6 +53,17 @@ void unpack_results(const void* packed, int64_t rows, int k, int b, ChunkResult&
   out.resize(rows, k, b);
   for (int i = 0; i < kNumChunkFields; ++i)
     if (const size_t n = size_t(rows * out.width(i))) std::memcpy(out.data(i), h.field(i), n * 4);
+}
+
+// Whether p is in page-locked host memory (cudaHostAlloc'd or registered): a copy from it needs
+// no staging.
+bool is_pinned(const void* p) {
+  cudaPointerAttributes a{};
+  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+    cudaGetLastError();  // pageable memory on an old runtime: an error, not a state to keep
+    return false;
+  }
+  return a.type == cudaMemoryTypeHost;
 }
 
 }  // namespace
@@ -336,11 +350,15 @@ struct CudaDecoder::Impl {
     FI_CUDA_CHECK(cudaSetDevice(device));
     const size_t bytes = size_t(b.bytes()), wide = size_t(b.count * b.width) * 4;
     if (stored.bytes() < bytes) stored = DeviceBuffer(bytes, "the stored rows");
-    if (stored_host.bytes() < bytes) stored_host = PinnedBuffer(bytes, "the stored rows");
     if (widened.bytes() < wide) widened = DeviceBuffer(wide, "the widened rows");
     const cudaStream_t sg = gemm_stream.s;  // the last call's work is done: run() ends synchronised
-    std::memcpy(stored_host.get(), b.data, bytes);
-    FI_CUDA_CHECK(cudaMemcpyAsync(stored.get(), stored_host.get(), bytes, cudaMemcpyHostToDevice, sg));
+    const void* src = b.data;  // the row feed's pinned buffer, or a pinned copy of it
+    if (!is_pinned(src)) {
+      if (stored_host.bytes() < bytes) stored_host = PinnedBuffer(bytes, "the stored rows");
+      std::memcpy(stored_host.get(), b.data, bytes);
+      src = stored_host.get();
+    }
+    FI_CUDA_CHECK(cudaMemcpyAsync(stored.get(), src, bytes, cudaMemcpyHostToDevice, sg));
     if (is_fp8(b.dtype)) {
       if (!fp8_table.get() || table_dtype != b.dtype) {
         std::vector<float> t(256);
@@ -376,6 +394,9 @@ struct CudaDecoder::Impl {
     const cudaStream_t sg = gemm_stream.s, sr = reduce_stream.s;
     const int64_t sub = sub_rows(rows);
     const float* gamma_d = static_cast<const float*>(gamma.get());
+    // Rows in pinned memory (the row feed's, host_alloc) are uploaded from where they are; they
+    // stay valid until this call returns, after every upload is done.
+    const bool pinned = host_input && is_pinned(x);
     TokenIndex* target = ti;
     ti = nullptr;  // a target holds for one call, as on the CPU
     const TokenIndexLists* lists = target ? &device_index(target).lists : nullptr;
@@ -385,17 +406,20 @@ struct CudaDecoder::Impl {
       const void* xin = nullptr;
       DType xin_dtype = x_dtype;
       if (host_input) {  // rows as stored: the norm kernel widens them (exactly) on the device
-        const size_t w = dtype_size(x_dtype);
-        if (!s.staging.get()) s.staging = PinnedBuffer(size_t(max_sub) * H * 4, "the input rows");
-        // The staging buffer is free once its previous upload (two pieces ago) is done; the
-        // host copy into it overlaps the device's work on the piece before. The upload runs on
-        // its own stream so it overlaps the GEMM of the piece before; it waits until the norm
-        // of two pieces ago has read this slot's x.
-        FI_CUDA_CHECK(cudaEventSynchronize(s.h2d_done.e));
-        std::memcpy(s.staging.get(), static_cast<const char*>(x) + size_t(r0 * H) * w, size_t(n * H) * w);
+        const size_t w = dtype_size(x_dtype), piece_bytes = size_t(n * H) * w;
+        const void* src = static_cast<const char*>(x) + size_t(r0 * H) * w;
+        if (!pinned) {  // pageable rows go through a pinned staging buffer
+          if (!s.staging.get()) s.staging = PinnedBuffer(size_t(max_sub) * H * 4, "the input rows");
+          // The staging buffer is free once its previous upload (two pieces ago) is done; the
+          // host copy into it overlaps the device's work on the piece before.
+          FI_CUDA_CHECK(cudaEventSynchronize(s.h2d_done.e));
+          std::memcpy(s.staging.get(), src, piece_bytes);
+          src = s.staging.get();
+        }
+        // The upload runs on its own stream so it overlaps the GEMM of the piece before; it
+        // waits until the norm of two pieces ago has read this slot's x.
         FI_CUDA_CHECK(cudaStreamWaitEvent(copy_stream.s, s.norm_done.e, 0));
-        FI_CUDA_CHECK(cudaMemcpyAsync(s.x.get(), s.staging.get(), size_t(n * H) * w,
-                                      cudaMemcpyHostToDevice, copy_stream.s));
+        FI_CUDA_CHECK(cudaMemcpyAsync(s.x.get(), src, piece_bytes, cudaMemcpyHostToDevice, copy_stream.s));
         FI_CUDA_CHECK(cudaEventRecord(s.h2d_done.e, copy_stream.s));
         FI_CUDA_CHECK(cudaStreamWaitEvent(sg, s.h2d_done.e, 0));
         xin = s.x.get();
@@ -474,6 +498,24 @@ void CudaDecoder::decode(const float* x, int64_t rows, ChunkResult& out) {
 }
 
 bool CudaDecoder::takes_block(const RowBlock&) const { return true; }
+
+HostAlloc CudaDecoder::host_alloc() const {
+  const int dev = impl_->device;
+  // Called on the row feed's reader thread: its current device must be the decoder's, or the
+  // runtime would make a context on device 0 for it. Portable: pinned for every context.
+  return {[dev](size_t n) -> void* {
+            void* p = nullptr;
+            if (cudaSetDevice(dev) != cudaSuccess || cudaHostAlloc(&p, n, cudaHostAllocPortable) != cudaSuccess) {
+              cudaGetLastError();
+              return nullptr;  // RowFeed: "out of memory" for the chunk's rows
+            }
+            return p;
+          },
+          [dev](void* p) {
+            cudaSetDevice(dev);
+            cudaFreeHost(p);
+          }};
+}
 
 void CudaDecoder::decode_block(const RowBlock& b, ChunkResult& out) {
   FI_CHECK(b.width == impl_->H, "CUDA decode: rows of " + std::to_string(b.width) + " values for an LM-head of " +

@@ -62,6 +62,8 @@ class CudaDecoder final : public Decoder {
   // the widening kernel (gpu/widen.h) into fp32 rows on the device.
   bool takes_block(const RowBlock& b) const override;
   void decode_block(const RowBlock& b, ChunkResult& out) override;
+  // Pinned memory (cudaHostAlloc on the decoder's device) for the row feed.
+  HostAlloc host_alloc() const override;
   // x: [rows, hidden] of x_dtype on the decoder's device. Results still come back to the host.
   void decode_device(const void* x, DType x_dtype, int64_t rows, ChunkResult& out);
   // Rows per GEMM for a call of `rows` rows (the call is pipelined in pieces of this size).
