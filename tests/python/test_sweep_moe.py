@@ -11,6 +11,9 @@ shared expert), decoded into a version 2 map (--matrices up).
 - --force-route: the same against torch with the clamped expert forced into every position.
 - mpirun -np 1, 2 and -np 2 --stages 2 give bit-identical datasets; --json names the group and
   expert of each neuron.
+- --select top:K over every group of the map (--matrices up: /up, /moe/up, /shared/up) picks the
+  K lowest exact entropies numpy finds in the map's datasets, in (layer, group, expert, neuron)
+  order.
 - A list line naming an expert the map lacks, or an expert on a dense layer, is one error line.
 """
 import json
@@ -96,6 +99,31 @@ def check_torch(ref, s, mp, force=False):
     t.check(moved > 1e-3, f"the routed neuron's clamp moves nothing (max |delta| {moved}): a check of zeros")
 
 
+def check_top(model, mp, tmp, k=7):
+    """top:K against numpy over every group's entropy."""
+    found = []
+    with h5py.File(mp, "r") as f:
+        for gname, code in (("up", 0), ("moe/up", 1), ("shared/up", 2)):
+            g = f[gname]
+            ent = g["entropy"][()]
+            for li, layer in enumerate(g.attrs["layers"]):
+                if code == 1:
+                    for ei, e in enumerate(g.attrs["experts"]):
+                        found += [(float(ent[li, ei, n]), (int(layer), code, int(e), n)) for n in range(ent.shape[2])]
+                else:
+                    found += [(float(ent[li, n]), (int(layer), code, -1, n)) for n in range(ent.shape[1])]
+    want = sorted(key for _, key in sorted(found)[:k])
+    out = f"{tmp}/top.h5"
+    cmd = [t.binary(), "sweep", "--model", model, "--map", mp, "--out", out, "--select", f"top:{k}", "--matrices", "up",
+           "--prompts", f"{tmp}/prompts.txt", "--values", "0,3", "--quiet"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    t.check(p.returncode == 0, f"top:{k}: exit {p.returncode}\n{p.stderr}")
+    s = read(out)
+    got = [(int(a), int(b), int(c), int(d)) for a, b, c, d in zip(s["layer"], s["group"], s["expert"], s["neuron"])]
+    t.check(got == want, f"top:{k}: {got}, numpy {want}")
+    t.check(len({g for _, g, _, _ in got}) > 1, f"top:{k}: one group only ({got}): a weak check")
+
+
 def same(a, b, what):
     da, db = read(a), read(b)
     t.check(sorted(da) == sorted(db), f"{what}: datasets differ")
@@ -131,6 +159,7 @@ def test():
         forced = f"{tmp}/forced.h5"
         sweep(model, mp, forced, lst, tmp, np_=1, extra=("--force-route",))
         check_torch(ref, read(forced), mp, force=True)
+        check_top(model, mp, tmp)
         # --json: the existing file is complete, so --resume only prints.
         p = sweep(model, mp, outs["np1"], lst, tmp, np_=None, extra=("--resume", "--json"))
         rows = [json.loads(x) for x in p.stdout.splitlines()]
