@@ -711,12 +711,25 @@ double sweep_slope(const std::vector<float>& values, const std::vector<double>& 
 SweepCost sweep_run_cost(const ModelConfig& c, int64_t layer, int64_t tokens) {
   const double H = double(c.hidden_size), I = double(c.intermediate_size), T = double(tokens);
   const double q = double(c.num_heads * c.head_dim), kv = double(c.num_kv_heads * c.head_dim);
-  const double params = H * q * 2 + H * kv * 2 + 3 * H * I;  // one layer's matrices
-  const double layers = double(c.num_layers - layer), head = double(c.vocab_size) * H;
+  const double attn = H * q * 2 + H * kv * 2;  // one layer's attention matrices
+  const double head = double(c.vocab_size) * H;
   SweepCost s;
-  // Matrices on every position, attention scores and sums (T^2/2 per head), the head on one.
-  s.flops = layers * (2 * params * T + 2 * T * T * q) + 2 * head;
-  s.weight_bytes = 2 * (layers * params + head);
+  for (int64_t l = layer; l < c.num_layers; ++l) {
+    // A dense layer's MLP; an MoE layer's router and shared expert, with its routed experts:
+    // those a token runs (experts_per_token) for the FLOPs, all of them for the weights read (a
+    // prompt's tokens reach most experts).
+    double mlp_run = 3 * H * I, mlp_read = mlp_run;
+    if (c.is_moe_layer(l)) {
+      const double e = double(c.moe.experts), es = double(c.moe.expert_size), sh = double(c.moe.shared_size);
+      mlp_run = H * e + 3 * H * (double(c.moe.experts_per_token) * es + sh);
+      mlp_read = H * e + 3 * H * (e * es + sh);
+    }
+    // Matrices on every position, attention scores and sums (T^2/2 per head).
+    s.flops += 2 * (attn + mlp_run) * T + 2 * T * T * q;
+    s.weight_bytes += 2 * (attn + mlp_read);
+  }
+  s.flops += 2 * head;  // the head on one position
+  s.weight_bytes += 2 * head;
   return s;
 }
 

@@ -48,7 +48,9 @@ std::vector<ListedNeuron> parse_neuron_list(const std::string& text, const std::
 int run_sweep(const SweepOptions& opt, const Comms& comms);
 
 // The cost model `inspect --sweep` prints: forward FLOPs and weight bytes of one clamped run
-// from layer `layer` (layers layer.. on `tokens` positions, the LM-head on the last).
+// from layer `layer` (layers layer.. on `tokens` positions, the LM-head on the last; an MoE
+// layer: its router, shared expert and experts_per_token routed experts for the FLOPs, every
+// expert for the weights read).
 struct SweepCost {
   double flops = 0;         // multiply-adds x 2
   double weight_bytes = 0;  // the weights one run reads (2 bytes a parameter: bf16)
