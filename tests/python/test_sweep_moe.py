@@ -14,6 +14,8 @@ shared expert), decoded into a version 2 map (--matrices up).
 - --select top:K over every group of the map (--matrices up: /up, /moe/up, /shared/up) picks the
   K lowest exact entropies numpy finds in the map's datasets, in (layer, group, expert, neuron)
   order.
+- analysis/flashinterp_sweep.py looks the neurons up by group and expert, and reads a file
+  without the group dataset (written before it existed) as all dense.
 - A list line naming an expert the map lacks, or an expert on a dense layer, is one error line.
 """
 import json
@@ -124,6 +126,26 @@ def check_top(model, mp, tmp, k=7):
     t.check(len({g for _, g, _, _ in got}) > 1, f"top:{k}: one group only ({got}): a weak check")
 
 
+def check_reader(path, tmp):
+    sys.path.insert(0, os.path.join(t.SOURCE_DIR, "analysis"))
+    import flashinterp_sweep as fs
+    s = fs.open_sweep(path)
+    score = read(path)["score"]
+    for k, (_, group, layer, expert, n) in enumerate(NEURONS):
+        name = {"dense": "up", "moe": "moe/up", "shared": "shared/up"}[group]
+        got = s.lookup(name, layer, n, expert=expert)
+        t.check(got is not None and got["score"] == float(score[k]), f"reader: {name} {layer} {expert} {n}: {got}")
+    t.check(s.lookup("up", 0, 5) is None and s.lookup("moe/up", 0, 5, expert=2) is None, "reader: finds unswept neurons")
+    old = f"{tmp}/old.h5"
+    with h5py.File(path, "r") as src, h5py.File(old, "w") as dst:
+        for k in src:
+            if k != "group":
+                src.copy(k, dst)
+        dst.attrs.update(src.attrs)
+    o = fs.open_sweep(old)
+    t.check((o.group == 0).all(), "reader: a file without group is not read as dense")
+
+
 def same(a, b, what):
     da, db = read(a), read(b)
     t.check(sorted(da) == sorted(db), f"{what}: datasets differ")
@@ -160,6 +182,7 @@ def test():
         sweep(model, mp, forced, lst, tmp, np_=1, extra=("--force-route",))
         check_torch(ref, read(forced), mp, force=True)
         check_top(model, mp, tmp)
+        check_reader(outs["np1"], tmp)
         # --json: the existing file is complete, so --resume only prints.
         p = sweep(model, mp, outs["np1"], lst, tmp, np_=None, extra=("--resume", "--json"))
         rows = [json.loads(x) for x in p.stdout.splitlines()]
