@@ -5,6 +5,7 @@ says of it, for analysis/show (--sweep) and analysis/report (--sweep).
     import flashinterp_sweep as fs
     s = fs.open_sweep("sweep.h5")
     s.lookup("up", 20, 1234)    # dict, or None when the neuron was not swept
+    s.lookup("moe/up", 20, 1234, expert=3)   # a routed expert's neuron ("shared/up": the shared expert's)
     fs.disagreements(s, 20)     # the neurons whose specialisation and score disagree most
 Runs with Debian's /usr/bin/python3 (numpy + h5py).
 """
@@ -13,6 +14,7 @@ import numpy as np
 
 FORMAT = "flashinterp-sweep"
 MATRICES = ("up", "gate", "down")  # the file's matrix codes 0, 1, 2
+GROUPS = ("", "moe/", "shared/")  # the file's group codes 0 (dense), 1 (routed experts), 2 (shared)
 
 
 class SweepError(Exception):
@@ -39,16 +41,22 @@ class Sweep:
             for k in ("matrix", "layer", "neuron", "top_tokens", "map_top_prob", "map_entropy", "score",
                       "top1_share", "delta", "done", "values"):
                 setattr(self, k, f[k][()])
+            # A file of a dense map may lack group/expert (before MoE sweeps): all dense.
+            K = len(self.neuron)
+            self.group = f["group"][()] if "group" in f else np.zeros(K, np.int32)
+            self.expert = f["expert"][()] if "expert" in f else np.full(K, -1, np.int32)
         self.complete = int(self.attrs.get("complete", 0)) == 1
-        self.keys = {(MATRICES[m], int(l), int(n)): i
-                     for i, (m, l, n) in enumerate(zip(self.matrix, self.layer, self.neuron))}
+        self.keys = {(GROUPS[g] + MATRICES[m], int(l), int(e), int(n)): i
+                     for i, (g, m, l, e, n) in enumerate(zip(self.group, self.matrix, self.layer, self.expert,
+                                                              self.neuron))}
 
     def matches(self, map_attrs):
         """Whether this sweep was made from the map with these root attributes."""
         return _str(map_attrs.get("fingerprint", b"")) == self.attrs.get("map_fingerprint")
 
-    def lookup(self, matrix, layer, neuron):
-        i = self.keys.get((matrix, int(layer), int(neuron)))
+    def lookup(self, matrix, layer, neuron, expert=-1):
+        """matrix: up|gate|down (dense), moe/up... (with expert, the routed expert's id), shared/up..."""
+        i = self.keys.get((matrix, int(layer), int(expert), int(neuron)))
         if i is None or not self.done[i]:
             return None
         per_value = self.delta[i].mean(axis=1)

@@ -51,9 +51,10 @@ std::vector<std::string> read_prompts(const std::string& path) {
 void print_json(const std::string& out, const Tokenizer& tok) {
   const sweep::Contents s = sweep::read(out, true);
   const char* names[] = {"up", "gate", "down"};
+  const char* groups[] = {"dense", "moe", "shared"};
   const size_t nv = s.values.size(), P = size_t(s.prompts);
   for (size_t i = 0; i < s.neuron.size(); ++i) {
-    nlohmann::ordered_json j = {{"matrix", names[s.matrix[i]]}, {"layer", s.layer[i]},
+    nlohmann::ordered_json j = {{"matrix", names[s.matrix[i]]}, {"group", groups[s.group[i]]}, {"layer", s.layer[i]},
                                 {"expert", s.expert[i] < 0 ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(s.expert[i])},
                                 {"neuron", s.neuron[i]}, {"token_id", s.token[i]},
                                 {"token", token_text(tok, s.token[i])}, {"score", s.score[i]},
@@ -106,14 +107,18 @@ std::function<int(int*, char***)> add_sweep(CLI::App& app) {
   cmd->add_option("--select", o.select,
                   "top:K (the K most specialised neurons: lowest entropy, else highest top-1 "
                   "probability) | layer:L (every neuron of layer L) | list:FILE (one neuron a line: "
-                  "'up 20 1234'; '#' comments)")->required();
-  cmd->add_option("--matrices", o.matrices, "for top: and layer:, comma-separated up,gate,down "
-                                            "(default: every matrix of the map)");
+                  "'up 20 1234', 'moe/up 20 EXPERT 1234', 'shared/up 20 1234'; '#' comments)")->required();
+  cmd->add_option("--matrices", o.matrices, "for top: and layer:, comma-separated up,gate,down, each "
+                                            "that matrix in every group of the map (dense, moe, shared; "
+                                            "default: every group)");
   cmd->add_option("--prompts", a->prompts_file, "prompts, one a line (default: 8 neutral prompts "
                                                 "shipped with flashinterp)");
   cmd->add_flag("--no-bos", a->no_bos, "do not put the BOS token before each prompt");
   cmd->add_option("--values", a->values, "comma-separated clamp values")->capture_default_str();
   cmd->add_option("--clamp-site", o.site, "act | up (as in clamp)")->capture_default_str();
+  cmd->add_flag("--force-route", o.force_route,
+                "a routed expert's clamp also routes every position to that expert (as clamp --force-route); "
+                "without it the clamp acts only where the router sends a position to the expert");
   add_backend_option(cmd, o.backend);
   cmd->add_option("--round-neurons", o.round_neurons,
                   "neurons per pipeline between two writes (what a kill can lose)")->capture_default_str();

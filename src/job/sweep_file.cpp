@@ -61,6 +61,7 @@ Writer::Writer(const std::string& path, const Meta& m, const std::vector<Neuron>
   h5::attr_string(f_, "backend", m.backend);
   h5::attr_string(f_, "prompts", m.prompts_json);
   h5::attr_string(f_, "matrix_names", "up,gate,down");
+  h5::attr_string(f_, "group_names", "dense,moe,shared");
   h5::attr_int(f_, "world_size", m.world_size);
   h5::attr_int(f_, "stages", m.stages);
   h5::attr_string(f_, "command_line", m.command_line);
@@ -68,11 +69,11 @@ Writer::Writer(const std::string& path, const Meta& m, const std::vector<Neuron>
   h5::attr_double(f_, "elapsed_s", 0);
   h5::attr_int(f_, "complete", 0);
 
-  std::vector<int32_t> mat(K), layer(K), expert(K), neuron(K), top(K * kTopN);
+  std::vector<int32_t> mat(K), group(K), layer(K), expert(K), neuron(K), top(K * kTopN);
   std::vector<float> prob(K), ent(K);
   for (size_t i = 0; i < K; ++i) {
     const Neuron& n = neurons[i];
-    mat[i] = n.matrix, layer[i] = n.layer, expert[i] = n.expert, neuron[i] = n.neuron;
+    mat[i] = n.matrix, group[i] = n.group, layer[i] = n.layer, expert[i] = n.expert, neuron[i] = n.neuron;
     std::copy(n.top, n.top + kTopN, &top[i * kTopN]);
     prob[i] = n.map_top_prob, ent[i] = n.map_entropy;
   }
@@ -84,7 +85,7 @@ Writer::Writer(const std::string& path, const Meta& m, const std::vector<Neuron>
     len[p] = int32_t(prompts[p].size());
   }
   const hid_t I32 = H5T_NATIVE_INT32, F32 = H5T_NATIVE_FLOAT, U8 = H5T_NATIVE_UINT8;
-  for (const char* n : {"matrix", "layer", "expert", "neuron"}) make(f_, n, I32, {K});
+  for (const char* n : {"matrix", "group", "layer", "expert", "neuron"}) make(f_, n, I32, {K});
   make(f_, "top_tokens", I32, {K, kTopN});
   for (const char* n : {"map_top_prob", "map_entropy", "score", "top1_share"}) make(f_, n, F32, {K});
   make(f_, "base_logp", F32, {K, np});
@@ -96,6 +97,7 @@ Writer::Writer(const std::string& path, const Meta& m, const std::vector<Neuron>
   make(f_, "prompt_ids", I32, {np, tmax});
   make(f_, "prompt_len", I32, {np});
   put(f_, "matrix", I32, {0}, {K}, mat);
+  put(f_, "group", I32, {0}, {K}, group);
   put(f_, "layer", I32, {0}, {K}, layer);
   put(f_, "expert", I32, {0}, {K}, expert);
   put(f_, "neuron", I32, {0}, {K}, neuron);
@@ -162,6 +164,8 @@ Contents read(const std::string& path, bool with_results) {
   if (!with_results) return c;
   const hid_t I32 = H5T_NATIVE_INT32, F32 = H5T_NATIVE_FLOAT;
   c.matrix = get<int32_t>(f, "matrix", I32);
+  // A file from before MoE sweeps has no group dataset: every neuron is dense.
+  c.group = h5::exists(f, "group") ? get<int32_t>(f, "group", I32) : std::vector<int32_t>(c.matrix.size(), kGroupDense);
   c.layer = get<int32_t>(f, "layer", I32);
   c.expert = get<int32_t>(f, "expert", I32);
   c.neuron = get<int32_t>(f, "neuron", I32);

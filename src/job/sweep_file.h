@@ -14,9 +14,14 @@ inline constexpr const char* kFormat = "flashinterp-sweep";
 inline constexpr int64_t kFormatVersion = 1;
 inline constexpr int kTopN = 5;  // the decoded top tokens whose mean change is delta_top5
 
-// What identifies a neuron and what the map says it means. matrix: 0 up, 1 gate, 2 down.
+// A neuron's group of the map (the `group` dataset, attr group_names "dense,moe,shared").
+inline constexpr int32_t kGroupDense = 0, kGroupMoe = 1, kGroupShared = 2;
+
+// What identifies a neuron and what the map says it means. matrix: 0 up, 1 gate, 2 down; group:
+// kGroupDense (/up), kGroupMoe (/moe/up, expert = the routed expert's id) or kGroupShared
+// (/shared/up); expert -1 but for a routed expert.
 struct Neuron {
-  int32_t matrix = 0, layer = 0, expert = -1, neuron = 0;
+  int32_t matrix = 0, layer = 0, expert = -1, neuron = 0, group = kGroupDense;
   int32_t top[kTopN] = {-1, -1, -1, -1, -1};  // the map's top tokens (-1 past its top_k)
   float map_top_prob = 0;                     // the map's top-1 probability
   float map_entropy = -1;                     // the map's exact entropy (nats), -1 when it has none
@@ -61,7 +66,7 @@ struct Contents {
   std::string format, fingerprint, map_fingerprint;
   int64_t complete = 0;
   std::vector<uint8_t> done;  // [K]
-  std::vector<int32_t> matrix, layer, expert, neuron, token;
+  std::vector<int32_t> matrix, group, layer, expert, neuron, token;
   std::vector<float> score, top1_share, values, delta;  // delta: [K, nV, P]
   int64_t prompts = 0;
 };

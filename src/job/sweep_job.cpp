@@ -60,16 +60,25 @@ bool parse_i64(const std::string& s, int64_t& out) {
 
 // ---- the selected neurons, from the map ----------------------------------------------------
 
-// One matrix group of the map: its layers and the datasets the sweep reads.
+// One group of the map: a dense matrix (/up), a routed-expert matrix (/moe/up, datasets with an
+// expert axis after the layer axis) or a shared-expert matrix (/shared/up); its layers (and
+// experts) and the datasets the sweep reads.
 struct Group {
   int32_t matrix = 0;
+  int32_t kind = sweep::kGroupDense;  // sweep::kGroupDense | kGroupMoe | kGroupShared
+  std::string name;                   // "up", "moe/up", "shared/up"
   h5::Handle g;
-  std::vector<int64_t> layers;  // model layer ids, dataset order
-  int64_t N = 0, K = 0;         // neurons per layer, top_k
-  bool entropy = false;         // /<group>/entropy [L, N] (exact entropy in nats) is present
+  std::vector<int64_t> layers;   // model layer ids, dataset order
+  std::vector<int64_t> experts;  // moe only: the expert ids along axis 1
+  int64_t N = 0, K = 0;          // neurons per layer (per expert), top_k
+  bool entropy = false;          // <group>/entropy (exact entropy in nats) is present
   int64_t index_of(int64_t layer) const {
     auto it = std::find(layers.begin(), layers.end(), layer);
     return it == layers.end() ? -1 : int64_t(it - layers.begin());
+  }
+  int64_t expert_index(int64_t e) const {
+    auto it = std::find(experts.begin(), experts.end(), e);
+    return it == experts.end() ? -1 : int64_t(it - experts.begin());
   }
 };
 
@@ -86,42 +95,58 @@ class MapView {
       if (h5::read_attr_int(f_, attr) != want)
         FI_FAIL(path + ": the map was made from another model (" + attr + " " +
                 std::to_string(h5::read_attr_int(f_, attr)) + ", --model's " + std::to_string(want) + ")");
-    for (int32_t m = 0; m < 3; ++m) {
-      const char* name = matrix_name(Matrix(m));
-      if (!h5::exists(f_, name)) continue;
-      Group gr;
-      gr.matrix = m;
-      gr.g = h5::Handle(H5Gopen2(f_, name, H5P_DEFAULT), H5Gclose, path + ": open group " + name);
-      gr.layers = h5::read_attr_ints(gr.g, "layers");
-      h5::Handle d = h5::open_dataset(gr.g, "top_ids");
-      const std::vector<hsize_t> dims = h5::dataset_dims(d);
-      gr.N = int64_t(dims.at(1));
-      gr.K = int64_t(dims.at(2));
-      gr.entropy = h5::exists(gr.g, "entropy");
-      groups_.push_back(std::move(gr));
-    }
+    if (h5::has_attr(f_, "num_experts") && h5::read_attr_int(f_, "num_experts") != cfg.moe.experts)
+      FI_FAIL(path + ": the map was made from another model (num_experts " +
+              std::to_string(h5::read_attr_int(f_, "num_experts")) + ", --model's " +
+              std::to_string(cfg.moe.experts) + ")");
+    for (int32_t kind : {sweep::kGroupDense, sweep::kGroupMoe, sweep::kGroupShared})
+      for (int32_t m = 0; m < 3; ++m) {
+        const std::string name = std::string(kind == sweep::kGroupMoe ? "moe/" : kind == sweep::kGroupShared ? "shared/" : "") +
+                                 matrix_name(Matrix(m));
+        if (!h5::exists(f_, name)) continue;
+        Group gr;
+        gr.matrix = m, gr.kind = kind, gr.name = name;
+        gr.g = h5::Handle(H5Gopen2(f_, name.c_str(), H5P_DEFAULT), H5Gclose, path + ": open group " + name);
+        gr.layers = h5::read_attr_ints(gr.g, "layers");
+        if (kind == sweep::kGroupMoe) gr.experts = h5::read_attr_ints(gr.g, "experts");
+        h5::Handle d = h5::open_dataset(gr.g, "top_ids");
+        const std::vector<hsize_t> dims = h5::dataset_dims(d);
+        const size_t ax = kind == sweep::kGroupMoe ? 2 : 1;  // the neuron axis
+        FI_CHECK(dims.size() == ax + 2, path + ": /" + name + "/top_ids has " + std::to_string(dims.size()) +
+                                            " dimensions, not " + std::to_string(ax + 2));
+        gr.N = int64_t(dims[ax]);
+        gr.K = int64_t(dims[ax + 1]);
+        gr.entropy = h5::exists(gr.g, "entropy");
+        groups_.push_back(std::move(gr));
+      }
   }
   std::string fingerprint;
 
+  // A group by name ("up", "moe/up", "shared/up").
   const Group& group(const std::string& name) const {
     for (const Group& g : groups_)
-      if (name == matrix_name(Matrix(g.matrix))) return g;
+      if (name == g.name) return g;
     FI_FAIL(path_ + ": the map has no " + name + " group");
+  }
+  const Group& group(int32_t kind, int32_t matrix) const {
+    for (const Group& g : groups_)
+      if (g.kind == kind && g.matrix == matrix) return g;
+    FI_FAIL(path_ + ": the map has no such group");
   }
   const std::vector<Group>& groups() const { return groups_; }
   const std::string& path() const { return path_; }
 
-  // Dataset rows [li, :, :cols] of a group as T.
+  // Dataset rows [li, (ei,) :, :cols] of a group as T (ei: the index along a moe group's expert axis).
   template <class T>
-  std::vector<T> rows(const Group& g, const char* ds, hid_t type, int64_t li, int64_t cols) const {
+  std::vector<T> rows(const Group& g, const char* ds, hid_t type, int64_t li, int64_t ei, int64_t cols) const {
     h5::Handle d = h5::open_dataset(g.g, ds);
-    const bool three = h5::dataset_dims(d).size() == 3;
+    const bool three = h5::dataset_dims(d).size() == (g.kind == sweep::kGroupMoe ? 4u : 3u);
     std::vector<T> v(size_t(g.N * cols));
-    if (three) {
-      h5::read_slab(d, type, {hsize_t(li), 0, 0}, {1, hsize_t(g.N), hsize_t(cols)}, v.data());
-    } else {
-      h5::read_slab(d, type, {hsize_t(li), 0}, {1, hsize_t(g.N)}, v.data());
-    }
+    std::vector<hsize_t> start{hsize_t(li)}, count{1};
+    if (g.kind == sweep::kGroupMoe) start.push_back(hsize_t(ei)), count.push_back(1);
+    start.push_back(0), count.push_back(hsize_t(g.N));
+    if (three) start.push_back(0), count.push_back(hsize_t(cols));
+    h5::read_slab(d, type, start, count, v.data());
     return v;
   }
 
@@ -131,8 +156,11 @@ class MapView {
   std::vector<Group> groups_;
 };
 
-using Key = std::tuple<int64_t, int32_t, int64_t>;  // (layer, matrix, neuron): the sweep's order
+// (layer, group kind, expert (-1 but for a routed one), matrix, neuron): the sweep's order.
+using Key = std::tuple<int64_t, int32_t, int64_t, int32_t, int64_t>;
 
+// The groups --matrices names: each name picks that matrix in every group of the map ("up":
+// /up, /moe/up and /shared/up); "" picks every group.
 std::vector<const Group*> chosen_groups(const MapView& map, const std::string& list) {
   std::vector<const Group*> out;
   if (list.empty()) {
@@ -141,8 +169,11 @@ std::vector<const Group*> chosen_groups(const MapView& map, const std::string& l
   }
   std::stringstream ss(list);
   for (std::string m; std::getline(ss, m, ',');) {
-    parse_matrix(m);
-    out.push_back(&map.group(m));
+    const int32_t mi = int32_t(parse_matrix(m));
+    bool any = false;
+    for (const Group& g : map.groups())
+      if (g.matrix == mi) out.push_back(&g), any = true;
+    if (!any) FI_FAIL(map.path() + ": the map has no " + m + " group");
   }
   return out;
 }
@@ -151,31 +182,43 @@ std::vector<Key> select_keys(const SweepOptions& o, const MapView& map, const Mo
   const size_t colon = o.select.find(':');
   const std::string kind = o.select.substr(0, colon), arg = colon == std::string::npos ? "" : o.select.substr(colon + 1);
   std::vector<Key> keys;
+  // Every (expert index, expert id) of a group: its experts, or one slot (-1) for dense/shared.
+  auto slots = [](const Group& g) {
+    std::vector<std::pair<int64_t, int64_t>> s;
+    if (g.kind != sweep::kGroupMoe) return std::vector<std::pair<int64_t, int64_t>>{{0, -1}};
+    for (size_t i = 0; i < g.experts.size(); ++i) s.emplace_back(int64_t(i), g.experts[i]);
+    return s;
+  };
   if (kind == "list" && !arg.empty()) {
     std::ifstream in(arg);
     if (!in) FI_FAIL("--select list:" + arg + ": cannot read the file");
     std::stringstream text;
     text << in.rdbuf();
     for (const ListedNeuron& n : parse_neuron_list(text.str(), arg)) {
-      if (n.matrix.rfind("moe/", 0) == 0) FI_FAIL("expert neurons: the map has no moe group");
-      if (n.matrix.rfind("shared/", 0) == 0) FI_FAIL("shared-expert neurons: the map has no shared group");
       const Group& g = map.group(n.matrix);
       if (g.index_of(n.layer) < 0)
         FI_FAIL(arg + ": " + n.matrix + " layer " + std::to_string(n.layer) + " is not in the map");
+      if (g.kind == sweep::kGroupMoe && g.expert_index(n.expert) < 0)
+        FI_FAIL(arg + ": " + n.matrix + " layer " + std::to_string(n.layer) + " expert " +
+                std::to_string(n.expert) + " is not in the map (its experts: " + std::to_string(g.experts.size()) +
+                (g.experts.empty() ? "" : ", " + std::to_string(g.experts.front()) + ".." + std::to_string(g.experts.back())) + ")");
       if (n.neuron >= g.N)
-        FI_FAIL(arg + ": neuron " + std::to_string(n.neuron) + " is out of range (layers have " +
+        FI_FAIL(arg + ": neuron " + std::to_string(n.neuron) + " is out of range (" + n.matrix + " has " +
                 std::to_string(g.N) + ")");
-      keys.emplace_back(n.layer, g.matrix, n.neuron);
+      keys.emplace_back(n.layer, g.kind, g.kind == sweep::kGroupMoe ? n.expert : -1, g.matrix, n.neuron);
     }
   } else if (kind == "layer" && !arg.empty()) {
     int64_t layer = -1;
     if (!parse_i64(arg, layer) || layer >= cfg.num_layers)
       FI_FAIL("--select layer:" + arg + ": not a layer of the model (0.." + std::to_string(cfg.num_layers - 1) + ")");
+    bool any = false;
     for (const Group* g : chosen_groups(map, o.matrices)) {
-      if (g->index_of(layer) < 0) FI_FAIL("--select layer:" + arg + ": the map's " +
-                                          matrix_name(Matrix(g->matrix)) + " group has no layer " + arg);
-      for (int64_t n = 0; n < g->N; ++n) keys.emplace_back(layer, g->matrix, n);
+      if (g->index_of(layer) < 0) continue;  // a dense group has no MoE layer, and the reverse
+      any = true;
+      for (const auto& [ei, e] : slots(*g))
+        for (int64_t n = 0; n < g->N; ++n) keys.emplace_back(layer, g->kind, e, g->matrix, n);
     }
+    if (!any) FI_FAIL("--select layer:" + arg + ": no chosen group of the map has layer " + arg);
   } else if (kind == "top" && !arg.empty()) {
     int64_t k = 0;
     if (!parse_i64(arg, k) || k <= 0) FI_FAIL("--select top:" + arg + ": expected a positive count");
@@ -186,12 +229,13 @@ std::vector<Key> select_keys(const SweepOptions& o, const MapView& map, const Mo
     for (const Group* g : gs) ent = ent && g->entropy;
     std::vector<std::pair<float, Key>> all;
     for (const Group* g : gs)
-      for (size_t li = 0; li < g->layers.size(); ++li) {
-        const std::vector<float> v = ent ? map.rows<float>(*g, "entropy", H5T_NATIVE_FLOAT, int64_t(li), 1)
-                                         : map.rows<float>(*g, "top_probs", H5T_NATIVE_FLOAT, int64_t(li), 1);
-        for (int64_t n = 0; n < g->N; ++n)
-          all.push_back({ent ? v[size_t(n)] : -v[size_t(n)], Key{g->layers[li], g->matrix, n}});
-      }
+      for (size_t li = 0; li < g->layers.size(); ++li)
+        for (const auto& [ei, e] : slots(*g)) {
+          const std::vector<float> v = ent ? map.rows<float>(*g, "entropy", H5T_NATIVE_FLOAT, int64_t(li), ei, 1)
+                                           : map.rows<float>(*g, "top_probs", H5T_NATIVE_FLOAT, int64_t(li), ei, 1);
+          for (int64_t n = 0; n < g->N; ++n)
+            all.push_back({ent ? v[size_t(n)] : -v[size_t(n)], Key{g->layers[li], g->kind, e, g->matrix, n}});
+        }
     k = std::min<int64_t>(k, int64_t(all.size()));
     std::partial_sort(all.begin(), all.begin() + k, all.end());
     for (int64_t i = 0; i < k; ++i) keys.push_back(all[size_t(i)].second);
@@ -207,28 +251,31 @@ std::vector<Key> select_keys(const SweepOptions& o, const MapView& map, const Mo
 // The neurons with what the map says of each: top tokens, top-1 probability, entropy.
 std::vector<sweep::Neuron> describe(const std::vector<Key>& keys, const MapView& map, int64_t vocab) {
   std::vector<sweep::Neuron> out;
-  std::map<std::pair<int32_t, int64_t>, std::tuple<std::vector<int32_t>, std::vector<float>, std::vector<float>>> cache;
-  for (const auto& [layer, m, n] : keys) {
-    const Group& g = map.group(matrix_name(Matrix(m)));
-    auto it = cache.find({m, layer});
+  using Slice = std::tuple<int32_t, int32_t, int64_t, int64_t>;  // (kind, matrix, layer, expert)
+  std::map<Slice, std::tuple<std::vector<int32_t>, std::vector<float>, std::vector<float>>> cache;
+  for (const auto& [layer, kind, expert, m, n] : keys) {
+    const Group& g = map.group(kind, m);
+    auto it = cache.find({kind, m, layer, expert});
     if (it == cache.end()) {
-      const int64_t li = g.index_of(layer), k = std::min<int64_t>(g.K, sweep::kTopN);
-      std::vector<int32_t> ids = map.rows<int32_t>(g, "top_ids", H5T_NATIVE_INT32, li, k);
-      std::vector<float> p = map.rows<float>(g, "top_probs", H5T_NATIVE_FLOAT, li, 1);
-      std::vector<float> e = g.entropy ? map.rows<float>(g, "entropy", H5T_NATIVE_FLOAT, li, 1) : std::vector<float>();
-      cache.clear();  // keys come layer by layer: keep one (matrix, layer) at a time
-      it = cache.emplace(std::pair{m, layer}, std::tuple{std::move(ids), std::move(p), std::move(e)}).first;
+      const int64_t li = g.index_of(layer), ei = kind == sweep::kGroupMoe ? g.expert_index(expert) : 0;
+      const int64_t k = std::min<int64_t>(g.K, sweep::kTopN);
+      std::vector<int32_t> ids = map.rows<int32_t>(g, "top_ids", H5T_NATIVE_INT32, li, ei, k);
+      std::vector<float> p = map.rows<float>(g, "top_probs", H5T_NATIVE_FLOAT, li, ei, 1);
+      std::vector<float> e = g.entropy ? map.rows<float>(g, "entropy", H5T_NATIVE_FLOAT, li, ei, 1) : std::vector<float>();
+      cache.clear();  // keys come slice by slice: keep one at a time
+      it = cache.emplace(Slice{kind, m, layer, expert}, std::tuple{std::move(ids), std::move(p), std::move(e)}).first;
     }
     const auto& [ids, p, e] = it->second;
     const int64_t k = int64_t(ids.size()) / g.N;
     sweep::Neuron s;
-    s.matrix = m, s.layer = int32_t(layer), s.neuron = int32_t(n);
+    s.matrix = m, s.group = kind, s.layer = int32_t(layer), s.expert = int32_t(expert), s.neuron = int32_t(n);
     for (int64_t j = 0; j < k; ++j) s.top[j] = ids[size_t(n * k + j)];
     for (int64_t j = 0; j < k; ++j)  // ids index the log-probabilities: a bad one is an error
       if (s.top[j] < (j ? -1 : 0) || s.top[j] >= vocab)
-        FI_FAIL(map.path() + ": /" + matrix_name(Matrix(m)) + "/top_ids of layer " + std::to_string(layer) +
-                ", neuron " + std::to_string(n) + " holds token id " + std::to_string(s.top[j]) +
-                ", not in 0.." + std::to_string(vocab - 1));
+        FI_FAIL(map.path() + ": /" + g.name + "/top_ids of layer " + std::to_string(layer) +
+                (kind == sweep::kGroupMoe ? ", expert " + std::to_string(expert) : "") + ", neuron " +
+                std::to_string(n) + " holds token id " + std::to_string(s.top[j]) + ", not in 0.." +
+                std::to_string(vocab - 1));
     s.map_top_prob = p[size_t(n)];
     if (!e.empty()) s.map_entropy = e[size_t(n)];
     out.push_back(s);
@@ -328,7 +375,14 @@ bool sweep_neuron(Forward& fwd, const Pipe& pp, Prefix& pre, const SweepOptions&
   const bool origin = n.layer >= pp.first;
   if (origin) pre.advance(fwd, pp, o.prompts, n.layer, site);
   std::vector<std::vector<Clamp>> clamps;
-  for (float v : o.values) clamps.push_back({{n.layer, n.neuron, v}});
+  // The clamp carries the neuron's expert: a routed expert's acts only at the positions the router
+  // sends to it (unless --force-route), the shared expert's and a dense MLP's at every position.
+  const int64_t expert = n.group == sweep::kGroupMoe ? n.expert : n.group == sweep::kGroupShared ? kSharedExpert : kDenseMlp;
+  for (float v : o.values) {
+    Clamp cl{n.layer, n.neuron, v, expert};
+    cl.force_route = o.force_route && n.group == sweep::kGroupMoe;
+    clamps.push_back({cl});
+  }
   const bool head = pp.next < 0;
   if (head) {
     r.base_logp.resize(size_t(P));
@@ -531,6 +585,7 @@ std::string fingerprint_of(const SweepOptions& o, const Model& model, const std:
     h = fnv1a(p.data(), p.size() * 4, h);
   }
   fp += ";prompts:" + hex(h);
+  if (o.force_route) fp += ";force_route";
   h = fnv1a(nullptr, 0);
   for (const sweep::Neuron& n : ns) h = fnv1a(&n, sizeof n, h);  // POD, no padding
   return fp + ";neurons:" + std::to_string(ns.size()) + ":" + hex(h) + ";";
@@ -656,12 +711,25 @@ double sweep_slope(const std::vector<float>& values, const std::vector<double>& 
 SweepCost sweep_run_cost(const ModelConfig& c, int64_t layer, int64_t tokens) {
   const double H = double(c.hidden_size), I = double(c.intermediate_size), T = double(tokens);
   const double q = double(c.num_heads * c.head_dim), kv = double(c.num_kv_heads * c.head_dim);
-  const double params = H * q * 2 + H * kv * 2 + 3 * H * I;  // one layer's matrices
-  const double layers = double(c.num_layers - layer), head = double(c.vocab_size) * H;
+  const double attn = H * q * 2 + H * kv * 2;  // one layer's attention matrices
+  const double head = double(c.vocab_size) * H;
   SweepCost s;
-  // Matrices on every position, attention scores and sums (T^2/2 per head), the head on one.
-  s.flops = layers * (2 * params * T + 2 * T * T * q) + 2 * head;
-  s.weight_bytes = 2 * (layers * params + head);
+  for (int64_t l = layer; l < c.num_layers; ++l) {
+    // A dense layer's MLP; an MoE layer's router and shared expert, with its routed experts:
+    // those a token runs (experts_per_token) for the FLOPs, all of them for the weights read (a
+    // prompt's tokens reach most experts).
+    double mlp_run = 3 * H * I, mlp_read = mlp_run;
+    if (c.is_moe_layer(l)) {
+      const double e = double(c.moe.experts), es = double(c.moe.expert_size), sh = double(c.moe.shared_size);
+      mlp_run = H * e + 3 * H * (double(c.moe.experts_per_token) * es + sh);
+      mlp_read = H * e + 3 * H * (e * es + sh);
+    }
+    // Matrices on every position, attention scores and sums (T^2/2 per head).
+    s.flops += 2 * (attn + mlp_run) * T + 2 * T * T * q;
+    s.weight_bytes += 2 * (attn + mlp_read);
+  }
+  s.flops += 2 * head;  // the head on one position
+  s.weight_bytes += 2 * head;
   return s;
 }
 

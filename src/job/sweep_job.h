@@ -20,7 +20,8 @@ namespace fi {
 struct SweepOptions {
   std::string model_dir, map, out;
   std::string select;    // top:K | layer:L | list:FILE
-  std::string matrices;  // for top:/layer:, comma-separated; "" = every group of the map
+  std::string matrices;  // for top:/layer:, comma-separated; each names that matrix in every group
+                         // of the map (up: /up, /moe/up, /shared/up); "" = every group
   std::string site = "act", backend = "auto";
   std::vector<float> values;
   std::vector<std::vector<int32_t>> prompts;  // token ids, BOS first
@@ -28,6 +29,7 @@ struct SweepOptions {
   int64_t round_neurons = 4;  // neurons per pipeline per round (the resume granularity)
   int64_t stages = 0;         // ranks per pipeline; 0: the fewest whose share of the model fits
   bool overwrite = false, resume = false, quiet = false;
+  bool force_route = false;  // a routed expert's clamp routes every position to its expert
   std::string command_line;
 };
 
@@ -37,8 +39,8 @@ struct ListedNeuron {
   int64_t layer = -1, expert = -1, neuron = -1;
 };
 // Parses the text of a list file ('#' starts a comment; blank lines skipped); throws naming the
-// file and line on a malformed one. Expert and shared-expert lines parse (refused later: no map
-// has a moe group yet).
+// file and line on a malformed one. Expert and shared-expert lines need a map with those groups
+// (format version 2), checked against the map later.
 std::vector<ListedNeuron> parse_neuron_list(const std::string& text, const std::string& path);
 
 // Runs the sweep; collective over comms.world. Returns 0, or kExitStopped (75) after a stop
@@ -46,7 +48,9 @@ std::vector<ListedNeuron> parse_neuron_list(const std::string& text, const std::
 int run_sweep(const SweepOptions& opt, const Comms& comms);
 
 // The cost model `inspect --sweep` prints: forward FLOPs and weight bytes of one clamped run
-// from layer `layer` (layers layer.. on `tokens` positions, the LM-head on the last).
+// from layer `layer` (layers layer.. on `tokens` positions, the LM-head on the last; an MoE
+// layer: its router, shared expert and experts_per_token routed experts for the FLOPs, every
+// expert for the weights read).
 struct SweepCost {
   double flops = 0;         // multiply-adds x 2
   double weight_bytes = 0;  // the weights one run reads (2 bytes a parameter: bf16)

@@ -44,7 +44,7 @@ except ImportError:
 
 PROMPTS = ["The", "I think that the", "Here is a short story about"]
 VALUES = [0, 2, 5, 10]
-DATASETS = ("matrix", "layer", "expert", "neuron", "top_tokens", "map_top_prob", "map_entropy",
+DATASETS = ("matrix", "group", "layer", "expert", "neuron", "top_tokens", "map_top_prob", "map_entropy",
             "score", "top1_share", "base_logp", "delta", "delta_top5", "top1", "done", "values",
             "prompt_ids", "prompt_len")
 MATRIX = {"up": 0, "gate": 1, "down": 2}
@@ -315,7 +315,7 @@ def check_cuda(model, mp, tmp, ref):
 
 
 def check_errors(model, mp, tmp):
-    for text, words in [("moe/up 1 3 5\n", "expert neurons: the map has no moe group"),
+    for text, words in [("moe/up 1 3 5\n", "the map has no moe/up group"),
                         ("up 1\n", "small-bad.txt:1: expected MATRIX LAYER NEURON"),
                         ("up 1 99999\n", "out of range"),
                         ("mlp 1 2\n", "expected MATRIX LAYER NEURON")]:
