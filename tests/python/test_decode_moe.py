@@ -91,15 +91,19 @@ def check_ranking(where, ids, logits_map, ref, k, lowest=False):
     mk = sign * logits_map
     ok = (mk[:, :-1] > mk[:, 1:]) | ((mk[:, :-1] == mk[:, 1:]) & (ids[:, :-1] < ids[:, 1:]))
     t.check(ok.all(), f"{where}: map order breaks the tie rule (logit desc, then id asc)")
+    return float((np.abs(sign * got - logits_map) / (tol / TIE_REL)).max())  # logit error, of the row's scale
+
+
+WORST = {}  # the family's worst errors against float64 (reset per family)
 
 
 def check_group_slice(where, g, at, logits):
     """The map's datasets at index `at` (tuple) of group g against float64 logits [N, V]."""
     lse = t.logsumexp(logits)
     ids = g["top_ids"][at]
-    check_ranking(where + " top", ids, g["top_logits"][at].astype(np.float64), logits, TOP_K)
-    check_ranking(where + " bottom", g["bottom_ids"][at], g["bottom_logits"][at].astype(np.float64), logits,
-                  BOTTOM_K, lowest=True)
+    lerr = check_ranking(where + " top", ids, g["top_logits"][at].astype(np.float64), logits, TOP_K)
+    lerr = max(lerr, check_ranking(where + " bottom", g["bottom_ids"][at], g["bottom_logits"][at].astype(np.float64),
+                                   logits, BOTTOM_K, lowest=True))
     scale = np.maximum(1.0, np.abs(logits).max(axis=1))
     err = float((np.abs(g["logsumexp"][at] - lse) / scale).max())
     t.check(err <= LSE_REL, f"{where}: logsumexp off by {err:.3g} of the row's scale")
@@ -109,6 +113,8 @@ def check_group_slice(where, g, at, logits):
     t.check(prel <= PROB_REL, f"{where}: top_probs off by {prel:.3g} relative")
     t.check(np.all(g["done"][at] == 1), f"{where}: done not all 1")
     t.check(np.all(g["included"][at] == 1), f"{where}: included not all 1")
+    for k, v in (("logit", lerr), ("lse", err), ("prob", prel)):
+        WORST[k] = max(WORST.get(k, 0.0), v)
     return lse
 
 
@@ -156,6 +162,7 @@ def check_index(where, f, matrix, rows_x, keys, lse, wu):
 
 
 def check_family(name, tmp):
+    WORST.clear()
     model = fm.cached(name)
     ref = t.Reference(model)
     cfg = ref.cfg
@@ -211,8 +218,9 @@ def check_family(name, tmp):
                 keys.append(np.stack([np.full(n, GROUP_CODE[kind]), np.full(n, layer), np.full(n, expert), np.arange(n)], 1))
             counts[matrix] = check_index(f"{name} /token_index/{matrix}", f, matrix, np.concatenate(xs),
                                          np.concatenate(keys), np.concatenate(lses), ref.wu)
-    print(f"  {name}: {len(sl)} slices x 3 matrices (groups {', '.join(sorted(want_groups))}) agree with float64; "
-          f"token index entries (routed, shared, dense) of up: {tuple(int(c) for c in counts['up'])}")
+    print(f"  {name}: {len(sl)} slices x 3 matrices (groups {', '.join(sorted(want_groups))}) agree with float64 "
+          f"(worst: logit {WORST['logit']:.1e} and lse {WORST['lse']:.1e} of the row's scale, prob {WORST['prob']:.1e} "
+          f"relative); token index entries (routed, shared, dense) of up: {tuple(int(c) for c in counts['up'])}")
     return out, args
 
 
