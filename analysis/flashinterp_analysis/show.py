@@ -107,7 +107,7 @@ def run(argv):
     if a.sweep:  # the causal score (flashinterp_sweep.py), when this neuron was swept
         import flashinterp_sweep as fs
         sw = fs.open_sweep(a.sweep)
-        causal = sw.lookup(g, a.layer, a.neuron) if g in fm.MATRICES else None
+        causal = sw.lookup(g, a.layer, a.neuron, e if g.startswith("moe/") else -1)
         sweep_note = None if sw.matches(attrs) else f"{a.sweep} was made from another map (map_fingerprint differs)"
     warning = None
     if written is False:

@@ -126,7 +126,7 @@ def check_top(model, mp, tmp, k=7):
     t.check(len({g for _, g, _, _ in got}) > 1, f"top:{k}: one group only ({got}): a weak check")
 
 
-def check_reader(path, tmp):
+def check_reader(path, tmp, mp=None):
     sys.path.insert(0, os.path.join(t.SOURCE_DIR, "analysis"))
     import flashinterp_sweep as fs
     s = fs.open_sweep(path)
@@ -136,6 +136,13 @@ def check_reader(path, tmp):
         got = s.lookup(name, layer, n, expert=expert)
         t.check(got is not None and got["score"] == float(score[k]), f"reader: {name} {layer} {expert} {n}: {got}")
     t.check(s.lookup("up", 0, 5) is None and s.lookup("moe/up", 0, 5, expert=2) is None, "reader: finds unswept neurons")
+    if mp:  # analysis/show --sweep prints each swept neuron's score, the routed one's by its expert
+        for k, (_, group, layer, expert, n) in enumerate(NEURONS):
+            name = {"dense": "up", "moe": "moe/up", "shared": "shared/up"}[group]
+            args = ["--matrix", name, "--layer", layer, "--neuron", n, "--sweep", path]
+            j = t.analysis_json("show", mp, *args, *(["--expert", expert] if group == "moe" else []))
+            t.check(j["causal"] is not None and j["causal"]["score"] == float(score[k]),
+                    f"show --sweep {name} {layer} {expert} {n}: {j.get('causal')}, file {score[k]}")
     old = f"{tmp}/old.h5"
     with h5py.File(path, "r") as src, h5py.File(old, "w") as dst:
         for k in src:
@@ -182,7 +189,7 @@ def test():
         sweep(model, mp, forced, lst, tmp, np_=1, extra=("--force-route",))
         check_torch(ref, read(forced), mp, force=True)
         check_top(model, mp, tmp)
-        check_reader(outs["np1"], tmp)
+        check_reader(outs["np1"], tmp, mp)
         # --json: the existing file is complete, so --resume only prints.
         p = sweep(model, mp, outs["np1"], lst, tmp, np_=None, extra=("--resume", "--json"))
         rows = [json.loads(x) for x in p.stdout.splitlines()]
