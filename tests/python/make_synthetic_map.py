@@ -32,6 +32,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fi_testlib as t  # noqa: E402
 
 
+
+def write_vocab(f, vbytes, special):
+    """/vocab as the C++ writer stores it: text (UTF-8, invalid bytes replaced), exact bytes, special."""
+    g = f.create_group("vocab")
+    g.create_dataset("text", data=np.array([text_of(b) for b in vbytes], dtype=object),
+                     dtype=h5py.string_dtype("utf-8"))
+    vb = np.empty(len(vbytes), dtype=object)
+    vb[:] = [np.frombuffer(b, np.uint8) for b in vbytes]
+    g.create_dataset("bytes", data=vb, dtype=h5py.vlen_dtype(np.uint8))
+    g.create_dataset("special", data=special)
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -209,13 +220,7 @@ def main(argv):
                      elapsed_s=np.float64(0), complete=np.int64(0))
         for k, v in attrs.items():
             f.attrs[k] = v
-        g = f.create_group("vocab")
-        g.create_dataset("text", data=np.array([text_of(b) for b in vbytes], dtype=object),
-                         dtype=h5py.string_dtype("utf-8"))
-        vb = np.empty(V, dtype=object)
-        vb[:] = [np.frombuffer(b, np.uint8) for b in vbytes]
-        g.create_dataset("bytes", data=vb, dtype=h5py.vlen_dtype(np.uint8))
-        g.create_dataset("special", data=special)
+        write_vocab(f, vbytes, special)
         for mi, mat in enumerate(mats):
             rng = np.random.default_rng([a.seed, mi])
             change = np.random.default_rng([a.seed, mi, 1 << 20])
@@ -408,13 +413,7 @@ def main_moe(a, argv):
                      fingerprint=s(f"format_version=2;synthetic;seed={a.seed};experts={experts[0]}-{experts[-1]}"))
         for k, v in attrs.items():
             f.attrs[k] = v
-        g = f.create_group("vocab")
-        g.create_dataset("text", data=np.array([text_of(b) for b in vbytes], dtype=object),
-                         dtype=h5py.string_dtype("utf-8"))
-        vb = np.empty(V, dtype=object)
-        vb[:] = [np.frombuffer(b, np.uint8) for b in vbytes]
-        g.create_dataset("bytes", data=vb, dtype=h5py.vlen_dtype(np.uint8))
-        g.create_dataset("special", data=special)
+        write_vocab(f, vbytes, special)
         for mi, mat in enumerate(a.matrices.split(",")):
             rng = np.random.default_rng([a.seed, mi])
             entries = []
