@@ -68,7 +68,10 @@ void print_sweep_cost(const ModelConfig& c, const InspectOptions& o) {
               "layer on, mean over layers: %.3g GFLOP, %s of weights read (once per prompt: the values run "
               "as one batch)\n", runs, (long long)o.sweep_values, (long long)o.sweep_prompts, (long long)o.sweep_tokens,
               runs * flops / 1e9, human(reads * bytes).c_str());
-  const double all = double(c.num_layers * c.intermediate_size);
+  // Every neuron of one matrix: the dense layers', the routed experts' and the shared ones'.
+  const int64_t moe = c.moe.moe_layer_count();
+  const double all = double((c.num_layers - moe) * c.intermediate_size +
+                            moe * (c.moe.experts * c.moe.expert_size + c.moe.shared_size));
   for (double n : {double(o.sweep_neurons), all}) {
     const double f = n * runs * flops / o.ranks, b = n * reads * bytes / o.ranks;
     const double cpu = std::max(f / (o.cpu_gflops_per_core * 1e9 * o.cores_per_rank), b / (o.cpu_gbps * 1e9));
@@ -80,8 +83,10 @@ void print_sweep_cost(const ModelConfig& c, const InspectOptions& o) {
 }
 
 // The clamp/generate pipeline over `ranks` ranks: each rank's layers and the weights it holds,
-// in the checkpoint's dtype on either backend (the CPU reads an untied embedding from disk).
-// A layer's weights are the tensors the forward pass loads (model/layer_tensors.h).
+// in the checkpoint's dtype on either backend, but the CPU stage holds FP8 ones dequantised to
+// fp32 (4 bytes per parameter; the CUDA stage keeps them as stored and widens each before its
+// GEMM), and reads an untied embedding from disk. A layer's weights are the tensors the forward
+// pass loads (model/layer_tensors.h).
 void print_forward_plan(const Model& m, int ranks) {
   const ModelConfig& c = m.cfg;
   if (const std::string why = forward_refusal(c); !why.empty()) {
@@ -94,27 +99,36 @@ void print_forward_plan(const Model& m, int ranks) {
   }
   const double e = embedding_layer_equivalents(c);
   const std::vector<int64_t> b = split_layers(c.num_layers, ranks, e, e);
-  std::vector<double> bytes(size_t(c.num_layers), 0);
+  std::vector<double> bytes(size_t(c.num_layers), 0), cpu_bytes(size_t(c.num_layers), 0);
   for (int64_t l = 0; l < c.num_layers; ++l)
-    for (const ModelTensor& t : layer_tensors_present(m, l)) bytes[size_t(l)] += double(t.bytes());
+    for (const ModelTensor& t : layer_tensors_present(m, l)) {
+      bytes[size_t(l)] += double(t.bytes());
+      cpu_bytes[size_t(l)] += is_fp8(t.info->dtype) ? 4.0 * double(t.info->numel()) : double(t.bytes());
+    }
   const TensorInfo& emb = m.ckpt.info(m.names.embed);
   const TensorInfo& head = m.ckpt.info(m.lm_head_name());
   std::string spans;
   double gpu = 0, cpu = 0;
   for (int r = 0; r < ranks; ++r) {
-    double w = 0;
-    for (int64_t l = b[size_t(r)]; l < b[size_t(r) + 1]; ++l) w += bytes[size_t(l)];
+    double w = 0, wc = 0;
+    for (int64_t l = b[size_t(r)]; l < b[size_t(r) + 1]; ++l) {
+      w += bytes[size_t(l)];
+      wc += cpu_bytes[size_t(l)];
+    }
     const bool first = r == 0, last = r == ranks - 1;
-    if (last) w += double(head.end - head.begin);
+    if (last) {
+      w += double(head.end - head.begin);
+      wc += double(head.end - head.begin);
+    }
     // A tied embedding on the head's stage is the LM-head itself.
     const double embedding = first && !(last && c.tie_word_embeddings) ? double(emb.end - emb.begin) : 0;
     gpu = std::max(gpu, w + embedding);
-    cpu = std::max(cpu, w + (c.tie_word_embeddings ? embedding : 0));
+    cpu = std::max(cpu, wc + (c.tie_word_embeddings ? embedding : 0));
     spans += (r ? " | " : "") + std::to_string(b[size_t(r)]) + "-" + std::to_string(b[size_t(r) + 1] - 1);
   }
   std::printf("forward    clamp/generate over %d rank%s: layers %s\n", ranks, ranks > 1 ? "s (pipeline)" : "",
               spans.c_str());
-  std::printf("           weights per rank (checkpoint dtype): up to %s on a GPU, %s on CPU, + KV cache\n",
+  std::printf("           weights per rank (checkpoint dtype; the CPU holds FP8 as fp32): up to %s on a GPU, %s on CPU, + KV cache\n",
               human(gpu).c_str(), human(cpu).c_str());
 }
 

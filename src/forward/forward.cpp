@@ -53,12 +53,11 @@ bool cuda_stage_implements(Role r) {
     case Role::MlpNorm: case Role::Gate: case Role::Up: case Role::Down:
     case Role::PostAttnNorm: case Role::PostMlpNorm: case Role::QNorm: case Role::KNorm:
     case Role::QKV: case Role::GateUp:
-      return true;
     case Role::Router: case Role::RouterBias: case Role::ExpertGate: case Role::ExpertUp:
     case Role::ExpertDown: case Role::SharedGate: case Role::SharedUp: case Role::SharedDown:
     case Role::SharedRouter: case Role::QA: case Role::QANorm: case Role::QB: case Role::KVA:
     case Role::KVANorm: case Role::KVB:
-      return false;  // MoE and MLA: not in either stage yet (their families carry a forward_refusal)
+      return true;
   }
   return false;
 }
@@ -70,9 +69,11 @@ std::string cuda_stage_refusal(const ModelConfig& c) {
     if (!cuda_stage_implements(r.role))
       return c.path + ": the CUDA forward does not implement tensor model.layers.L." + r.suffix +
              " (" + role_name(r.role) + ") of model_type " + c.model_type + "; use --backend cpu";
-  if (!c.quant_method.empty())
-    return c.path + ": quantization_config (quant_method " + c.quant_method +
-           "): the CUDA forward does not dequantise FP8 weights yet; use --backend cpu";
+  const int64_t mla_qk = c.mla.qk_nope_head_dim + c.mla.qk_rope_head_dim;
+  if (c.mla.kv_lora_rank && std::max(mla_qk, c.mla.v_head_dim) > kCudaMaxHeadDim)
+    return c.path + ": the CUDA forward takes MLA heads of up to " + std::to_string(kCudaMaxHeadDim) +
+           " dims (this config has qk_nope_head_dim + qk_rope_head_dim " + std::to_string(mla_qk) +
+           ", v_head_dim " + std::to_string(c.mla.v_head_dim) + "); use --backend cpu";
   if (c.head_dim > kCudaMaxHeadDim)
     return c.path + ": the CUDA forward takes head_dim up to " + std::to_string(kCudaMaxHeadDim) +
            " (this config has " + std::to_string(c.head_dim) + "); use --backend cpu";

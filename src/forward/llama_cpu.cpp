@@ -90,7 +90,6 @@ class CpuStage final : public Stage {
                         const int64_t* rows = nullptr) const;
   // The clamps of batch row t: its sequence's in a batch (layer_range_batch), else clamps_.
   const std::vector<Clamp>& clamps_of(int64_t t) const { return seq_ > 0 ? seq_clamps_[size_t(t / seq_)] : clamps_; }
-  void route_groups(const Layer& w, std::vector<float>& choice) const;
   // down(act(gate·x) * up·x) of I neurons with the clamps of (layer l, expert e).
   void gated(int64_t l, int64_t e, const Weight& gate, const Weight& up, const Weight& down, int64_t I,
              const float* xn, int64_t T, float* out, const int64_t* rows = nullptr);
@@ -440,71 +439,21 @@ void CpuStage::activate_clamped(int64_t l, int64_t e, float* g, float* u, int64_
   clamp(ClampSite::Act, g);
 }
 
-// DeepSeek-V3's choice of experts (DeepseekV3TopkRouter): the sigmoid scores plus
-// e_score_correction_bias; each of n_group groups scored by its two best, the topk_group best
-// groups kept and the others' experts set to 0 (not removed: as transformers' masked_fill).
-void CpuStage::route_groups(const Layer& w, std::vector<float>& choice) const {
-  const MoeConfig& m = config().moe;
-  const size_t E = choice.size();
-  for (size_t e = 0; e < E && !w.router_bias.empty(); ++e) choice[e] += w.router_bias[e];
-  if (m.n_group <= 1 || m.topk_group >= m.n_group) return;
-  const size_t G = size_t(m.n_group), per = E / G;
-  std::vector<float> group(G);
-  for (size_t g = 0; g < G; ++g) {
-    std::vector<float> s(choice.begin() + long(g * per), choice.begin() + long((g + 1) * per));
-    std::partial_sort(s.begin(), s.begin() + std::min<long>(2, long(per)), s.end(), std::greater<float>());
-    group[g] = s[0] + (per > 1 ? s[1] : 0.f);
-  }
-  std::vector<size_t> order(G);
-  for (size_t g = 0; g < G; ++g) order[g] = g;
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return group[a] > group[b]; });
-  for (size_t i = size_t(m.topk_group); i < G; ++i)
-    std::fill(choice.begin() + long(order[i] * per), choice.begin() + long((order[i] + 1) * per), 0.f);
-}
-
-// A mixture-of-experts MLP as Mixtral, Qwen2-MoE and Qwen3-MoE compute it: per token the
-// router's softmax (fp32) over the experts, the top experts_per_token of it (lower index first
-// on a tie), renormalised to sum 1 where norm_topk_prob (Mixtral always); out = sum of weight x
-// expert(x), plus Qwen2-MoE's shared expert times sigmoid(shared_expert_gate·x). Each expert runs
+// A mixture-of-experts MLP as Mixtral, Qwen2-MoE, Qwen3-MoE and DeepSeek-V3 compute it: the
+// router's choice of experts and their weights (route_experts, forward/ops.h); out = sum of
+// weight x expert(x), plus the shared expert(s) (times sigmoid(shared_expert_gate·x) in
+// Qwen2-MoE). Each expert runs
 // on the tokens routed to it, so a clamp on it acts at those positions only (unless the clamp
 // forces the route: then the expert is among every position's chosen ones).
 void CpuStage::moe_mlp(int64_t l, Layer& w, const float* xn, int64_t T, float* out) {
   const ModelConfig& c = config();
-  const int64_t H = c.hidden_size, E = c.moe.experts, K = c.moe.experts_per_token, N = c.moe.expert_size;
+  const int64_t H = c.hidden_size, E = c.moe.experts, N = c.moe.expert_size;
   std::vector<float> logits(size_t(T * E));
   linear(xn, T, w.router, {}, logits.data());
-  const size_t ne = size_t(E);
-  std::vector<std::vector<int64_t>> tokens(ne);  // the tokens routed to each expert
-  std::vector<std::vector<float>> weights(ne);   // and their weights
-  std::vector<int64_t> order(ne);
-  const bool sigmoid = c.moe.scoring_func == "sigmoid";
-  std::vector<float> p(ne), choice(ne);
-  for (int64_t t = 0; t < T; ++t) {
-    const float* r = &logits[size_t(t * E)];
-    if (sigmoid) {
-      for (int64_t e = 0; e < E; ++e) p[size_t(e)] = 1.f / (1.f + std::exp(-r[e]));
-    } else {
-      const float mx = *std::max_element(r, r + E);
-      float sum = 0;
-      for (int64_t e = 0; e < E; ++e) sum += (p[size_t(e)] = std::exp(r[e] - mx));
-      for (float& x : p) x /= sum;
-    }
-    choice = p;
-    if (sigmoid) route_groups(w, choice);
-    for (const Clamp& k : clamps_of(t))  // --force-route: chosen first, whatever its score
-      if (k.force_route && k.layer == l && k.expert >= 0) choice[size_t(k.expert)] = INFINITY;
-    for (int64_t e = 0; e < E; ++e) order[size_t(e)] = e;
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return choice[size_t(a)] > choice[size_t(b)]; });
-    float top = 0;
-    for (int64_t k = 0; k < K; ++k) top += p[size_t(order[size_t(k)])];
-    if (sigmoid) top += 1e-20f;
-    const float scaling = float(c.moe.routed_scaling_factor);
-    for (int64_t k = 0; k < K; ++k) {
-      const int64_t e = order[size_t(k)];
-      tokens[size_t(e)].push_back(t);
-      weights[size_t(e)].push_back((c.moe.norm_topk_prob ? p[size_t(e)] / top : p[size_t(e)]) * scaling);
-    }
-  }
+  const ExpertRoute route = route_experts(c, l, logits.data(), T, w.router_bias,
+                                          [this](int64_t t) -> const std::vector<Clamp>& { return clamps_of(t); });
+  const std::vector<std::vector<int64_t>>& tokens = route.tokens;
+  const std::vector<std::vector<float>>& weights = route.weights;
   std::fill(out, out + T * H, 0.f);
   std::vector<float> xs, ys;
   for (int64_t e = 0; e < E; ++e) {

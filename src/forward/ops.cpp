@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 
 #include "common/error.h"
 
@@ -125,6 +126,71 @@ float softcap(float x, double cap) {
   if (cap <= 0) return x;
   const float c = float(cap);
   return std::tanh(x / c) * c;
+}
+
+namespace {
+
+// DeepSeek-V3's choice of experts (DeepseekV3TopkRouter): the scores plus the bias, then the
+// topk_group best groups kept (see route_experts).
+void route_groups(const MoeConfig& m, const std::vector<float>& bias, std::vector<float>& choice) {
+  const size_t E = choice.size();
+  for (size_t e = 0; e < E && !bias.empty(); ++e) choice[e] += bias[e];
+  if (m.n_group <= 1 || m.topk_group >= m.n_group) return;
+  const size_t G = size_t(m.n_group), per = E / G;
+  std::vector<float> group(G);
+  for (size_t g = 0; g < G; ++g) {
+    std::vector<float> s(choice.begin() + long(g * per), choice.begin() + long((g + 1) * per));
+    std::partial_sort(s.begin(), s.begin() + std::min<long>(2, long(per)), s.end(), std::greater<float>());
+    group[g] = s[0] + (per > 1 ? s[1] : 0.f);
+  }
+  std::vector<size_t> order(G);
+  for (size_t g = 0; g < G; ++g) order[g] = g;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return group[a] > group[b]; });
+  for (size_t i = size_t(m.topk_group); i < G; ++i)
+    std::fill(choice.begin() + long(order[i] * per), choice.begin() + long((order[i] + 1) * per), 0.f);
+}
+
+}  // namespace
+
+ExpertRoute route_experts(const ModelConfig& c, int64_t layer, const float* logits, int64_t T,
+                          const std::vector<float>& bias,
+                          const std::function<const std::vector<Clamp>&(int64_t t)>& clamps_of) {
+  const MoeConfig& m = c.moe;
+  const int64_t E = m.experts, K = m.experts_per_token;
+  const size_t ne = size_t(E);
+  ExpertRoute out;
+  out.tokens.resize(ne);
+  out.weights.resize(ne);
+  const bool sigmoid = m.scoring_func == "sigmoid";
+  std::vector<int64_t> order(ne);
+  std::vector<float> p(ne), choice(ne);
+  for (int64_t t = 0; t < T; ++t) {
+    const float* r = &logits[size_t(t * E)];
+    if (sigmoid) {
+      for (int64_t e = 0; e < E; ++e) p[size_t(e)] = 1.f / (1.f + std::exp(-r[e]));
+    } else {
+      const float mx = *std::max_element(r, r + E);
+      float sum = 0;
+      for (int64_t e = 0; e < E; ++e) sum += (p[size_t(e)] = std::exp(r[e] - mx));
+      for (float& x : p) x /= sum;
+    }
+    choice = p;
+    if (sigmoid) route_groups(m, bias, choice);
+    for (const Clamp& k : clamps_of(t))  // --force-route: chosen first, whatever its score
+      if (k.force_route && k.layer == layer && k.expert >= 0) choice[size_t(k.expert)] = INFINITY;
+    for (int64_t e = 0; e < E; ++e) order[size_t(e)] = e;
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return choice[size_t(a)] > choice[size_t(b)]; });
+    float top = 0;
+    for (int64_t k = 0; k < K; ++k) top += p[size_t(order[size_t(k)])];
+    if (sigmoid) top += 1e-20f;
+    const float scaling = float(m.routed_scaling_factor);
+    for (int64_t k = 0; k < K; ++k) {
+      const size_t e = size_t(order[size_t(k)]);
+      out.tokens[e].push_back(t);
+      out.weights[e].push_back((m.norm_topk_prob ? p[e] / top : p[e]) * scaling);
+    }
+  }
+  return out;
 }
 
 }  // namespace fi

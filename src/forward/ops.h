@@ -3,9 +3,11 @@
 // the tanh soft-cap. RMSNorm is model/rms_norm.h (shared with the decode).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
+#include "forward/clamp.h"
 #include "model/config.h"
 
 namespace fi {
@@ -47,6 +49,23 @@ void rope_rotate(float* x, int64_t head_dim, const float* cos, const float* sin)
 enum class Act { Silu, GeluTanh, GeluErf };
 Act parse_act(const std::string& hidden_act);  // throws naming the unsupported activation
 float apply_act(Act a, float x);
+
+// The routing of T tokens at one mixture-of-experts layer, as Mixtral, Qwen2-MoE, Qwen3-MoE and
+// DeepSeek-V3 compute it (both stages run it on the host): per token the router's softmax (fp32)
+// over the experts, or DeepSeek's sigmoid scores, whose choice adds e_score_correction_bias and
+// keeps the topk_group best of n_group groups (each scored by its two best; the others' experts
+// set to 0, as transformers' masked_fill); the top experts_per_token by that choice (lower index
+// first on a tie), weighted by their scores renormalised to sum 1 where norm_topk_prob (sigmoid:
+// + 1e-20), times routed_scaling_factor. A --force-route clamp of (layer, e) in clamps_of(t)
+// puts expert e first at token t, whatever its score.
+// logits: [T, experts] fp32; bias: [experts] or empty.
+struct ExpertRoute {
+  std::vector<std::vector<int64_t>> tokens;  // [experts]: the tokens routed to each, ascending
+  std::vector<std::vector<float>> weights;   // [experts]: their weights, in the same order
+};
+ExpertRoute route_experts(const ModelConfig& cfg, int64_t layer, const float* logits, int64_t T,
+                          const std::vector<float>& bias,
+                          const std::function<const std::vector<Clamp>&(int64_t t)>& clamps_of);
 
 // Gemma 2's soft-cap: tanh(x / cap) · cap in fp32; x itself when cap is 0 (none).
 float softcap(float x, double cap);

@@ -54,9 +54,9 @@ class Stage {
 // token) or OpenBLAS SGEMM over widened row blocks (several).
 std::unique_ptr<Stage> make_cpu_stage(const Model& model, const StageSpan& span);
 
-// The CUDA stage (forward/cuda/): weights in their checkpoint dtype on the current device,
-// cuBLAS GEMMs with fp32 accumulation. Throws when built without CUDA, or with
-// cuda_stage_refusal's reason.
+// The CUDA stage (forward/cuda/): weights in their checkpoint dtype on the current device (FP8
+// ones dequantised to fp32 as they load), cuBLAS GEMMs with fp32 accumulation; mixtures of
+// experts routed on the host. Throws when built without CUDA, or with cuda_stage_refusal's reason.
 std::unique_ptr<Stage> make_cuda_stage(const Model& model, const StageSpan& span);
 
 // Most head_dim the CUDA stage takes (its attention kernel keeps the query head in shared memory).

@@ -52,6 +52,7 @@ struct Block {
 
 inline thread_local Index thread_index;
 inline thread_local Index block_index;
+inline Index grid_dim, block_dim;  // of the grid run_grid runs (grid-stride loops read them)
 inline Block* block = nullptr;
 
 // Every lane of the calling thread's warp publishes v; returns what lane src published.
@@ -77,6 +78,8 @@ inline void run_grid(unsigned blocks, int threads, const std::function<void()>& 
                      const std::function<void()>& between_blocks) {
   Block b(threads);
   block = &b;
+  grid_dim.x = blocks;
+  block_dim.x = unsigned(threads);
   std::vector<std::thread> pool;
   pool.reserve(size_t(threads));
   for (int t = 0; t < threads; ++t)
@@ -98,8 +101,12 @@ inline void run_grid(unsigned blocks, int threads, const std::function<void()>& 
 
 #undef threadIdx
 #undef blockIdx
+#undef gridDim
+#undef blockDim
 #define threadIdx (::emu::thread_index)
 #define blockIdx (::emu::block_index)
+#define gridDim (::emu::grid_dim)
+#define blockDim (::emu::block_dim)
 
 inline void __syncthreads() { emu::block->all.arrive_and_wait(); }
 
@@ -130,5 +137,6 @@ inline float __expf(float x) { return std::exp(x); }
 // Round-to-nearest single operations (no FMA contraction: the tests build with -ffp-contract=off).
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
 inline int min(int a, int b) { return std::min(a, b); }
 using std::isnan;

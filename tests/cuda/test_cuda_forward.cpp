@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "attention_emulated.h"
+#include "moe_emulated.h"
 #include "norm_emulated.h"
 #include "common/half.h"
 #include "cuda_test_util.h"
@@ -344,22 +345,26 @@ TEST(CudaForwardModels, RunOnTheCpuStage) {
 
 // The attention kernel's own source on CPU threads against the CPU stage's loop (which keeps
 // every score, then one softmax), including more keys than one tile and head_dim > 128, a
-// sliding window (keys j with i - window < j <= i), another scale and Gemma 2's soft-cap.
+// sliding window (keys j with i - window < j <= i), another scale, Gemma 2's soft-cap, and
+// values narrower than the keys (DeepSeek's MLA: nh = nkv, keys nope + rope dims, v_head_dim).
 TEST(CudaForwardEmulated, AttentionKernelMatchesLoop) {
   struct Case {
     int64_t T, nh, nkv, hd, pos, window;
     double cap;
+    int64_t vd = 0;  // 0: hd
   };
   for (Case k : {Case{3, 4, 2, 16, 0, 0, 0}, Case{1, 3, 3, 8, 5, 0, 0}, Case{2, 2, 1, 160, 200, 0, 0},
                  Case{2, 2, 2, 64, 127, 0, 0}, Case{6, 2, 1, 16, 3, 4, 0}, Case{2, 2, 2, 32, 150, 130, 0},
-                 Case{3, 4, 2, 16, 2, 0, 2.5}, Case{5, 2, 1, 16, 0, 2, 1.0}}) {
-    const int64_t ldq = k.nh * k.hd + 5, kvd = k.nkv * k.hd, P = k.pos + k.T;
+                 Case{3, 4, 2, 16, 2, 0, 2.5}, Case{5, 2, 1, 16, 0, 2, 1.0}, Case{3, 4, 4, 24, 2, 0, 0, 16},
+                 Case{2, 2, 2, 192, 140, 0, 0, 128}}) {
+    const int64_t vd = k.vd ? k.vd : k.hd;
+    const int64_t ldq = k.nh * k.hd + 5, kvd = k.nkv * k.hd, vvd = k.nkv * vd, P = k.pos + k.T;
     const std::vector<float> q = fi::test::normal(size_t(k.T * ldq), 1.f, 1);
     const std::vector<float> kc = fi::test::normal(size_t(P * kvd), 1.f, 2);
-    const std::vector<float> vc = fi::test::normal(size_t(P * kvd), 1.f, 3);
-    std::vector<float> got(size_t(k.T * k.nh * k.hd));
+    const std::vector<float> vc = fi::test::normal(size_t(P * vvd), 1.f, 3);
+    std::vector<float> got(size_t(k.T * k.nh * vd));
     const float scale = float(k.cap > 0 ? 1.0 : 1.0 / std::sqrt(double(k.hd)));
-    fi::test::attention_emulated(q.data(), ldq, kc.data(), vc.data(), k.T, k.nh, k.nkv, k.hd,
+    fi::test::attention_emulated(q.data(), ldq, kc.data(), vc.data(), k.T, k.nh, k.nkv, k.hd, vd,
                                  k.pos, scale, k.window, float(k.cap), got.data());
     for (int64_t t = 0; t < k.T; ++t)
       for (int64_t h = 0; h < k.nh; ++h) {
@@ -379,14 +384,93 @@ TEST(CudaForwardEmulated, AttentionKernelMatchesLoop) {
         }
         for (int64_t j = 0; j <= i_pos; ++j)
           sum += (sc[size_t(j)] = visible(j) ? std::exp(sc[size_t(j)] - mx) : 0.0);
-        for (int64_t i = 0; i < k.hd; ++i) {
+        for (int64_t i = 0; i < vd; ++i) {
           double o = 0;
-          for (int64_t j = 0; j <= i_pos; ++j) o += sc[size_t(j)] / sum * vc[size_t(j * kvd + kh * k.hd + i)];
-          EXPECT_NEAR(got[size_t(t * k.nh * k.hd + h * k.hd + i)], o, 2e-5)
-              << "T " << k.T << " pos " << k.pos << " hd " << k.hd << " window " << k.window
+          for (int64_t j = 0; j <= i_pos; ++j) o += sc[size_t(j)] / sum * vc[size_t(j * vvd + kh * vd + i)];
+          EXPECT_NEAR(got[size_t(t * k.nh * vd + h * vd + i)], o, 2e-5)
+              << "T " << k.T << " pos " << k.pos << " hd " << k.hd << " vd " << vd << " window " << k.window
               << " cap " << k.cap << " at t " << t << " h " << h << " i " << i;
         }
       }
+  }
+}
+
+// The mixture-of-experts kernels' own source on CPU threads: an expert's tokens gathered, and its
+// output (a split GEMM's two halves, or one) weighted and added to those rows of a residual with
+// a row stride, leaving every other row as it was; against plain loops.
+TEST(CudaForwardEmulated, ExpertGatherScatterMatchLoop) {
+  const int64_t T = 9, H = 40, ldo = 45;
+  const std::vector<int32_t> idx = {0, 3, 4, 8};  // the tokens routed to one expert
+  const int64_t n = int64_t(idx.size());
+  const std::vector<float> in = fi::test::normal(size_t(T * H), 1.f, 7);
+  std::vector<float> got(size_t(n * H), -1.f);
+  fi::test::gather_rows_emulated(in.data(), H, idx.data(), n, got.data());
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t h = 0; h < H; ++h) ASSERT_EQ(got[size_t(i * H + h)], in[size_t(idx[size_t(i)] * H + h)]);
+  const std::vector<float> w = {0.25f, 0.5f, 1.5f, 0.125f};
+  for (bool split : {false, true}) {
+    const std::vector<float> y = fi::test::normal(size_t((split ? 2 : 1) * n * H), 1.f, 8);
+    const std::vector<float> base = fi::test::normal(size_t(T * ldo), 1.f, 9);
+    std::vector<float> out = base;
+    fi::test::scatter_add_emulated(y.data(), n, H, split, idx.data(), w.data(), out.data(), ldo);
+    std::vector<float> want = base;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t h = 0; h < H; ++h) {
+        const double v = double(y[size_t(i * H + h)]) + (split ? double(y[size_t((n + i) * H + h)]) : 0.0);
+        want[size_t(idx[size_t(i)] * ldo + h)] = float(base[size_t(idx[size_t(i)] * ldo + h)] + w[size_t(i)] * v);
+      }
+    for (size_t e = 0; e < out.size(); ++e)
+      EXPECT_NEAR(out[e], want[e], 1e-6 * (1 + std::fabs(want[e]))) << "split " << split << " at " << e;
+  }
+}
+
+// DeepSeek's MLA RoPE and cache kernel's own source on CPU threads against a plain loop of
+// transformers' DeepseekV3Attention: q's rope part rotated per head, the one rope key rotated and
+// put after each head's k_nope, v copied, both with interleaved and with rotate-half pairs, into
+// cache rows pos.. (rows before pos untouched).
+TEST(CudaForwardEmulated, MlaRopeCacheMatchesLoop) {
+  const int64_t T = 3, nh = 2, nope = 6, rope = 8, vd = 5, kvr = 7, pos = 4, qk = nope + rope, half = rope / 2;
+  const std::vector<float> q = fi::test::normal(size_t(T * nh * qk), 1.f, 11);
+  const std::vector<float> kva = fi::test::normal(size_t(T * (kvr + rope)), 1.f, 12);
+  const std::vector<float> kvb = fi::test::normal(size_t(T * nh * (nope + vd)), 1.f, 13);
+  std::vector<float> cs(size_t(2 * T * half));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < half; ++i) {
+      const double a = double(pos + t) * std::pow(10000.0, -2.0 * double(i) / double(rope));
+      cs[size_t(t * half + i)] = float(std::cos(a));
+      cs[size_t((T + t) * half + i)] = float(std::sin(a));
+    }
+  for (bool interleave : {true, false}) {
+    std::vector<float> qr(q.size(), -9.f), kc(size_t((pos + T) * nh * qk), -9.f), vc(size_t((pos + T) * nh * vd), -9.f);
+    fi::test::mla_rope_cache_emulated(q.data(), kva.data(), kvb.data(), cs.data(), cs.data() + T * half, T, nh,
+                                      nope, rope, vd, kvr, interleave, qr.data(), kc.data(), vc.data(), pos);
+    // x [rope] -> rotated, in double: pairs (x[2i], x[2i+1]) or (x[i], x[i+half]).
+    auto rotated = [&](const float* x, int64_t t) {
+      std::vector<double> r(static_cast<size_t>(rope));
+      for (int64_t i = 0; i < half; ++i) {
+        const double a = x[interleave ? 2 * i : i], b = x[interleave ? 2 * i + 1 : i + half];
+        const double c = cs[size_t(t * half + i)], s = cs[size_t((T + t) * half + i)];
+        r[size_t(i)] = a * c - b * s;
+        r[size_t(i + half)] = b * c + a * s;
+      }
+      return r;
+    };
+    for (int64_t t = 0; t < T; ++t) {
+      const std::vector<double> kr = rotated(&kva[size_t(t * (kvr + rope) + kvr)], t);
+      for (int64_t h = 0; h < nh; ++h) {
+        const std::vector<double> qrot = rotated(&q[size_t((t * nh + h) * qk + nope)], t);
+        for (int64_t i = 0; i < qk; ++i) {
+          const double wq = i < nope ? q[size_t((t * nh + h) * qk + i)] : qrot[size_t(i - nope)];
+          const double wk = i < nope ? kvb[size_t((t * nh + h) * (nope + vd) + i)] : kr[size_t(i - nope)];
+          EXPECT_NEAR(qr[size_t((t * nh + h) * qk + i)], wq, 1e-6) << "q t " << t << " h " << h << " i " << i;
+          EXPECT_NEAR(kc[size_t(((pos + t) * nh + h) * qk + i)], wk, 1e-6) << "k t " << t << " h " << h << " i " << i;
+        }
+        for (int64_t j = 0; j < vd; ++j)
+          EXPECT_EQ(vc[size_t(((pos + t) * nh + h) * vd + j)], kvb[size_t((t * nh + h) * (nope + vd) + nope + j)]);
+      }
+    }
+    for (int64_t e = 0; e < pos * nh * qk; ++e) ASSERT_EQ(kc[size_t(e)], -9.f) << "a cache row before pos written";
+    for (int64_t e = 0; e < pos * nh * vd; ++e) ASSERT_EQ(vc[size_t(e)], -9.f) << "a cache row before pos written";
   }
 }
 

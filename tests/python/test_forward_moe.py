@@ -15,6 +15,11 @@ does) rather than gathering tokens per expert as the C++ does:
 - the clamp errors: a dense-style clamp on an MoE layer, an expert out of range, a shared clamp
   on a model without one, an expert clamp on a dense layer.
 Logits within 1e-4 of torch's (relative to max(1, |logit|)).
+Where a CUDA device is usable the forward checks (the clamps, --force-route, generate, -np 2)
+run again with --backend cuda, within 1e-3 as test_forward_torch's: the CUDA stage routes on the
+host with the CPU stage's own routing, runs each expert on its gathered tokens and DeepSeek's MLA
+and FP8 weights (dequantised as they load) on the device. Without one that pass prints a line
+saying so; the kernels it adds run on CPU threads in test_cuda_forward either way.
 """
 import json
 import os
@@ -33,13 +38,13 @@ try:
 except ImportError:
     torch = None
 
-TOL = 1e-4
+TOL = {"cpu": 1e-4, "cuda": 1e-3}
 STEPS = 3
 
 
 
 
-def check_model(name, tmp):
+def check_model(name, tmp, backend="cpu"):
     model = fm.cached(name)
     cfg = fm.MOE_FAMILIES[name][1]
     ref = TorchLlama(model)
@@ -54,7 +59,7 @@ def check_model(name, tmp):
         nonlocal worst
         d = t.logit_err(ours, ref_logits)
         worst = max(worst, d)
-        t.check(d < TOL, f"{name}: {what}: logits differ from torch by {d:.3g} (> {TOL})")
+        t.check(d < TOL[backend], f"{name} [{backend}]: {what}: logits differ from torch by {d:.3g} (> {TOL[backend]})")
 
     # clamp: one neuron of routed expert 1 (site act), of the shared expert (site up), of a dense layer.
     cases = [("act", ml, "1", 5, [0.0, 4.0]), ("up", ml, "1", 2, [-3.0])]
@@ -67,7 +72,7 @@ def check_model(name, tmp):
             dump = os.path.join(tmp, f"{name}.{site}.{expert}.{np_}.f32")
             args = ["clamp", "--model", model, "--layer", layer, "--neuron", neuron, "--values",
                     ",".join(map(str, values)), "--clamp-site", site, "--prompt-ids", ",".join(map(str, ids)),
-                    "--dump-logits", dump, "--backend", "cpu"]
+                    "--dump-logits", dump, "--backend", backend]
             if expert is not None:
                 args += ["--expert", expert]
             p = t.run(args, np_=np_ if np_ > 1 else None)
@@ -93,7 +98,7 @@ def check_model(name, tmp):
     e_last = str(experts - 1)
     dump = os.path.join(tmp, f"{name}.force.f32")
     base = ["clamp", "--model", model, "--layer", ml, "--neuron", 4, "--expert", e_last, "--values", "3",
-            "--prompt-ids", ",".join(map(str, ids)), "--backend", "cpu"]
+            "--prompt-ids", ",".join(map(str, ids)), "--backend", backend]
     p = t.run(base + ["--force-route", "--dump-logits", dump])
     t.check("every position is routed to expert" in p.stderr, f"{name}: no --force-route notice: {p.stderr!r}")
     forced = t.read_dump(dump, 2, V)
@@ -103,9 +108,10 @@ def check_model(name, tmp):
             ref.logits(ids, [(ml, experts - 1, 4, 3.0)], "act", force_route=True)[-1].numpy())
     compare("--force-route unclamped row", forced[0], ref.logits(ids)[-1].numpy())
     t.check(t.logit_err(forced[1], routed[1]) > 1e-3, f"{name}: --force-route changes nothing")
-    for args, words in ((base[:-7] + ["s", "--values", "1", "--prompt-ids", "1", "--force-route"], "routed expert"),
-                        (["generate", "--model", model, "--prompt-ids", "1", "--max-new-tokens", 1,
-                          "--force-route"], "--force-route")):
+    misuse = ((base[:-7] + ["s", "--values", "1", "--prompt-ids", "1", "--force-route"], "routed expert"),
+              (["generate", "--model", model, "--prompt-ids", "1", "--max-new-tokens", 1, "--force-route"],
+               "--force-route"))
+    for args, words in misuse if backend == "cpu" else ():
         p = t.run(args, check=False)
         t.check(t.one_line_error(p, words), f"{name}: {args[-1]}: {p.stderr!r}")
 
@@ -113,7 +119,7 @@ def check_model(name, tmp):
     clamps = [(ml, 0, n - 1, 3.0)] + ([(ml, "s", 1, -2.0)] if shared else [])
     dump = os.path.join(tmp, f"{name}.gen.f32")
     args = ["generate", "--model", model, "--prompt-ids", ",".join(map(str, ids)), "--print-ids",
-            "--max-new-tokens", STEPS, "--dump-logits", dump, "--backend", "cpu"]
+            "--max-new-tokens", STEPS, "--dump-logits", dump, "--backend", backend]
     for layer, e, neuron, value in clamps:
         args += ["--clamp", f"{layer}:{'s' if e == 's' else f'e{e}'}:{neuron}={value}"]
     new = [int(x) for x in t.run(args).stdout.split()]
@@ -124,6 +130,8 @@ def check_model(name, tmp):
         ref_logits = ref.logits(seq, clamps, "act")[-1].numpy()
         compare(f"generate step {s}", ours[s], ref_logits)
         seq.append(new[s])
+    if backend != "cpu":
+        return worst  # what follows checks options and errors, the same on every backend
 
     # clamp errors, each one line before any weight is loaded
     bad = [([f"{ml}:3=1"], "mixture-of-experts layer"), ([f"{ml}:e{experts}:0=1"], f"expert {experts} is out of range"),
@@ -169,9 +177,17 @@ def test():
         print("SKIPPED test_forward_moe: PyTorch is not installed (apt-get install python3-torch)")
         return
     torch.set_num_threads(2)
+    names = sys.argv[1:] or ["mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3"]
     with t.tempdir() as tmp:
-        for name in sys.argv[1:] or ["mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3"]:
-            print(f"  {name:12s} worst logit error {check_model(name, tmp):.2e}", flush=True)
+        for name in names:
+            print(f"  {name:12s} [cpu]  worst logit error {check_model(name, tmp):.2e}", flush=True)
+        probe = t.run(["generate", "--model", fm.cached(names[0]), "--backend", "cuda", "--prompt-ids", "1",
+                       "--max-new-tokens", "1"], check=False)
+        if probe.returncode != 0:
+            print(f"  no CUDA forward here ({probe.stderr.strip()}): cpu only", flush=True)
+            return
+        for name in names:
+            print(f"  {name:12s} [cuda] worst logit error {check_model(name, tmp, 'cuda'):.2e}", flush=True)
 
 
 if __name__ == "__main__":

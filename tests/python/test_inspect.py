@@ -74,7 +74,7 @@ def check_model(model, tied):
     for ranks in range(1, LAYERS + 1):
         out = t.run(["inspect", "--model", model, "--ranks", ranks]).stdout
         m = re.search(r"forward\s+clamp/generate over (\d+) ranks?[^:]*: layers ([0-9 |-]+)\n\s+weights per rank "
-                      r"\(checkpoint dtype\): up to ([0-9.]+ \w+) on a GPU, ([0-9.]+ \w+) on CPU", out)
+                      r"\(checkpoint dtype; the CPU holds FP8 as fp32\): up to ([0-9.]+ \w+) on a GPU, ([0-9.]+ \w+) on CPU", out)
         t.check(m is not None, f"--ranks {ranks}: no forward plan in\n{out}")
         spans = [tuple(map(int, s.strip().split("-"))) for s in m.group(2).split("|")]
         t.check(len(spans) == ranks and [l for a, b in spans for l in range(a, b + 1)] == list(range(LAYERS)),

@@ -7,7 +7,8 @@
 // q·k · scale (soft-capped to tanh(s / cap) · cap when cap > 0), then the tile's maximum and a running
 // (online) softmax: the running sum (double) and the output accumulators are rescaled by
 // exp(old max - new max) whenever the maximum grows, so nothing of size P is stored.
-// Output dims: thread tid accumulates dims tid, tid + kThreads, ... (at most kPerThread).
+// Output dims: thread tid accumulates dims tid, tid + kThreads, ... (at most kPerThread). Keys
+// have hd dims and values vd (equal but for DeepSeek's MLA: q·k over nope + rope dims, v_head_dim).
 #pragma once
 
 namespace fi::gpu::attn_detail {
@@ -47,18 +48,18 @@ __device__ __forceinline__ double block_sum(double v, AttnShared& s) {
 }
 
 // Shape: grid = T · nh blocks (block b: t = b / nh, h = b % nh), block = kThreads,
-// dynamic shared memory sizeof(AttnShared). q: [T, ldq]; k, v: [>= pos + T, nkv · hd];
-// out: [T, nh · hd]. hd <= kHeadDimMax; nh % nkv == 0; window: keys a query sees, itself
+// dynamic shared memory sizeof(AttnShared). q: [T, ldq]; k: [>= pos + T, nkv · hd], v: [>= pos + T,
+// nkv · vd]; out: [T, nh · vd]. hd, vd <= kHeadDimMax; nh % nkv == 0; window: keys a query sees, itself
 // included (0: all before it); cap: the score soft-cap (0: none).
 __global__ void __launch_bounds__(kThreads)
     attention_kernel(const float* __restrict__ q, long long ldq, const float* __restrict__ k,
                      const float* __restrict__ v, float* __restrict__ out, long long nh,
-                     long long nkv, long long hd, long long pos, float scale, long long window,
+                     long long nkv, long long hd, long long vd, long long pos, float scale, long long window,
                      float cap) {
   extern __shared__ __align__(16) unsigned char fi_attn_smem[];
   AttnShared& s = *reinterpret_cast<AttnShared*>(fi_attn_smem);
   const long long b = blockIdx.x, t = b / nh, h = b % nh, kh = h / (nh / nkv);
-  const long long kvd = nkv * hd, n = pos + t + 1;  // keys first..pos+t
+  const long long kvd = nkv * hd, vvd = nkv * vd, n = pos + t + 1;  // keys first..pos+t
   const long long first = window > 0 && n > window ? n - window : 0;
   const int tid = int(threadIdx.x);
   for (long long i = tid; i < hd; i += kThreads) s.q[i] = q[t * ldq + h * hd + i];
@@ -85,20 +86,20 @@ __global__ void __launch_bounds__(kThreads)
     sum = sum * c + block_sum(double(e), s);  // block_sum's barrier also publishes s.p
     m = m_new;
     const long long cnt = n - j0 < kThreads ? n - j0 : kThreads;
-    const float* vt = v + j0 * kvd + kh * hd;
+    const float* vt = v + j0 * vvd + kh * vd;
     for (int r = 0; r < kPerThread; ++r) {
       const long long i = tid + r * kThreads;
-      if (i >= hd) break;
+      if (i >= vd) break;
       float a = acc[r] * c;
-      for (long long jj = 0; jj < cnt; ++jj) a += s.p[jj] * vt[jj * kvd + i];
+      for (long long jj = 0; jj < cnt; ++jj) a += s.p[jj] * vt[jj * vvd + i];
       acc[r] = a;
     }
     __syncthreads();  // s.p is written again by the next tile
   }
   for (int r = 0; r < kPerThread; ++r) {
     const long long i = tid + r * kThreads;
-    if (i >= hd) break;
-    out[t * nh * hd + h * hd + i] = float(double(acc[r]) / sum);
+    if (i >= vd) break;
+    out[t * nh * vd + h * vd + i] = float(double(acc[r]) / sum);
   }
 }
 

@@ -1,6 +1,7 @@
 // The CUDA forward pass's kernels (see forward_kernels.h): embedding gather, the halves of a
 // split GEMM summed (with bias and residual), RMSNorm of row segments (rms_norm_kernel.cuh: q/k
-// norms, post-norms), RoPE + KV-cache append, attention (attention_kernel.cuh), SwiGLU with the split conversion for the down GEMM, the clamp hooks.
+// norms, post-norms), RoPE + KV-cache append, attention (attention_kernel.cuh), SwiGLU with the split conversion for the down GEMM, the clamp hooks;
+// the experts' gather and weighted scatter and MLA's RoPE and cache rows (moe_kernels.cuh).
 // Element-wise kernels are grid-stride loops over int64 indices; the arithmetic follows the CPU
 // stage (forward/llama_cpu.cpp, forward/ops.cpp) operation by operation.
 #include <cuda_bf16.h>
@@ -11,6 +12,7 @@
 
 #include "forward/cuda/attention_kernel.cuh"
 #include "forward/cuda/forward_kernels.h"
+#include "forward/cuda/moe_kernels.cuh"
 #include "forward/cuda/rms_norm_kernel.cuh"
 #include "gpu/check.h"
 #include "gpu/convert.cuh"
@@ -198,17 +200,17 @@ void launch_rope_cache(float* qkv, int64_t T, int64_t nh, int64_t nkv, int64_t h
 }
 
 void launch_attention(const float* q, int64_t ldq, const float* k_cache, const float* v_cache,
-                      int64_t T, int64_t nh, int64_t nkv, int64_t hd, int64_t pos, float scale,
-                      int64_t window, float cap, float* out, cudaStream_t stream) {
+                      int64_t T, int64_t nh, int64_t nkv, int64_t hd, int64_t vd, int64_t pos,
+                      float scale, int64_t window, float cap, float* out, cudaStream_t stream) {
   static_assert(attn_detail::kHeadDimMax == kMaxHeadDim, "one head_dim limit");
   if (T <= 0) return;
-  if (hd > kMaxHeadDim || nkv <= 0 || nh % nkv != 0)
+  if (hd > kMaxHeadDim || vd > kMaxHeadDim || nkv <= 0 || nh % nkv != 0)
     FI_FAIL("CUDA forward: attention needs head_dim <= " + std::to_string(kMaxHeadDim) +
             " and num_heads a multiple of num_kv_heads");
   if (T * nh > int64_t(INT32_MAX)) FI_FAIL("CUDA forward: too many query heads in one call");
   attn_detail::attention_kernel<<<unsigned(T * nh), attn_detail::kThreads,
                                  sizeof(attn_detail::AttnShared), stream>>>(
-      q, ldq, k_cache, v_cache, out, nh, nkv, hd, pos, scale, window, cap);
+      q, ldq, k_cache, v_cache, out, nh, nkv, hd, vd, pos, scale, window, cap);
   FI_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -263,6 +265,33 @@ void launch_clamps(const float* y, int64_t rows, int64_t I, bool split_in, Act a
                                                lo_part<__half>(h, rows * I));
       break;
   }
+  FI_CUDA_CHECK(cudaGetLastError());
+}
+
+void launch_gather_rows(const float* in, int64_t H, const int32_t* idx, int64_t n, float* out,
+                        cudaStream_t stream) {
+  if (n <= 0 || H <= 0) return;
+  moe_detail::gather_rows_kernel<<<grid_for(n * H), kThreads, 0, stream>>>(in, H, idx, n, out);
+  FI_CUDA_CHECK(cudaGetLastError());
+}
+
+void launch_scatter_add(const float* y, int64_t n, int64_t H, bool split, const int32_t* idx,
+                        const float* w, float* out, int64_t ldo, cudaStream_t stream) {
+  if (n <= 0 || H <= 0) return;
+  moe_detail::scatter_add_kernel<<<grid_for(n * H), kThreads, 0, stream>>>(y, n, H, split ? 1 : 0,
+                                                                           idx, w, out, ldo);
+  FI_CUDA_CHECK(cudaGetLastError());
+}
+
+void launch_mla_rope_cache(const float* q, const float* kva, const float* kvb, const float* cos,
+                           const float* sin, int64_t T, int64_t nh, int64_t nope, int64_t rope,
+                           int64_t vd, int64_t kvr, bool interleave, float* qr, float* k_cache,
+                           float* v_cache, int64_t pos, cudaStream_t stream) {
+  if (T <= 0) return;
+  const int64_t n = T * (2 * nh * (nope + rope) + nh * vd);
+  moe_detail::mla_rope_cache_kernel<<<grid_for(n), kThreads, 0, stream>>>(
+      q, kva, kvb, cos, sin, T, nh, nope, rope, vd, kvr, interleave ? 1 : 0, qr, k_cache, v_cache,
+      pos);
   FI_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -50,11 +50,11 @@ void launch_rms_norm(const float* in, int64_t ld_in, float* out, int64_t ld_out,
 // Causal grouped-query attention of the T new queries: query t (position pos + t) sees cache
 // rows pos+t-window+1..pos+t (window > 0: a sliding layer) or 0..pos+t (window 0); scores
 // q·k · scale, soft-capped to tanh(s / cap) · cap when cap > 0 (Gemma 2). q: [T, ldq] fp32
-// (head h at columns h hd..), k_cache, v_cache: [>= pos + T, nkv hd]; out: [T, nh hd] fp32.
-// hd <= kMaxHeadDim, nh a multiple of nkv.
+// (head h at columns h hd..), k_cache: [>= pos + T, nkv hd], v_cache: [>= pos + T, nkv vd];
+// out: [T, nh vd] fp32 (vd = hd but for MLA). hd, vd <= kMaxHeadDim, nh a multiple of nkv.
 void launch_attention(const float* q, int64_t ldq, const float* k_cache, const float* v_cache,
-                      int64_t T, int64_t nh, int64_t nkv, int64_t hd, int64_t pos, float scale,
-                      int64_t window, float cap, float* out, cudaStream_t stream);
+                      int64_t T, int64_t nh, int64_t nkv, int64_t hd, int64_t vd, int64_t pos,
+                      float scale, int64_t window, float cap, float* out, cudaStream_t stream);
 
 // SwiGLU of the gate_up GEMM's output into the down GEMM's input: h = act(gate) * up, where
 // y: [rows, 2I] fp32 (gate columns 0..I, up columns I..2I), or [2 rows, 2I] when split_in.
@@ -71,5 +71,26 @@ void launch_clamps(const float* y, int64_t rows, int64_t I, bool split_in, Act a
                    const int32_t* neurons, const float* values, int64_t n, ClampSite site,
                    void* h, DType out_dtype, cudaStream_t stream, int64_t row0 = 0,
                    int64_t nrows = -1);
+
+// Mixture of experts (kernels in moe_kernels.cuh): out[i, :] = in[idx[i], :] for i < n, rows of
+// H fp32 (an expert's tokens gathered); idx: [n] int32 (device).
+void launch_gather_rows(const float* in, int64_t H, const int32_t* idx, int64_t n, float* out,
+                        cudaStream_t stream);
+
+// out[idx[i], :] += w[i] · y[i, :] for i < n: an expert's output, y = the down GEMM's [n, H] or
+// [2 n, H] when split (its halves summed first), weighted and added to its tokens' rows (row
+// stride ldo). idx [n] int32, w [n] fp32 (device); no index twice.
+void launch_scatter_add(const float* y, int64_t n, int64_t H, bool split, const int32_t* idx,
+                        const float* w, float* out, int64_t ldo, cudaStream_t stream);
+
+// DeepSeek's MLA for the T new positions: q [T, nh (nope + rope)], kva [T, kvr + rope] (the
+// latent, then the RoPE key shared by the heads), kvb [T, nh (nope + vd)] (per head k_nope, v);
+// cos, sin [T, rope / 2]. Writes qr [T, nh (nope + rope)] (the rope parts rotated, their pairs
+// de-interleaved first where interleave), and rows pos..pos+T-1 of k_cache [nh (nope + rope)]
+// (per head [k_nope | the rotated shared key]) and v_cache [nh vd].
+void launch_mla_rope_cache(const float* q, const float* kva, const float* kvb, const float* cos,
+                           const float* sin, int64_t T, int64_t nh, int64_t nope, int64_t rope,
+                           int64_t vd, int64_t kvr, bool interleave, float* qr, float* k_cache,
+                           float* v_cache, int64_t pos, cudaStream_t stream);
 
 }  // namespace fi::gpu
