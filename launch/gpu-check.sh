@@ -164,8 +164,8 @@ if ((FAILED == 0)); then
 
   # ---- 4. Python checks and generate benchmarks (need the build tree) -----------------------
   if [ "$BUILT" = 1 ] && [ "$PYOK" = 1 ]; then
-    step "ctest forward + token index (python, cuda)" 120 ctest.log \
-      ctest --test-dir "$BUILD" -R "py.test_(forward_torch|pipeline|token_index)" --output-on-failure --timeout 110 ||
+    step "ctest forward (dense, MoE) + token index (python, cuda)" 300 ctest.log \
+      ctest --test-dir "$BUILD" -R "py.test_(forward_torch|forward_moe|pipeline|token_index)" --output-on-failure --timeout 290 ||
       FAILED=1
     grep -E "tests passed|\[cuda\]|cuda:|Failed|FAIL" "$LOGS/ctest.log" | tail -12 >>"$SUMMARY"
     GENB="$ROOT/tests/bench/gpu/generate_gpu_bench.sh"

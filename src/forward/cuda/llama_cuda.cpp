@@ -101,29 +101,30 @@ void copy_to_device(void* dst, const void* src, size_t bytes, cudaStream_t strea
   FI_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
-// The parts' raw bytes stacked by rows in one device buffer (same dtype and cols required);
-// the parts come checked from model/layer_tensors.h.
 DeviceBuffer upload(const std::vector<float>& v, const std::string& what, cudaStream_t stream) {
   DeviceBuffer b(v.size() * sizeof(float), what);
   if (!v.empty()) copy_to_device(b.get(), v.data(), b.bytes(), stream);
   return b;
 }
 
-// keep_fp8 false: FP8 parts dequantised on the host and held as fp32 (the embedding, which a
-// kernel reads directly).
+// The parts' raw bytes stacked by rows in one device buffer (same dtype and cols required);
+// the parts come checked from model/layer_tensors.h. FP8 parts keep their codes, each with its
+// scale (Weight::fp8), unless keep_fp8 is false: then they are dequantised on the host and held
+// as fp32 (the embedding, whose rows a kernel reads directly).
 Weight load_weight(const Model& m, const std::vector<const ModelTensor*>& parts,
                    std::vector<uint8_t>& staging, cudaStream_t stream, bool keep_fp8 = true) {
   Weight w;
   const ModelTensor& p0 = *parts[0];
   const DType d0 = p0.stored().dtype;
+  for (const ModelTensor* p : parts) {
+    if (p->stored().dtype != d0)
+      FI_FAIL(m.dir + ": " + p->name + " is " + dtype_name(p->info->dtype) + " but " + p0.name +
+              " is " + dtype_name(d0) + " (the CUDA forward stacks them in one matrix)");
+    w.rows += p->shape[0];
+  }
+  w.cols = p0.shape[1];
+  w.dtype = is_fp8(d0) ? DType::F32 : d0;
   if (is_fp8(d0) && !keep_fp8) {
-    for (const ModelTensor* p : parts) {
-      if (p->stored().dtype != d0)
-        FI_FAIL(m.dir + ": " + p->name + " is " + dtype_name(p->info->dtype) + " but " + p0.name +
-                " is " + dtype_name(d0) + " (the CUDA forward stacks them in one matrix)");
-      w.rows += p->shape[0];
-    }
-    w.cols = p0.shape[1];
     w.data = DeviceBuffer(size_t(w.rows * w.cols) * sizeof(float), p0.name);
     char* dst = static_cast<char*>(w.data.get());
     for (const ModelTensor* p : parts) {
@@ -133,14 +134,6 @@ Weight load_weight(const Model& m, const std::vector<const ModelTensor*>& parts,
     }
     return w;
   }
-  for (const ModelTensor* p : parts) {
-    if (p->stored().dtype != p0.stored().dtype)
-      FI_FAIL(m.dir + ": " + p->name + " is " + dtype_name(p->info->dtype) + " but " + p0.name +
-              " is " + dtype_name(p0.info->dtype) + " (the CUDA forward stacks them in one matrix)");
-    w.rows += p->shape[0];
-  }
-  w.dtype = is_fp8(d0) ? DType::F32 : d0;
-  w.cols = p0.shape[1];
   const size_t es = dtype_size(d0);
   w.data = DeviceBuffer(size_t(w.rows * w.cols) * es, p0.name);
   char* dst = static_cast<char*>(w.data.get());
