@@ -71,12 +71,21 @@ class Site:
             cc.load_concepts(concepts_file)        # a bad file is refused at start, not on a page
         self.lex = cc.Lexicon(self.a)
         self.overview = {mat: self._layer_stats(mat) for mat in self.a.groups()}
-        self.agreement, self.expert_agreement = {}, {}
+        self.agreement, self.expert_agreement, self.not_compared = {}, {}, {}
         if self.b is not None:
             for mat in self.a.groups():
-                if mat in self.b.groups():
+                if mat not in self.b.groups():
+                    continue
+                try:
                     fm.check_comparable(self.a, self.b, mat)
-                    self.agreement[mat], self.expert_agreement[mat] = self._agreement(mat)
+                except fm.MapError as e:
+                    if mat in fm.MATRICES:      # a dense matrix (and the vocabulary) must agree
+                        raise
+                    self.not_compared[mat] = fm._first_line(e)   # e.g. other --experts: left out
+                    continue
+                self.agreement[mat], self.expert_agreement[mat] = self._agreement(mat)
+            if self.not_compared and not self.agreement:
+                raise fm.MapError(next(iter(self.not_compared.values())))
 
     def close(self):
         self.a.close()
@@ -439,7 +448,8 @@ class Site:
         routed = fm.is_routed(mat)
         where = f"Layer {layer}" + (f" expert {e}" if e is not None else ", all experts" if routed else "")
         body = [f"<h1>Compare /{mat}</h1><p>A: {pg.esc(self.a.path)}<br>B: {pg.esc(self.b.path)}</p>",
-                "<p id='groups'>groups: " + " ".join(f"<a href='/compare?matrix={g}'>{g}</a>" for g in mats) + "</p>",
+                "<p id='groups'>groups: " + " ".join(f"<a href='/compare?matrix={g}'>{g}</a>" for g in mats)
+                + "".join(f"; not compared: /{g} ({pg.esc(why)})" for g, why in self.not_compared.items()) + "</p>",
                 pg.chart(x, [("same top-1 token" + (" (experts pooled)" if routed else ""), shares.tolist())], "layer",
                          "share of neurons", href=f"/compare?matrix={mat}&layer=", ident="chart-agreement")]
         if routed:

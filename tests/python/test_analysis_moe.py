@@ -526,8 +526,19 @@ def check_serve_compare(tmp, a):
             t.check(code == 404, f"{path}: {code}")
     finally:
         t.check(srv.stop() == 0, "serve did not stop cleanly")
+    # A map of other experts (--experts 0-2): its routed groups are left out of the compare, said on the page.
+    d = make(os.path.join(tmp, "experts02.h5"), "--moe", "4", "--experts", "0-2", *SHAPE)
+    srv = Server(tmp, a, d)
+    try:
+        code, body = srv.get("/compare?matrix=shared/up")
+        t.check(code == 200 and "not compared: /moe/up" in body and "experts 0-2 differ" in body, f"other experts ({code})")
+        code, _ = srv.get("/compare?matrix=moe/up")
+        t.check(code == 404, f"/compare?matrix=moe/up of maps with other experts: {code}")
+    finally:
+        t.check(srv.stop() == 0, "serve did not stop cleanly")
     print(f"  serve compare: moe/up per layer (experts pooled) and per expert of layer {layers[li]}, one expert, "
-          "shared/up = numpy; the most changed neurons' Jaccard; a routed neuron in both maps")
+          "shared/up = numpy; the most changed neurons' Jaccard; a routed neuron in both maps; a map of other "
+          "experts: its routed groups left out, said on the page")
 
 
 def main():
