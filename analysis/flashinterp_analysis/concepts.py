@@ -210,40 +210,60 @@ def concept_set(m, lex, name, concepts_file=None):
                      + ("" if concepts_file else "; give --concepts FILE") + ")")
 
 
-def multi_token_hits(m, matrix, splits, top=20):
-    """For each split (a list of >= 2 token ids of one multi-token word): the neurons whose stored
-    list holds every one of its tokens, scored by the sum of the tokens' log-probabilities
-    (logit - logsumexp) over that list. Returns [{"top": hits, "bottom": hits or None}] in the
-    order of splits (bottom only when the map has bottom lists). hits: [(sum_logp, layer, neuron)],
-    top: highest sum first; bottom: lowest first (the neurons that most suppress the word); ties to
-    the lower (layer, neuron). One pass over the layers for all splits, two reads per layer."""
+def multi_token_hits(m, groups, splits, top=20):
+    """For each split (a list of >= 2 token ids of one multi-token word): the neurons of the given
+    groups (names such as ["up", "moe/up", "shared/up"]; one name is one group) whose stored list
+    holds every one of its tokens, scored by the sum of the tokens' log-probabilities (logit -
+    logsumexp) over that list. Returns [{"top": hits, "bottom": hits or None}] in the order of
+    splits ("bottom" only when the map has bottom lists, --bottom-k).
+    hits: [(sum_logp, layer, group, expert, neuron)], expert -1 outside moe/*; top: highest sum
+    first, bottom: lowest first (the neurons that most suppress the word). Ties go to the lower
+    layer id, then group code (dense, moe/, shared/, as in the token index), then expert, then
+    neuron: the same order for any map layout. Reads one (layer, expert) slice of a group at a
+    time (two reads per list) and keeps at most a few times `top` candidates per split."""
+    groups = [groups] if isinstance(groups, str) else list(groups)
     splits = [[int(i) for i in s] for s in splits]
     every = np.unique(np.concatenate([np.asarray(s, np.int64) for s in splits])) if splits else np.zeros(0, np.int64)
-    g = m.group(matrix)
-    written = m.written_mask(matrix)
-    lists = ("top", "bottom") if "bottom_ids" in g else ("top",)
+    has_bottom = {g: "bottom_ids" in m.group(g) for g in groups}
+    lists = ("top", "bottom") if any(has_bottom.values()) else ("top",)
     cand = [{w: [] for w in lists} for _ in splits]
-    for li, layer in enumerate(m.layers(matrix)):
-        for which in lists:
-            b = m._block(matrix, li, slice(None), (f"{which}_ids", f"{which}_logits"))
-            tid = b[f"{which}_ids"]
-            rows = np.nonzero(np.isin(tid, every).any(axis=1) & written[li])[0]   # any token of any split
-            tid, lg = tid[rows], b[f"{which}_logits"][rows].astype(np.float64)
-            lse = b["lse"][rows].astype(np.float64)
-            for si, ids in enumerate(splits):
-                have = np.ones(rows.size, bool)
-                score = np.zeros(rows.size)
-                for t in ids:
-                    hit = tid == t
-                    have &= hit.any(axis=1)
-                    score += np.where(hit, lg, -np.inf).max(axis=1, initial=-np.inf) - lse
-                cand[si][which] += [(float(score[r]), int(layer), int(rows[r])) for r in np.nonzero(have)[0]]
+    order = {"top": lambda h: (-h[0], h[1], h[2], h[3], h[4]), "bottom": lambda h: (h[0], h[1], h[2], h[3], h[4])}
+
+    def keep_best(hits, which):
+        hits.sort(key=order[which])
+        del hits[top:]
+    for g in groups:
+        code = fm.GROUP_PREFIXES.index(g[:len(g) - len(fm.base_matrix(g))])
+        written = m.written_mask(g)                      # [L, N] or [L, E, N]
+        for pos, layer, expert in m.units(g):
+            w = written[pos]
+            if not w.any():
+                continue
+            e = -1 if expert is None else int(expert)
+            for which in lists:
+                if which == "bottom" and not has_bottom[g]:
+                    continue
+                b = m._block(g, pos, slice(None), (f"{which}_ids", f"{which}_logits"))
+                tid = b[f"{which}_ids"]
+                rows = np.nonzero(np.isin(tid, every).any(axis=1) & w)[0]   # any token of any split
+                tid, lg = tid[rows], b[f"{which}_logits"][rows].astype(np.float64)
+                lse = b["lse"][rows].astype(np.float64)
+                for si, ids in enumerate(splits):
+                    have = np.ones(rows.size, bool)
+                    score = np.zeros(rows.size)
+                    for t in ids:
+                        hit = tid == t
+                        have &= hit.any(axis=1)
+                        score += np.where(hit, lg, -np.inf).max(axis=1, initial=-np.inf) - lse
+                    hits = cand[si][which]
+                    hits += [(float(score[r]), int(layer), code, e, int(rows[r])) for r in np.nonzero(have)[0]]
+                    if len(hits) > 4 * top:
+                        keep_best(hits, which)
     out = []
     for c in cand:
         res = {"bottom": None}
         for which, hits in c.items():
-            sign = -1 if which == "top" else 1
-            hits.sort(key=lambda h: (sign * h[0], h[1], h[2]))
-            res[which] = hits[:top]
+            keep_best(hits, which)
+            res[which] = hits
         out.append(res)
     return out

@@ -18,7 +18,12 @@ A format version 2 map (mixture of experts) reports every group: dense and share
 each routed group (moe/*) as per-expert summaries: mean entropy, margin and top-1 probability of
 every (layer, expert) (a table, a heatmap PNG, and in the page's fi-stats JSON), the most
 specialised experts (lowest mean entropy) and the group's most specialised neurons, with pages
-DIR/neuron/moe_up/<layer>/e<expert>/<neuron>.html. Routed neurons are not in the searchable table.
+DIR/neuron/moe_up/<layer>/e<expert>/<neuron>.html. The searchable table holds routed neurons as
+well, with their expert: like a dense matrix, each group contributes at most --table-max R rows
+(its R most specialised neurons over all layers and experts, by the --specialised-by rule; a real
+routed group has millions of neurons, so R, not the group, sizes the page), found a (layer,
+expert) slice at a time while only the best R are kept. A table row links to the neuron's page
+where the report wrote one (the most specialised neurons).
 """
 import argparse
 import html
@@ -124,20 +129,45 @@ def safe_name(group):
     return group.replace("/", "_")
 
 
-def expert_data(m, group, most=50):
+def _keep_best(best, part, limit):
+    """The `limit` smallest of two candidate sets (dicts of equal-length arrays with key, layer,
+    expert, neuron), ordered by key, then layer, expert, neuron."""
+    both = part if best is None else {k: np.concatenate([best[k], part[k]]) for k in part}
+    order = np.lexsort((both["neuron"], both["expert"], both["layer"], both["key"]))[:limit]
+    return {k: v[order] for k, v in both.items()}
+
+
+def expert_data(m, group, most=50, table_max=0, by="auto"):
     """Per-expert summaries of a routed group (moe/*): one row per (layer, expert) of its written
     neurons: neurons, entropy_mean, margin_mean, top1_prob_mean, entropy_min; the experts ranked
-    by lowest mean entropy (NaN last, ties to the lower (layer, expert)); and the group's `most`
+    by lowest mean entropy (NaN last, ties to the lower (layer, expert)); the group's `most`
     most specialised neurons (lowest entropy, ties to the lower (layer, expert, neuron)) as
-    [layer, expert, neuron, top-1 prob, entropy, [[token, prob], ...], margin]."""
+    [layer, expert, neuron, top-1 prob, entropy, [[token, prob], ...], margin]; and `table`, the
+    searchable table's rows of its `table_max` most specialised written neurons by `by` (the
+    --specialised-by rule; ties as above), [group, layer, neuron, top-1 prob, entropy, [[token,
+    prob], ...], margin, expert]. One (layer, expert) slice in memory at a time, plus the best
+    table_max candidates so far."""
     written = m.written_mask(group)
     rows, cand = [], []
     nan = float("nan")
     exact = m.has_exact_entropy(group)
+    by = ("entropy" if exact else "margin") if by == "auto" else by
+    kt, best = min(m.top_k(group), TABLE_TOKENS), None
     for pos, layer, expert in m.units(group):
         w = written[pos]
         st = m.stats(group, layer, expert=expert)
         ids, probs = m.layer_top(group, layer, expert)
+        if table_max:       # this slice's candidates for the table, merged into the best so far
+            key = {"entropy": st["entropy"], "margin": -st["margin"], "top1": -probs[:, 0].astype(np.float64)}[by]
+            key = np.where(np.isnan(key), np.inf, key)
+            n = np.nonzero(w)[0]
+            if best is not None and best["key"].size == table_max:
+                n = n[key[n] <= best["key"][-1]]        # only what can enter the best table_max
+            if n.size:
+                part = dict(key=key[n], layer=np.full(n.size, layer), expert=np.full(n.size, expert), neuron=n,
+                            p1=probs[n, 0], ent=st["entropy"][n], margin=st["margin"][n], ids=ids[n, :kt],
+                            probs=probs[n, :kt])
+                best = _keep_best(best, _keep_best(None, part, table_max), table_max)
         ent, mar, p1 = st["entropy"][w], st["margin"][w], probs[w, 0].astype(np.float64)
         rows.append(dict(layer=layer, expert=expert, neurons=int(w.sum()),
                          entropy_mean=float(ent.mean()) if ent.size else nan,
@@ -156,9 +186,18 @@ def expert_data(m, group, most=50):
         neurons.append([layer, expert, n, round(p1, 6), round(ent, 4), toks, round(mar, 4)])
     order = sorted(range(len(rows)), key=lambda i: (np.isnan(rows[i]["entropy_mean"]), rows[i]["entropy_mean"],
                                                     rows[i]["layer"], rows[i]["expert"]))
+    table = []
+    if best is not None:
+        words = m.token_text(np.where(best["ids"] >= 0, best["ids"], 0).reshape(-1))
+        for r in range(best["key"].size):
+            toks = [[words[r * kt + j], round(float(best["probs"][r, j]), 6)] for j in range(kt) if best["ids"][r, j] >= 0]
+            table.append([group, int(best["layer"][r]), int(best["neuron"][r]), round(float(best["p1"][r]), 6),
+                          round(float(best["ent"][r]), 4), toks, round(float(best["margin"][r]), 4),
+                          int(best["expert"][r])])
     return dict(matrix=group, rows=rows, ranked=[rows[i] for i in order], neurons=neurons, entropy_exact=exact,
                 layers=[int(x) for x in m.layers(group)], experts=[int(x) for x in m.experts(group)],
-                n=m.num_neurons(group), k=m.top_k(group))
+                n=m.num_neurons(group), k=m.top_k(group), table=table, written=int(written.sum()),
+                unwritten=int(written.size - written.sum()), specialised_by=by)
 
 
 def expert_heatmap(d, out, plt):
@@ -287,17 +326,23 @@ def script_json(obj):
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
 
 
+# The table's script. Rows: [group, layer, neuron, top-1 prob, entropy, [[token, prob], ...],
+# margin] and, for a routed group's neuron, its expert as an 8th item; PAGES (set before this
+# script) maps "group|layer|expert|neuron" (expert empty outside moe/*) to the page the report wrote.
 PAGE_JS = r"""
 (function () {
   var data = JSON.parse(document.getElementById('fi-table').textContent);
   var box = document.getElementById('q'), sel = document.getElementById('qm');
   var body = document.getElementById('tbody'), info = document.getElementById('qinfo');
   var LIMIT = 300;
+  var moe = data.some(function (r) { return r.length > 7; });   // an expert column
+  function expert(row) { return row.length > 7 ? row[7] : ''; }
   function matches(row, terms) {
     for (var i = 0; i < terms.length; i++) {
       var t = terms[i], m;
       if ((m = /^l(\d+)$/i.exec(t))) { if (row[1] !== +m[1]) return false; continue; }
       if ((m = /^n(\d+)$/i.exec(t))) { if (row[2] !== +m[1]) return false; continue; }
+      if (moe && (m = /^e(\d+)$/i.exec(t))) { if (expert(row) !== +m[1]) return false; continue; }
       var hit = false;
       for (var j = 0; j < row[5].length; j++)
         if (row[5][j][0].toLowerCase().indexOf(t) >= 0) { hit = true; break; }
@@ -320,13 +365,20 @@ PAGE_JS = r"""
     body.textContent = '';
     out.forEach(function (row) {
       var tr = document.createElement('tr');
-      [row[0], row[1], row[2], row[3].toPrecision(4), row[4].toFixed(3)].forEach(function (v) {
+      var cells = [row[0], row[1]].concat(moe ? [expert(row)] : []);
+      cells.concat([row[2], row[3].toPrecision(4), row[4].toFixed(3)]).forEach(function (v) {
         var td = document.createElement('td'); td.textContent = v; tr.appendChild(td);
       });
       var td = document.createElement('td');
       td.textContent = row[5].map(function (t) {
         return JSON.stringify(t[0]) + ' ' + t[1].toPrecision(3);
       }).join(',  ');
+      tr.appendChild(td);
+      var href = PAGES[row[0] + '|' + row[1] + '|' + expert(row) + '|' + row[2]];
+      td = document.createElement('td');
+      if (href) {
+        var a = document.createElement('a'); a.href = href; a.textContent = 'page'; td.appendChild(a);
+      }
       tr.appendChild(td);
       body.appendChild(tr);
     });
@@ -351,7 +403,7 @@ code, .tok { font-family: ui-monospace, monospace; }
 """
 
 
-def page(m_path, attrs, complete, mats, files, specialised, table, table_note, extra="", experts=()):
+def page(m_path, attrs, complete, mats, files, specialised, table, table_note, extra="", experts=(), links=None):
     h = []
     h.append("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>")
     h.append(f"<title>flashinterp map: {esc(os.path.basename(m_path))}</title>")
@@ -400,22 +452,33 @@ def page(m_path, attrs, complete, mats, files, specialised, table, table_note, e
         h.append(expert_section(d, png, most))
     h.append(extra)
     h.append("<h2>Search the neurons</h2>")
+    moe = any(len(r) > 7 for r in table)      # routed rows: an expert column (the script's rule)
     h.append("<p>Type part of a token (all words must match one of a neuron's top tokens; start with a space "
              "or a quote to match the text exactly as typed, spaces included), <code>L12</code> for a layer, "
-             f"<code>N345</code> for a neuron. {esc(table_note)}</p>")
-    opts = "".join(f"<option value='{esc(d['matrix'])}'>{esc(d['matrix'])}</option>" for d in mats)
+             + ("<code>E5</code> for an expert, " if moe else "")
+             + f"<code>N345</code> for a neuron. {esc(table_note)}</p>")
+    opts = "".join(f"<option value='{esc(d['matrix'])}'>{esc(d['matrix'])}</option>"
+                   for d in list(mats) + [d for d, _, _ in experts])
     h.append(f"<p><input id='q' placeholder='e.g.  dog   or  L1 N18' autocomplete='off'> "
              f"<select id='qm'><option value=''>all matrices</option>{opts}</select> <span id='qinfo'></span></p>")
-    h.append("<table><thead><tr><th>matrix</th><th>layer</th><th>neuron</th><th>top-1 prob</th>"
-             "<th>entropy</th><th>top tokens</th></tr></thead><tbody id='tbody'></tbody></table>")
+    h.append("<table><thead><tr><th>matrix</th><th>layer</th>" + ("<th>expert</th>" if moe else "")
+             + "<th>neuron</th><th>top-1 prob</th><th>entropy</th><th>top tokens</th><th>page</th></tr></thead>"
+             "<tbody id='tbody'></tbody></table>")
     h.append(f"<script type='application/json' id='fi-table'>{script_json(table)}</script>")
     stats = {d["matrix"]: d["stats"] for d in mats}
     stats.update({d["matrix"]: d["rows"] for d, _, _ in experts})   # routed groups: per (layer, expert)
     h.append(f"<script type='application/json' id='fi-stats'>{script_json(stats)}</script>")
-    h.append(f"<script>{PAGE_JS}</script>")
+    h.append(f"<script>var PAGES = {script_json(links or {})};{PAGE_JS}</script>")
     h.append(f"<p><small>written by analysis/report on {esc(time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime()))}"
              "</small></p></body></html>")
     return "\n".join(h)
+
+
+def _table_note(group, rows, total, unwritten, over=""):
+    """What the searchable table holds of one group, for the page."""
+    return ((f"/{group}: all {total} neurons" if rows == total else
+             f"/{group}: the {rows} most specialised of {total} neurons ({over}--table-max)")
+            + (f" ({unwritten} more in chunks not marked done are left out)" if unwritten else ""))
 
 
 def static_link(matrix, layer, neuron, expert=None):
@@ -493,9 +556,11 @@ def run(argv):
         pages, experts = [], []
         for mat in dict.fromkeys(want):
             if fm.is_routed(mat):       # per-expert summaries instead of the per-layer tables
-                d = expert_data(m, mat, a.specialised)
+                d = expert_data(m, mat, a.specialised, a.table_max, a.specialised_by)
                 experts.append((d, expert_heatmap(d, a.out, plt), a.specialised))
                 pages += [pg.neuron_data(m, mat, row[0], row[2], expert=row[1]) for row in d["neurons"]]
+                table += d["table"]
+                notes.append(_table_note(mat, len(d["table"]), d["written"], d["unwritten"], "every layer and expert; "))
                 continue
             d = matrix_data(m, mat)
             d["text"] = m.token_text
@@ -507,18 +572,16 @@ def run(argv):
             rows = table_rows(d, order, a.table_max, m.token_text)
             table += [[mat, *r] for r in rows]
             total = int(d["written"].sum())
-            unwritten = len(d["layers"]) * d["n"] - total
-            notes.append((f"/{mat}: all {total} neurons" if len(rows) == total else
-                          f"/{mat}: the {len(rows)} most specialised of {total} neurons (--table-max)")
-                         + (f" ({unwritten} more in chunks not marked done are left out)" if unwritten else ""))
+            notes.append(_table_note(mat, len(rows), total, len(d["layers"]) * d["n"] - total))
             mats.append(d)
     write_neuron_pages(a.out, pages)
     path = os.path.join(a.out, "index.html")
     with open(path, "w", encoding="utf-8") as f:
-        note = ("The table holds " + "; ".join(notes) + "." if notes else "The table is empty: this map's groups "
-                "are all routed experts (their summaries are above).")
+        note = "The table holds " + "; ".join(notes) + "." if notes else "The table is empty."
         extra = sweep_section(a.sweep, a.out, attrs, plt) if a.sweep else ""
-        f.write(page(a.map, attrs, complete, mats, files, specialised, table, note, extra, experts))
+        links = {f"{d['matrix']}|{d['layer']}|{'' if d.get('expert') is None else d['expert']}|{d['neuron']}":
+                 static_link(d["matrix"], d["layer"], d["neuron"], d.get("expert")) for d in pages}
+        f.write(page(a.map, attrs, complete, mats, files, specialised, table, note, extra, experts, links))
     print(f"report: {path} ({sum(len(v) for v in files.values()) + len(experts)} plots, {len(table)} table rows)")
     return 0
 

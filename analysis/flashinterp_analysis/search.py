@@ -17,8 +17,9 @@ A map decoded without an index is searched by a scan of every neuron's stored to
 in the output): then only neurons holding the token in their top-k are found.
 A format version 2 map (mixture of experts) is searched over every group of the matrix (dense
 /up, routed /moe/up, shared /shared/up; --matrix moe/up keeps one group): each hit names its
-group, layer, expert and neuron (text "moe/up L3 E5 N17"; JSON and CSV: group, expert). The
-multi-token sum-of-log-probabilities match covers the dense group only.
+group, layer, expert and neuron (text "moe/up L3 E5 N17"; JSON and CSV: group, expert), the
+multi-token sum-of-log-probabilities match too. Equal scores are listed by layer id, then group
+(dense, moe/, shared/), then expert, then neuron.
 """
 import argparse
 import csv
@@ -98,10 +99,22 @@ def _rows(m, matrix, hits, text, neurons):
     return rows
 
 
-def _multi_rows(m, group, cand, neurons):
-    where = dict(group=group, expert=None) if m.version >= 2 else {}
-    return [dict(rank=r, layer=lay, neuron=n, **where, sum_logp=s, **neurons[(group, lay, None, n)][1],
-                 neuron_top=fm.tokens_json(neurons[(group, lay, None, n)][0])) for r, (s, lay, n) in enumerate(cand, 1)]
+def _multi_key(matrix, hit):
+    """(group, layer, expert, neuron) of a concepts.multi_token_hits hit."""
+    s, lay, code, e, n = hit
+    return (fm.group_name(code, matrix), lay, None if e < 0 else e, n)
+
+
+def _multi_rows(m, matrix, cand, neurons):
+    """Result rows of multi_token_hits' hits; a version 2 map's also name the group and expert."""
+    rows = []
+    for r, h in enumerate(cand, 1):
+        key = _multi_key(matrix, h)
+        t, st = neurons[key]
+        where = dict(group=key[0], expert=key[2]) if m.version >= 2 else {}
+        rows.append(dict(rank=r, layer=key[1], neuron=key[3], **where, sum_logp=h[0], **st,
+                         neuron_top=fm.tokens_json(t)))
+    return rows
 
 
 def search(m, lex, matrix, word=None, kinds=(), regex=None, set_name=None, concepts_file=None, top=20,
@@ -112,8 +125,6 @@ def search(m, lex, matrix, word=None, kinds=(), regex=None, set_name=None, conce
     if not groups:
         m.group(matrix)         # refuses a group the map does not hold, naming those present
         groups = [matrix]
-    # The multi-token sum runs over one [L, N] group: the dense one (version 1: the matrix).
-    dense = matrix if matrix in m.groups() and not fm.is_routed(matrix) else None
     text = lex.text
     res = dict(map=m.path, matrix=matrix, word=word, regex=regex, set=set_name, variant_kinds=list(kinds),
                token_index_m=m.token_index_m(matrix), top_k=max(m.top_k(g) for g in groups),
@@ -149,8 +160,7 @@ def search(m, lex, matrix, word=None, kinds=(), regex=None, set_name=None, conce
         if v["split"] and len(v["split"]) >= 2 and tuple(v["split"]) not in seen:
             seen.add(tuple(v["split"]))
             multi.append(v)
-    scored = cc.multi_token_hits(m, dense, [v["split"] for v in multi], top) if multi and dense else \
-        [dict(top=[], bottom=None) for _ in multi]
+    scored = cc.multi_token_hits(m, groups, [v["split"] for v in multi], top) if multi else []
     first = {}                      # first token -> (hits, source), each searched once
     for v in multi:
         if v["split"][0] not in first:
@@ -158,7 +168,7 @@ def search(m, lex, matrix, word=None, kinds=(), regex=None, set_name=None, conce
     # Every neuron listed anywhere, read once (one read per layer).
     keys = {_key(m, matrix, h) for h in hits}
     keys |= {_key(m, matrix, h) for f, _ in first.values() for h in f}
-    keys |= {(dense, lay, None, n) for sc in scored for part in sc.values() if part for _, lay, n in part}
+    keys |= {_multi_key(matrix, h) for sc in scored for part in sc.values() if part for h in part}
     neurons = _neurons(m, sorted(keys, key=lambda x: (x[0], x[1], -1 if x[2] is None else x[2], x[3])), tokens)
     res["results"] = _rows(m, matrix, hits, text, neurons)
     for v, sc in zip(multi, scored):
@@ -166,8 +176,8 @@ def search(m, lex, matrix, word=None, kinds=(), regex=None, set_name=None, conce
         res["multi_token"].append(dict(
             text=v["text"], split=v["split"], split_text=v["split_text"], first_token_source=src,
             by_first_token=_rows(m, matrix, fh, text, neurons),
-            by_sum_logp_top=_multi_rows(m, dense, sc["top"], neurons),
-            by_sum_logp_bottom=None if sc["bottom"] is None else _multi_rows(m, dense, sc["bottom"], neurons)))
+            by_sum_logp_top=_multi_rows(m, matrix, sc["top"], neurons),
+            by_sum_logp_bottom=None if sc["bottom"] is None else _multi_rows(m, matrix, sc["bottom"], neurons)))
     return res
 
 

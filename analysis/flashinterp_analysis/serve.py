@@ -6,7 +6,7 @@ Addresses (shareable): /  (overview: per-layer charts, click a layer), /layer/<m
 (its most specialised neurons), /neuron/<matrix>/<layer>/<neuron>  (top and bottom tokens, entropy,
 margin, the same neuron in the second map, links to neighbours; ?expert=E is refused: format
 version 1 has no experts), /search?q=<word>[&variants=case,plural&regex=&set=&matrix=],
-/compare[?matrix=up&layer=L]  (per-layer agreement, the neurons that changed most),
+/compare[?matrix=up&layer=L[&expert=E]]  (per-layer agreement, the neurons that changed most),
 /sweep[?matrix=down&layer=L]  (with --sweep: decoded specialisation against causal score, the
 neurons where they disagree most; neuron pages then show their score).
 Pages read the map by slices (one neuron, one layer); the per-layer overview and agreement are
@@ -15,7 +15,10 @@ A format version 2 map (mixture of experts) also has its moe/* and shared/* grou
 /layer/moe/up/<layer> lists that layer's experts (mean entropy, margin, the most specialised
 neuron of each), /layer/moe/up/<layer>?expert=E that expert's most specialised neurons,
 /neuron/moe/up/<layer>/<neuron>?expert=E an expert neuron; search hits name and link them.
-The compare page covers the dense groups only.
+The compare page covers every group both maps hold: /compare?matrix=moe/up pools each layer's
+experts in its chart, lists the chosen layer's experts (top-1 agreement of each) and the neurons
+that changed most over all of them, or over one with &expert=E; shared/up reads like a dense
+matrix.
 """
 import argparse
 import http.server
@@ -68,12 +71,21 @@ class Site:
             cc.load_concepts(concepts_file)        # a bad file is refused at start, not on a page
         self.lex = cc.Lexicon(self.a)
         self.overview = {mat: self._layer_stats(mat) for mat in self.a.groups()}
-        self.agreement = {}
+        self.agreement, self.expert_agreement, self.not_compared = {}, {}, {}
         if self.b is not None:
-            for mat in self.a.matrices():
-                if mat in self.b.matrices():
+            for mat in self.a.groups():
+                if mat not in self.b.groups():
+                    continue
+                try:
                     fm.check_comparable(self.a, self.b, mat)
-                    self.agreement[mat] = self._agreement(mat)
+                except fm.MapError as e:
+                    if mat in fm.MATRICES:      # a dense matrix (and the vocabulary) must agree
+                        raise
+                    self.not_compared[mat] = fm._first_line(e)   # e.g. other --experts: left out
+                    continue
+                self.agreement[mat], self.expert_agreement[mat] = self._agreement(mat)
+            if self.not_compared and not self.agreement:
+                raise fm.MapError(next(iter(self.not_compared.values())))
 
     def close(self):
         self.a.close()
@@ -109,15 +121,23 @@ class Site:
         return dict(rows=rows, entropy_exact=exact, frequent=frequent)
 
     def _agreement(self, mat):
+        """The share of neurons written in both maps whose top-1 token is the same: per layer
+        (a routed group's experts pooled) and, for a routed group, {layer: [per expert]}."""
         a, b = self.a, self.b
         counted = a.written_mask(mat) & b.written_mask(mat)
-        rows = []
-        for li, layer in enumerate(a.layers(mat)):
-            w = counted[li]
-            same = a.top1(mat, layer) == b.top1(mat, layer)
-            rows.append(dict(layer=int(layer), neurons=int(w.sum()),
-                             same_top1_share=float(same[w].mean()) if w.any() else float("nan")))
-        return rows
+        share = lambda same, w: float(same[w].mean()) if w.any() else float("nan")   # noqa: E731
+        per_layer, per_expert = {}, {}
+        for pos, layer, expert in a.units(mat):
+            w = counted[pos]
+            same = a.top1(mat, layer, expert) == b.top1(mat, layer, expert)
+            n, k = per_layer.get(layer, (0, 0))
+            per_layer[layer] = (n + int(w.sum()), k + int(same[w].sum()))
+            if expert is not None:
+                per_expert.setdefault(layer, []).append(dict(expert=expert, neurons=int(w.sum()),
+                                                             same_top1=int(same[w].sum()), same_top1_share=share(same, w)))
+        rows = [dict(layer=int(layer), neurons=n, same_top1_share=k / n if n else float("nan"))
+                for layer, (n, k) in per_layer.items()]
+        return rows, per_expert
 
     # ---- pages -------------------------------------------------------------------------------
     def page_overview(self, q):
@@ -267,7 +287,7 @@ class Site:
             raise NotFound(fm._first_line(e)) from None
         other = None
         if self.b is not None and mat in self.agreement:
-            other = pg.neuron_data(self.b, mat, layer, n)
+            other = pg.neuron_data(self.b, mat, layer, n, expert=e)
         return pg.neuron_page(d, link, other, extra=self._causal(mat, layer, n) if e is None else "")
 
     def _causal(self, mat, layer, n):
@@ -401,33 +421,62 @@ class Site:
         shares = np.array([r["same_top1_share"] for r in rows])
         worst = int(rows[int(np.nanargmin(shares))]["layer"]) if np.isfinite(shares).any() else rows[0]["layer"]
         layer = self._layer(mat, q.get("layer", worst))
-        li = self.a.layer_index(mat, layer)
-        counted = self.a.written_mask(mat)[li] & self.b.written_mask(mat)[li]
-        ia, pa = self.a.layer_top(mat, layer)
-        ib, pb = self.b.layer_top(mat, layer)
-        jac = fm.topk_jaccard(ia, ib)
-        same = ia[:, 0] == ib[:, 0]
-        conf = np.maximum(pa[:, 0], pb[:, 0]).astype(np.float64)
-        order = np.lexsort((np.arange(jac.size), -conf, same, np.where(counted, jac, np.inf)))[:30]
+        e = self._expert(q, mat) if "expert" in q else None     # a routed group: one expert, or all
+        experts = ([e] if e is not None else [int(x) for x in self.a.experts(mat)]) if fm.is_routed(mat) else [None]
+        wa, wb = self.a.written_mask(mat), self.b.written_mask(mat)
+        jac, same, conf, counted, ex, nn = [], [], [], [], [], []
+        for x in experts:           # the layer's (expert's) neurons, one slice at a time
+            pos = self.a.pos(mat, layer, x)
+            w = wa[pos] & wb[pos]
+            ia, pa = self.a.layer_top(mat, layer, x)
+            ib, pb = self.b.layer_top(mat, layer, x)
+            jac.append(fm.topk_jaccard(ia, ib))
+            same.append(ia[:, 0] == ib[:, 0])
+            conf.append(np.maximum(pa[:, 0], pb[:, 0]).astype(np.float64))
+            counted.append(w)
+            ex.append(np.full(w.size, -1 if x is None else x))
+            nn.append(np.arange(w.size))
+            k = ia.shape[1]
+        jac, same, conf, counted, ex, nn = (np.concatenate(v) for v in (jac, same, conf, counted, ex, nn))
+        # Lowest Jaccard first; ties: top-1 changed, the more confident neuron, lower expert, neuron.
+        order = np.lexsort((nn, ex, -conf, same, np.where(counted, jac, np.inf)))[:30]
         order = order[counted[order]]
-        ta = self.a.neurons_top(mat, [(layer, int(n)) for n in order], k=5)
-        tb = self.b.neurons_top(mat, [(layer, int(n)) for n in order], k=5)
+        key = lambda i: (layer, int(nn[i])) if ex[i] < 0 else (layer, int(ex[i]), int(nn[i]))   # noqa: E731
+        ta = self.a.neurons_top(mat, [key(i) for i in order], k=5)
+        tb = self.b.neurons_top(mat, [key(i) for i in order], k=5)
         x = [r["layer"] for r in rows]
+        routed = fm.is_routed(mat)
+        where = f"Layer {layer}" + (f" expert {e}" if e is not None else ", all experts" if routed else "")
         body = [f"<h1>Compare /{mat}</h1><p>A: {pg.esc(self.a.path)}<br>B: {pg.esc(self.b.path)}</p>",
-                pg.chart(x, [("same top-1 token", shares.tolist())], "layer", "share of neurons",
-                         href=f"/compare?matrix={mat}&layer=", ident="chart-agreement"),
-                f"<h2>Layer {layer}: the neurons that changed most</h2><p id='layer-stats'>top-1 the same for "
-                f"{int(same[counted].sum())} of {int(counted.sum())} neurons; mean Jaccard of the top-{ia.shape[1]} sets "
-                f"{pg.num(jac[counted].mean() if counted.any() else float('nan'))}</p>",
-                "<table id='changed'><tr><th>layer</th><th>neuron</th><th>Jaccard</th><th>same top-1</th>"
-                "<th class='l'>A top tokens</th><th class='l'>B top tokens</th></tr>"]
-        for n, a_, b_ in zip(order, ta, tb):
+                "<p id='groups'>groups: " + " ".join(f"<a href='/compare?matrix={g}'>{g}</a>" for g in mats)
+                + "".join(f"; not compared: /{g} ({pg.esc(why)})" for g, why in self.not_compared.items()) + "</p>",
+                pg.chart(x, [("same top-1 token" + (" (experts pooled)" if routed else ""), shares.tolist())], "layer",
+                         "share of neurons", href=f"/compare?matrix={mat}&layer=", ident="chart-agreement")]
+        if routed:
+            er = self.expert_agreement[mat][layer]
+            body += [f"<h2>Layer {layer}: the experts</h2>",
+                     pg.chart([r["expert"] for r in er], [("same top-1 token", [r["same_top1_share"] for r in er])],
+                              "expert", "share of neurons", href=f"/compare?matrix={mat}&layer={layer}&expert=",
+                              ident="chart-experts"),
+                     "<table id='experts'><tr><th>expert</th><th>neurons</th><th>same top-1</th><th>share</th></tr>"]
+            body += [f"<tr class='erow' data-expert='{r['expert']}'><td><a href='/compare?matrix={mat}&layer={layer}"
+                     f"&expert={r['expert']}'>{r['expert']}</a></td><td>{r['neurons']}</td><td>{r['same_top1']}</td>"
+                     f"<td>{pg.num(r['same_top1_share'])}</td></tr>" for r in er]
+            body.append("</table>")
+        body += [f"<h2>{where}: the neurons that changed most</h2><p id='layer-stats'>top-1 the same for "
+                 f"{int(same[counted].sum())} of {int(counted.sum())} neurons; mean Jaccard of the top-{k} sets "
+                 f"{pg.num(jac[counted].mean() if counted.any() else float('nan'))}</p>",
+                 "<table id='changed'><tr><th>layer</th>" + ("<th>expert</th>" if routed else "") + "<th>neuron</th>"
+                 "<th>Jaccard</th><th>same top-1</th><th class='l'>A top tokens</th><th class='l'>B top tokens</th></tr>"]
+        for i, a_, b_ in zip(order, ta, tb):
             fmt = lambda t: ", ".join(f"<span class='tok'>{pg.esc(repr(s))}</span> {p:.3g}"   # noqa: E731
                                       for s, p in zip(t.text, t.probs))
-            body.append(f"<tr class='nrow' data-neuron='{int(n)}'><td>{layer}</td><td><a class='nlink' "
-                        f"href='{link('neuron', matrix=mat, layer=layer, neuron=int(n))}'>{int(n)}</a></td>"
-                        f"<td>{jac[n]:.3f}</td><td>{'yes' if same[n] else 'no'}</td><td class='l'>{fmt(a_)}</td>"
-                        f"<td class='l'>{fmt(b_)}</td></tr>")
+            xe = None if ex[i] < 0 else int(ex[i])
+            u = link("neuron", matrix=mat, layer=layer, neuron=int(nn[i]), **({} if xe is None else dict(expert=xe)))
+            body.append(f"<tr class='nrow' data-neuron='{int(nn[i])}'" + ("" if xe is None else f" data-expert='{xe}'")
+                        + f"><td>{layer}</td>" + ("" if xe is None else f"<td>{xe}</td>")
+                        + f"<td><a class='nlink' href='{u}'>{int(nn[i])}</a></td><td>{jac[i]:.3f}</td>"
+                        f"<td>{'yes' if same[i] else 'no'}</td><td class='l'>{fmt(a_)}</td><td class='l'>{fmt(b_)}</td></tr>")
         body.append("</table>")
         return pg.frame(f"compare /{mat}", "".join(body), link)
 

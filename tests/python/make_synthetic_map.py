@@ -69,6 +69,8 @@ def parse_args(argv):
     moe.add_argument("--dense-layers", type=int, default=0, metavar="D",
                      help="the first D layers are dense (/<matrix>), the others MoE")
     moe.add_argument("--bottom-k", type=int, default=0, metavar="B", help="bottom_ids/bottom_logits (v2 only)")
+    moe.add_argument("--plant-multi", action="store_true",
+                     help="also plant a two-token word in every group's lists (see main_moe)")
     return p.parse_args(argv)
 
 
@@ -307,10 +309,26 @@ def _bottom(rng, ids, logits, B, V):
     return out, low[:, ::-1].astype(np.float32)        # ascending: the lowest logit first
 
 
-def _group(f, path, unit_shape, N, a, V, rng, plant, s):
+def _plant_row(ids, logits, n, tok, extra=None):
+    """Row n made to hold tok (a token id) as top-1, or tok (a list of ids) as its first entries
+    with logits 19, 18.5, ...; returns the row's logsumexp (its top-k plus a rest of `extra`)."""
+    K, row = ids.shape[1], ids[n]
+    toks = [tok] if np.isscalar(tok) else list(tok)
+    ids[n] = np.concatenate([toks, row[~np.isin(row, toks)][:K - len(toks)]])
+    if np.isscalar(tok):
+        logits[n] = np.concatenate([[20.0], np.linspace(17, 8, K - 1)])
+    else:
+        logits[n] = np.concatenate([19.0 - 0.5 * np.arange(len(toks)), np.linspace(16, 8, K - len(toks))])
+    return np.logaddexp.reduce(logits[n].astype(np.float64)) + (extra if extra is not None else
+                                                                0.1 if np.isscalar(tok) else 0.3)
+
+
+def _group(f, path, unit_shape, N, a, V, rng, plant, s, bottom_plant=None):
     """One group: /<path> with leading dims unit_shape ((L,) or (L, E)), N neurons, drawn rows.
-    plant: {unit index tuple: [(neuron, token id)]} rows made to have that token as top-1.
-    Returns the group's flat entries (ids, probs, logp, unit index tuple per row) for the index."""
+    plant: {unit index tuple: [(neuron, token id or [ids](, lse extra))]} rows made to have that
+    token as top-1 (or those tokens first, _plant_row); bottom_plant: {unit: [(neuron, [ids])]}
+    rows whose bottom list starts with those ids (the lowest logits).
+    Returns the group's ids, logits and logsumexp for the index."""
     K, B, R = a.top_k, a.bottom_k, min(a.chunk_rows, N)
     C = -(-N // R)
     g = f.create_group(path)
@@ -329,16 +347,21 @@ def _group(f, path, unit_shape, N, a, V, rng, plant, s):
     lse_all = np.empty(unit_shape + (N,), np.float32)
     for u in np.ndindex(*unit_shape):
         ids, logits, probs, lse, w = draw_rows(rng, N, V, K)
-        for n, tok in plant.get(u, []):
-            row = ids[n]
-            ids[n] = np.concatenate([[tok], row[row != tok][:K - 1]])
-            logits[n] = np.concatenate([[20.0], np.linspace(17, 8, K - 1)])
-            lse[n] = np.logaddexp.reduce(logits[n].astype(np.float64)) + 0.1
+        for n, tok, *extra in plant.get(u, []):
+            lse[n] = _plant_row(ids, logits, n, tok, *extra)
             probs[n] = np.exp(logits[n].astype(np.float64) - lse[n])
+        low = (bottom_plant or {}).get(u, [])
+        for n, toks in low:             # the bottom tokens must not be in the row's top list
+            spare = np.setdiff1d(np.arange(V), np.concatenate([ids[n], toks]))
+            bad = np.isin(ids[n], toks)
+            ids[n][bad] = spare[::-1][:bad.sum()]
         ds["top_ids"][u], ds["top_logits"][u], ds["top_probs"][u], ds["logsumexp"][u] = ids, logits, probs, lse
         ds["entropy"][u], ds["margin"][u], _ = exact_stats(logits, lse, w, V)
         if B:
-            ds["bottom_ids"][u], ds["bottom_logits"][u] = _bottom(rng, ids, logits, B, V)
+            bids, blg = _bottom(rng, ids, logits, B, V)
+            for n, toks in low:
+                bids[n] = np.concatenate([toks, bids[n][~np.isin(bids[n], toks)]])[:B]
+            ds["bottom_ids"][u], ds["bottom_logits"][u] = bids, blg
         ids_all[u], lg_all[u], lse_all[u] = ids, logits, lse
     g.create_dataset("done", data=np.ones(unit_shape + (C,), np.uint8), chunks=lead + (C,))
     g["done"].attrs["chunk_rows"] = np.int64(a.chunk_rows)
@@ -386,7 +409,13 @@ def main_moe(a, argv):
     /<matrix>, MoE layers D..L-1 in /moe/<matrix> [L, E, N, K] (and /shared/<matrix> with
     --shared S), one token index per matrix at /token_index/<matrix>/. Planted: in /moe/<first
     matrix> the middle MoE layer, expert 1 (or the first decoded), neuron 3 has " dog" as top-1 and
-    expert 2 neuron 5 " cat"; in /shared/<first matrix> neuron 2 of the last MoE layer " the"."""
+    expert 2 neuron 5 " cat"; in /shared/<first matrix> neuron 2 of the last MoE layer " the".
+    With --plant-multi, in the first matrix's groups, the two tokens of a word ("t10" + "t11", or
+    " Golden" + " Gate" with the real vocabulary) at the top of dense layer 0 neuron 7, of the
+    middle MoE layer's neuron 9 of the first and the last expert and of the shared group (all four
+    with equal scores, for the order of ties), and of the last MoE layer's shared neuron 4 (a
+    higher score); at the bottom (--bottom-k) of the middle layer's expert 2 neuron 11 and of the
+    last layer's shared neuron 6. Recorded in the attribute planted_multi."""
     t0 = time.time()
     L, V, K, M, D = a.layers, a.vocab, a.top_k, a.token_index, a.dense_layers
     N, NE, S = a.neurons, a.expert_neurons or a.neurons, a.shared
@@ -400,6 +429,9 @@ def main_moe(a, argv):
     s = lambda v: np.bytes_(v.encode())  # noqa: E731
     tmp = a.out + ".tmp"
     planted = []
+    words = [b" Golden", b" Gate"] if b" Golden" in lookup and b" Gate" in lookup else [b"t10", b"t11"]
+    multi = [lookup[w] for w in words] if a.plant_multi and all(w in lookup for w in words) else None
+    pm = dict(tokens=multi, text=b"".join(words).decode(), top=[], bottom=[])    # --plant-multi
     with h5py.File(tmp, "w") as f:
         attrs = dict(format=s("flashinterp-map"), format_version=np.int64(2), tool_version=s("synthetic"),
                      build=s("make_synthetic_map.py"), model_dir=s("synthetic-moe"), model_type=s("mixtral"),
@@ -417,8 +449,11 @@ def main_moe(a, argv):
         for mi, mat in enumerate(a.matrices.split(",")):
             rng = np.random.default_rng([a.seed, mi])
             entries = []
+            here = multi if mi == 0 else None
             if dense_l:
-                ids, lg, lse = _group(f, mat, (len(dense_l),), N, a, V, rng, {}, s)
+                plant = {(0,): [(7, here)]} if here and N > 7 else {}
+                pm["top"] += [dict(group=mat, layer=dense_l[0], expert=None, neuron=7)] if plant else []
+                ids, lg, lse = _group(f, mat, (len(dense_l),), N, a, V, rng, plant, s)
                 f[mat].attrs["tensor_pattern"] = s(f"model.layers.{{}}.mlp.{mat}_proj.weight")
                 f[mat].attrs["layers"] = np.array(dense_l, np.int64)
                 entries.append((0, dense_l, None, ids, lg, lse))
@@ -432,8 +467,17 @@ def main_moe(a, argv):
                             plant.setdefault((mid, e), []).append((n, lookup[w]))
                             planted.append(dict(group=f"moe/{mat}", layer=moe_l[mid], expert=experts[e], neuron=n,
                                                 token_id=lookup[w], token=text_of(w)))
+                mid, low = len(moe_l) // 2, {}
+                if here and NE > 11:
+                    for e in sorted({0, len(experts) - 1}):
+                        plant.setdefault((mid, e), []).append((9, here))
+                        pm["top"].append(dict(group=f"moe/{mat}", layer=moe_l[mid], expert=experts[e], neuron=9))
+                    if a.bottom_k >= 2:
+                        e = min(2, len(experts) - 1)
+                        low = {(mid, e): [(11, here)]}
+                        pm["bottom"].append(dict(group=f"moe/{mat}", layer=moe_l[mid], expert=experts[e], neuron=11))
                 path = f"moe/{mat}"
-                ids, lg, lse = _group(f, path, (len(moe_l), len(experts)), NE, a, V, rng, plant, s)
+                ids, lg, lse = _group(f, path, (len(moe_l), len(experts)), NE, a, V, rng, plant, s, low)
                 ga = f[path].attrs
                 ga["tensor_pattern"] = s(f"model.layers.{{}}.block_sparse_moe.experts.{{e}}.{mat}.weight")
                 ga["layers"] = np.array(moe_l, np.int64)
@@ -445,8 +489,17 @@ def main_moe(a, argv):
                     if plant:
                         planted.append(dict(group=f"shared/{mat}", layer=moe_l[-1], expert=None, neuron=2,
                                             token_id=lookup[b" the"], token=" the"))
+                    low = {}
+                    if here and S > 9:
+                        plant.setdefault((mid,), []).append((9, here))
+                        plant.setdefault((len(moe_l) - 1,), []).append((4, here, 0.05))
+                        pm["top"] += [dict(group=f"shared/{mat}", layer=moe_l[mid], expert=None, neuron=9),
+                                      dict(group=f"shared/{mat}", layer=moe_l[-1], expert=None, neuron=4)]
+                        if a.bottom_k >= 2:
+                            low = {(len(moe_l) - 1,): [(6, here)]}
+                            pm["bottom"].append(dict(group=f"shared/{mat}", layer=moe_l[-1], expert=None, neuron=6))
                     path = f"shared/{mat}"
-                    ids, lg, lse = _group(f, path, (len(moe_l),), S, a, V, rng, plant, s)
+                    ids, lg, lse = _group(f, path, (len(moe_l),), S, a, V, rng, plant, s, low)
                     f[path].attrs["tensor_pattern"] = s(f"model.layers.{{}}.mlp.shared_experts.{mat}_proj.weight")
                     f[path].attrs["layers"] = np.array(moe_l, np.int64)
                     entries.append((2, moe_l, None, ids, lg, lse))
@@ -455,6 +508,8 @@ def main_moe(a, argv):
                 for k, v in token_index_v2(entries, M, V).items():
                     ti.create_dataset(k, data=v, chunks=(min(V, 4096), M))
         f.attrs["planted"] = s(json.dumps(planted))     # for the tests; not a map attribute
+        if multi:
+            f.attrs["planted_multi"] = s(json.dumps(pm))
         f.attrs["elapsed_s"] = np.float64(time.time() - t0)
         f.attrs["complete"] = np.int64(1)
     os.replace(tmp, a.out)
