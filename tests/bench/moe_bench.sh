@@ -13,9 +13,9 @@
 # The token index is off everywhere (numpy has none). The checkpoint (tests/bench/
 # make_moe_checkpoint.py, ~0.8 GB, made once under /tmp) is read into the page cache first. The
 # programs run in turn, REPS rounds of all of them (default 2), so that a change of the machine's
-# load hits every program alike; the best wall time of each is kept. Prints every run's wall time,
-# then the best ones and the ratios flashinterp / bare sgemm, flashinterp / numpy pipeline and
-# MoE / dense.
+# load hits every program alike; the best wall time of each is kept, and the least CPU time (user +
+# sys, steadier than the wall on a shared machine). Prints every run's times, then the best and the
+# ratios flashinterp / bare sgemm, flashinterp / numpy pipeline and MoE / dense.
 # Not a test. usage: tests/bench/moe_bench.sh [EXPERTS] [REPS] [CHUNK_ROWS]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -43,7 +43,7 @@ NAMES=()
 run() {  # run NAME CMD...: one timed run, its wall time printed
   [ -n "${T[$1]:-}" ] || NAMES+=("$1")
   timed_once "$@"
-  printf '  %-34s wall %6.2f s\n' "$1" "$LAST"
+  printf '  %-34s wall %6.2f s, cpu %6.2f s\n' "$1" "$LAST" "$LAST_CPU"
 }
 for ((rep = 1; rep <= REPS; ++rep)); do
   echo "== round $rep of $REPS (load $(cut -d' ' -f1 /proc/loadavg))"
@@ -59,10 +59,10 @@ for ((rep = 1; rep <= REPS; ++rep)); do
   run "MoE numpy bare sgemm + load" "${ONE[@]}" "${NP[@]}" bare 1
   run "MoE numpy pipeline" "${ONE[@]}" "${NP[@]}" full 1
 done
-echo "== best of $REPS"
-for n in "${NAMES[@]}"; do printf '%-36s %6.2f s\n' "$n" "${T[$n]}"; done
+echo "== best of $REPS: wall, and the least CPU time (user + sys, every rank; -np 2's includes MPI's busy waits)"
+for n in "${NAMES[@]}"; do printf '%-36s wall %6.2f s, cpu %6.2f s\n' "$n" "${T[$n]}" "${C[$n]}"; done
 echo "== ratios"
-r() { printf '%-44s %sx\n' "$1" "$(ratio "$2" "$3")"; }
+r() { printf '%-44s wall %sx, cpu %sx\n' "$1" "$(ratio "$2" "$3")" "$(cpu_ratio "$2" "$3")"; }
 r "MoE: flashinterp -np 1 / bare sgemm + load" "MoE, mpirun -np 1" "MoE bare sgemm + load"
 r "dense: flashinterp -np 1 / bare sgemm + load" "dense, mpirun -np 1" "dense bare sgemm + load"
 r "MoE: flashinterp -np 1 / numpy pipeline" "MoE, mpirun -np 1" "MoE numpy pipeline"
