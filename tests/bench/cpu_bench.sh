@@ -23,20 +23,8 @@ fi
 FI="$BUILD/src/flashinterp"
 DEC=(decode --model "$MODEL" --layers 0 --chunk-rows 512 --token-index 0 --overwrite)
 cat "$MODEL"/*.safetensors > /dev/null  # every program reads from the page cache
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2); load: $(cut -d' ' -f1-3 /proc/loadavg)"
-declare -A T
-timed() {  # timed NAME CMD...: runs CMD REPS times, keeps the best wall time in T[NAME]
-  local name="$1"; shift
-  local t0 t1 dt i
-  for ((i = 0; i < REPS; ++i)); do
-    t0=$(date +%s.%N)
-    "$@"
-    t1=$(date +%s.%N)
-    dt=$(echo "$t1 - $t0" | bc -l)
-    if [ $i = 0 ] || [ "$(echo "$dt < ${T[$name]}" | bc -l)" = 1 ]; then T[$name]=$dt; fi
-  done
-  printf '%-28s wall %6.2f s (best of %d)\n' "$name" "${T[$name]}" "$REPS"
-}
+source "$ROOT/tests/bench/bench_lib.sh"
+machine_line
 echo "== flashinterp decode"
 timed "exact, mpirun -np 1" mpirun -np 1 "$FI" "${DEC[@]}" --out /tmp/flashinterp-bench.h5
 timed "exact, mpirun -np 2" mpirun -np 2 "$FI" "${DEC[@]}" --out /tmp/flashinterp-bench2.h5 --quiet
