@@ -20,7 +20,8 @@ reference's are rows x vocab: each matrix of a 262k-token family costs as much a
 together. The token index (--token-index, default 32: over half of the CPU decode's time) is not
 what this test checks (test_token_index and test_round_overlap check it against float64): it is
 off (--token-index 0) except in Gemma 3 (INDEX), the largest vocabulary, which keeps the default
-so that the index still runs once at 262k tokens.
+so that the index still runs once at 262k tokens. The reference's top-k (fi_testlib.ref_topk,
+which no longer sorts whole rows) is first checked against a stable argsort (check_ref_topk).
 """
 import os
 import sys
@@ -123,7 +124,22 @@ def check_family(name, tmp):
           f"tie swaps {worst['ties']}; vocab bytes exact", flush=True)
 
 
+def check_ref_topk():
+    """fi_testlib.ref_topk (no full sort) against np.argsort(kind="stable") on small rows with
+    many exact ties and -inf, top and bottom: the same ids in the same order."""
+    rng = np.random.default_rng(5)
+    for trial in range(300):
+        r, v, k = int(rng.integers(1, 5)), int(rng.integers(1, 1500)), int(rng.integers(1, 12))
+        x = rng.integers(-3, 4, (r, v)).astype(np.float64) if trial % 2 else rng.normal(size=(r, v))
+        x[:, ::7] = -np.inf if trial % 3 == 0 else x[:, ::7]
+        for lowest in (False, True):
+            want = np.argsort(x if lowest else -x, axis=1, kind="stable")[:, :k]
+            t.check(np.array_equal(t.ref_topk(x, k, lowest=lowest), want),
+                    f"ref_topk differs from a stable argsort: {r} x {v}, k {k}, lowest {lowest}")
+
+
 def main():
+    check_ref_topk()
     only = [a for a in sys.argv[1:] if a in fm.FAMILIES]
     with t.tempdir() as tmp:
         for name in only or fm.FAMILIES:
