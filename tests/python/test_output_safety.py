@@ -4,7 +4,12 @@ resuming another model's partial (a fine-tune of the same shapes) or a complete 
 other options is refused; a second decode of the same OUT while one runs is refused by OUT.lock,
 and a lock left by a killed run is taken over; --overwrite replaces only maps, never a file in
 the model directory, a directory or a special file. Each refusal: exit != 0, one error line,
-no complete-looking map, and the files that were there byte-identical afterwards."""
+no complete-looking map, and the files that were there byte-identical afterwards.
+The demo model is a small one (SMALL: hidden 64, intermediate 256, its 4 layers and real
+vocabulary: 32 chunks of 64 rows): what is checked is which files a decode leaves and refuses,
+not the numbers, and every case needs only a few chunks (the kills after 2, 3 and 5, the holds
+after rounds 1 and 2); the default model's 128 chunks made each full decode 4 times as long.
+The decodes keep a token index (M = 4, ARGS) unless a case says otherwise."""
 import hashlib
 import os
 import re
@@ -16,7 +21,11 @@ import h5py
 
 import fi_testlib as t
 
-ARGS = ["--chunk-rows", "64", "--matrices", "up,gate", "--backend", "cpu"]
+BASE = ["--chunk-rows", "64", "--matrices", "up,gate", "--backend", "cpu"]
+# A token index of 4, not the default 32: the same code (save in the partial, check on resume)
+# at a seventh of the decode's time; the cases on the index itself give their own M.
+ARGS = [*BASE, "--token-index", "4"]
+SMALL = ["--hidden", "64", "--intermediate", "256"]  # demo-model options (see the docstring)
 
 
 def digest(path):
@@ -44,8 +53,8 @@ def complete(path):
 
 def test():
     with t.tempdir() as tmp:
-        base = t.demo_model(f"{tmp}/m")
-        tuned = t.demo_model(f"{tmp}/mi", "--variant", "instruct")  # same shapes and files but the weights
+        base = t.demo_model(f"{tmp}/m", *SMALL)
+        tuned = t.demo_model(f"{tmp}/mi", "--variant", "instruct", *SMALL)  # same shapes and files but the weights
 
         # 1. A partial of the base model, renamed, resumed with the fine-tune: refused.
         env = dict(os.environ, FLASHINTERP_TEST_KILL_AT="done:3")
@@ -106,9 +115,9 @@ def test():
 
         # 8. Damaged data in a partial's done chunks is decoded again, not trusted; a damaged
         # token index is rebuilt. The result equals an undamaged decode's.
-        ref = t.decode(base, f"{tmp}/ref.h5", *ARGS, "--token-index", "4")
+        ref = t.decode(base, f"{tmp}/ref.h5", *BASE, "--token-index", "4")
         env = dict(os.environ, FLASHINTERP_TEST_KILL_AT="done:5")
-        subprocess.run([t.binary(), "decode", "--model", base, "--out", f"{tmp}/c.h5", "--quiet", *ARGS,
+        subprocess.run([t.binary(), "decode", "--model", base, "--out", f"{tmp}/c.h5", "--quiet", *BASE,
                         "--token-index", "4", "--save-index-every", "0.0001"], capture_output=True, env=env, timeout=300)
         with h5py.File(f"{tmp}/c.h5.partial", "r+") as f:
             done = f["up/done"][...]
@@ -118,7 +127,7 @@ def test():
             f["up/top_probs"][l, c * 64 + 5, 1] = float("nan")
             f["up/token_index/layer"][7, 0] = 999
         os.remove(f"{tmp}/c.h5.lock")
-        p = t.run(["decode", "--model", base, "--out", f"{tmp}/c.h5", "--resume", *ARGS, "--token-index", "4"], np_=2)
+        p = t.run(["decode", "--model", base, "--out", f"{tmp}/c.h5", "--resume", *BASE, "--token-index", "4"], np_=2)
         t.check("hold invalid data" in p.stderr and "1 chunk of /up" in p.stderr, f"no notice of the damage: {p.stderr}")
         t.check("token index of /up is damaged" in p.stderr, f"no notice of the damaged index: {p.stderr}")
         with h5py.File(ref, "r") as a, h5py.File(f"{tmp}/c.h5", "r") as b:
@@ -131,7 +140,7 @@ def test():
         # every chunk written is kept and --resume completes the same map.
         out = f"{tmp}/term.h5"
         proc = subprocess.Popen([*t.mpi_prefix(2), t.binary(), "decode", "--model", base, "--out", out,
-                                 *ARGS, "--token-index", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 *BASE, "--token-index", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=dict(os.environ, FLASHINTERP_TEST_HOLD_ROUND="2"))
         deadline = time.time() + 120
         while not os.path.exists(out + ".partial") and time.time() < deadline:
@@ -141,10 +150,10 @@ def test():
         _, err = proc.communicate(timeout=120)
         t.check("stopped by SIGTERM/SIGINT" in err, f"no stop line after SIGTERM to mpirun: {err[-800:]}")
         t.check(not os.path.exists(out) and not complete(out + ".partial"), "SIGTERM left a complete-looking map")
-        p = t.run(["decode", "--model", base, "--out", out, "--resume", *ARGS, "--token-index", "0"], np_=2)
+        p = t.run(["decode", "--model", base, "--out", out, "--resume", *BASE, "--token-index", "0"], np_=2)
         m = re.search(r"(\d+) of (\d+) chunks already done", p.stderr)
         t.check(m is not None and int(m.group(1)) >= 6, f"SIGTERM kept too little: {p.stderr}")
-        fresh = t.decode(base, f"{tmp}/fresh.h5", *ARGS, "--token-index", "0")
+        fresh = t.decode(base, f"{tmp}/fresh.h5", *BASE, "--token-index", "0")
         with h5py.File(fresh, "r") as a, h5py.File(out, "r") as b:
             t.check(a["up/top_ids"][...].tobytes() == b["up/top_ids"][...].tobytes(), "SIGTERM + resume differs")
         print(f"  SIGTERM to mpirun: stopped within its grace period, {m.group(1)} of {m.group(2)} chunks kept, "

@@ -256,13 +256,19 @@ def check_resume(model, mp, tmp):
 
 def check_pipeline(model, mp, tmp, ref):
     """--stages 2: pipelines of two ranks (layers 0-1 | 2-3 of the demo model), the neurons split
-    over the pipelines; the same bits as one rank holding the whole model (np 1's file)."""
+    over the pipelines; the same bits as one rank holding the whole model (np 1's file).
+    Each pipeline run sweeps small.txt (8 of list.txt's 19 neurons: all three matrices, every
+    layer, so both stages and, with --round-neurons 3, both pipelines of -np 4 get work; a
+    planted down neuron of layer 0 and of layer 3) against an np 1 sweep of the same list: each
+    of these multi-rank sweeps costs about its neurons' forwards."""
+    ref_all, ref = ref, f"{tmp}/pipe-ref.h5"
+    sweep(model, mp, ref, f"list:{tmp}/small.txt")
     for np_ in (2, 4):  # one pipeline; two pipelines of two stages
         out = f"{tmp}/pipe{np_}.h5"
-        sweep(model, mp, out, f"list:{tmp}/list.txt", np_=np_, extra=["--stages", "2", "--round-neurons", "3"])
+        sweep(model, mp, out, f"list:{tmp}/small.txt", np_=np_, extra=["--stages", "2", "--round-neurons", "3"])
         same(ref, out, f"-np {np_} --stages 2 vs np 1")
         t.check(int(read(out)[1]["stages"]) == 2, f"-np {np_} --stages 2: attribute stages is not 2")
-    t.check(int(read(ref)[1]["stages"]) == 1, "np 1: attribute stages is not 1")
+    t.check(int(read(ref_all)[1]["stages"]) == 1 and int(read(ref)[1]["stages"]) == 1, "np 1: attribute stages is not 1")
     # --stages auto (the default) where one rank's memory holds less than the whole model: the
     # fewest stages that fit, a divisor of the rank count (FLASHINTERP_TEST_STAGE_MIB stands in
     # for the machine's limits). Each rank asks for its heaviest stage's weights x 1.05 + 256 MiB;
@@ -273,7 +279,7 @@ def check_pipeline(model, mp, tmp, ref):
     mib = ((total - head / 2) * 1.05 + 256 * 2**20) / 2**20
     for np_, want in ((2, 2), (3, 3)):  # 3 ranks: pipelines of 3 (no 2-stage split of 3 ranks)
         out = f"{tmp}/auto{np_}.h5"
-        sweep(model, mp, out, f"list:{tmp}/list.txt", np_=np_, extra=["--round-neurons", "5"],
+        sweep(model, mp, out, f"list:{tmp}/small.txt", np_=np_, extra=["--round-neurons", "5"],
               env={"FLASHINTERP_TEST_STAGE_MIB": f"{mib:.1f}"})
         same(ref, out, f"-np {np_} --stages auto under a memory limit vs np 1")
         t.check(int(read(out)[1]["stages"]) == want, f"-np {np_} auto: {read(out)[1]['stages']} stages, not {want}")
@@ -285,7 +291,7 @@ def check_pipeline(model, mp, tmp, ref):
     p = sweep(model, mp, f"{tmp}/bad.h5", f"list:{tmp}/list.txt", np_=None, extra=["--stages", "two"], check=False)
     t.check(t.one_line_error(p, "--stages", "'two'"), f"--stages two: {p.stderr!r}")
     # A rank failing in a pipeline: one error line from it and a non-zero exit, not a hang.
-    p = sweep(model, mp, f"{tmp}/bad.h5", f"list:{tmp}/list.txt", np_=2, check=False,
+    p = sweep(model, mp, f"{tmp}/bad.h5", f"list:{tmp}/small.txt", np_=2, check=False,
               extra=["--stages", "2", "--round-neurons", "1"], env={"FLASHINTERP_TEST_FAIL_RANK": "1"})
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("flashinterp: error:")]
     t.check(p.returncode != 0 and len(errors) == 1 and "rank 1: injected failure" in errors[0],
