@@ -158,24 +158,33 @@ TEST(Softcap, TanhTimesCap) {
   EXPECT_NEAR(softcap(-1e6f, 50), -50, 1e-4);
 }
 
-// The CUDA stage runs every dense family's layer tensors and refuses the MoE families' routers
-// and MLA by tensor; it refuses a head_dim its attention kernel cannot hold, naming the config
-// and the limit.
+// The CUDA stage runs every family's layer tensors (the MoE routers, experts and MLA included)
+// and FP8 checkpoints; it refuses a head_dim its attention kernel cannot hold, and MLA heads
+// (nope + rope dims for the keys, v_head_dim for the values) over the same limit, naming the
+// config and the limit.
 TEST(CudaStageRefusal, EveryFamilyRunsHeadDimIsBounded) {
   ModelConfig c;
   c.path = "m/config.json";
   c.head_dim = 256;
   for (const ModelFamily& f : model_families()) {
     c.model_type = f.model_type;
-    const std::string t = f.model_type;
-    const bool moe = t == "mixtral" || t == "qwen2_moe" || t == "qwen3_moe" || t == "deepseek_v3";
-    if (moe) EXPECT_NE(cuda_stage_refusal(c).find("does not implement tensor model.layers.L."), std::string::npos) << t;
-    else EXPECT_EQ(cuda_stage_refusal(c), "") << t;
+    EXPECT_EQ(cuda_stage_refusal(c), "") << f.model_type;
   }
+  c.model_type = "llama";
+  c.quant_method = "fbgemm_fp8";
+  EXPECT_EQ(cuda_stage_refusal(c), "");
   c.model_type = "qwen3";
   c.head_dim = kCudaMaxHeadDim + 2;
   EXPECT_EQ(cuda_stage_refusal(c), "m/config.json: the CUDA forward takes head_dim up to 512 (this "
                                    "config has 514); use --backend cpu");
+  c.model_type = "deepseek_v3";
+  c.head_dim = 64;
+  c.mla = {1536, 512, 128, 64, 128, true};  // DeepSeek-V3's: keys of 192 dims, values of 128
+  EXPECT_EQ(cuda_stage_refusal(c), "");
+  c.mla.qk_nope_head_dim = 512;
+  EXPECT_EQ(cuda_stage_refusal(c), "m/config.json: the CUDA forward takes MLA heads of up to 512 dims (this "
+                                   "config has qk_nope_head_dim + qk_rope_head_dim 576, v_head_dim 128); use "
+                                   "--backend cpu");
 }
 
 TEST(Rope, RotateHalfIsAComplexRotationOfPairs) {
