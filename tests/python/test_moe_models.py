@@ -84,6 +84,38 @@ def check_inspect(model, cfg, name, *args):
     return out
 
 
+def check_plan(model, cfg, name):
+    """inspect --sweep's "all of one matrix" counts every group's neurons (dense, routed, shared);
+    the forward plan on one rank holds every layer tensor the forward loads (not the FP8 scales,
+    not the MTP layer) plus the head and the embedding: as stored on a GPU, FP8 ones as fp32
+    (4 bytes a parameter) on the CPU, which reads an untied embedding from disk."""
+    out = t.run(["inspect", "--model", model, "--sweep", "--ranks", 1]).stdout
+    moe = any(fm.moe_layers(cfg))
+    rows = sum(L * e * N for _, L, e, N in groups(cfg)) if moe else cfg["num_hidden_layers"] * cfg["intermediate_size"]
+    m = re.search(r"(\d+) neurons \(all of one matrix\)", out)
+    t.check(m and int(m.group(1)) == rows, f"{name}: inspect --sweep's whole matrix {m and m.group(1)}, want {rows}")
+    st = t.SafeTensors(model)
+    gpu = cpu = 0
+    for n in st.names():
+        parts = n.split(".")
+        in_layer = n.startswith("model.layers.") and int(parts[2]) < cfg["num_hidden_layers"]
+        if n.endswith(("_scale", "_scale_inv")) or not (in_layer or n in ("lm_head.weight", "model.embed_tokens.weight")):
+            continue
+        b, e = st.where[n][1]["data_offsets"]
+        fp8 = st.dtype(n).startswith("F8")
+        gpu += e - b
+        if n != "model.embed_tokens.weight" or cfg.get("tie_word_embeddings"):
+            cpu += 4 * int(np.prod(st.shape(n))) if fp8 else e - b
+    m = re.search(r"weights per rank \(checkpoint dtype; the CPU holds FP8 as fp32\): up to ([0-9.]+ \w+) on a GPU, "
+                  r"([0-9.]+ \w+) on CPU", out)
+    t.check(m is not None, f"{name}: no forward plan in\n{out}")
+    for printed, want, what in ((m.group(1), gpu, "GPU"), (m.group(2), cpu, "CPU")):
+        num, unit = printed.split()
+        got = float(num) * {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[unit]
+        t.check(abs(got - want) <= 0.051 * {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[unit],
+                f"{name}: {what} weights per rank {printed}, want {want} bytes")
+
+
 def check_dense_decode(model, name, layer, tmp):
     """Decodes one dense layer of an MoE model; compares every matrix with float64 numpy."""
     ref = t.Reference(model)
@@ -271,6 +303,9 @@ def main():
         for name, (_, cfg, _, _, _) in fm.MOE_FAMILIES.items():
             model = fm.cached(name)
             check_inspect(model, cfg, name)
+            check_plan(model, cfg, name)
+        with open(os.path.join(fm.cached("llama3_fp8"), "config.json")) as f:
+            check_plan(fm.cached("llama3_fp8"), json.load(f), "llama3_fp8")  # FP8 per-row scales, dense
         check_dense_decode(fm.cached("deepseek_v3"), "deepseek_v3", 0, tmp)
         check_dense_decode(fm.cached("qwen2_moe"), "qwen2_moe", 1, tmp)
         check_bad_experts(tmp)

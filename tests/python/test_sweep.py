@@ -38,7 +38,7 @@ import fi_testlib as t  # noqa: E402
 
 try:
     import torch
-    from torch_llama import TorchLlama
+    from torch_llama import TorchLlama, check_sweep_row
 except ImportError:
     torch = None
 
@@ -92,23 +92,8 @@ def check_torch(model, s, rows):
     base = [torch.log_softmax(ref.logits(i)[-1], 0).numpy() for i in ids]
     for k in rows:
         layer, n, top = int(s["layer"][k]), int(s["neuron"][k]), [int(x) for x in s["top_tokens"][k]]
-        want = np.zeros((len(VALUES), len(ids)))
-        want5 = np.zeros_like(want)
-        top1 = np.zeros(want.shape, dtype=bool)
-        for v, val in enumerate(VALUES):
-            for p, i in enumerate(ids):
-                lg = ref.logits(i, [(layer, n, float(val))])[-1]
-                lp = torch.log_softmax(lg, 0).numpy()
-                want[v, p] = lp[top[0]] - base[p][top[0]]
-                want5[v, p] = np.mean(lp[top] - base[p][top])
-                top1[v, p] = int(torch.argmax(lg)) == top[0]
-        err = np.abs(s["delta"][k] - want).max()
-        t.check(err < 2e-3, f"neuron {layer}:{n}: delta off torch by {err}\n{s['delta'][k]}\n{want}")
-        t.check(np.abs(s["delta_top5"][k] - want5).max() < 2e-3, f"neuron {layer}:{n}: delta_top5 off torch")
-        t.check((s["top1"][k] == top1).all(), f"neuron {layer}:{n}: top-1 flags {s['top1'][k]} vs torch {top1}")
-        slope = np.polyfit(np.array(VALUES, float), want.mean(axis=1), 1)[0]
-        t.check(abs(s["score"][k] - slope) < 2e-4 + 1e-3 * abs(slope),
-                f"neuron {layer}:{n}: score {s['score'][k]} vs torch slope {slope}")
+        want, top1, err, slope = check_sweep_row(s, k, VALUES, lambda val, p: ref.logits(ids[p], [(layer, n, val)])[-1],
+                                          base, top, f"neuron {layer}:{n}")
         share = top1[int(np.argmax(VALUES))].mean()
         t.check(abs(s["top1_share"][k] - share) < 1e-6, f"neuron {layer}:{n}: top1_share {s['top1_share'][k]} vs {share}")
         print(f"  {layer}:{n} token {top[0]}: score {s['score'][k]:.4f} (torch {slope:.4f}), max |delta err| {err:.1e}")

@@ -32,7 +32,7 @@ import fi_testlib as t  # noqa: E402
 
 try:
     import torch
-    from torch_llama import TorchLlama
+    from torch_llama import TorchLlama, check_sweep_row
 except ImportError:
     torch = None
 
@@ -78,23 +78,10 @@ def check_torch(ref, s, mp, force=False):
                 top_map = g["top_ids"][list(g.attrs["layers"]).index(layer), n, :5]
             top = [int(x) for x in s["top_tokens"][k]]
             t.check(top == [int(x) for x in top_map], f"{where}: top tokens {top} are not the map's {list(top_map)}")
-            want = np.zeros((len(VALUES), len(ids)))
-            want5 = np.zeros_like(want)
-            top1 = np.zeros(want.shape, dtype=bool)
-            for v, val in enumerate(VALUES):
-                clamp = (layer, n, float(val)) if group == "dense" else (layer, expert if group == "moe" else "s", n, float(val))
-                for p, i in enumerate(ids):
-                    lg = ref.logits(i, [clamp], force_route=force and group == "moe")[-1]
-                    lp = torch.log_softmax(lg, 0).numpy()
-                    want[v, p] = lp[top[0]] - base[p][top[0]]
-                    want5[v, p] = np.mean(lp[top] - base[p][top])
-                    top1[v, p] = int(torch.argmax(lg)) == top[0]
-            err = np.abs(s["delta"][k] - want).max()
-            t.check(err < 2e-3, f"{where}: delta off torch by {err}\n{s['delta'][k]}\n{want}")
-            t.check(np.abs(s["delta_top5"][k] - want5).max() < 2e-3, f"{where}: delta_top5 off torch")
-            t.check((s["top1"][k] == top1).all(), f"{where}: top-1 flags {s['top1'][k]} vs torch {top1}")
-            slope = np.polyfit(np.array(VALUES, float), want.mean(axis=1), 1)[0]
-            t.check(abs(s["score"][k] - slope) < 2e-4 + 1e-3 * abs(slope), f"{where}: score {s['score'][k]} vs torch {slope}")
+            clamp = (layer, n) if group == "dense" else (layer, expert if group == "moe" else "s", n)
+            want, _, err, slope = check_sweep_row(
+                s, k, VALUES, lambda val, p: ref.logits(ids[p], [(*clamp, val)], force_route=force and group == "moe")[-1],
+                base, top, where)
             if group == "moe":
                 moved = np.abs(want).max()
             print(f"  {where}: score {s['score'][k]:.4f} (torch {slope:.4f}), max |delta err| {err:.1e}")

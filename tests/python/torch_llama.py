@@ -333,3 +333,29 @@ class TorchLlama:
             out.append(nxt)
             ids.append(nxt)
         return out
+
+
+def check_sweep_row(s, k, values, logits, base, top, where):
+    """Row k of a sweep file (its datasets in the dict s) against float64 torch: for each clamp
+    value v and prompt p, logits(v, p) is torch's last-position logits with the neuron clamped to
+    v, base[p] the unclamped log-softmax; delta, delta_top5, top1 and the score (the slope of the
+    mean delta over the values) as docs/SWEEP_FORMAT.md defines them. Returns (want, top1, err, slope):
+    the deltas [values, prompts], the top-1 flags, the worst delta error and torch's score."""
+    import numpy as np
+    want = np.zeros((len(values), len(base)))
+    want5 = np.zeros_like(want)
+    top1 = np.zeros(want.shape, dtype=bool)
+    for v, val in enumerate(values):
+        for p in range(len(base)):
+            lg = logits(float(val), p)
+            lp = torch.log_softmax(lg, 0).numpy()
+            want[v, p] = lp[top[0]] - base[p][top[0]]
+            want5[v, p] = np.mean(lp[top] - base[p][top])
+            top1[v, p] = int(torch.argmax(lg)) == top[0]
+    err = np.abs(s["delta"][k] - want).max()
+    fl.check(err < 2e-3, f"{where}: delta off torch by {err}\n{s['delta'][k]}\n{want}")
+    fl.check(np.abs(s["delta_top5"][k] - want5).max() < 2e-3, f"{where}: delta_top5 off torch")
+    fl.check((s["top1"][k] == top1).all(), f"{where}: top-1 flags {s['top1'][k]} vs torch {top1}")
+    slope = np.polyfit(np.array(values, float), want.mean(axis=1), 1)[0]
+    fl.check(abs(s["score"][k] - slope) < 2e-4 + 1e-3 * abs(slope), f"{where}: score {s['score'][k]} vs torch slope {slope}")
+    return want, top1, err, slope

@@ -228,7 +228,8 @@ class CudaStage final : public Stage {
   };
   void use_device() const { FI_CUDA_CHECK(cudaSetDevice(device_)); }
   // w's matrix for a GEMM in w.dtype: its data, or an FP8 weight widened to fp32 into wide_
-  // (valid until the next call: the GEMMs run in stream order).
+  // (valid until the next call: the GEMMs run in stream order). The pieces of a long prompt
+  // use one weight in a row: it is widened once for them.
   const void* gemm_data(const Weight& w);
   void ensure(DeviceBuffer& b, size_t bytes, const char* what);
   void grow_cache(int64_t positions);
@@ -290,6 +291,7 @@ class CudaStage final : public Stage {
   // FP8 weights: one widened to fp32 (sized for the largest at load), and each code format's
   // [256] values (fp8_to_f32), E4M3 then E5M2.
   DeviceBuffer wide_, fp8_table_[2];
+  const Weight* wide_of_ = nullptr;  // the weight wide_ holds (weights never move after load)
 };
 
 CudaStage::CudaStage(const Model& model, const StageSpan& span)
@@ -421,7 +423,9 @@ CudaStage::CudaStage(const Model& model, const StageSpan& span)
 
 const void* CudaStage::gemm_data(const Weight& w) {
   if (w.fp8.empty()) return w.data.get();
+  if (wide_of_ == &w) return wide_.get();
   ensure(wide_, size_t(w.rows * w.cols) * 4, "FP8 weight widened to fp32");
+  wide_of_ = &w;
   const uint8_t* codes = static_cast<const uint8_t*>(w.data.get());
   for (const Weight::Fp8Part& p : w.fp8) {
     RowBlock b;
